@@ -1,0 +1,69 @@
+"""The project's errors: one root, one subclass per outcome, each with its own exit code.
+
+    BpfDepotError                 exit 1   anything else that went wrong
+     ├── ManifestError            exit 2   the manifest or bundle is malformed
+     ├── ArtifactNotFound         exit 3   nothing built for this kernel / digest
+     ├── KernelUnsupported        exit 4   arch, feature or attach point missing here
+     ├── LoadError                exit 5   libbpf open/load/attach, verifier rejection
+     │    └── PrivilegeError      exit 6   not root / no CAP_BPF
+     ├── ProcessorError           exit 7   a user processor failed
+     ├── BuildError               exit 8   clang or validation of its output failed
+     └── StoreError               exit 9   the artifact store failed or holds bad data
+
+Every error carries ``message`` (what, naming the object) and ``hint`` (the fix); the CLI
+prints both and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class BpfDepotError(Exception):
+    """Root of every error bpfdepot raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str = "", detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.detail = detail  # compiler output or verifier log tail, printed verbatim
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.detail:
+            parts.append(self.detail.rstrip())
+        if self.hint:
+            parts.append(f"hint: {self.hint}")
+        return "\n".join(parts)
+
+
+class ManifestError(BpfDepotError):
+    exit_code = 2
+
+
+class ArtifactNotFound(BpfDepotError):
+    exit_code = 3
+
+
+class KernelUnsupported(BpfDepotError):
+    exit_code = 4
+
+
+class LoadError(BpfDepotError):
+    exit_code = 5
+
+
+class PrivilegeError(LoadError):
+    exit_code = 6
+
+
+class ProcessorError(BpfDepotError):
+    exit_code = 7
+
+
+class BuildError(BpfDepotError):
+    exit_code = 8
+
+
+class StoreError(BpfDepotError):
+    exit_code = 9
