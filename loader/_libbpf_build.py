@@ -1,0 +1,91 @@
+"""cffi build script for ``loader._libbpf``: libbpf.so.1 plus loader/native/bpfdepot_native.c.
+
+Run by setuptools at install time (``cffi_modules`` in setup.py); needs gcc and libbpf-dev.
+Only loader/libbpf.py imports the result.
+"""
+
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+# setuptools wants paths relative to setup.py
+NATIVE = "loader/native"
+
+CDEF = """
+struct bpf_object;
+struct bpf_program;
+struct bpf_map;
+struct bpf_link;
+struct ring_buffer;
+
+struct bpfdepot_op {
+    int kind;
+    unsigned int offset;
+    unsigned int size;
+    unsigned int aux;
+    unsigned int aux_size;
+    const char *prefix;
+    unsigned int prefix_len;
+};
+
+struct bpfdepot_encoder {
+    const struct bpfdepot_op *ops;
+    unsigned int nops;
+    unsigned int event_size;
+    unsigned int max_record;
+    char *out;
+    size_t len, cap;
+    uint64_t events, short_events;
+};
+
+void bpfdepot_log_capture(int debug);
+size_t bpfdepot_log_take(char *out, size_t cap);
+size_t bpfdepot_log_size(void);
+struct bpf_object *bpfdepot_open(const char *path, const char *btf_custom_path);
+int bpfdepot_probe_prog(int prog_type, int attach_type, int attach_btf_id);
+int bpfdepot_probe_map(int map_type, int key_size, int value_size, int max_entries);
+int bpfdepot_vmlinux_btf_id(const char *name, int kind);
+int bpfdepot_encode_batch(struct bpfdepot_encoder *enc, const void *data, size_t size, size_t count);
+void bpfdepot_encoder_free(struct bpfdepot_encoder *enc);
+struct ring_buffer *bpfdepot_ring_add(struct ring_buffer *rb, int map_fd, struct bpfdepot_encoder *enc);
+
+int bpf_object__load(struct bpf_object *obj);
+void bpf_object__close(struct bpf_object *obj);
+struct bpf_program *bpf_object__next_program(const struct bpf_object *obj, struct bpf_program *prog);
+struct bpf_map *bpf_object__next_map(const struct bpf_object *obj, const struct bpf_map *map);
+const char *bpf_program__name(const struct bpf_program *prog);
+const char *bpf_program__section_name(const struct bpf_program *prog);
+bool bpf_program__autoload(const struct bpf_program *prog);
+int bpf_program__set_autoload(struct bpf_program *prog, bool autoload);
+int bpf_program__fd(const struct bpf_program *prog);
+struct bpf_link *bpf_program__attach(const struct bpf_program *prog);
+int bpf_link__destroy(struct bpf_link *link);
+const char *bpf_map__name(const struct bpf_map *map);
+int bpf_map__fd(const struct bpf_map *map);
+uint32_t bpf_map__max_entries(const struct bpf_map *map);
+uint32_t bpf_map__value_size(const struct bpf_map *map);
+int bpf_map_lookup_elem(int fd, const void *key, void *value);
+int ring_buffer__poll(struct ring_buffer *rb, int timeout_ms);
+int ring_buffer__consume(struct ring_buffer *rb);
+void ring_buffer__free(struct ring_buffer *rb);
+int libbpf_num_possible_cpus(void);
+int libbpf_strerror(int err, char *buf, size_t size);
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "loader._libbpf",
+    '#include "bpfdepot_native.h"\n#include <bpf/bpf.h>\n',
+    sources=[f"{NATIVE}/bpfdepot_native.c"],
+    include_dirs=[NATIVE],
+    libraries=["bpf"],
+    extra_compile_args=["-O2", "-Wall"],
+)
+
+if __name__ == "__main__":
+    import os
+
+    os.chdir(HERE.parent)
+    ffibuilder.compile(tmpdir=".", verbose=True)

@@ -1,0 +1,269 @@
+"""The one module that talks to libbpf (through the cffi extension ``loader._libbpf``).
+
+Lifecycle, as in libbpf-tools: open → set autoload → load → attach; every step that fails
+raises LoadError with libbpf's own words, and attach failures roll back what was attached.
+Events leave the kernel through ``RingReader``, whose sample callback is C code that encodes
+each event to a JSON line (ops built by loader/decode.py), so Python only writes buffers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from loader._libbpf import ffi, lib
+from loader.errors import LoadError
+
+lib.bpfdepot_log_capture(0)  # from here on libbpf's messages go to our buffer, not stderr
+
+
+def take_log() -> str:
+    """Return and clear what libbpf printed since the last call (its tail, at most 4 MiB)."""
+    size = lib.bpfdepot_log_size()
+    if not size:
+        return ""
+    buf = ffi.new("char[]", size)
+    n = lib.bpfdepot_log_take(buf, size)
+    return ffi.unpack(buf, n).decode("utf-8", "replace")
+
+
+def verifier_tail(log: str, lines: int = 25) -> str:
+    """The last lines of the verifier log inside libbpf's output (where the reason is)."""
+    match = re.search(r"-- BEGIN PROG LOAD LOG --\n(.*?)-- END PROG LOAD LOG --", log, re.S)
+    body = match.group(1) if match else log
+    kept = [line for line in body.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def _err(code: int) -> str:
+    return os.strerror(abs(code)) if code else "unknown error"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProgramRef:
+    name: str
+    section: str
+
+
+class BpfObject:
+    """An opened (and later loaded and attached) BPF object; close() releases everything."""
+
+    def __init__(self, path: Path, *, label: str, btf_custom_path: Path | None = None) -> None:
+        self.label = label
+        self._links: list[object] = []
+        take_log()
+        btf = str(btf_custom_path).encode() if btf_custom_path else ffi.NULL
+        obj = lib.bpfdepot_open(str(path).encode(), btf)
+        if obj == ffi.NULL:
+            code = ffi.errno
+            raise LoadError(
+                f"cannot open BPF object '{label}' ({path}): {_err(code)}",
+                detail=take_log(),
+                hint="run `bpfdepot inspect` on it; rebuild it if it is damaged",
+            )
+        self._obj = obj
+
+    def programs(self) -> list[ProgramRef]:
+        out, prog = [], lib.bpf_object__next_program(self._obj, ffi.NULL)
+        while prog != ffi.NULL:
+            out.append(ProgramRef(name=_str(lib.bpf_program__name(prog)),
+                                  section=_str(lib.bpf_program__section_name(prog))))
+            prog = lib.bpf_object__next_program(self._obj, prog)
+        return out
+
+    def set_autoload(self, name: str, on: bool) -> None:
+        lib.bpf_program__set_autoload(self._program(name), on)
+
+    def load(self) -> None:
+        take_log()
+        rc = lib.bpf_object__load(self._obj)
+        if rc:
+            log = take_log()
+            failed = re.search(r"prog '([^']+)': BPF program load failed", log)
+            what = f"program '{failed.group(1)}'" if failed else "an object"
+            raise LoadError(
+                f"the kernel rejected {what} of '{self.label}': {_err(rc)}",
+                detail=verifier_tail(log) if failed else log.strip()[-4000:],
+                hint="the verifier's reason is on the last lines above; fix the source and rebuild"
+                if failed else "see libbpf's message above",
+            )
+
+    def attach(self, names: Sequence[str]) -> None:
+        """Attach the named programs in order; on failure detach the ones before it."""
+        for index, name in enumerate(names):
+            take_log()
+            link = lib.bpf_program__attach(self._program(name))
+            if link == ffi.NULL:
+                code = ffi.errno
+                log = take_log().strip()
+                self.detach()
+                raise LoadError(
+                    f"cannot attach program '{name}' of '{self.label}' "
+                    f"({index + 1} of {len(names)}): {_err(code)}",
+                    detail=log,
+                    hint="the attach point may not exist on this kernel: "
+                         "`bpfdepot kernel` lists what loads here",
+                )
+            self._links.append(link)
+
+    def detach(self) -> None:
+        while self._links:
+            lib.bpf_link__destroy(self._links.pop())
+
+    def map_fd(self, name: str) -> int:
+        return lib.bpf_map__fd(self._map(name))
+
+    def has_map(self, name: str) -> bool:
+        return self._find_map(name) is not None
+
+    def percpu_u64_sum(self, name: str) -> int:
+        """Sum of the per-CPU u64 values at key 0 of a per-CPU array (the loss counters)."""
+        ncpu = lib.libbpf_num_possible_cpus()
+        values = ffi.new("uint64_t[]", max(ncpu, 1))
+        key = ffi.new("uint32_t *", 0)
+        if lib.bpf_map_lookup_elem(self.map_fd(name), key, values):
+            raise LoadError(f"cannot read map '{name}' of '{self.label}': {_err(ffi.errno)}")
+        return sum(values[i] for i in range(ncpu))
+
+    def close(self) -> None:
+        self.detach()
+        if self._obj is not None:
+            lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _program(self, name: str) -> object:
+        prog = lib.bpf_object__next_program(self._obj, ffi.NULL)
+        while prog != ffi.NULL:
+            if _str(lib.bpf_program__name(prog)) == name:
+                return prog
+            prog = lib.bpf_object__next_program(self._obj, prog)
+        raise LoadError(f"no program '{name}' in '{self.label}'",
+                        hint=f"programs there: {', '.join(p.name for p in self.programs())}")
+
+    def _find_map(self, name: str) -> object | None:
+        m = lib.bpf_object__next_map(self._obj, ffi.NULL)
+        while m != ffi.NULL:
+            if _str(lib.bpf_map__name(m)) == name:
+                return m
+            m = lib.bpf_object__next_map(self._obj, m)
+        return None
+
+    def _map(self, name: str) -> object:
+        m = self._find_map(name)
+        if m is None:
+            raise LoadError(f"no map '{name}' in '{self.label}'")
+        return m
+
+
+def _str(p: object) -> str:
+    return ffi.string(p).decode() if p != ffi.NULL else ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Op:
+    """One step of the C encoder: write ``prefix``, then the field's value by ``kind``."""
+
+    kind: int
+    offset: int = 0
+    size: int = 0
+    aux: int = 0
+    aux_size: int = 0
+    prefix: bytes = b""
+
+
+class Encoder:
+    """Event bytes → JSON lines, in C; ``take()`` hands out what accumulated."""
+
+    def __init__(self, ops: Sequence[Op], *, event_size: int, max_record: int) -> None:
+        self._keep = [ffi.new("char[]", op.prefix) for op in ops]
+        self._ops = ffi.new("struct bpfdepot_op[]", len(ops))
+        for slot, op, prefix in zip(self._ops, ops, self._keep):
+            slot.kind, slot.offset, slot.size = op.kind, op.offset, op.size
+            slot.aux, slot.aux_size = op.aux, op.aux_size
+            slot.prefix, slot.prefix_len = prefix, len(op.prefix)
+        self.c = ffi.new("struct bpfdepot_encoder *")
+        self.c.ops, self.c.nops = self._ops, len(ops)
+        self.c.event_size, self.c.max_record = event_size, max_record
+        self._free = ffi.gc(self.c, lib.bpfdepot_encoder_free)
+
+    @property
+    def events(self) -> int:
+        return self.c.events
+
+    @property
+    def short_events(self) -> int:
+        return self.c.short_events
+
+    def encode(self, raw: bytes, size: int) -> None:
+        """Encode ``len(raw) // size`` events laid end to end."""
+        if lib.bpfdepot_encode_batch(self.c, raw, size, len(raw) // size):
+            raise MemoryError("event encoder")
+
+    def pending(self) -> int:
+        return self.c.len
+
+    def take(self) -> bytes:
+        data = ffi.unpack(self.c.out, self.c.len) if self.c.len else b""
+        self.c.len = 0
+        return data
+
+    def write_to(self, fd: int) -> int:
+        """Write what accumulated to ``fd`` (all of it, across short writes); return bytes."""
+        total, view = self.c.len, ffi.buffer(self.c.out, self.c.len)
+        done = 0
+        while done < total:
+            done += os.write(fd, view[done:total])
+        self.c.len = 0
+        return total
+
+
+class RingReader:
+    """Several ring-buffer maps polled through one libbpf ring_buffer manager."""
+
+    def __init__(self, channels: Iterable[tuple[int, Encoder]]) -> None:
+        self._rb = ffi.NULL
+        self._encoders = []
+        for fd, encoder in channels:
+            rb = lib.bpfdepot_ring_add(self._rb, fd, encoder.c)
+            if rb == ffi.NULL:
+                code = ffi.errno
+                self.close()
+                raise LoadError(f"cannot open ring buffer (map fd {fd}): {_err(code)}",
+                                detail=take_log())
+            self._rb = rb
+            self._encoders.append(encoder)
+
+    def poll(self, timeout_ms: int) -> int:
+        """Consume what is ready (waiting up to ``timeout_ms``); return the events seen, or -errno."""
+        return lib.ring_buffer__poll(self._rb, timeout_ms)
+
+    def drain(self) -> int:
+        return lib.ring_buffer__consume(self._rb)
+
+    def close(self) -> None:
+        if self._rb != ffi.NULL:
+            lib.ring_buffer__free(self._rb)
+            self._rb = ffi.NULL
+
+
+def probe_prog(prog_type: int, attach_type: int = 0, attach_btf_id: int = 0) -> int:
+    """Load a two-instruction program of this type; 0 when it loads, else -errno."""
+    return lib.bpfdepot_probe_prog(prog_type, attach_type, attach_btf_id)
+
+
+def probe_map(map_type: int, key_size: int, value_size: int, max_entries: int) -> int:
+    return lib.bpfdepot_probe_map(map_type, key_size, value_size, max_entries)
+
+
+def vmlinux_btf_id(name: str, kind: int) -> int:
+    """The id of a type in the running kernel's BTF, or -errno."""
+    return lib.bpfdepot_vmlinux_btf_id(name.encode(), kind)
