@@ -1,0 +1,77 @@
+"""The artifact contract: ``meta.json`` beside every built object, and how both are found.
+
+A build writes, in this order, so that no ref ever points at nothing:
+    blob(object bytes) → blob(meta.json) → ref builds/<key> → ref index/<program>/<src>/<target>
+The lock (and users) pin the object digest and the meta digest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from loader.errors import StoreError
+from loader.kernel import KernelIdentity
+from loader.store import ArtifactStore
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArtifactMeta:
+    name: str                      # the manifest's program name
+    kind: str                      # "bpf_object"
+    key: str                       # sha256 of everything that determines the bytes
+    digest: str                    # "sha256:…" of the object
+    size: int
+    source_digest: str             # sha256 of the source closure (see loader.sources)
+    target: KernelIdentity
+    toolchain: dict[str, str]
+    flags: tuple[str, ...]
+    inputs: dict[str, str]         # file name in the build → sha256
+    programs: tuple[dict[str, Any], ...]
+    maps: tuple[dict[str, Any], ...]
+    channels: dict[str, dict[str, Any]]
+    required_features: tuple[str, ...]
+    license: str
+    schema: int = SCHEMA
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        body = asdict(self)
+        return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str) -> ArtifactMeta:
+        try:
+            body = json.loads(data)
+            if body.get("schema") != SCHEMA:
+                raise StoreError(f"{where}: meta.json schema {body.get('schema')} is not {SCHEMA}",
+                                 hint="rebuild with this version of bpfdepot")
+            body["target"] = KernelIdentity(**body["target"])
+            for key in ("flags", "programs", "maps", "required_features"):
+                body[key] = tuple(body[key])
+            return cls(**body)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StoreError(f"{where}: meta.json is not valid: {exc}", hint="rebuild it") from exc
+
+
+def build_ref(key: str) -> str:
+    return f"builds/{key}"
+
+
+def index_ref(program: str, source_digest: str, target: KernelIdentity) -> str:
+    return f"index/{program}/{source_digest}/{target.arch}-{target.btf_digest}"
+
+
+def read_meta(store: ArtifactStore, meta_digest: str) -> ArtifactMeta:
+    return ArtifactMeta.from_json(store.read_blob(meta_digest), f"meta {meta_digest}")
+
+
+def lookup(store: ArtifactStore, ref: str) -> tuple[ArtifactMeta, str] | None:
+    """The meta (and its digest) a ref points at, or None when nothing was published there."""
+    meta_digest = store.get_ref(ref)
+    if meta_digest is None:
+        return None
+    return read_meta(store, meta_digest), meta_digest

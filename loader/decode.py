@@ -1,0 +1,220 @@
+"""Default decoding: from the BTF of an event struct to the ops of the C JSON encoder.
+
+What each field becomes:
+    integers, enums, pointers      numbers (bitfields too)
+    bool                           true / false
+    char[N]                        text, up to the first NUL
+    fixed arrays                   lists (byte arrays over 64 bytes: a hex string)
+    nested structs / unions        objects
+    float / double                 numbers
+    __be16 / __be32 / __be64       numbers in host order (ports stored as the kernel keeps them)
+    bpfdepot_ipv4, __be32 *addr*   "a.b.c.d"
+    bpfdepot_ip, u8[16] *addr*     IPv4 or IPv6 text, by the struct's `family` field (else IPv6)
+    u8[4] *addr*                   "a.b.c.d"
+Fields whose names start with ``__`` are padding by convention and left out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from loader.btf import Btf, BtfType
+from loader.errors import ArtifactNotFound
+from loader.libbpf import Op
+
+(OP_LIT, OP_U, OP_S, OP_BE, OP_BOOL, OP_CHARS, OP_IPV4, OP_IPV6, OP_IPFAM,
+ OP_UBITS, OP_SBITS, OP_F32, OP_F64, OP_HEX) = range(14)
+
+_MAX_VALUE = {OP_U: 21, OP_S: 21, OP_BE: 21, OP_BOOL: 5, OP_IPV4: 18, OP_IPV6: 48, OP_IPFAM: 48,
+              OP_UBITS: 21, OP_SBITS: 21, OP_F32: 26, OP_F64: 26}
+_DECODER_NAME = {OP_U: "u", OP_S: "s", OP_BE: "be", OP_BOOL: "bool", OP_CHARS: "chars",
+                 OP_IPV4: "ipv4", OP_IPV6: "ipv6", OP_IPFAM: "ip", OP_UBITS: "ubits",
+                 OP_SBITS: "sbits", OP_F32: "float", OP_F64: "float", OP_HEX: "hex"}
+_MODIFIERS = ("typedef", "const", "volatile", "restrict", "type_tag")
+_LONG_BYTES = 64
+MARKER = "bpfdepot_event__"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Field:
+    """One decoded leaf of an event, for meta.json and `bpfdepot inspect`."""
+
+    name: str      # dotted path, with [i] for array elements
+    offset: int
+    size: int      # bytes (bits for bitfields)
+    decoder: str   # u, s, be, bool, chars, ipv4, ipv6, ip, ubits, sbits, float, hex
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventDecoder:
+    """Everything the C encoder needs for one event struct."""
+
+    struct: str
+    size: int
+    ops: tuple[Op, ...]
+    fields: tuple[Field, ...]
+    max_record: int
+
+
+def channel_struct(btf: Btf, channel: str, declared: str | None = None) -> BtfType:
+    """The struct a channel carries: the manifest's ``event:``, else the BPFDEPOT_CHANNEL marker."""
+    if declared:
+        found = btf.by_name(declared, "struct")
+        if found is None:
+            raise ArtifactNotFound(f"channel '{channel}': no struct '{declared}' in the object's BTF",
+                                   hint="fix `event:` in the manifest, or use the event struct in the program")
+        return found
+    for t in btf:
+        if t.kind == "var" and t.name == MARKER + channel:
+            target = btf.strip(t.type_id)
+            if target.kind == "ptr":
+                target = btf.strip(target.type_id)
+            if target.kind in ("struct", "union"):
+                return target
+    raise ArtifactNotFound(
+        f"channel '{channel}': the object does not say which struct it carries",
+        hint=f"declare it with BPFDEPOT_CHANNEL({channel}, struct your_event, SIZE) from "
+             "bpfdepot.h, or set `event: your_event` on the channel in the manifest")
+
+
+class _Emitter:
+    def __init__(self, btf: Btf) -> None:
+        self.btf = btf
+        self.ops: list[Op] = []
+        self.fields: list[Field] = []
+        self.pending = ""  # literal JSON text waiting for the next op
+        self.max_record = 0
+
+    def lit(self, text: str) -> None:
+        self.pending += text
+
+    def value(self, kind: int, path: str, offset: int, size: int, aux: int = 0, aux_size: int = 0) -> None:
+        prefix = self.pending.encode()
+        self.pending = ""
+        self.ops.append(Op(kind=kind, offset=offset, size=size, aux=aux, aux_size=aux_size, prefix=prefix))
+        width = {OP_CHARS: 2 + 6 * size, OP_HEX: 2 + 2 * size}.get(kind) or _MAX_VALUE[kind]
+        self.max_record += len(prefix) + width
+        self.fields.append(Field(name=path, offset=offset, size=size, decoder=_DECODER_NAME[kind]))
+
+    def finish(self) -> None:
+        self.lit("\n")
+        prefix = self.pending.encode()
+        self.ops.append(Op(kind=OP_LIT, prefix=prefix))
+        self.max_record += len(prefix)
+
+    def struct(self, t: BtfType, offset: int, path: str) -> None:
+        self.lit("{")
+        first = True
+        for name, member in self._members(t):
+            if name.startswith("__"):
+                continue
+            self.lit(("" if first else ",") + json.dumps(name) + ":")
+            first = False
+            at = offset + member.bit_offset // 8
+            sub = f"{path}.{name}" if path else name
+            if member.bitfield_size:
+                self.bitfield(member, offset, sub)
+            else:
+                self.field(member.type_id, at, sub, name, t, offset)
+        self.lit("}")
+
+    def _members(self, t: BtfType):
+        # anonymous struct/union members are flattened into their parent, as C spells them
+        for member in t.members:
+            inner = self.btf.strip(member.type_id)
+            if not member.name and inner.kind in ("struct", "union"):
+                for name, m in self._members(inner):
+                    yield name, type(m)(name=m.name, type_id=m.type_id,
+                                        bit_offset=m.bit_offset + member.bit_offset,
+                                        bitfield_size=m.bitfield_size)
+            else:
+                yield member.name, member
+
+    def bitfield(self, member, struct_offset: int, path: str) -> None:
+        signed = self.btf.strip(member.type_id).int_signed
+        start = struct_offset + member.bit_offset // 8
+        shift = member.bit_offset % 8
+        load = (shift + member.bitfield_size + 7) // 8
+        self.value(OP_SBITS if signed else OP_UBITS, path, start, member.bitfield_size, shift, load)
+
+    def field(self, type_id: int, offset: int, path: str, name: str, parent: BtfType, parent_offset: int) -> None:
+        typedefs = self._typedef_names(type_id)
+        t = self.btf.strip(type_id)
+        size = self.btf.size_of(type_id)
+        is_addr = "addr" in name.lower()
+        family = self._family(parent, parent_offset)
+        if "bpfdepot_ipv4" in typedefs or (is_addr and typedefs & {"__be32"} and size == 4):
+            return self.value(OP_IPV4, path, offset, 4)
+        if "bpfdepot_ip" in typedefs or (is_addr and t.kind == "array" and size == 16 and self._bytes(t)):
+            if family is not None:
+                return self.value(OP_IPFAM, path, offset, 16, family[0], family[1])
+            return self.value(OP_IPV6, path, offset, 16)
+        if is_addr and t.kind == "array" and size == 4 and self._bytes(t):
+            return self.value(OP_IPV4, path, offset, 4)
+        be = typedefs & {"__be16", "__be32", "__be64"}
+        if be and t.kind == "int":
+            return self.value(OP_BE, path, offset, size)
+        match t.kind:
+            case "int":
+                if t.int_bool:
+                    return self.value(OP_BOOL, path, offset, size)
+                return self.value(OP_S if t.int_signed else OP_U, path, offset, size)
+            case "enum" | "enum64":
+                return self.value(OP_S if t.kind_flag else OP_U, path, offset, size)
+            case "ptr":
+                return self.value(OP_U, path, offset, 8)
+            case "float":
+                return self.value(OP_F32 if size == 4 else OP_F64, path, offset, size)
+            case "struct" | "union":
+                return self.struct(t, offset, path)
+            case "array":
+                return self.array(t, offset, path, name, parent, parent_offset)
+        return self.value(OP_HEX, path, offset, size)
+
+    def array(self, t: BtfType, offset: int, path: str, name: str, parent: BtfType, parent_offset: int) -> None:
+        elem = self.btf.strip(t.elem_type_id)
+        if elem.kind == "int" and elem.size == 1 and self._is_char(t.elem_type_id):
+            return self.value(OP_CHARS, path, offset, t.nelems)
+        if elem.kind == "int" and elem.size == 1 and t.nelems > _LONG_BYTES:
+            return self.value(OP_HEX, path, offset, t.nelems)
+        step = self.btf.size_of(t.elem_type_id)
+        self.lit("[")
+        for i in range(t.nelems):
+            if i:
+                self.lit(",")
+            self.field(t.elem_type_id, offset + i * step, f"{path}[{i}]", name, parent, parent_offset)
+        self.lit("]")
+
+    def _is_char(self, type_id: int) -> bool:
+        # text is plain `char`; a __u8 / uint8_t array is bytes even though it is unsigned char
+        if self._typedef_names(type_id) & {"u8", "__u8", "uint8_t", "s8", "__s8", "int8_t"}:
+            return False
+        return self.btf.strip(type_id).name == "char"
+
+    def _bytes(self, t: BtfType) -> bool:
+        elem = self.btf.strip(t.elem_type_id)
+        return elem.kind == "int" and elem.size == 1
+
+    def _typedef_names(self, type_id: int) -> set[str]:
+        names, t = set(), self.btf.type(type_id)
+        while t.kind in _MODIFIERS:
+            if t.kind == "typedef":
+                names.add(t.name)
+            t = self.btf.type(t.type_id)
+        return names
+
+    def _family(self, parent: BtfType, parent_offset: int) -> tuple[int, int] | None:
+        for name, member in self._members(parent):
+            if name in ("family", "af", "sa_family") and not member.bitfield_size:
+                return parent_offset + member.bit_offset // 8, self.btf.size_of(member.type_id)
+        return None
+
+
+def event_decoder(btf: Btf, struct: BtfType) -> EventDecoder:
+    """Compile the default decoding of ``struct`` into encoder ops."""
+    emitter = _Emitter(btf)
+    emitter.struct(struct, 0, "")
+    emitter.finish()
+    return EventDecoder(struct=struct.name, size=struct.size, ops=tuple(emitter.ops),
+                        fields=tuple(emitter.fields), max_record=emitter.max_record)

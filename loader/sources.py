@@ -1,0 +1,71 @@
+"""Which files make up a program's source, and their digest.
+
+A node computes the same source digest as the farm to find what was built for it, so this
+lives in the loader. The closure is the entry file plus every header it includes with quotes,
+found next to the including file or in the include folders; ``vmlinux.h`` is not a source
+(it is generated per target kernel and covered by the BTF digest), and angle-bracket includes
+are the toolchain's (covered by its version). clang's own dependency list checks the closure
+after every compile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"\n]+)"', re.M)
+GENERATED = frozenset({"vmlinux.h"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceFile:
+    name: str   # stable name inside the build: src/<path in bundle> or include/<path>
+    path: Path  # where it is on this machine
+    data: bytes
+
+
+def _name_for(path: Path, roots: Sequence[tuple[str, Path]]) -> str | None:
+    for label, root in roots:
+        if path.is_relative_to(root):
+            return f"{label}/{path.relative_to(root).as_posix()}"
+    return None
+
+
+def source_closure(entry: Path, bundle_root: Path, include_dirs: Sequence[Path]) -> list[SourceFile]:
+    """The entry file and its quoted includes that resolve inside the bundle or include dirs."""
+    roots = [("src", bundle_root.resolve())] + [("include", d.resolve()) for d in include_dirs]
+    found: dict[Path, SourceFile] = {}
+    todo = [entry.resolve()]
+    while todo:
+        path = todo.pop()
+        if path in found:
+            continue
+        name = _name_for(path, roots)
+        if name is None:  # outside every root: clang's dependency check rejects it later
+            continue
+        data = path.read_bytes()
+        found[path] = SourceFile(name=name, path=path, data=data)
+        for match in _INCLUDE.finditer(data):
+            header = match.group(1).decode(errors="replace")
+            if header in GENERATED:
+                continue
+            for base in (path.parent, *(d for _, d in roots[1:])):
+                candidate = (base / header).resolve()
+                if candidate.is_file():
+                    todo.append(candidate)
+                    break
+    return sorted(found.values(), key=lambda f: f.name)
+
+
+def files_digest(files: Sequence[SourceFile]) -> dict[str, str]:
+    return {f.name: hashlib.sha256(f.data).hexdigest() for f in files}
+
+
+def source_digest(files: Sequence[SourceFile]) -> str:
+    """sha256 over the names and contents of the closure: what a node looks artifacts up by."""
+    canon = json.dumps(files_digest(files), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()

@@ -1,0 +1,118 @@
+"""The artifact store: content-addressed blobs plus create-only named refs.
+
+    blobs/sha256/ab/cdef…        immutable bytes, named by their sha256
+    refs/<namespace>/<name>      a digest ("sha256:…"); the first writer wins, never overwritten
+
+Namespaces: ``builds/<build key>`` → meta digest (the builder's cache), ``index/<program>/
+<source digest>/<arch>-<btf digest>`` → meta digest (how a node finds what was built for it).
+Every read checks the sha256 of what it returns; writes go to a temp file and are published
+with link(2), which fails if the name exists, so a crash leaves no half-written object.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from loader.errors import StoreError
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_REF = re.compile(r"^[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*$")
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class ArtifactStore(Protocol):
+    def put_blob(self, data: bytes) -> str: ...
+    def read_blob(self, digest: str) -> bytes: ...
+    def blob_path(self, digest: str) -> Path: ...
+    def put_ref(self, name: str, digest: str) -> str: ...
+    def get_ref(self, name: str) -> str | None: ...
+
+
+class LocalStore:
+    """The embedded default: a folder (``artifacts/`` or ``$BPFDEPOT_HOME``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._tmp = root / "tmp"
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.root})"
+
+    def _blob(self, digest: str) -> Path:
+        if not _DIGEST.match(digest):
+            raise StoreError(f"not a sha256 digest: {digest!r}", hint="digests look like sha256:<64 hex>")
+        hexd = digest.removeprefix("sha256:")
+        return self.root / "blobs" / "sha256" / hexd[:2] / hexd[2:]
+
+    def _publish(self, path: Path, data: bytes) -> bool:
+        """Write ``data`` at ``path`` unless something is there; True when we wrote it."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise StoreError(f"store {self.root} is full", hint="free space or move BPFDEPOT_HOME") from exc
+            raise StoreError(f"cannot write {path}: {exc.strerror}") from exc
+        finally:
+            os.unlink(tmp)
+
+    def put_blob(self, data: bytes) -> str:
+        digest = digest_of(data)
+        self._publish(self._blob(digest), data)
+        return digest
+
+    def read_blob(self, digest: str) -> bytes:
+        path = self._blob(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"blob {digest} is not in {self}",
+                             hint="the store lost it or the reference is wrong: rebuild") from None
+        if digest_of(data) != digest:
+            raise StoreError(f"blob {digest} in {self} is corrupt (its sha256 is {digest_of(data)})",
+                             hint=f"delete {path} and rebuild; nothing was loaded")
+        return data
+
+    def blob_path(self, digest: str) -> Path:
+        self.read_blob(digest)  # verify before anyone opens it
+        return self._blob(digest)
+
+    def put_ref(self, name: str, digest: str) -> str:
+        path = self._ref(name)
+        if not self._publish(path, digest.encode()):
+            return self.get_ref(name) or digest
+        return digest
+
+    def get_ref(self, name: str) -> str | None:
+        try:
+            value = self._ref(name).read_text().strip()
+        except FileNotFoundError:
+            return None
+        if not _DIGEST.match(value):
+            raise StoreError(f"ref {name} in {self} holds {value!r}, not a digest",
+                             hint=f"delete {self._ref(name)}")
+        return value
+
+    def _ref(self, name: str) -> Path:
+        if not _REF.match(name) or ".." in name.split("/"):
+            raise StoreError(f"bad ref name {name!r}")
+        return self.root / "refs" / name
