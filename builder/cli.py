@@ -1,0 +1,188 @@
+"""The ``bpfdepot`` command: where the loader and the builder meet.
+
+    bpfdepot run BUNDLE [--output FILE] [--duration S]    build if needed, load, stream events
+    bpfdepot build BUNDLE [--kernel-btf FILE ...]          build for this kernel or given BTFs
+    bpfdepot inspect OBJECT_OR_DIGEST                     what is inside an object or artifact
+    bpfdepot kernel [--json]                              this kernel and what loads on it
+
+Errors print their message and hint (a traceback only with --debug) and exit with the code
+of their class (loader/errors.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from loader.errors import BpfDepotError
+from loader.settings import Settings
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def cmd_kernel(args: argparse.Namespace, settings: Settings) -> int:
+    from loader.kernel import probe_features, running_kernel
+
+    kernel = running_kernel(settings.kernel_btf)
+    features = probe_features(kernel, settings.cache)
+    if args.json:
+        print(json.dumps({"release": kernel.release, "arch": kernel.arch,
+                          "btf_digest": kernel.btf_digest,
+                          "features": {f.name: {"ok": f.ok, "why": f.why} for f in features.values()}},
+                         indent=1))
+        return 0
+    print(f"release     {kernel.release}\narch        {kernel.arch}\nbtf digest  sha256:{kernel.btf_digest}")
+    print("features:")
+    for f in features.values():
+        print(f"  {f.name:<17} {'yes' if f.ok else 'no ':<4} {f.why}")
+    return 0
+
+
+def _targets(args: argparse.Namespace, settings: Settings) -> list:
+    from builder.compile import Target
+    from loader.kernel import KernelIdentity, file_digest, running_kernel
+
+    if not args.kernel_btf:
+        return [Target(identity=running_kernel(settings.kernel_btf), btf=settings.kernel_btf)]
+    out = []
+    for btf in args.kernel_btf:
+        path = Path(btf)
+        if not path.is_file():
+            raise BpfDepotError(f"kernel BTF {path} does not exist",
+                                hint="pass raw BTF files such as ../shared/kernels/6.1.0-50-amd64.btf")
+        out.append(Target(identity=KernelIdentity(release=path.name.removesuffix(".btf"),
+                                                  arch=args.arch, btf_digest=file_digest(path)),
+                          btf=path))
+    return out
+
+
+def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
+    from builder.compile import build_program
+    from builder.toolchain import find_toolchain
+    from loader.manifest import load_bundle
+    from loader.store import LocalStore
+
+    manifest = load_bundle(args.bundle)
+    store = LocalStore(settings.home)
+    toolchain = find_toolchain(settings.cache)
+    for target in _targets(args, settings):
+        for program in manifest.kernel_programs:
+            if not program.is_source:
+                continue
+            built = build_program(store, manifest, program, target, toolchain, settings.cache)
+            how = "cached" if built.cached else f"built in {built.seconds:.2f} s"
+            print(f"{program.name:<20} {str(target.identity):<32} {built.meta.digest}  "
+                  f"{built.meta.size:>8} B  {how}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from builder.host import resolve
+    from loader.kernel import probe_features, running_kernel
+    from loader.manifest import load_bundle
+    from loader.run import Session, check_fits, check_privileges, ensure_filesystems, stream
+
+    started = time.perf_counter()
+    manifest = load_bundle(args.bundle)
+    check_privileges(manifest.name)
+    kernel = running_kernel(settings.kernel_btf)
+    features = probe_features(kernel, settings.cache)
+    loadables = resolve(settings, manifest, kernel, compile_on_host=not args.no_build)
+    for item in loadables:
+        check_fits(item.meta, kernel, features)
+    needs_tracefs = any(p["feature"] == "tracepoint" for i in loadables for p in i.meta.programs)
+    for what in ensure_filesystems(needs_tracefs):
+        _err(f"bpfdepot: mounted {what}")
+
+    out_fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if args.output else 1
+    session = Session()
+    try:
+        session.start(loadables, {c.name: c.event for c in manifest.channels})
+        programs = sum(len(i.meta.programs) for i in loadables)
+
+        def attached() -> None:
+            ms = (time.perf_counter() - started) * 1000
+            _err(f"bpfdepot: {manifest.name}: {programs} program(s) attached, "
+                 f"{len(session.encoders)} channel(s), in {ms:.1f} ms; Ctrl-C to stop")
+
+        seconds = stream(session, out_fd, duration=args.duration, on_attached=attached)
+        stats = session.finish(out_fd)
+    finally:
+        session.close()
+        if args.output:
+            os.close(out_fd)
+    _err(f"bpfdepot: {manifest.name}: detached after {seconds:.1f} s")
+    _err(f"  {'channel':<40} {'received':>10} {'lost':>8}")
+    for s in stats:
+        _err(f"  {s.program + '/' + s.channel:<40} {s.received:>10} {s.lost:>8}")
+        if s.short:
+            _err(f"  ({s.short} events shorter than the event struct were skipped)")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
+    from builder.inspect import inspect
+
+    print(inspect(args.target, settings), end="")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bpfdepot", description="Build eBPF observability programs "
+                                "per kernel and run them.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and libbpf's debug log")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="build if needed, load, attach and stream events as JSON lines")
+    run.add_argument("bundle", help="a folder with manifest.yaml, or the manifest file")
+    run.add_argument("--output", "-o", help="write events to this file instead of stdout")
+    run.add_argument("--duration", "-d", type=float, help="stop after this many seconds")
+    run.add_argument("--no-build", action="store_true",
+                     help="never compile on this host; fail when nothing is built for this kernel")
+    run.set_defaults(func=cmd_run)
+
+    build = sub.add_parser("build", help="build a bundle's kernel programs")
+    build.add_argument("bundle")
+    build.add_argument("--kernel-btf", action="append", metavar="FILE",
+                       help="build for the kernel with this raw BTF (repeatable); default: this kernel")
+    build.add_argument("--arch", default=os.uname().machine, help="arch of the --kernel-btf kernels")
+    build.set_defaults(func=cmd_build)
+
+    insp = sub.add_parser("inspect", help="show what is inside an object or artifact")
+    insp.add_argument("target", help="a .bpf.o file, an artifact or meta digest (sha256:...), or a bundle")
+    insp.set_defaults(func=cmd_inspect)
+
+    kern = sub.add_parser("kernel", help="this kernel's identity and which program types load")
+    kern.add_argument("--json", action="store_true")
+    kern.set_defaults(func=cmd_kernel)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = Settings.from_env(os.environ)
+    if args.debug:
+        settings = Settings(home=settings.home, kernel_btf=settings.kernel_btf, debug=True)
+    try:
+        return args.func(args, settings)
+    except BpfDepotError as exc:
+        if args.debug:
+            raise
+        _err(f"bpfdepot: error: {exc.message}")
+        if exc.detail:
+            _err(exc.detail.rstrip())
+        if exc.hint:
+            _err(f"hint: {exc.hint}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Resolve a bundle's kernel programs to loadable objects on this node.
+
+Order: the artifact the store's index holds for these sources on this kernel → a compile on
+this host (sources, clang and the flag allow it) → an error naming the command that builds it.
+A prebuilt ``.bpf.o`` in the manifest is read and checked as it is.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from builder.compile import SHARED_INCLUDE, Target, build_program
+from builder.toolchain import find_toolchain
+from loader.artifact import ArtifactMeta, index_ref, lookup
+from loader.elfinfo import check_object, read_object_file
+from loader.errors import ArtifactNotFound, BuildError
+from loader.kernel import KernelIdentity
+from loader.manifest import Manifest, ProgramSpec
+from loader.run import Loadable
+from loader.settings import Settings
+from loader.sources import source_closure, source_digest
+from loader.store import LocalStore, digest_of
+
+
+def running_target(settings: Settings, kernel: KernelIdentity) -> Target:
+    return Target(identity=kernel, btf=settings.kernel_btf)
+
+
+def resolve(settings: Settings, manifest: Manifest, kernel: KernelIdentity, *,
+            compile_on_host: bool = True) -> list[Loadable]:
+    store = LocalStore(settings.home)
+    out = []
+    for program in manifest.kernel_programs:
+        if not program.is_source:
+            out.append(_prebuilt(program, manifest, kernel))
+            continue
+        files = source_closure(program.local_path, manifest.root, [SHARED_INCLUDE])
+        found = lookup(store, index_ref(program.name, source_digest(files), kernel))
+        if found is None:
+            if not compile_on_host:
+                raise ArtifactNotFound(
+                    f"no artifact for '{program.name}' on {kernel} (these sources were never built for it)",
+                    hint=f"run: bpfdepot build {manifest.root}")
+            print(f"bpfdepot: building '{program.name}' for {kernel} on this host", file=sys.stderr)
+            built = build_program(store, manifest, program, running_target(settings, kernel),
+                                  find_toolchain(settings.cache), settings.cache)
+            meta = built.meta
+        else:
+            meta = found[0]
+        out.append(Loadable(meta=meta, path=store.blob_path(meta.digest)))
+    return out
+
+
+def _prebuilt(program: ProgramSpec, manifest: Manifest, kernel: KernelIdentity) -> Loadable:
+    """A `.bpf.o` named by the manifest: checked like a fresh build, described in memory."""
+    path = program.local_path
+    if path is None:
+        raise ArtifactNotFound(f"program '{program.name}': {program.path} is not a local file",
+                               hint="remote objects arrive with the build farm; use file:// for now")
+    info = read_object_file(path)
+    channels = {c.name: (c.type, c.event) for c in manifest.channels}
+    problems = check_object(info, program.name, channels)
+    if problems:
+        raise BuildError(f"prebuilt object {path} of '{program.name}' is not usable",
+                         detail="\n".join(f"  - {p}" for p in problems), hint="rebuild it")
+    data = path.read_bytes()
+    meta = ArtifactMeta(
+        name=program.name, kind="bpf_object", key="", digest=digest_of(data), size=len(data),
+        source_digest="", target=KernelIdentity(release="any", arch=kernel.arch, btf_digest=""),
+        toolchain={}, flags=(), inputs={},
+        programs=tuple({"name": p.name, "section": p.section, "insns": p.insns, "feature": p.feature}
+                       for p in info.programs),
+        maps=(), channels={c.name: {"type": c.type} for c in manifest.channels},
+        required_features=info.required_features, license=info.license or "")
+    return Loadable(meta=meta, path=Path(path))
