@@ -131,8 +131,9 @@ class Session:
                 obj.load()
             for item, obj in self.objects:
                 obj.attach([p.name for p in obj.programs()])
-            self.reader = RingReader(
-                (obj.map_fd(stats.channel), enc) for stats, enc, obj in self.encoders)
+            if self.encoders:  # a program may have no channel (counters, filters): nothing to poll
+                self.reader = RingReader(
+                    (obj.map_fd(stats.channel), enc) for stats, enc, obj in self.encoders)
         except BaseException:
             self.close()
             raise
@@ -182,7 +183,6 @@ def stream(session: Session, fd: int, *, duration: float | None,
     try:
         if on_attached:
             on_attached()
-        assert session.reader is not None
         while not stop:
             wait_ms = 100
             if deadline is not None:
@@ -190,6 +190,9 @@ def stream(session: Session, fd: int, *, duration: float | None,
                 if left <= 0:
                     break
                 wait_ms = max(1, min(wait_ms, int(left * 1000)))
+            if session.reader is None:
+                time.sleep(wait_ms / 1000)
+                continue
             n = session.reader.poll(wait_ms)
             if n < 0 and n != -errno.EINTR:
                 raise LoadError(f"reading the ring buffers failed: {os.strerror(-n)}")
