@@ -77,23 +77,30 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
                 continue
             built = build_program(store, manifest, program, target, toolchain, settings.cache)
             how = "cached" if built.cached else f"built in {built.seconds:.2f} s"
-            print(f"{program.name:<20} {str(target.identity):<32} {built.meta.digest}  "
-                  f"{built.meta.size:>8} B  {how}")
+            print(f"{program.name:<16} {str(target.identity):<30} {built.meta.digest} "
+                  f"{built.meta.size:>7} B  {how:<15} meta {built.meta_digest}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from builder.host import resolve
+    from builder.host import artifact, resolve
     from loader.kernel import probe_features, running_kernel
     from loader.manifest import load_bundle
     from loader.run import Session, check_fits, check_privileges, ensure_filesystems, stream
 
     started = time.perf_counter()
-    manifest = load_bundle(args.bundle)
-    check_privileges(manifest.name)
-    kernel = running_kernel(settings.kernel_btf)
+    if args.bundle.startswith("sha256:"):
+        loadables = [artifact(settings, args.bundle)]
+        name, declared = loadables[0].meta.name, {}
+        check_privileges(name)
+        kernel = running_kernel(settings.kernel_btf)
+    else:
+        manifest = load_bundle(args.bundle)
+        name, declared = manifest.name, {c.name: c.event for c in manifest.channels}
+        check_privileges(name)
+        kernel = running_kernel(settings.kernel_btf)
+        loadables = resolve(settings, manifest, kernel, compile_on_host=not args.no_build)
     features = probe_features(kernel, settings.cache)
-    loadables = resolve(settings, manifest, kernel, compile_on_host=not args.no_build)
     for item in loadables:
         check_fits(item.meta, kernel, features)
     needs_tracefs = any(p["feature"] == "tracepoint" for i in loadables for p in i.meta.programs)
@@ -103,12 +110,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     out_fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if args.output else 1
     session = Session()
     try:
-        session.start(loadables, {c.name: c.event for c in manifest.channels})
+        session.start(loadables, declared)
         programs = sum(len(i.meta.programs) for i in loadables)
 
         def attached() -> None:
             ms = (time.perf_counter() - started) * 1000
-            _err(f"bpfdepot: {manifest.name}: {programs} program(s) attached, "
+            _err(f"bpfdepot: {name}: {programs} program(s) attached, "
                  f"{len(session.encoders)} channel(s), in {ms:.1f} ms; Ctrl-C to stop")
 
         seconds = stream(session, out_fd, duration=args.duration, on_attached=attached)
@@ -117,7 +124,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         session.close()
         if args.output:
             os.close(out_fd)
-    _err(f"bpfdepot: {manifest.name}: detached after {seconds:.1f} s")
+    _err(f"bpfdepot: {name}: detached after {seconds:.1f} s")
     _err(f"  {'channel':<40} {'received':>10} {'lost':>8}")
     for s in stats:
         _err(f"  {s.program + '/' + s.channel:<40} {s.received:>10} {s.lost:>8}")
@@ -140,7 +147,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="build if needed, load, attach and stream events as JSON lines")
-    run.add_argument("bundle", help="a folder with manifest.yaml, or the manifest file")
+    run.add_argument("bundle", help="a folder with manifest.yaml, the manifest file, or an artifact digest")
     run.add_argument("--output", "-o", help="write events to this file instead of stdout")
     run.add_argument("--duration", "-d", type=float, help="stop after this many seconds")
     run.add_argument("--no-build", action="store_true",

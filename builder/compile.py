@@ -23,7 +23,7 @@ from pathlib import Path
 
 from builder.toolchain import Toolchain
 from builder.vmlinux import vmlinux_header
-from loader.artifact import SCHEMA, ArtifactMeta, build_ref, index_ref, lookup
+from loader.artifact import SCHEMA, ArtifactMeta, build_ref, index_ref, lookup, meta_of_ref
 from loader.elfinfo import check_object, read_object
 from loader.errors import BuildError
 from loader.kernel import KernelIdentity
@@ -130,6 +130,7 @@ def build_program(store: ArtifactStore, manifest: Manifest, program: ProgramSpec
     meta_digest = store.put_blob(meta.to_json())
     meta_digest = store.put_ref(build_ref(key), meta_digest)
     store.put_ref(index_ref(program.name, src_digest, target.identity), meta_digest)
+    store.put_ref(meta_of_ref(digest), meta_digest)
     return Built(meta=meta, meta_digest=meta_digest, cached=False, seconds=time.perf_counter() - started)
 
 

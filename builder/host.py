@@ -12,7 +12,7 @@ from pathlib import Path
 
 from builder.compile import SHARED_INCLUDE, Target, build_program
 from builder.toolchain import find_toolchain
-from loader.artifact import ArtifactMeta, index_ref, lookup
+from loader.artifact import ArtifactMeta, by_digest, index_ref, lookup
 from loader.elfinfo import check_object, read_object_file
 from loader.errors import ArtifactNotFound, BuildError
 from loader.kernel import KernelIdentity
@@ -50,6 +50,13 @@ def resolve(settings: Settings, manifest: Manifest, kernel: KernelIdentity, *,
             meta = found[0]
         out.append(Loadable(meta=meta, path=store.blob_path(meta.digest)))
     return out
+
+
+def artifact(settings: Settings, digest: str) -> Loadable:
+    """A stored artifact named by its object or meta digest."""
+    store = LocalStore(settings.home)
+    meta, _ = by_digest(store, digest)
+    return Loadable(meta=meta, path=store.blob_path(meta.digest))
 
 
 def _prebuilt(program: ProgramSpec, manifest: Manifest, kernel: KernelIdentity) -> Loadable:

@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-from loader.artifact import ArtifactMeta
+from loader.artifact import by_digest
 from loader.decode import MARKER
 from loader.elfinfo import ObjectInfo, read_object
 from loader.errors import ArtifactNotFound, BpfDepotError
@@ -47,11 +47,7 @@ def describe(info: ObjectInfo, label: str, size: int) -> str:
 def inspect(target: str, settings: Settings) -> str:
     store = LocalStore(settings.home)
     if target.startswith("sha256:"):
-        data = store.read_blob(target)
-        try:
-            meta = ArtifactMeta.from_json(data, target)
-        except BpfDepotError:
-            return describe(read_object(data, target), target, len(data))
+        meta, _ = by_digest(store, target)
         obj = store.read_blob(meta.digest)
         return (describe(read_object(obj, meta.digest), f"{meta.name} {meta.digest}", len(obj))
                 + "meta.json\n" + json.dumps(json.loads(meta.to_json()), indent=1) + "\n")

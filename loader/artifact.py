@@ -2,6 +2,7 @@
 
 A build writes, in this order, so that no ref ever points at nothing:
     blob(object bytes) → blob(meta.json) → ref builds/<key> → ref index/<program>/<src>/<target>
+    → ref meta-of/<object digest>
 The lock (and users) pin the object digest and the meta digest.
 """
 
@@ -65,6 +66,11 @@ def index_ref(program: str, source_digest: str, target: KernelIdentity) -> str:
     return f"index/{program}/{source_digest}/{target.arch}-{target.btf_digest}"
 
 
+def meta_of_ref(object_digest: str) -> str:
+    """Where the meta of an object digest is found (so a digest alone can be inspected or run)."""
+    return f"meta-of/{object_digest.removeprefix('sha256:')}"
+
+
 def read_meta(store: ArtifactStore, meta_digest: str) -> ArtifactMeta:
     return ArtifactMeta.from_json(store.read_blob(meta_digest), f"meta {meta_digest}")
 
@@ -75,3 +81,16 @@ def lookup(store: ArtifactStore, ref: str) -> tuple[ArtifactMeta, str] | None:
     if meta_digest is None:
         return None
     return read_meta(store, meta_digest), meta_digest
+
+
+def by_digest(store: ArtifactStore, digest: str) -> tuple[ArtifactMeta, str]:
+    """The meta for a meta digest, or for an object digest (identical bytes built for several
+    targets share one object; its first meta is returned, so prefer meta digests)."""
+    data = store.read_blob(digest)
+    if data.startswith(b"{"):
+        return ArtifactMeta.from_json(data, f"meta {digest}"), digest
+    found = lookup(store, meta_of_ref(digest))
+    if found is None:
+        raise StoreError(f"{digest} is an object without a meta.json in {store}",
+                         hint="use the meta digest printed by `bpfdepot build`")
+    return found
