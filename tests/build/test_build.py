@@ -1,0 +1,107 @@
+"""Compile catalog programs for every reference kernel; failures keep clang's words."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from builder.compile import Target, build_program
+from builder.toolchain import find_toolchain
+from loader.elfinfo import read_object
+from loader.errors import BuildError
+from loader.kernel import KernelIdentity, file_digest
+from loader.manifest import load_bundle
+from loader.store import LocalStore
+
+ROOT = Path(__file__).resolve().parents[2]
+KERNELS = ROOT.parent / "shared" / "kernels"
+BUNDLES = Path(__file__).resolve().parent / "bundles"
+CATALOG = ["tcp_connlat"]
+
+
+def reference_kernels() -> list[Path]:
+    return sorted(KERNELS.glob("*.btf")) if KERNELS.is_dir() else []
+
+
+def _target(btf: Path) -> Target:
+    return Target(identity=KernelIdentity(release=btf.name.removesuffix(".btf"), arch="x86_64",
+                                          btf_digest=file_digest(btf)), btf=btf)
+
+
+def _build(home: Path, bundle: Path, btf: Path):
+    manifest = load_bundle(bundle)
+    return build_program(LocalStore(home), manifest, manifest.kernel_programs[0], _target(btf),
+                         find_toolchain(home / "cache"), home / "cache")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.mark.parametrize("program", CATALOG)
+@pytest.mark.parametrize("btf", reference_kernels() or [None], ids=lambda p: p.name if p else "none")
+def test_catalog_builds_for_each_reference_kernel(home: Path, program: str, btf: Path | None) -> None:
+    if btf is None:
+        pytest.skip(f"no reference kernels at {KERNELS} (a checkout without ../shared)")
+    built = _build(home, ROOT / "bpf" / program, btf)
+    meta = built.meta
+    assert meta.target.release == btf.name.removesuffix(".btf")
+    assert meta.required_features == ("ringbuf", "tracepoint")
+    assert meta.programs[0]["section"] == "tp/sock/inet_sock_set_state"
+    events = meta.channels["tcp_connlat_events"]
+    assert (events["event"], events["event_size"]) == ("connlat_event", 72)
+    assert [f["name"] for f in events["layout"]] == [
+        "delta_ns", "pid", "family", "sport", "dport", "comm", "saddr", "daddr"]
+    data = LocalStore(home).read_blob(meta.digest)
+    assert read_object(data, "built").license == "Dual BSD/GPL"
+    again = _build(home, ROOT / "bpf" / program, btf)
+    assert again.cached and again.meta_digest == built.meta_digest
+
+
+def test_identical_inputs_give_identical_bytes(tmp_path: Path) -> None:
+    """Two stores, two copies of the bundle in different folders: the same object."""
+    btf = Path("/sys/kernel/btf/vmlinux")
+    if not btf.exists():
+        pytest.skip("this kernel exposes no BTF")
+    digests = []
+    for n in range(2):
+        copy = tmp_path / f"copy-{n}" / ("deeper/" * n) / "tcp_connlat"
+        shutil.copytree(ROOT / "bpf" / "tcp_connlat", copy)
+        digests.append(_build(tmp_path / f"home-{n}", copy, btf).meta.digest)
+    assert digests[0] == digests[1]
+
+
+def test_syntax_error_keeps_file_and_line(home: Path) -> None:
+    with pytest.raises(BuildError) as caught:
+        _build(home, BUNDLES / "syntax_error", Path("/sys/kernel/btf/vmlinux"))
+    err = caught.value
+    assert err.message.startswith("clang failed on program 'syntax_error'")
+    assert f"{BUNDLES / 'syntax_error' / 'broken.bpf.c'}:8:10: error: expected ';'" in err.detail
+    assert "/tmp" not in err.detail and "/bpfdepot" not in err.detail
+
+
+def test_channel_missing_or_of_the_wrong_type(home: Path) -> None:
+    with pytest.raises(BuildError) as caught:
+        _build(home, BUNDLES / "missing_channel", Path("/sys/kernel/btf/vmlinux"))
+    detail = caught.value.detail
+    assert "channel 'events' is not a map in the object (maps: counts)" in detail
+    assert "channel 'counts' is a hash map, but the manifest says ring_buffer (a ringbuf map)" in detail
+    assert not (home / "refs" / "index" / "missing_channel").exists()  # nothing published
+
+
+def test_include_outside_the_bundle_is_refused(tmp_path: Path) -> None:
+    """A header that exists and compiles, by absolute path: clang's dependency list catches it.
+    (``../`` paths cannot escape: clang compiles a copy of the closure in a scratch folder.)"""
+    (tmp_path / "outside.h").write_text("#define FROM_OUTSIDE 1\n")
+    bundle = tmp_path / "bundle"
+    shutil.copytree(ROOT / "bpf" / "tcp_connlat", bundle)
+    source = bundle / "tcp_connlat.bpf.c"
+    source.write_text(f'#include "{tmp_path / "outside.h"}"\n' + source.read_text())
+    with pytest.raises(BuildError) as caught:
+        _build(tmp_path / "home", bundle, Path("/sys/kernel/btf/vmlinux"))
+    assert caught.value.message == (f"program 'tcp_connlat' reads {tmp_path / 'outside.h'}, outside "
+                                    "its bundle and the toolchain's headers")
+    assert not (tmp_path / "home" / "refs").exists()

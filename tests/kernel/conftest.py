@@ -1,0 +1,88 @@
+"""Kernel tests: root only; real programs in the running kernel, events triggered here."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+if os.geteuid() != 0:
+    pytest.skip("kernel tests load BPF programs: run them as root", allow_module_level=True)
+if not shutil.which("clang"):
+    pytest.skip("kernel tests build their programs: clang is not installed (scripts/setup)",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store for the session, so programs are compiled once."""
+    return tmp_path_factory.mktemp("bpfdepot-home")
+
+
+def cli_env(home: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, BPFDEPOT_HOME=str(home))
+    env.update(extra)
+    return env
+
+
+def bpfdepot(home: Path, *args: str, env: dict[str, str] | None = None,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=ROOT,
+                          env=env or cli_env(home), capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Finished:
+    rc: int
+    stderr: str
+    events: list[dict]
+
+
+class Running:
+    """`bpfdepot run` in the background, events to a file, stopped with SIGINT."""
+
+    def __init__(self, home: Path, bundle: str, out: Path, env: dict[str, str] | None = None) -> None:
+        self.out = out
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "builder.cli", "run", bundle, "--output", str(out)],
+            cwd=ROOT, env=env or cli_env(home), stderr=subprocess.PIPE, text=True)
+        self.stderr = ""
+        deadline = time.monotonic() + 120
+        while "attached" not in self.stderr:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                rest = self.proc.stderr.read() if self.proc.poll() is not None else ""
+                self.proc.kill()
+                raise AssertionError(f"bpfdepot run did not attach:\n{self.stderr}{rest}")
+            ready, _, _ = select.select([self.proc.stderr], [], [], 1)
+            if ready:
+                self.stderr += self.proc.stderr.readline()
+
+    def stop(self) -> Finished:
+        time.sleep(0.3)  # let the last events reach the ring buffer reader
+        self.proc.send_signal(signal.SIGINT)
+        _, rest = self.proc.communicate(timeout=30)
+        lines = self.out.read_text().splitlines() if self.out.exists() else []
+        return Finished(rc=self.proc.returncode, stderr=self.stderr + rest,
+                        events=[json.loads(line) for line in lines])
+
+
+def prog_names() -> set[str]:
+    """Names of every BPF program loaded in the kernel now."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True)
+    return {p.get("name", "") for p in json.loads(out.stdout or "[]")}
+
+
+def link_prog_ids() -> set[int]:
+    out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True, check=True)
+    return {link["prog_id"] for link in json.loads(out.stdout or "[]") if "prog_id" in link}
