@@ -48,7 +48,7 @@ class LocalStore:
         return f"LocalStore({self.root})"
 
     def _blob(self, digest: str) -> Path:
-        if not _DIGEST.match(digest):
+        if not _DIGEST.fullmatch(digest):
             raise StoreError(f"not a sha256 digest: {digest!r}", hint="digests look like sha256:<64 hex>")
         hexd = digest.removeprefix("sha256:")
         return self.root / "blobs" / "sha256" / hexd[:2] / hexd[2:]
@@ -97,6 +97,7 @@ class LocalStore:
         return self._blob(digest)
 
     def put_ref(self, name: str, digest: str) -> str:
+        self._blob(digest)  # a ref is forever: refuse anything that is not a digest
         path = self._ref(name)
         if not self._publish(path, digest.encode()):
             return self.get_ref(name) or digest
@@ -107,12 +108,12 @@ class LocalStore:
             value = self._ref(name).read_text().strip()
         except FileNotFoundError:
             return None
-        if not _DIGEST.match(value):
+        if not _DIGEST.fullmatch(value):
             raise StoreError(f"ref {name} in {self} holds {value!r}, not a digest",
                              hint=f"delete {self._ref(name)}")
         return value
 
     def _ref(self, name: str) -> Path:
-        if not _REF.match(name) or ".." in name.split("/"):
+        if not _REF.fullmatch(name) or ".." in name.split("/"):
             raise StoreError(f"bad ref name {name!r}")
         return self.root / "refs" / name
