@@ -20,30 +20,51 @@ from loader.errors import BpfDepotError, BuildError
 
 EM_BPF = 247
 
-# libbpf's section names (libbpf.c section_defs, 1.1) → the kernel feature the program needs.
-# None: a section libbpf knows that `bpfdepot kernel` does not probe.
+# libbpf's section names (libbpf.c section_defs, 1.1), spelled as libbpf spells them:
+# "x+" matches x or x/..., "x/" matches any x/..., anything else only itself.
+# Each maps to the kernel feature its program needs (None: known, not probed by `bpfdepot kernel`).
 SECTION_FEATURES: tuple[tuple[str, str | None], ...] = (
-    ("tp_btf/", "tp_btf"), ("tp/", "tracepoint"), ("tracepoint/", "tracepoint"),
-    ("raw_tp.w/", "raw_tracepoint"), ("raw_tracepoint.w/", "raw_tracepoint"),
-    ("raw_tp/", "raw_tracepoint"), ("raw_tracepoint/", "raw_tracepoint"),
-    ("kprobe.multi/", "kprobe"), ("kretprobe.multi/", "kprobe"), ("kprobe/", "kprobe"),
-    ("kretprobe/", "kprobe"), ("ksyscall/", "kprobe"), ("kretsyscall/", "kprobe"),
-    ("uprobe", "uprobe"), ("uretprobe", "uprobe"), ("usdt", "uprobe"),
-    ("fentry", "fentry"), ("fmod_ret", "fentry"), ("fexit", "fexit"), ("lsm", "lsm"),
-    ("perf_event", "perf_event"), ("socket", "socket_filter"), ("sk_reuseport", None),
-    ("tc", "sched_cls"), ("classifier", "sched_cls"), ("action", None), ("xdp", "xdp"),
-    ("cgroup_skb/", "cgroup_skb"), ("cgroup/skb", "cgroup_skb"), ("cgroup/", None),
-    ("iter", None), ("iter.s/", None), ("syscall", None), ("freplace/", None),
-    ("lwt_", None), ("sockops", None), ("sk_skb", None), ("sk_msg", None), ("lirc_mode2", None),
-    ("flow_dissector", None), ("struct_ops", None), ("sk_lookup", None),
+    ("socket", "socket_filter"), ("sk_reuseport/migrate", None), ("sk_reuseport", None),
+    ("kprobe+", "kprobe"), ("uprobe+", "uprobe"), ("uprobe.s+", "uprobe"),
+    ("kretprobe+", "kprobe"), ("uretprobe+", "uprobe"), ("uretprobe.s+", "uprobe"),
+    ("kprobe.multi+", "kprobe"), ("kretprobe.multi+", "kprobe"), ("ksyscall+", "kprobe"),
+    ("kretsyscall+", "kprobe"), ("usdt+", "uprobe"), ("tc", "sched_cls"),
+    ("classifier", "sched_cls"), ("action", None), ("tracepoint+", "tracepoint"),
+    ("tp+", "tracepoint"), ("raw_tracepoint+", "raw_tracepoint"), ("raw_tp+", "raw_tracepoint"),
+    ("raw_tracepoint.w+", "raw_tracepoint"), ("raw_tp.w+", "raw_tracepoint"),
+    ("tp_btf+", "tp_btf"), ("fentry+", "fentry"), ("fmod_ret+", "fentry"), ("fexit+", "fexit"),
+    ("fentry.s+", "fentry"), ("fmod_ret.s+", "fentry"), ("fexit.s+", "fexit"),
+    ("freplace+", None), ("lsm+", "lsm"), ("lsm.s+", "lsm"), ("lsm_cgroup+", "lsm"),
+    ("iter+", None), ("iter.s+", None), ("syscall", None), ("xdp.frags/devmap", "xdp"),
+    ("xdp/devmap", "xdp"), ("xdp.frags/cpumap", "xdp"), ("xdp/cpumap", "xdp"),
+    ("xdp.frags", "xdp"), ("xdp", "xdp"), ("perf_event", "perf_event"), ("lwt_in", None),
+    ("lwt_out", None), ("lwt_xmit", None), ("lwt_seg6local", None), ("sockops", None),
+    ("sk_skb/stream_parser", None), ("sk_skb/stream_verdict", None), ("sk_skb", None),
+    ("sk_msg", None), ("lirc_mode2", None), ("flow_dissector", None),
+    ("cgroup_skb/ingress", "cgroup_skb"), ("cgroup_skb/egress", "cgroup_skb"),
+    ("cgroup/skb", "cgroup_skb"), ("cgroup/sock_create", None), ("cgroup/sock_release", None),
+    ("cgroup/sock", None), ("cgroup/post_bind4", None), ("cgroup/post_bind6", None),
+    ("cgroup/bind4", None), ("cgroup/bind6", None), ("cgroup/connect4", None),
+    ("cgroup/connect6", None), ("cgroup/sendmsg4", None), ("cgroup/sendmsg6", None),
+    ("cgroup/recvmsg4", None), ("cgroup/recvmsg6", None), ("cgroup/getpeername4", None),
+    ("cgroup/getpeername6", None), ("cgroup/getsockname4", None), ("cgroup/getsockname6", None),
+    ("cgroup/sysctl", None), ("cgroup/getsockopt", None), ("cgroup/setsockopt", None),
+    ("cgroup/dev", None), ("struct_ops+", None), ("sk_lookup", None),
 )
 _CHANNEL_MAPS = {"ring_buffer": "ringbuf", "perf_buffer": "perf_event_array"}
 
 
 def section_feature(section: str) -> tuple[bool, str | None]:
     """(libbpf knows this section, the feature it needs)."""
-    for prefix, feature in SECTION_FEATURES:
-        if section == prefix.rstrip("/") or section.startswith(prefix):
+    for spec, feature in SECTION_FEATURES:
+        if spec.endswith("+"):
+            base = spec[:-1]
+            hit = section == base or section.startswith(base + "/")
+        elif spec.endswith("/"):
+            hit = section.startswith(spec)
+        else:
+            hit = section == spec
+        if hit:
             return True, feature
     return False, None
 
