@@ -70,8 +70,9 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
 
     manifest = load_bundle(args.bundle)
     store = LocalStore(settings.home)
+    targets = _targets(args, settings)
     toolchain = find_toolchain(settings.cache)
-    for target in _targets(args, settings):
+    for target in targets:
         for program in manifest.kernel_programs:
             if not program.is_source:
                 continue

@@ -73,9 +73,13 @@ def _limits() -> None:
 
 
 def build_key(program: ProgramSpec, inputs: dict[str, str], flags: tuple[str, ...],
-              toolchain: Toolchain, target: KernelIdentity) -> str:
-    body = {"schema": SCHEMA, "program": program.name, "inputs": inputs, "flags": flags,
-            "toolchain": toolchain.as_dict(), "btf": target.btf_digest, "arch": target.arch}
+              toolchain: Toolchain, target: KernelIdentity,
+              channels: dict[str, tuple[str, str | None]] | None = None) -> str:
+    body: dict[str, object] = {"schema": SCHEMA, "program": program.name, "inputs": inputs,
+                               "flags": flags, "toolchain": toolchain.as_dict(),
+                               "btf": target.btf_digest, "arch": target.arch}
+    if channels:  # the meta stored under the key records them, checked against the object
+        body["channels"] = {k: list(v) for k, v in channels.items()}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -88,10 +92,11 @@ def build_program(store: ArtifactStore, manifest: Manifest, program: ProgramSpec
                          hint="only file:// .bpf.c sources are built; prebuilt objects load as they are")
     files = source_closure(program.local_path, manifest.root, [SHARED_INCLUDE])
     inputs = files_digest(files)
-    src_digest = source_digest(files)
+    channels = manifest.channel_decls
+    src_digest = source_digest(files, channels)
     entry = next(f.name for f in files if f.path == program.local_path.resolve())
     flags = bpf_flags(target.identity.arch)
-    key = build_key(program, inputs, flags, toolchain, target.identity)
+    key = build_key(program, inputs, flags, toolchain, target.identity, channels)
 
     found = lookup(store, build_ref(key))
     if found:
@@ -110,7 +115,6 @@ def build_program(store: ArtifactStore, manifest: Manifest, program: ProgramSpec
         shutil.rmtree(scratch, ignore_errors=True)
 
     info = read_object(data, f"{program.name} for {target.identity}")
-    channels = {c.name: (c.type, c.event) for c in manifest.channels}
     problems = check_object(info, program.name, channels)
     if problems:
         raise BuildError(f"the object built from '{program.name}' for {target.identity} is not usable",
@@ -180,6 +184,7 @@ def _user_paths(text: str, scratch: Path, root: Path) -> str:
 
 
 def _check_deps(scratch: Path, program: ProgramSpec) -> None:
+    scratch = scratch.resolve()  # deps are resolved below; BPFDEPOT_HOME may sit behind a symlink
     deps = (scratch / "deps.d").read_text().replace("\\\n", " ").split(":", 1)[1].split()
     for dep in deps:
         path = (scratch / dep).resolve() if not dep.startswith("/") else Path(dep).resolve()

@@ -36,7 +36,7 @@ def resolve(settings: Settings, manifest: Manifest, kernel: KernelIdentity, *,
             out.append(_prebuilt(program, manifest, kernel))
             continue
         files = source_closure(program.local_path, manifest.root, [SHARED_INCLUDE])
-        found = lookup(store, index_ref(program.name, source_digest(files), kernel))
+        found = lookup(store, index_ref(program.name, source_digest(files, manifest.channel_decls), kernel))
         if found is None:
             if not compile_on_host:
                 raise ArtifactNotFound(
@@ -66,8 +66,7 @@ def _prebuilt(program: ProgramSpec, manifest: Manifest, kernel: KernelIdentity) 
         raise ArtifactNotFound(f"program '{program.name}': {program.path} is not a local file",
                                hint="remote objects arrive with the build farm; use file:// for now")
     info = read_object_file(path)
-    channels = {c.name: (c.type, c.event) for c in manifest.channels}
-    problems = check_object(info, program.name, channels)
+    problems = check_object(info, program.name, manifest.channel_decls)
     if problems:
         raise BuildError(f"prebuilt object {path} of '{program.name}' is not usable",
                          detail="\n".join(f"  - {p}" for p in problems), hint="rebuild it")

@@ -145,6 +145,11 @@ class Manifest:
         )
 
     @property
+    def channel_decls(self) -> dict[str, tuple[str, str | None]]:
+        """Channel name → (type, declared event struct): what a build checks the object against."""
+        return {c.name: (c.type, c.event) for c in self.channels}
+
+    @property
     def kernel_programs(self) -> tuple[ProgramSpec, ...]:
         """The ebpf_object programs, in manifest order."""
         return tuple(program for program in self.programs if program.type == "ebpf_object")

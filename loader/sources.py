@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +65,12 @@ def files_digest(files: Sequence[SourceFile]) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.data).hexdigest() for f in files}
 
 
-def source_digest(files: Sequence[SourceFile]) -> str:
-    """sha256 over the names and contents of the closure: what a node looks artifacts up by."""
-    canon = json.dumps(files_digest(files), sort_keys=True, separators=(",", ":"))
+def source_digest(files: Sequence[SourceFile],
+                  channels: Mapping[str, tuple[str, str | None]] | None = None) -> str:
+    """sha256 over the closure's names and contents and the manifest's channel declarations
+    (they decide what the artifact's meta records): what a node looks artifacts up by."""
+    body: object = files_digest(files)
+    if channels:
+        body = {"files": body, "channels": {k: list(v) for k, v in channels.items()}}
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()
