@@ -4,7 +4,9 @@
     refs/<namespace>/<name>      a digest ("sha256:…"); the first writer wins, never overwritten
 
 Namespaces: ``builds/<build key>`` → meta digest (the builder's cache), ``index/<program>/
-<source digest>/<arch>-<btf digest>`` → meta digest (how a node finds what was built for it).
+<source digest>/<arch>-<btf digest>`` → meta digest (how a node finds what was built for it),
+``kernels/<arch>-<btf digest>`` → a kernel catalog entry (the one kind of ref that may be
+replaced, with ``set_ref``, when a node registers newer probe results).
 Every read checks the sha256 of what it returns; writes go to a temp file and are published
 with link(2), which fails if the name exists, so a crash leaves no half-written object.
 """
@@ -35,6 +37,8 @@ class ArtifactStore(Protocol):
     def blob_path(self, digest: str) -> Path: ...
     def put_ref(self, name: str, digest: str) -> str: ...
     def get_ref(self, name: str) -> str | None: ...
+    def set_ref(self, name: str, digest: str) -> None: ...
+    def list_refs(self, prefix: str) -> list[str]: ...
 
 
 class LocalStore:
@@ -112,6 +116,25 @@ class LocalStore:
             raise StoreError(f"ref {name} in {self} holds {value!r}, not a digest",
                              hint=f"delete {self._ref(name)}")
         return value
+
+    def set_ref(self, name: str, digest: str) -> None:
+        """Point ``name`` at ``digest``, replacing what was there (atomic rename)."""
+        self._blob(digest)
+        path = self._ref(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._tmp)
+        with os.fdopen(fd, "w") as f:
+            f.write(digest)
+        os.replace(tmp, path)
+
+    def list_refs(self, prefix: str) -> list[str]:
+        """Names of the refs under ``prefix`` (a folder-like path such as "kernels"), sorted."""
+        base = self._ref(prefix.rstrip("/"))
+        if not base.is_dir():
+            return []
+        root = self.root / "refs"
+        return sorted(p.relative_to(root).as_posix() for p in base.rglob("*") if p.is_file())
 
     def _ref(self, name: str) -> Path:
         if not _REF.fullmatch(name) or ".." in name.split("/"):
