@@ -12,6 +12,10 @@ class Settings:
     home: Path               # the local store and caches: $BPFDEPOT_HOME, default ./artifacts
     kernel_btf: Path         # the running kernel's BTF
     debug: bool = False
+    store: str = ""          # $BPFDEPOT_STORE: "" (the local store in home), a folder, or s3://BUCKET/PREFIX
+    s3_endpoint: str = ""    # $BPFDEPOT_S3_ENDPOINT, for any S3-compatible server
+    broker: str = "redis://127.0.0.1:6379/0"  # $BPFDEPOT_BROKER
+    visibility_timeout: int = 3600  # s; $BPFDEPOT_VISIBILITY_TIMEOUT: unacked builds come back after it
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], cwd: Path | None = None) -> Settings:
@@ -21,6 +25,10 @@ class Settings:
             home=(base / home).resolve() if not home.is_absolute() else home,
             kernel_btf=Path(env.get("BPFDEPOT_KERNEL_BTF", "/sys/kernel/btf/vmlinux")),
             debug=env.get("BPFDEPOT_DEBUG", "") not in ("", "0"),
+            store=env.get("BPFDEPOT_STORE", ""),
+            s3_endpoint=env.get("BPFDEPOT_S3_ENDPOINT", ""),
+            broker=env.get("BPFDEPOT_BROKER") or "redis://127.0.0.1:6379/0",
+            visibility_timeout=int(env.get("BPFDEPOT_VISIBILITY_TIMEOUT") or 3600),
         )
 
     @property

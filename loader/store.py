@@ -19,7 +19,10 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from loader.settings import Settings
 
 from loader.errors import StoreError
 
@@ -29,6 +32,26 @@ _REF = re.compile(r"^[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*$")
 
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def check_digest(digest: str, where: str = "") -> None:
+    if not _DIGEST.fullmatch(digest):
+        raise StoreError(f"{where + ': ' if where else ''}not a sha256 digest: {digest!r}",
+                         hint="digests look like sha256:<64 hex>")
+
+
+def check_ref(name: str) -> None:
+    if not _REF.fullmatch(name) or ".." in name.split("/"):
+        raise StoreError(f"bad ref name {name!r}")
+
+
+def open_store(settings: "Settings") -> ArtifactStore:
+    """The store the settings name: the local folder (default) or s3://BUCKET/PREFIX."""
+    if settings.store.startswith("s3://"):
+        from loader.s3store import S3Store
+
+        return S3Store(settings.store, endpoint=settings.s3_endpoint, cache_dir=settings.cache / "s3")
+    return LocalStore(Path(settings.store) if settings.store else settings.home)
 
 
 class ArtifactStore(Protocol):
@@ -52,8 +75,7 @@ class LocalStore:
         return f"LocalStore({self.root})"
 
     def _blob(self, digest: str) -> Path:
-        if not _DIGEST.fullmatch(digest):
-            raise StoreError(f"not a sha256 digest: {digest!r}", hint="digests look like sha256:<64 hex>")
+        check_digest(digest)
         hexd = digest.removeprefix("sha256:")
         return self.root / "blobs" / "sha256" / hexd[:2] / hexd[2:]
 
@@ -137,6 +159,5 @@ class LocalStore:
         return sorted(p.relative_to(root).as_posix() for p in base.rglob("*") if p.is_file())
 
     def _ref(self, name: str) -> Path:
-        if not _REF.fullmatch(name) or ".." in name.split("/"):
-            raise StoreError(f"bad ref name {name!r}")
+        check_ref(name)
         return self.root / "refs" / name

@@ -1,0 +1,188 @@
+"""The artifact store in S3-compatible object storage, through boto3 (installed with the
+``farm`` extra; imported only when a store URL says s3://).
+
+Same layout and rules as LocalStore (loader/store.py): ``PREFIX/blobs/sha256/ab/cdef…`` and
+``PREFIX/refs/<name>``. Blobs and refs are written with ``If-None-Match: *``, so nothing is
+ever overwritten (a 412 means someone else wrote it first). Every upload carries Content-MD5
+and every download is checked against its sha256 here: the store's own checksums are not
+relied on. Transient failures retry with exponential backoff, then raise StoreError.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from loader.errors import StoreError
+from loader.store import digest_of, check_digest, check_ref
+
+ATTEMPTS, FIRST_DELAY_S = 5, 0.2
+
+
+class S3Store:
+    def __init__(self, url: str, *, endpoint: str = "", cache_dir: Path, attempts: int = ATTEMPTS) -> None:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise StoreError("the S3 store needs boto3", hint="pip install 'bpfdepot[farm]'") from None
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise StoreError(f"store URL {url!r} names no bucket", hint="write s3://BUCKET/PREFIX")
+        self.url, self.bucket, self.prefix = url, bucket, prefix.strip("/")
+        self.cache_dir = cache_dir
+        self.attempts = attempts
+        config = Config(
+            retries={"max_attempts": 1, "mode": "standard"},  # retries are ours, with backoff
+            connect_timeout=5, read_timeout=30,
+            # S3-compatible servers (Ceph Pacific) reject the newer flexible checksums
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"})
+        self._s3 = boto3.client("s3", endpoint_url=endpoint or None, config=config)
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.url})"
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def _blob_key(self, digest: str) -> str:
+        check_digest(digest)
+        hexd = digest.removeprefix("sha256:")
+        return self._key("blobs", "sha256", hexd[:2], hexd[2:])
+
+    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        """Run one S3 call, retrying transient failures with exponential backoff."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        delay = FIRST_DELAY_S
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn(**kwargs)
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                code = exc.response.get("Error", {}).get("Code", "")
+                if status in (404, 412) or code in ("NoSuchKey", "PreconditionFailed", "404"):
+                    raise
+                if status in (403,) or code in ("AccessDenied", "InvalidAccessKeyId",
+                                                  "SignatureDoesNotMatch", "NoSuchBucket"):
+                    raise StoreError(f"{self}: {what} refused: {code}",
+                                     hint="check the credentials and that the bucket exists") from exc
+                last: Exception = exc
+            except BotoCoreError as exc:  # connection refused, timeouts, DNS
+                last = exc
+            if attempt < self.attempts:
+                time.sleep(delay)
+                delay *= 2
+        raise StoreError(f"{self}: {what} failed after {self.attempts} attempts: {last}",
+                         hint="is the object store reachable? check BPFDEPOT_S3_ENDPOINT") from last
+
+    @staticmethod
+    def _status(exc: Exception) -> int:
+        return getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+
+    def _put_new(self, key: str, data: bytes, what: str) -> bool:
+        """Create ``key``; False when it already exists (412)."""
+        from botocore.exceptions import ClientError
+
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        try:
+            self._call(what, self._s3.put_object, Bucket=self.bucket, Key=key, Body=data,
+                       ContentMD5=md5, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if self._status(exc) == 412:
+                return False
+            raise StoreError(f"{self}: {what} failed: {exc}") from exc
+
+    def _get(self, key: str, what: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self._call(what, self._s3.get_object, Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if self._status(exc) == 404:
+                return None
+            raise StoreError(f"{self}: {what} failed: {exc}") from exc
+
+    def put_blob(self, data: bytes) -> str:
+        digest = digest_of(data)
+        self._put_new(self._blob_key(digest), data, f"upload of {digest}")
+        return digest
+
+    def read_blob(self, digest: str) -> bytes:
+        data = self._get(self._blob_key(digest), f"download of {digest}")
+        if data is None:
+            raise StoreError(f"blob {digest} is not in {self}",
+                             hint="the store lost it or the reference is wrong: rebuild")
+        if digest_of(data) != digest:
+            raise StoreError(f"blob {digest} in {self} is corrupt (its sha256 is {digest_of(data)})",
+                             hint="delete it from the bucket and rebuild; nothing was loaded")
+        return data
+
+    def blob_path(self, digest: str) -> Path:
+        """A verified local copy (libbpf opens files), cached by digest."""
+        local = self.cache_dir / "blobs" / digest.removeprefix("sha256:")
+        if local.exists() and digest_of(local.read_bytes()) == digest:
+            return local
+        data = self.read_blob(digest)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=local.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, local)
+        return local
+
+    def put_ref(self, name: str, digest: str) -> str:
+        check_ref(name)
+        check_digest(digest)
+        if self._put_new(self._key("refs", name), digest.encode(), f"ref {name}"):
+            return digest
+        return self.get_ref(name) or digest
+
+    def get_ref(self, name: str) -> str | None:
+        check_ref(name)
+        data = self._get(self._key("refs", name), f"ref {name}")
+        if data is None:
+            return None
+        value = data.decode(errors="replace").strip()
+        check_digest(value, where=f"ref {name} in {self}")
+        return value
+
+    def set_ref(self, name: str, digest: str) -> None:
+        check_ref(name)
+        check_digest(digest)
+        data = digest.encode()
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        self._call(f"ref {name}", self._s3.put_object, Bucket=self.bucket,
+                   Key=self._key("refs", name), Body=data, ContentMD5=md5)
+
+    def list_refs(self, prefix: str) -> list[str]:
+        check_ref(prefix.rstrip("/"))
+        base = self._key("refs", prefix.rstrip("/")) + "/"
+        refs_root = self._key("refs") + "/"
+        names, token = [], None
+        while True:
+            kwargs = {"Bucket": self.bucket, "Prefix": base}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call(f"list of {prefix}", self._s3.list_objects_v2, **kwargs)
+            names += [o["Key"].removeprefix(refs_root) for o in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return sorted(names)
+            token = page["NextContinuationToken"]
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket when it does not exist (tests and first set-up)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self._call(f"creation of bucket {self.bucket}", self._s3.create_bucket, Bucket=self.bucket)
