@@ -1,0 +1,297 @@
+"""Event throughput: 1M getppid() events through bpfdepot, a C libbpf consumer and naive Python.
+
+The producer (flood/producer.c) makes N ``syscall(SYS_getppid)`` calls and prints its own
+elapsed seconds; flood.bpf.c writes one 64-byte event per call into a 64 MiB ring buffer.
+Every consumer loads the same object (the blob the store holds for bench/flood), signals
+that it is attached, and only then the producer starts. For every consumer alike:
+
+    events/s = producer events received / seconds from the producer's start to the consumer's
+               last producer event
+    drops    = the program's lost counter (failed reservations) + producer events never received
+
+The flood program sees every process's getppid(), so a few events of other processes
+("foreign") may arrive; consumers count them apart (by comm, or pid in bpfdepot's file) and
+they are shown, not treated as errors. bpfdepot's last event is when its output file grew past
+the producer's last line (st_mtime, polled every 10 ms; SIGINT once the file has rested 1 s).
+Its file is then checked: one valid JSON object per line, N lines from the producer, seq
+values 0..lines-1 each exactly once (so nothing was lost or repeated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import harness
+from harness import BENCH, Row, median, paired
+
+FLOOD = BENCH / "flood"
+N = 1_000_000
+RATIO_GOAL = 0.8
+IDLE_S = 1.0          # bpfdepot's file / naive consumer: stopped for this long means done
+C_IDLE_S = 3.0        # the C consumer's own stop rule
+TIMEOUT_S = 60.0
+BATCH_MS = 2          # the batched C consumer drains every 2 ms instead of being woken
+
+
+@dataclass(slots=True, kw_only=True)
+class Run:
+    received: int         # every event the consumer got
+    ours: int             # those of the producer
+    lost: int             # the program's failed reservations (flood_events_lost)
+    producer_s: float     # the producer's own elapsed seconds
+    span_s: float         # producer start → the consumer's last producer event
+    ready_to_last_s: float
+    consumer_cpu_s: float  # user + sys of the consumer process, its start-up included
+    check: str = ""       # the output file check (bpfdepot only)
+    foreign_comms: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.ours / self.span_s if self.span_s > 0 else 0.0
+
+    @property
+    def drops(self) -> int:
+        return self.lost + max(0, N - self.ours)
+
+
+def _start_producer(producer: Path) -> tuple[float, subprocess.Popen]:
+    t0 = time.monotonic()
+    return t0, subprocess.Popen([str(producer), str(N)], stdout=subprocess.PIPE, text=True)
+
+
+def _producer_seconds(p: subprocess.Popen) -> float:
+    out, _ = p.communicate(timeout=TIMEOUT_S)
+    if p.returncode != 0:
+        raise SystemExit(f"bench: the producer failed ({p.returncode})")
+    return float(out.strip())
+
+
+def _cpu() -> float:
+    """User + system seconds of the children reaped so far (the consumer is reaped last)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _kv(line: str) -> dict[str, float]:
+    words = line.split()
+    return {k: float(v) for k, v in zip(words[::2], words[1::2])}
+
+
+def _stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+def run_libbpf_consumer(cmd: list[str], producer: Path) -> Run:
+    """consumer.c or naive_consumer.py: both print 'ready t', then one 'key value ...' line."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        harness.wait_for_line(p, p.stdout, "ready", cmd[0])
+        t0, prod = _start_producer(producer)
+        producer_s = _producer_seconds(prod)
+        cpu = _cpu()
+        out, err = p.communicate(timeout=TIMEOUT_S)
+        cpu = _cpu() - cpu
+    finally:
+        _stop(p)
+    if p.returncode != 0 or "received" not in out:
+        raise SystemExit(f"bench: {' '.join(cmd)} failed ({p.returncode}):\n{out}{err}")
+    got = _kv(out.strip().splitlines()[-1])
+    return Run(received=int(got["received"]), ours=int(got["ours"]), lost=int(got["lost"]),
+               producer_s=producer_s, span_s=got["last"] - t0, ready_to_last_s=got["ready_to_last"],
+               consumer_cpu_s=cpu)
+
+
+def run_bpfdepot(producer: Path, home: Path, output: Path) -> Run:
+    cmd = [*harness.bpfdepot_exe(), "run", str(FLOOD), "--output", str(output)]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env=harness.env_for(home))
+    try:
+        harness.wait_for_line(p, p.stderr, "attached", "bpfdepot run")
+        ready = time.monotonic()
+        t0, prod = _start_producer(producer)
+        # (size, st_mtime_ns) every 10 ms while the producer runs and until the file rests
+        samples, changed = [(-1, 0)], time.monotonic()
+        while (prod.poll() is None or time.monotonic() - changed < IDLE_S) \
+                and time.monotonic() - t0 < TIMEOUT_S:
+            st = os.stat(output)
+            if st.st_size != samples[-1][0]:
+                samples.append((st.st_size, st.st_mtime_ns))
+                changed = time.monotonic()
+            time.sleep(0.010)
+        producer_s = _producer_seconds(prod)
+        cpu = _cpu()
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=TIMEOUT_S)
+        cpu = _cpu() - cpu
+    finally:
+        _stop(p)
+    if p.returncode != 0:
+        raise SystemExit(f"bench: bpfdepot run failed ({p.returncode}):\n{err}")
+    row = re.search(r"flood/flood_events\s+(\d+)\s+(\d+)", err)
+    if not row:
+        raise SystemExit(f"bench: no summary for flood/flood_events in:\n{err}")
+    st = os.stat(output)
+    samples.append((st.st_size, st.st_mtime_ns))  # the last events may come with the final drain
+    got = verify(output, prod.pid)
+    output.unlink()
+    # The last producer event is in the file from the first sample that reaches the end of its
+    # line; that sample's st_mtime (CLOCK_REALTIME, mapped onto the monotonic clock t0 was read
+    # on) is when it was written. Later growth (other processes' events) does not count.
+    written = next(mtime for size, mtime in samples if size >= got.end)
+    last = (written - (time.time_ns() - time.monotonic_ns())) / 1e9
+    return Run(received=int(row.group(1)), ours=got.ours, lost=int(row.group(2)),
+               producer_s=producer_s, span_s=last - t0, ready_to_last_s=last - ready,
+               consumer_cpu_s=cpu, check=got.problem or "ok", foreign_comms=got.foreign)
+
+
+@dataclass(slots=True, kw_only=True)
+class FileCheck:
+    lines: int
+    ours: int             # lines of the producer
+    end: int              # byte offset just past the producer's last line
+    foreign: str          # "comm×count" of the other processes' lines
+    problem: str          # empty when the file is right
+
+
+def verify(path: Path, pid: int) -> FileCheck:
+    """One flood event per line, N of them from ``pid``, seq values 0..lines-1 each once."""
+    with open(path, "rb") as f:
+        lines = f.read().splitlines()
+    seen, ours, end, offset, bad, foreign = bytearray(len(lines)), 0, 0, 0, [], Counter()
+    for i, line in enumerate(lines):
+        offset += len(line) + 1
+        try:
+            rec = json.loads(line)
+            seq = rec["seq"]
+        except (ValueError, KeyError, TypeError):
+            bad.append(f"line {i + 1} is not a flood event: {line[:80]!r}")
+            continue
+        if not 0 <= seq < len(lines) or seen[seq]:
+            bad.append(f"line {i + 1}: seq {seq} out of range or repeated")
+            continue
+        seen[seq] = 1
+        if rec.get("pid") == pid:
+            ours, end = ours + 1, offset
+        else:
+            foreign[rec.get("comm")] += 1
+    if ours != N:
+        bad.append(f"{ours} lines from the producer, expected {N}")
+    if not bad and not all(seen):
+        bad.append(f"seq values missing: {seen.count(0)}")
+    return FileCheck(lines=len(lines), ours=ours, end=end, problem="; ".join(bad[:3]),
+                     foreign=", ".join(f"{c}×{n}" for c, n in foreign.most_common(3)))
+
+
+def measure(args: argparse.Namespace) -> list[Row]:
+    with harness.scratch("flood") as tmp:
+        home = tmp / "home"
+        blob = harness.build_blob(FLOOD, home)
+        producer = harness.gcc(FLOOD / "producer.c", tmp / "producer")
+        consumer = harness.gcc(FLOOD / "consumer.c", tmp / "consumer", "-lbpf")
+        harness.ensure_bpffs()
+        harness.run([*harness.bpfdepot_exe(), "kernel"], env=harness.env_for(home))  # probe once
+        runs: dict[str, list] = {"untraced": [], "C libbpf": [], "C batched": [], "bpfdepot": [],
+                                 "naive Python": []}
+        for i in range(args.reps):  # interleaved, so drift hits every consumer alike
+            runs["untraced"].append(_producer_seconds(_start_producer(producer)[1]))
+            c_cmd = [str(consumer), "-i", str(C_IDLE_S), "-c", producer.name]
+            runs["C libbpf"].append(run_libbpf_consumer(
+                [*c_cmd, str(blob), "flood_events", str(N)], producer))
+            runs["C batched"].append(run_libbpf_consumer(
+                [*c_cmd, "-b", str(BATCH_MS), str(blob), "flood_events", str(N)], producer))
+            runs["bpfdepot"].append(run_bpfdepot(producer, home, tmp / f"flood-{i}.jsonl"))
+            if not args.no_naive:
+                out = tmp / f"naive-{i}.jsonl"
+                runs["naive Python"].append(run_libbpf_consumer(
+                    [sys.executable, str(FLOOD / "naive_consumer.py"), str(blob), "flood_events",
+                     str(N), str(out), str(IDLE_S), producer.name], producer))
+                out.unlink()
+    untraced = median(runs.pop("untraced"))
+    runs = {name: rs for name, rs in runs.items() if rs}
+    print(_details(runs, untraced))
+    return _summary(runs, untraced)
+
+
+def _details(runs: dict[str, list[Run]], untraced: float) -> str:
+    head = (f"  {'consumer':<13} {'events/s':>10} {'received':>9} {'lost':>5} {'drops':>5} "
+            f"{'producer':>9} {'slowdown':>8} {'start→last':>10} {'ready→last':>10} {'CPU':>6}"
+            "  check")
+    out = [f"  producer untraced: {untraced:.3f} s for {N} getppid() (median); CPU: the consumer "
+           "process's user+sys, start-up included", head]
+    for name, rs in runs.items():
+        for r in rs:
+            foreign = f"; foreign: {r.received - r.ours}" if r.received != r.ours else ""
+            out.append(f"  {name:<13} {r.rate:>10,.0f} {r.received:>9} {r.lost:>5} {r.drops:>5} "
+                       f"{r.producer_s:>8.3f}s {r.producer_s / untraced:>7.2f}× {r.span_s:>9.3f}s "
+                       f"{r.ready_to_last_s:>9.3f}s {r.consumer_cpu_s:>5.2f}s  {r.check or '—'}"
+                       f"{foreign}{f' ({r.foreign_comms})' if r.foreign_comms else ''}")
+    return "\n".join(out)
+
+
+def _summary(runs: dict[str, list[Run]], untraced: float) -> list[Row]:
+    def rate(name: str) -> float:
+        return median([r.rate for r in runs[name]])
+
+    def slowdown(name: str) -> float:
+        return median([r.producer_s for r in runs[name]]) / untraced
+
+    def rates(name: str) -> list[float]:
+        return [r.rate for r in runs[name]]
+
+    def secs(name: str) -> list[float]:
+        return [r.producer_s for r in runs[name]]
+
+    def drops(name: str) -> int:
+        return max(r.drops for r in runs[name])
+
+    batched = f"C drained every {BATCH_MS} ms"
+    ratio = paired(rates("bpfdepot"), rates("C libbpf"))
+    checks = [r.check for r in runs["bpfdepot"] if r.check != "ok"]
+    rows = [
+        Row(metric="flood: events/s (vs C libbpf)", value=f"{rate('bpfdepot'):,.0f}",
+            baseline=f"{rate('C libbpf'):,.0f}", ratio=ratio, goal=f"≥ {RATIO_GOAL:.2f}×",
+            met=ratio >= RATIO_GOAL),
+        Row(metric="flood: drops, worst run (vs C libbpf)", value=str(drops("bpfdepot")),
+            baseline=str(drops("C libbpf")), goal="0", met=drops("bpfdepot") == 0),
+        Row(metric="flood: output file check", value=checks[0] if checks else "ok",
+            goal=f"{N} producer lines, seq complete", met=not checks),
+        Row(metric="flood: producer slowdown vs untraced", value=f"{slowdown('bpfdepot'):.2f}×",
+            baseline=f"{slowdown('C libbpf'):.2f}× (C libbpf)",
+            ratio=paired(secs("bpfdepot"), secs("C libbpf"))),
+        Row(metric=f"flood: events/s (vs {batched})", value=f"{rate('bpfdepot'):,.0f}",
+            baseline=f"{rate('C batched'):,.0f}",
+            ratio=paired(rates("bpfdepot"), rates("C batched"))),
+        Row(metric=f"flood: producer slowdown (vs {batched})",
+            value=f"{slowdown('bpfdepot'):.2f}×", baseline=f"{slowdown('C batched'):.2f}×",
+            ratio=paired(secs("bpfdepot"), secs("C batched"))),
+    ]
+    if "naive Python" in runs:
+        rows += [
+            Row(metric="flood: naive Python events/s (vs C libbpf)",
+                value=f"{rate('naive Python'):,.0f}", baseline=f"{rate('C libbpf'):,.0f}",
+                ratio=paired(rates("naive Python"), rates("C libbpf"))),
+            Row(metric="flood: naive Python drops, worst run", value=str(drops("naive Python")),
+                baseline=f"{drops('C libbpf')} (C libbpf)"),
+        ]
+    return rows
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-naive", action="store_true", help="skip the naive Python consumer")
+
+
+if __name__ == "__main__":
+    sys.exit(harness.main("bench_flood", measure, reps=3, add_args=_args))

@@ -1,0 +1,60 @@
+"""Run every benchmark (each in its own process, as it runs standalone) and print one table.
+
+    python bench/run_all.py [--quick]      # --quick: fewer repetitions, no naive Python row
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import harness
+from harness import BENCH, Row
+
+SCRIPTS = ("bench_build", "bench_attach", "bench_flood")
+QUICK = {"bench_build": ["--reps", "3"], "bench_attach": ["--reps", "3"],
+         "bench_flood": ["--reps", "1", "--no-naive"]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="bench/run_all.py")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    args = p.parse_args()
+    rows: list[Row] = []
+    failed = []
+    started, load = time.monotonic(), os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bpfdepot-bench-all-") as tmp:
+        for name in SCRIPTS:
+            out = Path(tmp) / f"{name}.json"
+            cmd = [sys.executable, str(BENCH / f"{name}.py"), "--json", str(out),
+                   *(QUICK[name] if args.quick else [])]
+            print(f"\n$ {' '.join(cmd[1:])}", flush=True)
+            t0 = time.monotonic()
+            rc = subprocess.run(cmd).returncode
+            print(f"({name}: {time.monotonic() - t0:.1f} s, exit {rc})", flush=True)
+            if rc != 0 or not out.exists():
+                failed.append(name)
+                continue
+            rows += [Row(**r) for r in json.loads(out.read_text())]
+    print()
+    # Other jobs on this 2-core machine move wall times by tens of percent: say how busy it was.
+    title = (f"== bpfdepot benchmarks ({time.monotonic() - started:.0f} s; 1-min load average "
+             f"{load:.2f} before, {os.getloadavg()[0]:.2f} after)")
+    print(harness.table(rows, title=title))
+    missed = [r.metric for r in rows if r.met is False]
+    if missed:
+        print(f"goals not met: {'; '.join(missed)}")
+    if failed:
+        print(f"benchmarks that failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
