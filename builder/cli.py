@@ -18,8 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+from builder.farmcli import register_commands as register_farm_commands
+from builder.kernels import register_commands
 from loader.errors import BpfDepotError
 from loader.settings import Settings
+from loader.store import open_store
 
 
 def _err(text: str) -> None:
@@ -45,20 +48,31 @@ def cmd_kernel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _targets(args: argparse.Namespace, settings: Settings) -> list:
-    from builder.compile import Target
-    from loader.kernel import KernelIdentity, file_digest, running_kernel
+    """This kernel (features probed), or each --kernel-btf (features from a .config beside it)."""
+    from builder.compile import Target, form_features
+    from loader.catalog import features_from_config
+    from loader.kernel import KernelIdentity, file_digest, probe_features, running_kernel
 
     if not args.kernel_btf:
-        return [Target(identity=running_kernel(settings.kernel_btf), btf=settings.kernel_btf)]
+        kernel = running_kernel(settings.kernel_btf)
+        try:
+            features = frozenset(f.name for f in probe_features(kernel, settings.cache).values() if f.ok)
+        except BpfDepotError as exc:  # not root and never probed: build the portable forms
+            _err(f"bpfdepot: {exc.message}; building tracepoint forms only")
+            features = frozenset()
+        return [Target(identity=kernel, btf=settings.kernel_btf, features=features)]
     out = []
     for btf in args.kernel_btf:
         path = Path(btf)
         if not path.is_file():
             raise BpfDepotError(f"kernel BTF {path} does not exist",
                                 hint="pass raw BTF files such as ../shared/kernels/6.1.0-50-amd64.btf")
+        config = path.with_suffix(".config")
+        features = form_features(features_from_config(config.read_text(), args.arch),
+                                 probed=False) if config.is_file() else frozenset()
         out.append(Target(identity=KernelIdentity(release=path.name.removesuffix(".btf"),
                                                   arch=args.arch, btf_digest=file_digest(path)),
-                          btf=path))
+                          btf=path, features=features))
     return out
 
 
@@ -66,10 +80,9 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     from builder.compile import build_program
     from builder.toolchain import find_toolchain
     from loader.manifest import load_bundle
-    from loader.store import LocalStore
 
     manifest = load_bundle(args.bundle)
-    store = LocalStore(settings.home)
+    store = open_store(settings)
     targets = _targets(args, settings)
     toolchain = find_toolchain(settings.cache)
     for target in targets:
@@ -77,6 +90,8 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
             if not program.is_source:
                 continue
             built = build_program(store, manifest, program, target, toolchain, settings.cache)
+            if built.warnings:
+                _err(built.warnings)
             how = "cached" if built.cached else f"built in {built.seconds:.2f} s"
             print(f"{program.name:<16} {str(target.identity):<30} {built.meta.digest} "
                   f"{built.meta.size:>7} B  {how:<15} meta {built.meta_digest}")
@@ -84,23 +99,25 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from builder.host import artifact, resolve
-    from loader.kernel import probe_features, running_kernel
+    from builder.host import artifact, node_identity, resolve
+    from loader.kernel import probe_features
     from loader.manifest import load_bundle
     from loader.run import Session, check_fits, check_privileges, ensure_filesystems, stream
 
     started = time.perf_counter()
+    store = open_store(settings)
     if args.bundle.startswith("sha256:"):
-        loadables = [artifact(settings, args.bundle)]
+        loadables = [artifact(settings, store, args.bundle)]
         name, declared = loadables[0].meta.name, {}
         check_privileges(name)
-        kernel = running_kernel(settings.kernel_btf)
+        kernel = node_identity(settings, store)
     else:
         manifest = load_bundle(args.bundle)
         name, declared = manifest.name, {c.name: c.event for c in manifest.channels}
         check_privileges(name)
-        kernel = running_kernel(settings.kernel_btf)
-        loadables = resolve(settings, manifest, kernel, compile_on_host=not args.no_build)
+        kernel = node_identity(settings, store)
+        loadables = resolve(settings, store, manifest, kernel, locked=args.locked,
+                            compile_on_host=not (args.no_build or args.locked))
     features = probe_features(kernel, settings.cache)
     for item in loadables:
         check_fits(item.meta, kernel, features)
@@ -134,6 +151,24 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_lock(args: argparse.Namespace, settings: Settings) -> int:
+    from loader.catalog import list_kernels, parse_selector, select
+    from loader.lock import lock_path, make_lock, write_lock
+    from loader.manifest import load_bundle
+
+    manifest = load_bundle(args.bundle)
+    store = open_store(settings)
+    kernels = select(list_kernels(store), parse_selector(args.kernels))
+    lock = make_lock(store, manifest, [k.identity for k in kernels],
+                     {f"{k.arch}-{k.btf_digest}": k.release for k in kernels})
+    path = lock_path(manifest)
+    write_lock(path, lock)
+    for pin in lock.pins:
+        print(f"{pin.program:<16} {pin.release:<30} {pin.artifact}  meta {pin.meta}")
+    _err(f"bpfdepot: wrote {path} ({len(lock.pins)} pin(s))")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     from builder.inspect import inspect
 
@@ -153,6 +188,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", "-d", type=float, help="stop after this many seconds")
     run.add_argument("--no-build", action="store_true",
                      help="never compile on this host; fail when nothing is built for this kernel")
+    run.add_argument("--locked", action="store_true",
+                     help="load only the digests bpfdepot.lock pins for this kernel")
     run.set_defaults(func=cmd_run)
 
     build = sub.add_parser("build", help="build a bundle's kernel programs")
@@ -169,6 +206,13 @@ def parser() -> argparse.ArgumentParser:
     kern = sub.add_parser("kernel", help="this kernel's identity and which program types load")
     kern.add_argument("--json", action="store_true")
     kern.set_defaults(func=cmd_kernel)
+    lock = sub.add_parser("lock", help="pin each program's artifact per target kernel in bpfdepot.lock")
+    lock.add_argument("bundle")
+    lock.add_argument("--kernels", "-k", default="all", help="selector, as for submit")
+    lock.set_defaults(func=cmd_lock)
+
+    register_commands(sub, open_store)  # kernels add|register|list (builder/kernels.py)
+    register_farm_commands(sub)         # worker, submit, builds (builder/farmcli.py)
     return p
 
 

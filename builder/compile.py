@@ -12,15 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import re
-import resource
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.sandbox import INSIDE, Limits, run_sandboxed
 from builder.toolchain import Toolchain
 from builder.vmlinux import vmlinux_header
 from loader.artifact import SCHEMA, ArtifactMeta, build_ref, index_ref, lookup, meta_of_ref
@@ -28,14 +30,15 @@ from loader.elfinfo import check_object, read_object
 from loader.errors import BuildError
 from loader.kernel import KernelIdentity
 from loader.manifest import Manifest, ProgramSpec
-from loader.sources import files_digest, source_closure, source_digest
+from loader.sources import SHARED_INCLUDE, SourceFile, files_digest, source_closure, source_digest
 from loader.store import ArtifactStore
 
-SHARED_INCLUDE = Path(__file__).resolve().parent.parent / "bpf" / "include"
 ARCH_DEFINES = {"x86_64": "x86", "aarch64": "arm64", "s390x": "s390", "ppc64le": "powerpc",
                 "riscv64": "riscv", "armv7l": "arm", "loongarch64": "loongarch"}
-# Limits for one compile: wall clock (s), CPU (s), address space and output file size (bytes).
-WALL_S, CPU_S, MEMORY_B, OUTPUT_B = 120, 120, 4 << 30, 256 << 20
+# Limits for one compile (clang runs in bubblewrap, see builder/sandbox.py): wall clock and CPU
+# (s), address space, size of any file written, and how much of clang's output is kept (bytes).
+BUILD_LIMITS = Limits(wall_s=120, cpu_s=120, memory_bytes=4 << 30, output_bytes=256 << 20,
+                      log_bytes=1 << 20)
 MAPPED = "/bpfdepot"
 # Headers clang may read besides the scratch folder: libbpf's and the C library's, and its own.
 SYSTEM_HEADERS = (Path("/usr/include"), Path("/usr/lib/llvm-14/lib/clang"), Path("/usr/lib/clang"),
@@ -44,10 +47,12 @@ SYSTEM_HEADERS = (Path("/usr/include"), Path("/usr/lib/llvm-14/lib/clang"), Path
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Target:
-    """A kernel to build for: its identity and where its BTF is on this machine."""
+    """A kernel to build for: its identity, where its BTF is here, and what it supports."""
 
     identity: KernelIdentity
     btf: Path
+    features: frozenset[str] = frozenset()  # probed or from its config; picks program forms
+    btf_on_node: bool = True                # False: the artifact carries a minimal BTF
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,86 +61,152 @@ class Built:
     meta_digest: str
     cached: bool
     seconds: float
+    warnings: str = ""
 
 
-def bpf_flags(arch: str) -> tuple[str, ...]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """Everything a build is decided by, computed before anything runs."""
+
+    manifest: Manifest
+    program: ProgramSpec
+    target: Target
+    toolchain: Toolchain
+    files: tuple[SourceFile, ...]
+    entry: str
+    flags: tuple[str, ...]
+    key: str
+    source_digest: str
+
+
+# Kernel-dependent forms: a program compiles its kprobe or fentry form only where the target
+# kernel has it (``#ifdef BPFDEPOT_HAVE_KPROBE``), and its tracepoint form everywhere else.
+FORM_DEFINES = (("kprobe", "BPFDEPOT_HAVE_KPROBE"), ("fentry", "BPFDEPOT_HAVE_FENTRY"))
+# A kernel config can enable these while the platform still refuses them (fentry is configured
+# on the 6.18 kernel these machines run, and loads fail with EPERM): only a probe vouches.
+PROBE_ONLY = frozenset({"fentry", "fexit", "lsm"})
+
+
+def form_features(features: dict[str, bool] | frozenset[str], probed: bool) -> frozenset[str]:
+    """The features a build may rely on: all that a node probed, or the config's minus PROBE_ONLY."""
+    have = frozenset(k for k, ok in features.items() if ok) if isinstance(features, dict) else features
+    return have if probed else have - PROBE_ONLY
+
+
+def bpf_flags(arch: str, features: frozenset[str] = frozenset()) -> tuple[str, ...]:
     if arch not in ARCH_DEFINES:
         raise BuildError(f"cannot build BPF programs for arch '{arch}'",
                          hint=f"known: {', '.join(sorted(ARCH_DEFINES))}")
-    return ("-g", "-O2", "-target", "bpf", f"-D__TARGET_ARCH_{ARCH_DEFINES[arch]}", "-Wall",
+    forms = tuple(f"-D{define}=1" for feature, define in FORM_DEFINES if feature in features)
+    return ("-g", "-O2", "-target", "bpf", f"-D__TARGET_ARCH_{ARCH_DEFINES[arch]}", *forms, "-Wall",
             "-Wno-unused-function", "-Wno-compare-distinct-pointer-types")
-
-
-def _limits() -> None:
-    resource.setrlimit(resource.RLIMIT_CPU, (CPU_S, CPU_S))
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_B, MEMORY_B))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_B, OUTPUT_B))
 
 
 def build_key(program: ProgramSpec, inputs: dict[str, str], flags: tuple[str, ...],
               toolchain: Toolchain, target: KernelIdentity,
-              channels: dict[str, tuple[str, str | None]] | None = None) -> str:
+              channels: dict[str, tuple[str, str | None]] | None = None,
+              min_btf: bool = False) -> str:
     body: dict[str, object] = {"schema": SCHEMA, "program": program.name, "inputs": inputs,
                                "flags": flags, "toolchain": toolchain.as_dict(),
                                "btf": target.btf_digest, "arch": target.arch}
     if channels:  # the meta stored under the key records them, checked against the object
         body["channels"] = {k: list(v) for k, v in channels.items()}
+    if min_btf:   # the artifact also carries a minimal BTF for nodes without their own
+        body["min_btf"] = True
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def build_program(store: ArtifactStore, manifest: Manifest, program: ProgramSpec, target: Target,
-                  toolchain: Toolchain, cache_dir: Path) -> Built:
-    """Build ``program`` for ``target`` (or find it built); raise BuildError with clang's words."""
-    started = time.perf_counter()
+def plan_build(manifest: Manifest, program: ProgramSpec, target: Target, toolchain: Toolchain,
+               include_dirs: list[Path] | None = None) -> Plan:
+    """Decide the build (sources, flags, key) without running anything."""
     if program.local_path is None or not program.is_source or program.type != "ebpf_object":
         raise BuildError(f"program '{program.name}' ({program.path}) is not a local .bpf.c source",
                          hint="only file:// .bpf.c sources are built; prebuilt objects load as they are")
-    files = source_closure(program.local_path, manifest.root, [SHARED_INCLUDE])
+    files = tuple(source_closure(program.local_path, manifest.root, include_dirs or [SHARED_INCLUDE]))
     inputs = files_digest(files)
     channels = manifest.channel_decls
-    src_digest = source_digest(files, channels)
     entry = next(f.name for f in files if f.path == program.local_path.resolve())
-    flags = bpf_flags(target.identity.arch)
-    key = build_key(program, inputs, flags, toolchain, target.identity, channels)
+    flags = bpf_flags(target.identity.arch, target.features)
+    key = build_key(program, inputs, flags, toolchain, target.identity, channels,
+                    min_btf=not target.btf_on_node)
+    return Plan(manifest=manifest, program=program, target=target, toolchain=toolchain,
+                files=files, entry=entry, flags=flags, key=key,
+                source_digest=source_digest(files, channels))
 
-    found = lookup(store, build_ref(key))
-    if found:
-        meta, meta_digest = found
-        store.put_ref(index_ref(program.name, src_digest, target.identity), meta_digest)
-        return Built(meta=meta, meta_digest=meta_digest, cached=True,
-                     seconds=time.perf_counter() - started)
 
+def cached_build(store: ArtifactStore, plan: Plan) -> Built | None:
+    """The stored result of this exact build, or None; a hit also indexes it for nodes."""
+    started = time.perf_counter()
+    found = lookup(store, build_ref(plan.key))
+    if not found:
+        return None
+    meta, meta_digest = found
+    store.put_ref(index_ref(plan.program.name, plan.source_digest, plan.target.identity), meta_digest)
+    return Built(meta=meta, meta_digest=meta_digest, cached=True, seconds=time.perf_counter() - started)
+
+
+def build_program(store: ArtifactStore, manifest: Manifest, program: ProgramSpec, target: Target,
+                  toolchain: Toolchain, cache_dir: Path, include_dirs: list[Path] | None = None) -> Built:
+    """Build ``program`` for ``target`` (or find it built); raise BuildError with clang's words."""
+    plan = plan_build(manifest, program, target, toolchain, include_dirs)
+    return cached_build(store, plan) or execute_build(store, plan, cache_dir)
+
+
+def execute_build(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Built:
+    """Compile, check, and publish: object blob → meta blob → refs (no ref points at nothing)."""
+    started = time.perf_counter()
+    program, target, toolchain, manifest = plan.program, plan.target, plan.toolchain, plan.manifest
     header = vmlinux_header(target.btf, target.identity.btf_digest, toolchain.bpftool, cache_dir)
     scratch_root = cache_dir.parent / "tmp"
     scratch_root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="build-", dir=scratch_root))
     try:
-        data = _compile(files, entry, header, flags, toolchain, scratch, program, target, manifest.root)
+        data, warnings = _compile(plan.files, plan.entry, header, plan.flags, toolchain, scratch,
+                                  program, target, manifest.root)
+        min_btf = None if target.btf_on_node else _min_core_btf(target, data, toolchain, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
     info = read_object(data, f"{program.name} for {target.identity}")
-    problems = check_object(info, program.name, channels)
+    problems = check_object(info, program.name, manifest.channel_decls)
     if problems:
         raise BuildError(f"the object built from '{program.name}' for {target.identity} is not usable",
                          detail="\n".join(f"  - {p}" for p in problems),
                          hint="fix the source or the manifest as each line says")
     digest = store.put_blob(data)
+    extra: dict[str, object] = {"form": sorted(d for f, d in FORM_DEFINES if f in target.features)}
+    if min_btf is not None:
+        extra["min_btf"] = store.put_blob(min_btf)
     meta = ArtifactMeta(
-        name=program.name, kind="bpf_object", key=key, digest=digest, size=len(data),
-        source_digest=src_digest, target=target.identity, toolchain=toolchain.as_dict(),
-        flags=flags, inputs=inputs,
+        name=program.name, kind="bpf_object", key=plan.key, digest=digest, size=len(data),
+        source_digest=plan.source_digest, target=target.identity, toolchain=toolchain.as_dict(),
+        flags=plan.flags, inputs=files_digest(plan.files),
         programs=tuple({"name": p.name, "section": p.section, "insns": p.insns, "feature": p.feature}
                        for p in info.programs),
         maps=tuple({"name": m.name, "type": m.type_name, "max_entries": m.max_entries,
                     "key_size": m.key_size, "value_size": m.value_size} for m in info.maps),
         channels={c.name: _channel_meta(info, c.name, c.type, c.event) for c in manifest.channels},
-        required_features=info.required_features, license=info.license or "")
+        required_features=info.required_features, license=info.license or "", extra=extra)
     meta_digest = store.put_blob(meta.to_json())
-    meta_digest = store.put_ref(build_ref(key), meta_digest)
-    store.put_ref(index_ref(program.name, src_digest, target.identity), meta_digest)
+    meta_digest = store.put_ref(build_ref(plan.key), meta_digest)
+    store.put_ref(index_ref(program.name, plan.source_digest, target.identity), meta_digest)
     store.put_ref(meta_of_ref(digest), meta_digest)
-    return Built(meta=meta, meta_digest=meta_digest, cached=False, seconds=time.perf_counter() - started)
+    return Built(meta=meta, meta_digest=meta_digest, cached=False,
+                 seconds=time.perf_counter() - started, warnings=warnings)
+
+
+def _min_core_btf(target: Target, obj: bytes, toolchain: Toolchain, scratch: Path) -> bytes:
+    """Only the BTF types the object's CO-RE relocations use, for nodes without kernel BTF."""
+    (scratch / "min").mkdir()
+    obj_path, out = scratch / "min" / "obj.bpf.o", scratch / "min" / "min.btf"
+    obj_path.write_bytes(obj)
+    done = subprocess.run([str(toolchain.bpftool), "gen", "min_core_btf", str(target.btf), str(out),
+                           str(obj_path)], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 or not out.exists():
+        raise BuildError(f"bpftool could not make a minimal BTF for {target.identity}",
+                         detail=(done.stderr or done.stdout).strip(),
+                         hint="check that the catalog's BTF for this kernel is complete")
+    return out.read_bytes()
 
 
 def _channel_meta(info, name: str, ctype: str, declared: str | None) -> dict:
@@ -153,40 +224,86 @@ def _compile(files, entry: str, header: Path, flags: tuple[str, ...], toolchain:
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(f.data)
     (scratch / "vmlinux").mkdir()
-    try:
-        os.link(header, scratch / "vmlinux" / "vmlinux.h")
-    except OSError:
-        shutil.copyfile(header, scratch / "vmlinux" / "vmlinux.h")
+    (scratch / "vmlinux" / "vmlinux.h").touch()  # the mount point of the cached header, read-only
     entry_dir = str(Path(entry).parent)
-    cmd = [str(toolchain.clang), *flags, f"-fdebug-prefix-map={scratch}={MAPPED}",
-           f"-ffile-prefix-map={scratch}={MAPPED}", "-I", "vmlinux", "-I", "include", "-I", entry_dir,
+    # Inside the sandbox the scratch folder is /work: every path here is relative to it, or the
+    # toolchain's under /usr, and /work is what the prefix maps hide (so any scratch gives the
+    # same bytes).
+    cmd = [str(toolchain.clang), *flags, f"-fdebug-prefix-map={INSIDE}={MAPPED}",
+           f"-ffile-prefix-map={INSIDE}={MAPPED}", "-I", "vmlinux", "-I", "include", "-I", entry_dir,
            "-MD", "-MF", "deps.d", "-c", entry, "-o", "out.bpf.o"]
-    try:
-        out = subprocess.run(cmd, cwd=scratch, capture_output=True, timeout=WALL_S,
-                             preexec_fn=_limits, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"})
-    except subprocess.TimeoutExpired:
-        raise BuildError(f"clang took longer than {WALL_S} s on '{program.name}' for {target.identity}",
-                         hint="a source that includes a device or loops in the preprocessor never ends") from None
-    stderr = _user_paths(out.stderr.decode(errors="replace"), scratch, root)
+    limits = BUILD_LIMITS
+    out = run_sandboxed(cmd, workdir=scratch, limits=limits,
+                        ro_files={"vmlinux/vmlinux.h": header})
+    where = f"on '{program.name}' for {target.identity}"
+    if out.timed_out:
+        raise BuildError(f"clang took longer than {limits.wall_s:g} s (the wall-clock limit) {where}",
+                         hint="a source that includes a device or loops in the preprocessor never ends")
+    if out.returncode == 128 + signal.SIGKILL:  # bwrap reports a killed child as 128 + signal
+        raise BuildError(f"clang was killed {where}: over its limit of {limits.cpu_s} s of CPU time "
+                         "(or out of memory)",
+                         hint="a source that includes a device or loops in the preprocessor never ends")
+    if out.returncode == 128 + signal.SIGXFSZ:
+        raise BuildError(f"clang wrote a file over {limits.output_bytes} bytes {where}",
+                         hint="shrink what the program compiles to (large arrays, .incbin)")
+    raw = out.stderr.decode(errors="replace")
+    stderr = _user_paths(raw, scratch, root)
     if out.returncode != 0:
+        outside = _missing_outside(raw, root)
+        if outside:  # it exists where the user is, but the sandbox shows clang only the bundle
+            raise BuildError(f"program '{program.name}' reads {outside}, outside its bundle and the "
+                             "toolchain's headers", detail=stderr.strip(),
+                             hint="include only files inside the bundle or from bpf/include")
         raise BuildError(f"clang failed on program '{program.name}' for {target.identity}",
                          detail=stderr.strip(),
                          hint="fix the error at the file:line above and build again")
     _check_deps(scratch, program)
-    return (scratch / "out.bpf.o").read_bytes()
+    return _read_regular(scratch / "out.bpf.o"), stderr.strip()  # the warnings, if any
+
+
+def _read_regular(path: Path) -> bytes:
+    """A file the sandbox wrote, never through a symlink it could have left in its place."""
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+        return f.read()
+
+
+_MISSING = re.compile(r"^(?P<file>[^\n:]*):\d+:\d+: (?:fatal )?error: (?:'(?P<include>[^'\n]+)' "
+                      r"file not found|Could not find incbin file '(?P<incbin>[^'\n]+)')", re.M)
+
+
+def _missing_outside(stderr: str, root: Path) -> str | None:
+    """The first file clang could not find that lies outside the bundle (an absolute path, or
+    ``..`` out of it), as the user would name it; None if every missing file is a plain typo."""
+    for match in _MISSING.finditer(stderr):
+        name = match["include"] or match["incbin"]
+        if name.startswith("/"):  # never the bundle's: its files are named relative to it
+            path = Path(posixpath.normpath(name))
+            if not any(path.is_relative_to(d) for d in SYSTEM_HEADERS):
+                return str(path)
+            continue
+        # Relative to the including file (incbin: to /work); without clamping at /, as on the host.
+        base = posixpath.dirname(match["file"]) if match["include"] else ""
+        where = posixpath.normpath(posixpath.join(base, name))  # relative to /work
+        if not where.startswith(("src/", "include/", "vmlinux/")):
+            return os.path.normpath(root / ".." / where)  # src/ is the bundle root
+    return None
 
 
 def _user_paths(text: str, scratch: Path, root: Path) -> str:
     """Name files as the user knows them, so clang's file:line points at their file."""
     text = text.replace(f"{scratch}/", "")
+    text = re.sub(rf"(?<![\w/.-]){re.escape(INSIDE)}/", "", text)  # the scratch as clang saw it
     text = re.sub(r"(?<![\w/.-])src/", f"{root}/", text)
     return re.sub(r"(?<![\w/.-])include/", f"{SHARED_INCLUDE}/", text)
 
 
 def _check_deps(scratch: Path, program: ProgramSpec) -> None:
     scratch = scratch.resolve()  # deps are resolved below; BPFDEPOT_HOME may sit behind a symlink
-    deps = (scratch / "deps.d").read_text().replace("\\\n", " ").split(":", 1)[1].split()
+    text = _read_regular(scratch / "deps.d").decode(errors="replace")
+    deps = text.replace("\\\n", " ").split(":", 1)[1].split()
     for dep in deps:
+        if dep == INSIDE or dep.startswith(f"{INSIDE}/"):  # clang ran in the sandbox: /work is scratch
+            dep = dep[len(INSIDE):].lstrip("/") or "."
         path = (scratch / dep).resolve() if not dep.startswith("/") else Path(dep).resolve()
         if path.is_relative_to(scratch) or any(path.is_relative_to(d) for d in SYSTEM_HEADERS):
             continue

@@ -1,40 +1,78 @@
 """Resolve a bundle's kernel programs to loadable objects on this node.
 
-Order: the artifact the store's index holds for these sources on this kernel → a compile on
-this host (sources, clang and the flag allow it) → an error naming the command that builds it.
+Order: the digest pinned in ``bpfdepot.lock`` for this kernel → the artifact the store's index
+holds for these sources on this kernel → a compile on this host (sources, clang and the flag
+allow it) → an error naming the command that builds it. ``--locked`` stops after the first.
 A prebuilt ``.bpf.o`` in the manifest is read and checked as it is.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-from builder.compile import SHARED_INCLUDE, Target, build_program
+from builder.compile import Target, build_program
 from builder.toolchain import find_toolchain
 from loader.artifact import ArtifactMeta, by_digest, index_ref, lookup
 from loader.elfinfo import check_object, read_object_file
-from loader.errors import ArtifactNotFound, BuildError
-from loader.kernel import KernelIdentity
+from loader.catalog import find_release
+from loader.errors import ArtifactNotFound, BuildError, KernelUnsupported
+from loader.kernel import KernelIdentity, running_kernel
+from loader.lock import load_pin, lock_path, read_lock
 from loader.manifest import Manifest, ProgramSpec
 from loader.run import Loadable
 from loader.settings import Settings
-from loader.sources import source_closure, source_digest
-from loader.store import LocalStore, digest_of
+from loader.sources import SHARED_INCLUDE, source_closure, source_digest
+from loader.store import ArtifactStore, digest_of
 
 
 def running_target(settings: Settings, kernel: KernelIdentity) -> Target:
     return Target(identity=kernel, btf=settings.kernel_btf)
 
 
-def resolve(settings: Settings, manifest: Manifest, kernel: KernelIdentity, *,
-            compile_on_host: bool = True) -> list[Loadable]:
-    store = LocalStore(settings.home)
+def node_identity(settings: Settings, store: ArtifactStore) -> KernelIdentity:
+    """This kernel: from its BTF, or, on a node without BTF, from the farm's kernel catalog."""
+    if settings.kernel_btf.exists():
+        return running_kernel(settings.kernel_btf)
+    uname = os.uname()
+    entry = find_release(store, uname.release, uname.machine)
+    if entry is None:
+        raise KernelUnsupported(
+            f"kernel {uname.release}/{uname.machine} exposes no BTF at {settings.kernel_btf} and "
+            f"is not in the kernel catalog of {store}",
+            hint="add its BTF to the catalog from its package: bpfdepot kernels add --package "
+                 "linux-image-….deb --no-node-btf")
+    return entry.identity
+
+
+def _with_min_btf(settings: Settings, store: ArtifactStore, meta: ArtifactMeta, path: Path) -> Loadable:
+    """Point libbpf at the artifact's own minimal BTF when this node has none."""
+    min_btf = meta.extra.get("min_btf")
+    if min_btf and not settings.kernel_btf.exists():
+        return Loadable(meta=meta, path=path, btf_custom_path=store.blob_path(min_btf))
+    return Loadable(meta=meta, path=path)
+
+
+def resolve(settings: Settings, store: ArtifactStore, manifest: Manifest, kernel: KernelIdentity, *,
+            compile_on_host: bool = True, locked: bool = False) -> list[Loadable]:
+    lock_file = lock_path(manifest)
+    lock = read_lock(lock_file) if locked or lock_file.exists() else None
     out = []
     for program in manifest.kernel_programs:
         if not program.is_source:
             out.append(_prebuilt(program, manifest, kernel))
             continue
+        pin = lock.pin(program.name, kernel) if lock else None
+        if pin is not None:
+            out.append(_with_min_btf(settings, store, *load_pin(store, pin)))
+            continue
+        if locked:
+            raise ArtifactNotFound(
+                f"{lock_file} pins no artifact of '{program.name}' for {kernel} "
+                f"(btf {kernel.btf_digest[:12]}); --locked loads nothing else",
+                hint=f"build and pin it: bpfdepot submit {manifest.root} --kernels "
+                     f"'release={kernel.release}' --wait && bpfdepot lock {manifest.root} --kernels all")
         files = source_closure(program.local_path, manifest.root, [SHARED_INCLUDE])
         found = lookup(store, index_ref(program.name, source_digest(files, manifest.channel_decls), kernel))
         if found is None:
@@ -48,15 +86,14 @@ def resolve(settings: Settings, manifest: Manifest, kernel: KernelIdentity, *,
             meta = built.meta
         else:
             meta = found[0]
-        out.append(Loadable(meta=meta, path=store.blob_path(meta.digest)))
+        out.append(_with_min_btf(settings, store, meta, store.blob_path(meta.digest)))
     return out
 
 
-def artifact(settings: Settings, digest: str) -> Loadable:
+def artifact(settings: Settings, store: ArtifactStore, digest: str) -> Loadable:
     """A stored artifact named by its object or meta digest."""
-    store = LocalStore(settings.home)
     meta, _ = by_digest(store, digest)
-    return Loadable(meta=meta, path=store.blob_path(meta.digest))
+    return _with_min_btf(settings, store, meta, store.blob_path(meta.digest))
 
 
 def _prebuilt(program: ProgramSpec, manifest: Manifest, kernel: KernelIdentity) -> Loadable:

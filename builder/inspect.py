@@ -11,7 +11,7 @@ from loader.decode import MARKER
 from loader.elfinfo import ObjectInfo, read_object
 from loader.errors import ArtifactNotFound, BpfDepotError
 from loader.settings import Settings
-from loader.store import LocalStore
+from loader.store import open_store
 
 
 def describe(info: ObjectInfo, label: str, size: int) -> str:
@@ -45,7 +45,7 @@ def describe(info: ObjectInfo, label: str, size: int) -> str:
 
 
 def inspect(target: str, settings: Settings) -> str:
-    store = LocalStore(settings.home)
+    store = open_store(settings)
     if target.startswith("sha256:"):
         meta, _ = by_digest(store, target)
         obj = store.read_blob(meta.digest)

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# The project's shared BPF headers (bpfdepot.h), found beside the loader in a checkout.
+SHARED_INCLUDE = Path(__file__).resolve().parent.parent / "bpf" / "include"
 _INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"\n]+)"', re.M)
 GENERATED = frozenset({"vmlinux.h"})
 
@@ -37,7 +39,9 @@ def _name_for(path: Path, roots: Sequence[tuple[str, Path]]) -> str | None:
 
 def source_closure(entry: Path, bundle_root: Path, include_dirs: Sequence[Path]) -> list[SourceFile]:
     """The entry file and its quoted includes that resolve inside the bundle or include dirs."""
-    roots = [("src", bundle_root.resolve())] + [("include", d.resolve()) for d in include_dirs]
+    # include folders first: an unpacked bundle carries its shared headers inside its root
+    includes = [("include", d.resolve()) for d in include_dirs]
+    roots = [*includes, ("src", bundle_root.resolve())]
     found: dict[Path, SourceFile] = {}
     todo = [entry.resolve()]
     while todo:
@@ -53,7 +57,7 @@ def source_closure(entry: Path, bundle_root: Path, include_dirs: Sequence[Path])
             header = match.group(1).decode(errors="replace")
             if header in GENERATED:
                 continue
-            for base in (path.parent, *(d for _, d in roots[1:])):
+            for base in (path.parent, *(d for _, d in includes)):
                 candidate = (base / header).resolve()
                 if candidate.is_file():
                     todo.append(candidate)

@@ -1,0 +1,121 @@
+"""``bpfdepot.lock``: for each program and each target kernel, the artifact and meta digests.
+
+A lock is written whole or not at all (temp file + rename), only when every pin resolves. A
+node with ``--locked`` loads exactly the pinned digests for its kernel, checked against their
+sha256, and never falls through to another artifact or a compile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from loader.artifact import ArtifactMeta, index_ref, lookup, read_meta
+from loader.errors import ArtifactNotFound, ManifestError, StoreError
+from loader.kernel import KernelIdentity
+from loader.manifest import Manifest
+from loader.sources import SHARED_INCLUDE, source_closure, source_digest
+from loader.store import ArtifactStore
+
+LOCK_NAME = "bpfdepot.lock"
+LOCK_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pin:
+    program: str
+    target: str      # "<arch>-<btf digest>"
+    release: str
+    artifact: str    # sha256:… of the object
+    meta: str        # sha256:… of its meta.json
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lock:
+    name: str
+    pins: tuple[Pin, ...]
+
+    def pin(self, program: str, kernel: KernelIdentity) -> Pin | None:
+        target = f"{kernel.arch}-{kernel.btf_digest}"
+        return next((p for p in self.pins if p.program == program and p.target == target), None)
+
+
+def lock_path(manifest: Manifest) -> Path:
+    return manifest.root / LOCK_NAME
+
+
+def program_source_digest(manifest: Manifest, program: str) -> str:
+    spec = manifest.program(program)
+    files = source_closure(spec.local_path, manifest.root, [SHARED_INCLUDE])
+    return source_digest(files, manifest.channel_decls)
+
+
+def make_lock(store: ArtifactStore, manifest: Manifest, kernels: list[KernelIdentity],
+              releases: dict[str, str]) -> Lock:
+    """Pin what the store holds for every (program × kernel); raise naming all that is missing."""
+    pins, missing = [], []
+    for program in manifest.kernel_programs:
+        if not program.is_source:
+            continue
+        src = program_source_digest(manifest, program.name)
+        for kernel in kernels:
+            found = lookup(store, index_ref(program.name, src, kernel))
+            release = releases.get(f"{kernel.arch}-{kernel.btf_digest}", kernel.release)
+            if found is None:
+                missing.append(f"{program.name} on {release}/{kernel.arch}")
+                continue
+            meta, meta_digest = found
+            pins.append(Pin(program=program.name, target=f"{kernel.arch}-{kernel.btf_digest}",
+                            release=release, artifact=meta.digest, meta=meta_digest))
+    if missing:
+        raise ArtifactNotFound(
+            f"cannot lock '{manifest.name}': not built for {len(missing)} target(s): "
+            + ", ".join(missing[:8]) + (" …" if len(missing) > 8 else ""),
+            hint=f"build them first: bpfdepot submit {manifest.root} --kernels all --wait "
+                 "(nothing was written)")
+    return Lock(name=manifest.name, pins=tuple(sorted(pins, key=lambda p: (p.program, p.release))))
+
+
+def write_lock(path: Path, lock: Lock) -> None:
+    body = {"version": LOCK_VERSION, "name": lock.name, "pins": [asdict(p) for p in lock.pins]}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(body, indent=1, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def read_lock(path: Path) -> Lock:
+    try:
+        body = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactNotFound(f"no {LOCK_NAME} beside {path.parent}",
+                               hint=f"write one: bpfdepot lock {path.parent} --kernels all") from None
+    except ValueError as exc:
+        raise ManifestError(f"{path}: not valid JSON: {exc}", hint="write it again with bpfdepot lock") from exc
+    if body.get("version") != LOCK_VERSION:
+        raise ManifestError(f"{path}: lock version {body.get('version')} is not {LOCK_VERSION}",
+                            hint="write it again with this bpfdepot: bpfdepot lock")
+    try:
+        pins = tuple(Pin(**p) for p in body["pins"])
+    except (KeyError, TypeError) as exc:
+        raise ManifestError(f"{path}: malformed pin: {exc}", hint="write it again with bpfdepot lock") from exc
+    return Lock(name=body.get("name", ""), pins=pins)
+
+
+def load_pin(store: ArtifactStore, pin: Pin) -> tuple[ArtifactMeta, Path]:
+    """The pinned meta and a verified local copy of the pinned object."""
+    meta = read_meta(store, pin.meta)  # read_blob checks the sha256
+    if meta.digest != pin.artifact:
+        raise StoreError(f"lock pins {pin.artifact} for '{pin.program}' on {pin.release}, but meta "
+                         f"{pin.meta} describes {meta.digest}",
+                         hint="the lock was edited or the store is inconsistent: write the lock again")
+    return meta, store.blob_path(pin.artifact)
