@@ -1,0 +1,172 @@
+"""What the farm's tasks do (builder/farm.py holds only the Celery wrappers).
+
+A compile job is idempotent: it plans the build (its key comes from content), returns at once
+when the store has that key, and otherwise compiles under a Redis lock named by the key, held
+with a heartbeat. A redelivered or duplicate job that finds the lock taken does not compile: it
+comes back later and finds the result in the store. So identical submissions compile once, a
+worker killed mid-build is replaced by the redelivery, and a build longer than the broker's
+visibility timeout never runs twice at the same time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from functools import cache
+from pathlib import Path
+
+import redis
+
+from builder.bundle import bundle_include_dir, unpack_bundle
+from builder.compile import Target, cached_build, execute_build, form_features, plan_build
+from builder.records import Job, Records
+from builder.toolchain import Toolchain, find_toolchain
+from loader.catalog import get_kernel
+from loader.errors import BpfDepotError, BuildError, StoreError
+from loader.manifest import Manifest, load_bundle
+from loader.settings import Settings
+from loader.store import ArtifactStore, open_store
+
+MAX_DELIVERIES = 3      # a message delivered more often than this is a poison bundle
+LOCK_TTL_S = 10         # a dead compiler's lock frees itself after this long
+STORE_RETRIES = 3       # transient store failures: retried with backoff, then the job fails
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Context:
+    settings: Settings
+    store: ArtifactStore
+    records: Records
+    redis: redis.Redis
+
+
+@cache
+def context() -> Context:
+    """One per worker process, built from the environment the worker was started with."""
+    settings = Settings.from_env(os.environ)
+    client = redis.Redis.from_url(settings.broker, socket_timeout=30, socket_connect_timeout=5,
+                                  retry_on_timeout=True, health_check_interval=10)
+    return Context(settings=settings, store=open_store(settings), records=Records(client), redis=client)
+
+
+def fan_out(ctx: Context, build_id: str) -> Iterator[tuple[str, str]]:
+    """The (program, target) pairs to compile for a build, once per build."""
+    build = ctx.records.get(build_id)
+    if build is None or not ctx.records.claim_fanout(build_id):
+        return iter(())
+    return iter([(job.program, job.target) for job in build.jobs.values()])
+
+
+def unpacked(ctx: Context, bundle: str) -> Manifest:
+    """The bundle unpacked in this worker's cache (once per digest, published by rename)."""
+    root = ctx.settings.cache / "bundles" / bundle.removeprefix("sha256:")
+    if not root.exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".unpack-"))
+        try:
+            unpack_bundle(ctx.store.read_blob(bundle), tmp)
+            os.rename(tmp, root)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another process published it first
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return load_bundle(root)
+
+
+def target_of(ctx: Context, target: str) -> Target:
+    arch, _, btf = target.partition("-")
+    entry = get_kernel(ctx.store, arch, btf)
+    if entry is None:
+        raise BuildError(f"kernel {target} is not in the catalog of {ctx.store}",
+                         hint="add it: bpfdepot kernels add --btf FILE")
+    return Target(identity=entry.identity, btf=ctx.store.blob_path(f"sha256:{btf}"),
+                  features=form_features(entry.features, probed=entry.features_from == "probed"),
+                  btf_on_node=entry.btf_on_node)
+
+
+@cache
+def toolchain(cache_dir: Path) -> Toolchain:
+    return find_toolchain(cache_dir)
+
+
+class _Heartbeat:
+    """Keeps a Redis lock alive while a compile runs."""
+
+    def __init__(self, lock: redis.lock.Lock) -> None:
+        self.lock, self.stop = lock, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(LOCK_TTL_S / 3):
+            try:
+                self.lock.extend(LOCK_TTL_S, replace_ttl=True)
+            except Exception:  # noqa: BLE001 - Redis away: the lock may lapse; the compile goes on
+                pass
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def compile_job(ctx: Context, build_id: str, program: str, target: str, *, delivery: str,
+                attempt: int, worker: str) -> float | None:
+    """Run one compile job; return seconds after which to try again, or None when done."""
+    build = ctx.records.get(build_id)
+    if build is None:
+        return None  # expired or unknown: nothing to report to
+    job = build.jobs.get(f"{program}@{target}") or Job(program=program, target=target, release="?")
+    if job.done:
+        return None
+    if ctx.records.delivered(delivery) > MAX_DELIVERIES:
+        ctx.records.update(build_id, replace(job, state="failed", worker=worker, error=(
+            f"delivered {MAX_DELIVERIES + 1} times: a worker died each time it ran this compile; "
+            "not trying again (a bundle that kills its compiler?)")))
+        return None
+    started = time.perf_counter()
+    try:
+        manifest = unpacked(ctx, build.bundle)
+        plan = plan_build(manifest, manifest.program(program), target_of(ctx, target),
+                          toolchain(ctx.settings.cache), [bundle_include_dir(manifest.root)])
+        done = cached_build(ctx.store, plan)
+        if done is None:
+            lock = ctx.redis.lock(f"bpfdepot:compiling:{plan.key}", timeout=LOCK_TTL_S,
+                                  blocking=False, thread_local=False)
+            if not lock.acquire():
+                ctx.records.update(build_id, replace(job, state="waiting", worker=worker))
+                return min(0.05 * 2 ** min(attempt, 6), 2.0)
+            try:
+                done = cached_build(ctx.store, plan)  # finished while we took the lock?
+                if done is None:
+                    ctx.records.update(build_id, replace(job, state="compiling", worker=worker))
+                    with _Heartbeat(lock):
+                        done = execute_build(ctx.store, plan, ctx.settings.cache)
+            finally:
+                try:
+                    lock.release()
+                except redis.exceptions.LockError:
+                    pass  # lapsed while Redis was away; the result is in the store either way
+    except StoreError as exc:
+        if attempt < STORE_RETRIES:
+            ctx.records.update(build_id, replace(job, state="queued", worker=worker,
+                                                 error=f"retrying: {exc.message}"))
+            return 0.5 * 2 ** attempt
+        ctx.records.update(build_id, replace(job, state="failed", worker=worker, error=str(exc)))
+        return None
+    except BpfDepotError as exc:  # compile errors fail at once: retrying cannot fix them
+        ctx.records.update(build_id, replace(job, state="failed", worker=worker, error=str(exc)))
+        return None
+    ctx.records.update(build_id, replace(
+        job, state="cached" if done.cached else "built", digest=done.meta.digest,
+        meta=done.meta_digest, size=done.meta.size, worker=worker, error="",
+        seconds=round(time.perf_counter() - started, 3)))
+    return None

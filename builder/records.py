@@ -1,0 +1,135 @@
+"""Build records in Redis: what was submitted, and the state of each (program × kernel).
+
+    bpfdepot:build:<id>          hash: bundle, name, selector, created, total, programs, targets
+    bpfdepot:build:<id>:jobs     hash: "<program>@<arch>-<btf>" → JSON state of that compile
+    bpfdepot:build:<id>:events   list: one JSON line per change (``submit --wait`` blocks on it)
+    bpfdepot:builds              sorted set of build ids by creation time
+    bpfdepot:deliveries:<task>   how often a task message was delivered (poison bound)
+
+Records are small and expire after RECORD_TTL_S; artifacts live in the store, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+RECORD_TTL_S = 7 * 24 * 3600
+STATES_DONE = ("built", "cached", "failed")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    program: str
+    target: str          # "<arch>-<btf digest>", the catalog key
+    release: str
+    state: str = "queued"  # queued, compiling, waiting (an identical compile runs), built, cached, failed
+    digest: str = ""
+    meta: str = ""
+    size: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    worker: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.program}@{self.target}"
+
+    @property
+    def done(self) -> bool:
+        return self.state in STATES_DONE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Build:
+    id: str
+    bundle: str          # blob digest of the .tar.gz
+    name: str            # the manifest's name
+    selector: str
+    created: float
+    jobs: dict[str, Job] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.jobs) and all(j.done for j in self.jobs.values())
+
+    @property
+    def failed(self) -> list[Job]:
+        return [j for j in self.jobs.values() if j.state == "failed"]
+
+    @property
+    def state(self) -> str:
+        if not self.done:
+            return "running"
+        return "failed" if self.failed else "done"
+
+
+def _k(build_id: str, part: str = "") -> str:
+    return f"bpfdepot:build:{build_id}" + (f":{part}" if part else "")
+
+
+class Records:
+    """Reads and writes build records through a redis-py client."""
+
+    def __init__(self, redis: Any) -> None:
+        self.r = redis
+
+    def create(self, *, bundle: str, name: str, selector: str, jobs: list[Job]) -> Build:
+        build = Build(id=uuid.uuid4().hex[:12], bundle=bundle, name=name, selector=selector,
+                      created=time.time(), jobs={j.key: j for j in jobs})
+        pipe = self.r.pipeline()
+        pipe.hset(_k(build.id), mapping={"bundle": bundle, "name": name, "selector": selector,
+                                          "created": build.created, "total": len(jobs)})
+        pipe.hset(_k(build.id, "jobs"), mapping={j.key: json.dumps(asdict(j)) for j in jobs})
+        for key in (_k(build.id), _k(build.id, "jobs"), _k(build.id, "events")):
+            pipe.expire(key, RECORD_TTL_S)
+        pipe.zadd("bpfdepot:builds", {build.id: build.created})
+        pipe.execute()
+        return build
+
+    def get(self, build_id: str) -> Build | None:
+        head = self.r.hgetall(_k(build_id))
+        if not head:
+            return None
+        jobs = {k.decode(): Job(**json.loads(v)) for k, v in self.r.hgetall(_k(build_id, "jobs")).items()}
+        return Build(id=build_id, bundle=head[b"bundle"].decode(), name=head[b"name"].decode(),
+                     selector=head[b"selector"].decode(), created=float(head[b"created"]), jobs=jobs)
+
+    def recent(self, count: int = 20) -> list[Build]:
+        ids = [i.decode() for i in self.r.zrevrange("bpfdepot:builds", 0, count - 1)]
+        return [b for b in (self.get(i) for i in ids) if b is not None]
+
+    def update(self, build_id: str, job: Job) -> None:
+        """Record a job's new state, unless it is already done (a late redelivery cannot undo it)."""
+        old = self.r.hget(_k(build_id, "jobs"), job.key)
+        if old is not None and Job(**json.loads(old)).done and not job.done:
+            return
+        line = json.dumps(asdict(job))
+        pipe = self.r.pipeline()
+        pipe.hset(_k(build_id, "jobs"), job.key, line)
+        pipe.rpush(_k(build_id, "events"), line)
+        pipe.execute()
+
+    def claim_fanout(self, build_id: str) -> bool:
+        """True for the first caller only: the build's compiles are enqueued once."""
+        return bool(self.r.hsetnx(_k(build_id), "fanned_out", time.time()))
+
+    def wait_event(self, build_id: str, cursor: int, timeout_s: float) -> tuple[list[Job], int]:
+        """Jobs changed since ``cursor`` (an index into the events list), blocking up to timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lines = self.r.lrange(_k(build_id, "events"), cursor, -1)
+            if lines or time.monotonic() >= deadline:
+                return [Job(**json.loads(x)) for x in lines], cursor + len(lines)
+            # a cheap blocking wait: BLMOVE-free, poll at 5 ms (events are rare and small)
+            time.sleep(0.005)
+
+    def delivered(self, task_id: str) -> int:
+        key = f"bpfdepot:deliveries:{task_id}"
+        pipe = self.r.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, RECORD_TTL_S)
+        return int(pipe.execute()[0])
