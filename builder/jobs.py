@@ -55,11 +55,26 @@ def context() -> Context:
 
 
 def fan_out(ctx: Context, build_id: str) -> Iterator[tuple[str, str]]:
-    """The (program, target) pairs to compile for a build, once per build."""
+    """The (program, target) pairs that need a compile job, once per build. Jobs whose result
+    is already in the store are answered here, without a second trip through the broker."""
     build = ctx.records.get(build_id)
     if build is None or not ctx.records.claim_fanout(build_id):
         return iter(())
-    return iter([(job.program, job.target) for job in build.jobs.values()])
+    todo = []
+    for job in build.jobs.values():
+        try:
+            manifest = unpacked(ctx, build.bundle)
+            plan = plan_build(manifest, manifest.program(job.program), target_of(ctx, job.target),
+                              toolchain(ctx.settings.cache), [bundle_include_dir(manifest.root)])
+            done = cached_build(ctx.store, plan)
+        except BpfDepotError:
+            done = None  # the compile job reports it, with retries where they help
+        if done is None:
+            todo.append((job.program, job.target))
+        else:
+            ctx.records.update(build_id, replace(job, state="cached", digest=done.meta.digest,
+                                                 meta=done.meta_digest, size=done.meta.size))
+    return iter(todo)
 
 
 def unpacked(ctx: Context, bundle: str) -> Manifest:
@@ -79,13 +94,20 @@ def unpacked(ctx: Context, bundle: str) -> Manifest:
     return load_bundle(root)
 
 
+_BTF_PATHS: dict[str, Path] = {}  # verified once per process: blobs never change
+
+
 def target_of(ctx: Context, target: str) -> Target:
+    """The build target for a catalog key (its entry is read each time: a node may have
+    registered newer features; the entry and its BTF come from the local blob cache)."""
     arch, _, btf = target.partition("-")
     entry = get_kernel(ctx.store, arch, btf)
     if entry is None:
         raise BuildError(f"kernel {target} is not in the catalog of {ctx.store}",
                          hint="add it: bpfdepot kernels add --btf FILE")
-    return Target(identity=entry.identity, btf=ctx.store.blob_path(f"sha256:{btf}"),
+    if btf not in _BTF_PATHS:
+        _BTF_PATHS[btf] = ctx.store.blob_path(f"sha256:{btf}")
+    return Target(identity=entry.identity, btf=_BTF_PATHS[btf],
                   features=form_features(entry.features, probed=entry.features_from == "probed"),
                   btf_on_node=entry.btf_on_node)
 

@@ -219,12 +219,8 @@ def _release_key(entry: KernelEntry) -> tuple:
 
 
 def list_kernels(store: ArtifactStore) -> list[KernelEntry]:
-    entries = []
-    for ref in store.list_refs("kernels"):
-        digest = store.get_ref(ref)
-        if digest is not None:
-            entries.append(KernelEntry.from_json(store.read_blob(digest),
-                                                 where=f"kernel entry {ref} ({digest})"))
+    entries = [KernelEntry.from_json(store.read_blob(digest), where=f"kernel entry {ref} ({digest})")
+               for ref, digest in store.read_refs("kernels").items()]
     return sorted(entries, key=_release_key)
 
 

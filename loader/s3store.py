@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import tempfile
 import time
@@ -22,6 +23,18 @@ from loader.errors import StoreError
 from loader.store import digest_of, check_digest, check_ref
 
 ATTEMPTS, FIRST_DELAY_S = 5, 0.2
+
+
+_CLIENTS: dict[str, Any] = {}
+
+
+def _client(endpoint: str, config: Any) -> Any:
+    """One boto3 client per endpoint and process (making one costs ~10 ms; they are thread-safe)."""
+    import boto3
+
+    if endpoint not in _CLIENTS:
+        _CLIENTS[endpoint] = boto3.client("s3", endpoint_url=endpoint or None, config=config)
+    return _CLIENTS[endpoint]
 
 
 class S3Store:
@@ -44,7 +57,7 @@ class S3Store:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             s3={"addressing_style": "path"})
-        self._s3 = boto3.client("s3", endpoint_url=endpoint or None, config=config)
+        self._s3 = _client(endpoint, config)
 
     def __repr__(self) -> str:
         return f"S3Store({self.url})"
@@ -113,10 +126,31 @@ class S3Store:
 
     def put_blob(self, data: bytes) -> str:
         digest = digest_of(data)
-        self._put_new(self._blob_key(digest), data, f"upload of {digest}")
+        key = self._blob_key(digest)
+        if not self._exists(key, f"check of {digest}"):  # a HEAD costs less than a refused PUT
+            self._put_new(key, data, f"upload of {digest}")
         return digest
 
+    def _exists(self, key: str, what: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._call(what, self._s3.head_object, Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if self._status(exc) == 404:
+                return False
+            raise StoreError(f"{self}: {what} failed: {exc}") from exc
+
     def read_blob(self, digest: str) -> bytes:
+        """Blobs never change, so a local copy whose sha256 still matches is as good as S3's."""
+        local = self.cache_dir / "blobs" / digest.removeprefix("sha256:")
+        try:
+            data = local.read_bytes()
+            if digest_of(data) == digest:
+                return data
+        except FileNotFoundError:
+            pass
         data = self._get(self._blob_key(digest), f"download of {digest}")
         if data is None:
             raise StoreError(f"blob {digest} is not in {self}",
@@ -124,20 +158,17 @@ class S3Store:
         if digest_of(data) != digest:
             raise StoreError(f"blob {digest} in {self} is corrupt (its sha256 is {digest_of(data)})",
                              hint="delete it from the bucket and rebuild; nothing was loaded")
-        return data
-
-    def blob_path(self, digest: str) -> Path:
-        """A verified local copy (libbpf opens files), cached by digest."""
-        local = self.cache_dir / "blobs" / digest.removeprefix("sha256:")
-        if local.exists() and digest_of(local.read_bytes()) == digest:
-            return local
-        data = self.read_blob(digest)
         local.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=local.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, local)
-        return local
+        return data
+
+    def blob_path(self, digest: str) -> Path:
+        """A verified local copy (libbpf opens files), cached by digest."""
+        self.read_blob(digest)
+        return self.cache_dir / "blobs" / digest.removeprefix("sha256:")
 
     def put_ref(self, name: str, digest: str) -> str:
         check_ref(name)
@@ -163,7 +194,42 @@ class S3Store:
         self._call(f"ref {name}", self._s3.put_object, Bucket=self.bucket,
                    Key=self._key("refs", name), Body=data, ContentMD5=md5)
 
+    def read_refs(self, prefix: str) -> dict[str, str]:
+        """Every ref under ``prefix`` with its digest, in one listing when nothing changed: a
+        ref's ETag (the MD5 of its text) tells whether the digest remembered for it still holds."""
+        known = self._etags()
+        out, fresh = {}, False
+        for name, etag in self._list(prefix):
+            digest = known.get(etag)
+            if digest is None:
+                digest = self.get_ref(name)
+                if digest is None:
+                    continue
+                known[hashlib.md5(digest.encode()).hexdigest()] = digest
+                fresh = True
+            out[name] = digest
+        if fresh:
+            self._save_etags(known)
+        return out
+
+    def _etags(self) -> dict[str, str]:
+        try:
+            return json.loads((self.cache_dir / "ref-etags.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _save_etags(self, known: dict[str, str]) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir)
+        with os.fdopen(fd, "w") as f:
+            json.dump(known, f)
+        os.replace(tmp, self.cache_dir / "ref-etags.json")
+
     def list_refs(self, prefix: str) -> list[str]:
+        return [name for name, _ in self._list(prefix)]
+
+    def _list(self, prefix: str) -> list[tuple[str, str]]:
+        """(ref name, ETag without quotes) of every ref under ``prefix``."""
         check_ref(prefix.rstrip("/"))
         base = self._key("refs", prefix.rstrip("/")) + "/"
         refs_root = self._key("refs") + "/"
@@ -173,7 +239,8 @@ class S3Store:
             if token:
                 kwargs["ContinuationToken"] = token
             page = self._call(f"list of {prefix}", self._s3.list_objects_v2, **kwargs)
-            names += [o["Key"].removeprefix(refs_root) for o in page.get("Contents", [])]
+            names += [(o["Key"].removeprefix(refs_root), o.get("ETag", "").strip('"'))
+                      for o in page.get("Contents", [])]
             if not page.get("IsTruncated"):
                 return sorted(names)
             token = page["NextContinuationToken"]

@@ -62,6 +62,7 @@ class ArtifactStore(Protocol):
     def get_ref(self, name: str) -> str | None: ...
     def set_ref(self, name: str, digest: str) -> None: ...
     def list_refs(self, prefix: str) -> list[str]: ...
+    def read_refs(self, prefix: str) -> dict[str, str]: ...
 
 
 class LocalStore:
@@ -157,6 +158,11 @@ class LocalStore:
             return []
         root = self.root / "refs"
         return sorted(p.relative_to(root).as_posix() for p in base.rglob("*") if p.is_file())
+
+    def read_refs(self, prefix: str) -> dict[str, str]:
+        """Every ref under ``prefix`` with the digest it holds."""
+        found = {name: self.get_ref(name) for name in self.list_refs(prefix)}
+        return {name: digest for name, digest in found.items() if digest is not None}
 
     def _ref(self, name: str) -> Path:
         check_ref(name)
