@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from builder.records import Build, Job, Records
+from builder.records import Build, Job, Records, connect
 from loader.errors import BpfDepotError, BuildError
 from loader.settings import Settings
 
@@ -17,9 +17,7 @@ STATE_STYLE = {"queued": "dim", "waiting": "yellow", "compiling": "cyan", "built
 
 
 def _records(settings: Settings) -> Records:
-    import redis
-
-    return Records(redis.Redis.from_url(settings.broker, socket_connect_timeout=5))
+    return Records(connect(settings.broker))
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -61,8 +59,10 @@ def submit(settings: Settings, bundle: str, selector: str) -> Build:
             for p in programs for k in kernels]
     records = _records(settings)
     build = records.create(bundle=digest, name=manifest.name, selector=selector, jobs=jobs)
-    configure(settings)
-    build_task.apply_async((build.id,), queue=QUEUE)
+    app = configure(settings)
+    # an explicit connection: the app's pool would keep the first broker URL of this process
+    with app.connection_for_write(settings.broker) as conn:
+        build_task.apply_async((build.id,), queue=QUEUE, connection=conn)
     return build
 
 

@@ -24,7 +24,7 @@ import redis
 
 from builder.bundle import bundle_include_dir, unpack_bundle
 from builder.compile import Target, cached_build, execute_build, form_features, plan_build
-from builder.records import Job, Records
+from builder.records import Job, Records, connect
 from builder.toolchain import Toolchain, find_toolchain
 from loader.catalog import get_kernel
 from loader.errors import BpfDepotError, BuildError, StoreError
@@ -49,8 +49,7 @@ class Context:
 def context() -> Context:
     """One per worker process, built from the environment the worker was started with."""
     settings = Settings.from_env(os.environ)
-    client = redis.Redis.from_url(settings.broker, socket_timeout=30, socket_connect_timeout=5,
-                                  retry_on_timeout=True, health_check_interval=10)
+    client = connect(settings.broker)
     return Context(settings=settings, store=open_store(settings), records=Records(client), redis=client)
 
 

@@ -71,6 +71,18 @@ def _k(build_id: str, part: str = "") -> str:
     return f"bpfdepot:build:{build_id}" + (f":{part}" if part else "")
 
 
+def connect(url: str):
+    """A redis-py client that rides out a Redis restart: commands retry with backoff for ~30 s."""
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=25),
+        retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError])
+
+
 class Records:
     """Reads and writes build records through a redis-py client."""
 

@@ -72,7 +72,7 @@ class S3Store:
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         """Run one S3 call, retrying transient failures with exponential backoff."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         delay = FIRST_DELAY_S
         for attempt in range(1, self.attempts + 1):
@@ -88,6 +88,10 @@ class S3Store:
                     raise StoreError(f"{self}: {what} refused: {code}",
                                      hint="check the credentials and that the bucket exists") from exc
                 last: Exception = exc
+            except NoCredentialsError as exc:
+                raise StoreError(f"{self}: no S3 credentials for {what}",
+                                 hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS "
+                                      "profile) the usual boto3 way") from exc
             except BotoCoreError as exc:  # connection refused, timeouts, DNS
                 last = exc
             if attempt < self.attempts:

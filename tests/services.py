@@ -75,26 +75,28 @@ class Service:
         self.pids.clear()
 
 
-def start_redis(workdir: Path, port: int | None = None) -> Service:
-    """redis-server on 127.0.0.1 (no persistence); ready in well under a second."""
+def start_redis(workdir: Path, port: int | None = None, persist: bool = False) -> Service:
+    """redis-server on 127.0.0.1; ready in well under a second. ``persist`` keeps an
+    append-only file fsynced on every write, so a restart keeps queues and records."""
     if not shutil.which("redis-server"):
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     pidfile = workdir / f"redis-{port}.pid"
+    aof = ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"]
     subprocess.run(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                    "--appendonly", "no", "--daemonize", "yes", "--pidfile", str(pidfile),
+                    *aof, "--daemonize", "yes", "--pidfile", str(pidfile),
                     "--dir", str(workdir), "--logfile", str(workdir / f"redis-{port}.log")],
                    check=True, capture_output=True)
     _wait("redis", lambda: _listening(port) and pidfile.exists(), 10)
     return Service(name="redis", pids=[int(pidfile.read_text())], url=f"redis://127.0.0.1:{port}/0")
 
 
-def restart_redis(service: Service, workdir: Path) -> Service:
+def restart_redis(service: Service, workdir: Path, persist: bool = True) -> Service:
     port = int(service.url.rsplit(":", 1)[1].split("/")[0])
     service.stop()
     _wait("redis to stop", lambda: not _listening(port), 10)
-    return start_redis(workdir, port)
+    return start_redis(workdir, port, persist=persist)
 
 
 def start_rgw(workdir: Path, port: int | None = None) -> Service:
