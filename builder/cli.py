@@ -128,7 +128,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     out_fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if args.output else 1
     session = Session()
     try:
-        session.start(loadables, declared)
+        session.start(loadables, declared, _knobs(args.set))
         programs = sum(len(i.meta.programs) for i in loadables)
 
         def attached() -> None:
@@ -149,6 +149,20 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         if s.short:
             _err(f"  ({s.short} events shorter than the event struct were skipped)")
     return 0
+
+
+def _knobs(pairs: list[str] | None) -> dict[str, int]:
+    out = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        try:
+            out[name.strip()] = int(value, 0)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise BpfDepotError(f"--set {pair!r} is not NAME=INTEGER",
+                                hint="for example: --set targ_tgid=1234")
+    return out
 
 
 def cmd_lock(args: argparse.Namespace, settings: Settings) -> int:
@@ -188,6 +202,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", "-d", type=float, help="stop after this many seconds")
     run.add_argument("--no-build", action="store_true",
                      help="never compile on this host; fail when nothing is built for this kernel")
+    run.add_argument("--set", action="append", metavar="NAME=VALUE",
+                     help="set a program knob (a const volatile global) before load, e.g. "
+                          "targ_tgid=1234 (repeatable)")
     run.add_argument("--locked", action="store_true",
                      help="load only the digests bpfdepot.lock pins for this kernel")
     run.set_defaults(func=cmd_run)

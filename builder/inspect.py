@@ -40,6 +40,9 @@ def describe(info: ObjectInfo, label: str, size: int) -> str:
         w(f"  {name}: struct {dec.struct} ({dec.size} bytes)\n")
         for f in dec.fields:
             w(f"    {f.offset:>5} {f.size:>4}  {f.name:<24} {f.decoder}\n")
+    if info.knobs:
+        w("knobs      " + ", ".join(f"{k.name} ({'s' if k.signed else 'u'}{8 * k.size})"
+                                    for k in info.knobs) + "  (bpfdepot run --set NAME=VALUE)\n")
     w(f"requires   {', '.join(info.required_features) or '-'}\n")
     return out.getvalue()
 

@@ -64,6 +64,8 @@ int bpf_link__destroy(struct bpf_link *link);
 const char *bpf_map__name(const struct bpf_map *map);
 int bpf_map__fd(const struct bpf_map *map);
 uint32_t bpf_map__max_entries(const struct bpf_map *map);
+void *bpf_map__initial_value(struct bpf_map *map, size_t *psize);
+bool bpf_map__is_internal(const struct bpf_map *map);
 uint32_t bpf_map__value_size(const struct bpf_map *map);
 int bpf_map_lookup_elem(int fd, const void *key, void *value);
 int ring_buffer__poll(struct ring_buffer *rb, int timeout_ms);

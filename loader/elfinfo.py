@@ -78,6 +78,16 @@ class ProgramInfo:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Knob:
+    """A ``const volatile`` global in .rodata: set before load, constant for the verifier."""
+
+    name: str
+    offset: int  # in .rodata
+    size: int    # bytes
+    signed: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ObjectInfo:
     machine: str
     license: str | None
@@ -86,6 +96,7 @@ class ObjectInfo:
     sections: tuple[str, ...]
     btf: Btf | None
     has_btf_ext: bool
+    knobs: tuple[Knob, ...] = ()
 
     @property
     def required_features(self) -> tuple[str, ...]:
@@ -111,9 +122,14 @@ def read_object(data: bytes, label: str) -> ObjectInfo:
         names = tuple(s.name for s in elf.iter_sections())
         license_sec = elf.get_section_by_name("license")
         license_ = license_sec.data().split(b"\0")[0].decode(errors="replace") if license_sec else None
-        programs = []
+        programs, knob_syms = [], []
         symtab = elf.get_section_by_name(".symtab")
+        rodata = elf.get_section_index(".rodata") if elf.get_section_by_name(".rodata") else None
         for sym in symtab.iter_symbols() if symtab else ():
+            if (sym["st_info"]["type"] == "STT_OBJECT" and sym["st_info"]["bind"] == "STB_GLOBAL"
+                    and sym["st_shndx"] == rodata and sym["st_size"] in (1, 2, 4, 8)):
+                knob_syms.append((sym.name, sym["st_value"], sym["st_size"]))
+                continue
             if sym["st_info"]["type"] != "STT_FUNC" or sym["st_info"]["bind"] != "STB_GLOBAL":
                 continue
             shndx = sym["st_shndx"]
@@ -127,11 +143,21 @@ def read_object(data: bytes, label: str) -> ObjectInfo:
         btf_sec = elf.get_section_by_name(".BTF")
         btf = Btf.parse(btf_sec.data()) if btf_sec else None
         maps = tuple(btf.map_defs().values()) if btf else ()
+        knobs = tuple(Knob(name=name, offset=off, size=size, signed=_signed(btf, name))
+                      for name, off, size in knob_syms)
     except (ELFError, BtfFormatError, ValueError, KeyError) as exc:
         raise BuildError(f"'{label}' is not a valid BPF object: {exc}",
                          hint="rebuild it with clang -target bpf -g") from exc
     return ObjectInfo(machine=str(machine), license=license_, programs=tuple(programs), maps=maps,
-                      sections=names, btf=btf, has_btf_ext=".BTF.ext" in names)
+                      sections=names, btf=btf, has_btf_ext=".BTF.ext" in names, knobs=knobs)
+
+
+def _signed(btf: Btf | None, var: str) -> bool:
+    found = btf.by_name(var, "var") if btf else None
+    if found is None:
+        return False
+    base = btf.strip(found.type_id)
+    return base.kind == "int" and base.int_signed
 
 
 def read_object_file(path: Path) -> ObjectInfo:

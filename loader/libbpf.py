@@ -77,6 +77,27 @@ class BpfObject:
     def set_autoload(self, name: str, on: bool) -> None:
         lib.bpf_program__set_autoload(self._program(name), on)
 
+    def set_rodata(self, name: str, offset: int, size: int, value: int, signed: bool) -> None:
+        """Write a knob into the object's .rodata (only before load: then it is frozen)."""
+        rodata = None
+        m = lib.bpf_object__next_map(self._obj, ffi.NULL)
+        while m != ffi.NULL:
+            if lib.bpf_map__is_internal(m) and _str(lib.bpf_map__name(m)).endswith(".rodata"):
+                rodata = m
+                break
+            m = lib.bpf_object__next_map(self._obj, m)
+        psize = ffi.new("size_t *")
+        data = lib.bpf_map__initial_value(rodata, psize) if rodata is not None else ffi.NULL
+        if data == ffi.NULL or offset + size > psize[0]:
+            raise LoadError(f"'{self.label}' has no .rodata room for knob '{name}'",
+                            hint="knobs are `const volatile` globals of the program")
+        try:
+            raw = value.to_bytes(size, "little", signed=signed)
+        except OverflowError:
+            raise LoadError(f"{value} does not fit knob '{name}' of '{self.label}' "
+                            f"({'signed' if signed else 'unsigned'}, {size} bytes)") from None
+        ffi.memmove(ffi.cast("char *", data) + offset, raw, size)
+
     def load(self) -> None:
         take_log()
         rc = lib.bpf_object__load(self._obj)

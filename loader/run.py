@@ -9,6 +9,7 @@ gives, per channel, the events received and those the program could not reserve 
 
 from __future__ import annotations
 
+import difflib
 import errno
 import os
 import signal
@@ -114,12 +115,18 @@ class Session:
         self.encoders: list[tuple[ChannelStats, Encoder, BpfObject]] = []
         self.reader: RingReader | None = None
 
-    def start(self, loadables: Sequence[Loadable], declared: dict[str, str | None]) -> None:
+    def start(self, loadables: Sequence[Loadable], declared: dict[str, str | None],
+              knobs: dict[str, int] | None = None) -> None:
+        knobs = knobs or {}
         try:
-            for item in loadables:
+            infos = [read_object_file(item.path) for item in loadables]
+            _check_knobs(knobs, infos, [item.meta.name for item in loadables])
+            for item, info in zip(loadables, infos):
                 obj = BpfObject(item.path, label=item.meta.name, btf_custom_path=item.btf_custom_path)
                 self.objects.append((item, obj))
-                info = read_object_file(item.path)
+                for knob in info.knobs:
+                    if knob.name in knobs:
+                        obj.set_rodata(knob.name, knob.offset, knob.size, knobs[knob.name], knob.signed)
                 for name, chan in item.meta.channels.items():
                     if not obj.has_map(name):
                         raise LoadError(f"channel '{name}' is not a map in '{item.meta.name}'",
@@ -166,6 +173,16 @@ class Session:
         for _, obj in self.objects:
             obj.close()
         self.objects.clear()
+
+
+def _check_knobs(knobs: dict[str, int], infos: Sequence, names: Sequence[str]) -> None:
+    known = sorted({k.name for info in infos for k in info.knobs})
+    for name in knobs:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            raise LoadError(f"no knob '{name}' in {', '.join(names)}",
+                            hint=f"did you mean '{close[0]}'?" if close else
+                            f"knobs there: {', '.join(known) or 'none'} (const volatile globals)")
 
 
 def stream(session: Session, fd: int, *, duration: float | None,

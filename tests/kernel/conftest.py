@@ -52,10 +52,11 @@ class Finished:
 class Running:
     """`bpfdepot run` in the background, events to a file, stopped with SIGINT."""
 
-    def __init__(self, home: Path, bundle: str, out: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, bundle: str, out: Path, env: dict[str, str] | None = None,
+                 extra: list[str] | None = None) -> None:
         self.out = out
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "builder.cli", "run", bundle, "--output", str(out)],
+            [sys.executable, "-m", "builder.cli", "run", bundle, "--output", str(out), *(extra or [])],
             cwd=ROOT, env=env or cli_env(home), stderr=subprocess.PIPE, text=True)
         self.stderr = ""
         deadline = time.monotonic() + 120
