@@ -401,3 +401,16 @@ def test_load_bundle_on_a_missing_path(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as caught:
         load_bundle(tmp_path / "nope")
     assert caught.value.message == f"{tmp_path / 'nope'}: no such bundle folder or manifest file"
+
+
+@pytest.mark.parametrize("key, value", [("cflags", "[-fplugin=/tmp/evil.so]"), ("flags", "['-I/']"),
+                                        ("env", "{CC: /tmp/evil}"), ("args", "['@/etc/passwd']")])
+def test_a_manifest_cannot_carry_compiler_flags(tmp_path: Path, key: str, value: str) -> None:
+    """Flags are made by the builder; any key that could carry them is unknown, hence refused."""
+    (tmp_path / "x.bpf.c").write_text("")
+    (tmp_path / "manifest.yaml").write_text(
+        "kind: ebpfprogram\nname: x\nspec:\n  programs:\n    - name: x\n"
+        f"      path: file://./x.bpf.c\n      type: ebpf_object\n      {key}: {value}\n")
+    with pytest.raises(ManifestError) as caught:
+        load_bundle(tmp_path)
+    assert caught.value.message.endswith(f"manifest.yaml:8: unknown key '{key}' in spec.programs[0]")
