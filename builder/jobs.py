@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import redis
 
 from builder.bundle import bundle_include_dir, unpack_bundle
-from builder.compile import Target, cached_build, execute_build, form_features, plan_build
+from builder.compile import Built, Target, cached_build, execute_build, form_features, plan_build
 from builder.records import Job, Records, connect
 from builder.toolchain import Toolchain, find_toolchain
 from loader.catalog import get_kernel
@@ -59,15 +60,20 @@ def fan_out(ctx: Context, build_id: str) -> Iterator[tuple[str, str]]:
     build = ctx.records.get(build_id)
     if build is None or not ctx.records.claim_fanout(build_id):
         return iter(())
-    todo = []
-    for job in build.jobs.values():
+    def check(job: Job) -> tuple[Job, Built | None]:
         try:
             manifest = unpacked(ctx, build.bundle)
             plan = plan_build(manifest, manifest.program(job.program), target_of(ctx, job.target),
                               toolchain(ctx.settings.cache), [bundle_include_dir(manifest.root)])
-            done = cached_build(ctx.store, plan)
+            return job, cached_build(ctx.store, plan)
         except BpfDepotError:
-            done = None  # the compile job reports it, with retries where they help
+            return job, None  # the compile job reports it, with retries where they help
+
+    unpacked(ctx, build.bundle)  # once, before the threads race to unpack it
+    with ThreadPoolExecutor(max_workers=min(8, len(build.jobs) or 1)) as pool:
+        checked = list(pool.map(check, build.jobs.values()))  # store lookups overlap
+    todo = []
+    for job, done in checked:
         if done is None:
             todo.append((job.program, job.target))
         else:

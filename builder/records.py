@@ -2,7 +2,8 @@
 
     bpfdepot:build:<id>          hash: bundle, name, selector, created, total, programs, targets
     bpfdepot:build:<id>:jobs     hash: "<program>@<arch>-<btf>" → JSON state of that compile
-    bpfdepot:build:<id>:events   list: one JSON line per change (``submit --wait`` blocks on it)
+    bpfdepot:build:<id>:events   list: one JSON line per change (``submit --wait`` reads it)
+    bpfdepot:build:<id>:notify   list: a token per change, which a waiter BLPOPs
     bpfdepot:builds              sorted set of build ids by creation time
     bpfdepot:deliveries:<task>   how often a task message was delivered (poison bound)
 
@@ -123,6 +124,8 @@ class Records:
         pipe = self.r.pipeline()
         pipe.hset(_k(build_id, "jobs"), job.key, line)
         pipe.rpush(_k(build_id, "events"), line)
+        pipe.rpush(_k(build_id, "notify"), 1)  # wakes a waiter blocked in BLPOP
+        pipe.expire(_k(build_id, "notify"), RECORD_TTL_S)
         pipe.execute()
 
     def claim_fanout(self, build_id: str) -> bool:
@@ -131,13 +134,13 @@ class Records:
 
     def wait_event(self, build_id: str, cursor: int, timeout_s: float) -> tuple[list[Job], int]:
         """Jobs changed since ``cursor`` (an index into the events list), blocking up to timeout."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+        lines = self.r.lrange(_k(build_id, "events"), cursor, -1)
+        if not lines:
+            # block until a job changes (update() pushes a token), instead of polling
+            if self.r.blpop([_k(build_id, "notify")], timeout=max(timeout_s, 0.01)):
+                self.r.delete(_k(build_id, "notify"))
             lines = self.r.lrange(_k(build_id, "events"), cursor, -1)
-            if lines or time.monotonic() >= deadline:
-                return [Job(**json.loads(x)) for x in lines], cursor + len(lines)
-            # a cheap blocking wait: BLMOVE-free, poll at 5 ms (events are rare and small)
-            time.sleep(0.005)
+        return [Job(**json.loads(x)) for x in lines], cursor + len(lines)
 
     def delivered(self, task_id: str) -> int:
         key = f"bpfdepot:deliveries:{task_id}"
