@@ -1,6 +1,10 @@
 """Run every benchmark (each in its own process, as it runs standalone) and print one table.
 
-    python bench/run_all.py [--quick]      # --quick: fewer repetitions, no naive Python row
+    python bench/run_all.py [--quick] [--no-farm]
+
+--quick: fewer repetitions, no naive Python row. --no-farm: leave out bench_farm (it starts
+Redis, a Ceph cluster and a worker: ~70 s; it skips itself, with a row saying why, when those
+or ../shared/kernels are missing).
 """
 
 from __future__ import annotations
@@ -17,20 +21,23 @@ from pathlib import Path
 import harness
 from harness import BENCH, Row
 
-SCRIPTS = ("bench_build", "bench_attach", "bench_flood")
+SCRIPTS = ("bench_build", "bench_attach", "bench_flood", "bench_farm")
 QUICK = {"bench_build": ["--reps", "3"], "bench_attach": ["--reps", "3"],
-         "bench_flood": ["--reps", "1", "--no-naive"]}
+         "bench_flood": ["--reps", "1", "--no-naive"], "bench_farm": ["--reps", "1"]}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(prog="bench/run_all.py")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    p.add_argument("--no-farm", action="store_true",
+                   help="leave out bench_farm (Redis + Ceph radosgw + a worker, ~70 s)")
     args = p.parse_args()
+    scripts = [s for s in SCRIPTS if not (args.no_farm and s == "bench_farm")]
     rows: list[Row] = []
     failed = []
     started, load = time.monotonic(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bpfdepot-bench-all-") as tmp:
-        for name in SCRIPTS:
+        for name in scripts:
             out = Path(tmp) / f"{name}.json"
             cmd = [sys.executable, str(BENCH / f"{name}.py"), "--json", str(out),
                    *(QUICK[name] if args.quick else [])]
