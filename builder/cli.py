@@ -20,6 +20,7 @@ from pathlib import Path
 
 from builder.farmcli import register_commands as register_farm_commands
 from builder.kernels import register_commands
+from builder.query import register_commands as register_query_commands
 from loader.errors import BpfDepotError
 from loader.settings import Settings
 from loader.store import open_store
@@ -230,6 +231,7 @@ def parser() -> argparse.ArgumentParser:
 
     register_commands(sub, open_store)  # kernels add|register|list (builder/kernels.py)
     register_farm_commands(sub)         # worker, submit, builds (builder/farmcli.py)
+    register_query_commands(sub)        # query (builder/query.py)
     return p
 
 
