@@ -10,6 +10,7 @@ visibility timeout never runs twice at the same time.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +33,8 @@ from loader.errors import BpfDepotError, BuildError, StoreError
 from loader.manifest import Manifest, load_bundle
 from loader.settings import Settings
 from loader.store import ArtifactStore, open_store
+
+log = logging.getLogger(__name__)
 
 MAX_DELIVERIES = 3      # a message delivered more often than this is a poison bundle
 LOCK_TTL_S = 10         # a dead compiler's lock frees itself after this long
@@ -61,17 +64,19 @@ def fan_out(ctx: Context, build_id: str) -> Iterator[tuple[str, str]]:
     if build is None or not ctx.records.claim_fanout(build_id):
         return iter(())
     def check(job: Job) -> tuple[Job, Built | None]:
-        try:
-            manifest = unpacked(ctx, build.bundle)
-            plan = plan_build(manifest, manifest.program(job.program), target_of(ctx, job.target),
-                              toolchain(ctx.settings.cache), [bundle_include_dir(manifest.root)])
-            return job, cached_build(ctx.store, plan)
-        except BpfDepotError:
-            return job, None  # the compile job reports it, with retries where they help
+        manifest = unpacked(ctx, build.bundle)
+        plan = plan_build(manifest, manifest.program(job.program), target_of(ctx, job.target),
+                          toolchain(ctx.settings.cache), [bundle_include_dir(manifest.root)])
+        return job, cached_build(ctx.store, plan)
 
-    unpacked(ctx, build.bundle)  # once, before the threads race to unpack it
-    with ThreadPoolExecutor(max_workers=min(8, len(build.jobs) or 1)) as pool:
-        checked = list(pool.map(check, build.jobs.values()))  # store lookups overlap
+    try:
+        unpacked(ctx, build.bundle)  # once, before the threads race to unpack it
+        with ThreadPoolExecutor(max_workers=min(8, len(build.jobs) or 1)) as pool:
+            checked = list(pool.map(check, build.jobs.values()))  # store lookups overlap
+    except Exception:  # noqa: BLE001 - this task claimed the fan-out: it must never lose a job
+        log.warning("build %s: cache check failed, every job goes to a compile task", build_id,
+                    exc_info=True)
+        checked = [(job, None) for job in build.jobs.values()]
     todo = []
     for job, done in checked:
         if done is None:

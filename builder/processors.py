@@ -31,7 +31,7 @@ import jinja2
 
 from builder.compile import MAPPED, Built, _check_deps, _read_regular
 from builder.sandbox import INSIDE, Limits, run_sandboxed
-from builder.toolchain import Toolchain
+from builder.toolchain import Toolchain, tool_version
 from loader.artifact import SCHEMA, ArtifactMeta, build_ref, lookup, meta_of_ref
 from loader.errors import BuildError, ProcessorError
 from loader.kernel import KernelIdentity
@@ -125,20 +125,9 @@ def find_go(cache_dir: Path | None) -> GoToolchain:
 
 
 def _go_version(go: Path, cache: Path | None) -> str:
-    stat = go.stat()
-    stamp = f"{go}:{stat.st_size}:{stat.st_mtime_ns}"
-    known = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
-    if stamp not in known:
-        out = subprocess.run([str(go), "version"], capture_output=True, text=True, timeout=60,
-                             env={"PATH": "/usr/bin:/bin", "GOTOOLCHAIN": "local", "HOME": "/nonexistent"})
-        known[stamp] = out.stdout.strip().removeprefix("go version ") or "unknown"
-        if cache is None:
-            return known[stamp]
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, cache)
-    return known[stamp]
+    line = tool_version(go, cache, ("version",),
+                        env={"PATH": "/usr/bin:/bin", "GOTOOLCHAIN": "local", "HOME": "/nonexistent"})
+    return line.removeprefix("go version ")
 
 
 _GO_TOKENS = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|`[^`]*`|\'(?:\\.|[^\'\\\n])*\'',

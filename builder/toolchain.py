@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,16 +38,21 @@ def _need(tool: str) -> Path:
     return Path(os.path.realpath(found))
 
 
-def _version(binary: Path, cache: Path) -> str:
+def tool_version(binary: Path, cache: Path | None, args: tuple[str, ...] = ("--version",),
+                 env: dict[str, str] | None = None) -> str:
+    """The first line ``binary args`` prints, remembered by the binary's path, size and mtime."""
     stat = binary.stat()
     stamp = f"{binary}:{stat.st_size}:{stat.st_mtime_ns}"
-    known = json.loads(cache.read_text()) if cache.exists() else {}
+    known = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
     if stamp not in known:
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
-        known[stamp] = out.stdout.splitlines()[0].strip() if out.stdout else "unknown"
+        out = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=60, env=env)
+        known[stamp] = out.stdout.splitlines()[0].strip() if out.stdout.strip() else "unknown"
+        if cache is None:
+            return known[stamp]
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=1))
+        fd, tmp = tempfile.mkstemp(dir=cache.parent)  # threads of one process build at once
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(known, indent=1))
         os.replace(tmp, cache)
     return known[stamp]
 
@@ -63,5 +69,5 @@ def libbpf_headers_version() -> str:
 
 def find_toolchain(cache_dir: Path) -> Toolchain:
     clang = _need("clang")
-    return Toolchain(clang=clang, clang_version=_version(clang, cache_dir / "toolchain.json"),
+    return Toolchain(clang=clang, clang_version=tool_version(clang, cache_dir / "toolchain.json"),
                      bpftool=_need("bpftool"), libbpf_version=libbpf_headers_version())

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -117,7 +118,8 @@ def probe_features(identity: KernelIdentity, cache_dir: Path) -> dict[str, Featu
         raise KernelUnsupported(f"no BPF program type loads on {identity} ({found['tracepoint'].why})",
                                 hint="run as root with CAP_BPF; check kernel.unprivileged_bpf_disabled")
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps([asdict(f) for f in found.values()], indent=1))
+    fd, tmp = tempfile.mkstemp(dir=cached.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps([asdict(f) for f in found.values()], indent=1))
     os.replace(tmp, cached)
     return found
