@@ -134,15 +134,21 @@ def plan_build(manifest: Manifest, program: ProgramSpec, target: Target, toolcha
                 source_digest=source_digest(files, channels))
 
 
-def cached_build(store: ArtifactStore, plan: Plan) -> Built | None:
-    """The stored result of this exact build, or None; a hit also indexes it for nodes."""
+def find_built(store: ArtifactStore, key: str, index: str) -> Built | None:
+    """The stored result of the build ``key``, or None; a hit is also published at ``index``,
+    the ref nodes look artifacts up by."""
     started = time.perf_counter()
-    found = lookup(store, build_ref(plan.key))
+    found = lookup(store, build_ref(key))
     if not found:
         return None
     meta, meta_digest = found
-    store.put_ref(index_ref(plan.program.name, plan.source_digest, plan.target.identity), meta_digest)
+    store.put_ref(index, meta_digest)
     return Built(meta=meta, meta_digest=meta_digest, cached=True, seconds=time.perf_counter() - started)
+
+
+def cached_build(store: ArtifactStore, plan: Plan) -> Built | None:
+    return find_built(store, plan.key,
+                      index_ref(plan.program.name, plan.source_digest, plan.target.identity))
 
 
 def build_program(store: ArtifactStore, manifest: Manifest, program: ProgramSpec, target: Target,

@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 from builder.records import Build, Job, Records, connect
 from loader.errors import BpfDepotError, BuildError

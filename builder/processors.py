@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -29,10 +28,10 @@ from pathlib import Path
 
 import jinja2
 
-from builder.compile import MAPPED, Built, _check_deps, _read_regular
+from builder.compile import MAPPED, Built, _check_deps, _read_regular, find_built
 from builder.sandbox import INSIDE, Limits, run_sandboxed
 from builder.toolchain import Toolchain, tool_version
-from loader.artifact import SCHEMA, ArtifactMeta, build_ref, lookup, meta_of_ref
+from loader.artifact import SCHEMA, ArtifactMeta, build_ref, meta_of_ref
 from loader.errors import BuildError, ProcessorError
 from loader.kernel import KernelIdentity
 from loader.manifest import Manifest, ProgramSpec
@@ -250,14 +249,8 @@ def plan_processor(manifest: Manifest, program: ProgramSpec, arch: str, toolchai
 
 
 def cached_processor(store: ArtifactStore, plan: ProcessorPlan) -> Built | None:
-    """The stored result of this exact build, or None; a hit also indexes it for nodes."""
-    started = time.perf_counter()
-    found = lookup(store, build_ref(plan.key))
-    if not found:
-        return None
-    meta, meta_digest = found
-    store.put_ref(processor_index_ref(plan.program.name, plan.source_digest, plan.arch), meta_digest)
-    return Built(meta=meta, meta_digest=meta_digest, cached=True, seconds=time.perf_counter() - started)
+    return find_built(store, plan.key,
+                      processor_index_ref(plan.program.name, plan.source_digest, plan.arch))
 
 
 def build_processor(store: ArtifactStore, manifest: Manifest, program: ProgramSpec, arch: str,

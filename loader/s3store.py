@@ -40,7 +40,6 @@ def _client(endpoint: str, config: Any) -> Any:
 class S3Store:
     def __init__(self, url: str, *, endpoint: str = "", cache_dir: Path, attempts: int = ATTEMPTS) -> None:
         try:
-            import boto3
             from botocore.config import Config
         except ImportError:
             raise StoreError("the S3 store needs boto3", hint="pip install 'bpfdepot[farm]'") from None

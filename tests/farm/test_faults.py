@@ -108,7 +108,7 @@ def test_redis_restart_during_a_build(own_redis, rgw, tmp_path: Path) -> None:
 def test_unreachable_store_fails_clearly_and_publishes_nothing(own_redis, rgw, tmp_path: Path) -> None:
     env = _env(own_redis.url, rgw, tmp_path / "home")
     _register(env)
-    settings, records = Settings.from_env(env), Records(connect(own_redis.url))
+    settings = Settings.from_env(env)
     dead = dict(env, BPFDEPOT_S3_ENDPOINT=f"http://127.0.0.1:{free_port()}",
                 BPFDEPOT_HOME=str(tmp_path / "worker-home"))
     workers = start_workers(dead, concurrency=1, logdir=tmp_path)
