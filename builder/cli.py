@@ -18,9 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-from builder.farmcli import register_commands as register_farm_commands
-from builder.kernels import register_commands
-from builder.query import register_commands as register_query_commands
 from loader.errors import BpfDepotError
 from loader.settings import Settings
 from loader.store import open_store
@@ -191,7 +188,27 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
+# Command groups kept in their own modules, imported only when the command line names one of
+# their commands (or asks for help): `bpfdepot run` should not pay for Celery or the catalog.
+GROUPS = {("kernels",): "kernels", ("worker", "submit", "builds"): "farm", ("query",): "query"}
+
+
+def _register_group(sub: argparse._SubParsersAction, group: str) -> None:
+    if group == "kernels":
+        from builder.kernels import register_commands
+
+        register_commands(sub, open_store)
+    elif group == "farm":
+        from builder.farmcli import register_commands
+
+        register_commands(sub)
+    else:
+        from builder.query import register_commands
+
+        register_commands(sub)
+
+
+def parser(command: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bpfdepot", description="Build eBPF observability programs "
                                 "per kernel and run them.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and libbpf's debug log")
@@ -229,14 +246,17 @@ def parser() -> argparse.ArgumentParser:
     lock.add_argument("--kernels", "-k", default="all", help="selector, as for submit")
     lock.set_defaults(func=cmd_lock)
 
-    register_commands(sub, open_store)  # kernels add|register|list (builder/kernels.py)
-    register_farm_commands(sub)         # worker, submit, builds (builder/farmcli.py)
-    register_query_commands(sub)        # query (builder/query.py)
+    builtin = {"run", "build", "inspect", "kernel", "lock"}
+    for names, group in GROUPS.items():
+        if command is None or command in names or command not in builtin | {n for ns in GROUPS for n in ns}:
+            _register_group(sub, group)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = parser(command).parse_args(argv)
     settings = Settings.from_env(os.environ)
     if args.debug:
         settings = Settings(home=settings.home, kernel_btf=settings.kernel_btf, debug=True)

@@ -12,8 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-from builder.compile import Target, build_program
-from builder.toolchain import find_toolchain
 from loader.artifact import ArtifactMeta, by_digest, index_ref, lookup
 from loader.elfinfo import check_object, read_object_file
 from loader.catalog import find_release
@@ -27,7 +25,9 @@ from loader.sources import SHARED_INCLUDE, source_closure, source_digest
 from loader.store import ArtifactStore, digest_of
 
 
-def running_target(settings: Settings, kernel: KernelIdentity) -> Target:
+def running_target(settings: Settings, kernel: KernelIdentity):
+    from builder.compile import Target  # only a host compile needs the builder
+
     return Target(identity=kernel, btf=settings.kernel_btf)
 
 
@@ -80,6 +80,9 @@ def resolve(settings: Settings, store: ArtifactStore, manifest: Manifest, kernel
                 raise ArtifactNotFound(
                     f"no artifact for '{program.name}' on {kernel} (these sources were never built for it)",
                     hint=f"run: bpfdepot build {manifest.root}")
+            from builder.compile import build_program
+            from builder.toolchain import find_toolchain
+
             print(f"bpfdepot: building '{program.name}' for {kernel} on this host", file=sys.stderr)
             built = build_program(store, manifest, program, running_target(settings, kernel),
                                   find_toolchain(settings.cache), settings.cache)
