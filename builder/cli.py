@@ -12,6 +12,7 @@ of their class (loader/errors.py).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser(command).parse_args(argv)
     settings = Settings.from_env(os.environ)
     if args.debug:
-        settings = Settings(home=settings.home, kernel_btf=settings.kernel_btf, debug=True)
+        settings = dataclasses.replace(settings, debug=True)
     try:
         return args.func(args, settings)
     except BpfDepotError as exc:
