@@ -187,18 +187,23 @@ def execute_build(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Built:
         name=program.name, kind="bpf_object", key=plan.key, digest=digest, size=len(data),
         source_digest=plan.source_digest, target=target.identity, toolchain=toolchain.as_dict(),
         flags=plan.flags, inputs=files_digest(plan.files),
-        programs=tuple({"name": p.name, "section": p.section, "insns": p.insns, "feature": p.feature}
-                       for p in info.programs),
+        programs=info.program_rows(),
         maps=tuple({"name": m.name, "type": m.type_name, "max_entries": m.max_entries,
                     "key_size": m.key_size, "value_size": m.value_size} for m in info.maps),
         channels={c.name: _channel_meta(info, c.name, c.type, c.event) for c in manifest.channels},
         required_features=info.required_features, license=info.license or "", extra=extra)
-    meta_digest = store.put_blob(meta.to_json())
-    meta_digest = store.put_ref(build_ref(plan.key), meta_digest)
-    store.put_ref(index_ref(program.name, plan.source_digest, target.identity), meta_digest)
-    store.put_ref(meta_of_ref(digest), meta_digest)
+    meta_digest = publish(store, meta, index_ref(program.name, plan.source_digest, target.identity))
     return Built(meta=meta, meta_digest=meta_digest, cached=False,
                  seconds=time.perf_counter() - started, warnings=warnings)
+
+
+def publish(store: ArtifactStore, meta: ArtifactMeta, index: str) -> str:
+    """Publish a stored object's meta: meta blob → build ref → ``index`` → meta-of ref, so no
+    ref ever points at nothing. Returns the meta digest the build ref holds (the first wins)."""
+    meta_digest = store.put_ref(build_ref(meta.key), store.put_blob(meta.to_json()))
+    store.put_ref(index, meta_digest)
+    store.put_ref(meta_of_ref(meta.digest), meta_digest)
+    return meta_digest
 
 
 def _min_core_btf(target: Target, obj: bytes, toolchain: Toolchain, scratch: Path) -> bytes:

@@ -21,7 +21,7 @@ from loader.lock import load_pin, lock_path, read_lock
 from loader.manifest import Manifest, ProgramSpec
 from loader.run import Loadable
 from loader.settings import Settings
-from loader.sources import SHARED_INCLUDE, source_closure, source_digest
+from loader.sources import program_source_digest
 from loader.store import ArtifactStore, digest_of
 
 
@@ -73,8 +73,8 @@ def resolve(settings: Settings, store: ArtifactStore, manifest: Manifest, kernel
                 f"(btf {kernel.btf_digest[:12]}); --locked loads nothing else",
                 hint=f"build and pin it: bpfdepot submit {manifest.root} --kernels "
                      f"'release={kernel.release}' --wait && bpfdepot lock {manifest.root} --kernels all")
-        files = source_closure(program.local_path, manifest.root, [SHARED_INCLUDE])
-        found = lookup(store, index_ref(program.name, source_digest(files, manifest.channel_decls), kernel))
+        found = lookup(store, index_ref(program.name, program_source_digest(manifest, program.name),
+                                        kernel))
         if found is None:
             if not compile_on_host:
                 raise ArtifactNotFound(
@@ -115,8 +115,7 @@ def _prebuilt(program: ProgramSpec, manifest: Manifest, kernel: KernelIdentity) 
         name=program.name, kind="bpf_object", key="", digest=digest_of(data), size=len(data),
         source_digest="", target=KernelIdentity(release="any", arch=kernel.arch, btf_digest=""),
         toolchain={}, flags=(), inputs={},
-        programs=tuple({"name": p.name, "section": p.section, "insns": p.insns, "feature": p.feature}
-                       for p in info.programs),
+        programs=info.program_rows(),
         maps=(), channels={c.name: {"type": c.type} for c in manifest.channels},
         required_features=info.required_features, license=info.license or "")
     return Loadable(meta=meta, path=Path(path))

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import jinja2
 
-from builder.compile import MAPPED, Built, _check_deps, _read_regular, find_built
+from builder.compile import MAPPED, Built, _check_deps, _read_regular, find_built, publish
 from builder.sandbox import INSIDE, Limits, run_sandboxed
 from builder.toolchain import Toolchain, tool_version
-from loader.artifact import SCHEMA, ArtifactMeta, build_ref, meta_of_ref
+from loader.artifact import SCHEMA, ArtifactMeta
 from loader.errors import BuildError, ProcessorError
 from loader.kernel import KernelIdentity
 from loader.manifest import Manifest, ProgramSpec
@@ -284,10 +284,7 @@ def execute_processor(store: ArtifactStore, plan: ProcessorPlan, cache_dir: Path
         channels={}, required_features=(), license="",
         extra={"abi": ABI_VERSION, "language": plan.language,
                "functions": [h["name"] for h in hooks]})
-    meta_digest = store.put_blob(meta.to_json())
-    meta_digest = store.put_ref(build_ref(plan.key), meta_digest)
-    store.put_ref(processor_index_ref(program.name, plan.source_digest, plan.arch), meta_digest)
-    store.put_ref(meta_of_ref(digest), meta_digest)
+    meta_digest = publish(store, meta, processor_index_ref(program.name, plan.source_digest, plan.arch))
     return Built(meta=meta, meta_digest=meta_digest, cached=False,
                  seconds=time.perf_counter() - started, warnings=warnings)
 

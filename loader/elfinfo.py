@@ -104,6 +104,11 @@ class ObjectInfo:
         need |= {m.type_name for m in self.maps if m.type_name in ("ringbuf", "perf_event_array")}
         return tuple(sorted(need))
 
+    def program_rows(self) -> tuple[dict[str, object], ...]:
+        """The programs as meta.json records them."""
+        return tuple({"name": p.name, "section": p.section, "insns": p.insns, "feature": p.feature}
+                     for p in self.programs)
+
     def map(self, name: str) -> MapDef | None:
         return next((m for m in self.maps if m.name == name), None)
 

@@ -17,7 +17,7 @@ from loader.artifact import ArtifactMeta, index_ref, lookup, read_meta
 from loader.errors import ArtifactNotFound, ManifestError, StoreError
 from loader.kernel import KernelIdentity
 from loader.manifest import Manifest
-from loader.sources import SHARED_INCLUDE, source_closure, source_digest
+from loader.sources import program_source_digest
 from loader.store import ArtifactStore
 
 LOCK_NAME = "bpfdepot.lock"
@@ -45,12 +45,6 @@ class Lock:
 
 def lock_path(manifest: Manifest) -> Path:
     return manifest.root / LOCK_NAME
-
-
-def program_source_digest(manifest: Manifest, program: str) -> str:
-    spec = manifest.program(program)
-    files = source_closure(spec.local_path, manifest.root, [SHARED_INCLUDE])
-    return source_digest(files, manifest.channel_decls)
 
 
 def make_lock(store: ArtifactStore, manifest: Manifest, kernels: list[KernelIdentity],

@@ -16,6 +16,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from loader.manifest import Manifest
 
 # The project's shared BPF headers (bpfdepot.h), found beside the loader in a checkout.
 SHARED_INCLUDE = Path(__file__).resolve().parent.parent / "bpf" / "include"
@@ -67,6 +71,13 @@ def source_closure(entry: Path, bundle_root: Path, include_dirs: Sequence[Path])
 
 def files_digest(files: Sequence[SourceFile]) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.data).hexdigest() for f in files}
+
+
+def program_source_digest(manifest: Manifest, program: str) -> str:
+    """The source digest of one of ``manifest``'s programs, as the farm computes it."""
+    spec = manifest.program(program)
+    files = source_closure(spec.local_path, manifest.root, [SHARED_INCLUDE])
+    return source_digest(files, manifest.channel_decls)
 
 
 def source_digest(files: Sequence[SourceFile],

@@ -49,7 +49,23 @@ def _join(records: Sequence[Record]) -> tuple[bytes, int, int]:
     return (b"\n".join(good) + b"\n" if good else b""), len(good), bad
 
 
-class FileSink:
+
+class _Counted:
+    """What the line sinks share: counting what was written and what was given up on."""
+
+    name: str
+    _stats: SinkStats
+    last_error: str
+
+    def _fail(self, count: int, why: str) -> None:
+        self._stats.failed += count
+        self.last_error = why
+        log.error("%s: %d record(s) not written: %s", self.name, count, why)
+
+    def stats(self) -> SinkStats:
+        return SinkStats(delivered=self._stats.delivered, failed=self._stats.failed)
+
+class FileSink(_Counted):
     """Appends JSON lines to ``path``, rotating by size (``max_bytes``) and count (``keep``)."""
 
     def __init__(self, path: Path | str, *, max_bytes: int, keep: int,
@@ -196,15 +212,9 @@ class FileSink:
     def _rotated(self, n: int) -> Path:
         return self.path.with_name(f"{self.path.name}.{n}")
 
-    def _fail(self, count: int, why: str) -> None:
-        self._stats.failed += count
-        self.last_error = why
-        log.error("%s: %d record(s) not written: %s", self.name, count, why)
 
     # -- the Sink protocol --------------------------------------------------------------------
 
-    def stats(self) -> SinkStats:
-        return SinkStats(delivered=self._stats.delivered, failed=self._stats.failed)
 
     def flush(self, timeout_s: float = 10.0) -> SinkStats:
         """Lines are written at once; flushing makes them durable (fsync) whatever ``fsync`` says."""
@@ -226,7 +236,7 @@ class FileSink:
         self.close()
 
 
-class StdoutSink:
+class StdoutSink(_Counted):
     """JSON lines on stdout (or any binary stream), one flushed write per batch; no rotation."""
 
     def __init__(self, out: BinaryIO | None = None, *, name: str = "stdout") -> None:
@@ -249,13 +259,7 @@ class StdoutSink:
             return
         self._stats.delivered += lines
 
-    def _fail(self, count: int, why: str) -> None:
-        self._stats.failed += count
-        self.last_error = why
-        log.error("%s: %d record(s) not written: %s", self.name, count, why)
 
-    def stats(self) -> SinkStats:
-        return SinkStats(delivered=self._stats.delivered, failed=self._stats.failed)
 
     def flush(self, timeout_s: float = 10.0) -> SinkStats:
         return self.stats()
