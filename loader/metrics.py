@@ -1,0 +1,292 @@
+"""Prometheus metrics for the loader process (``bpfdepot run --metrics HOST:PORT``).
+
+Dependency-free: counters and gauges by label set, rendered in the text exposition format
+0.0.4 and served by ``http.server`` in a daemon thread. One lock guards every value, so the
+HTTP thread renders a consistent snapshot while the loader updates them. Hooks registered with
+``on_scrape`` run right before each render (e.g. to sum per-CPU kernel counters).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import socket
+import socketserver
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
+
+from loader.errors import BpfDepotError
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # no colons; "__" prefix is Prometheus's own
+_INDEX = (b'<html><head><title>bpfdepot loader</title></head><body><h1>bpfdepot loader</h1>'
+          b'<p><a href="/metrics">Metrics</a></p></body></html>\n')
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def _format_value(v: float) -> str:
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    if isinstance(v, int) or (v.is_integer() and abs(v) < 2**53):  # exact as an integer
+        return str(int(v))
+    return repr(float(v))
+
+
+class Child:
+    """The value of one label set. For counters, ``set()`` takes an absolute total from a
+    source (a per-CPU map sum, a worker's count) and adds its growth since the last ``set()``;
+    a smaller total means the source restarted from zero, so all of it is new. The exported
+    counter therefore never decreases."""
+
+    __slots__ = ("_lock", "_counter", "_value", "_source")
+
+    def __init__(self, lock: threading.Lock, counter: bool) -> None:
+        self._lock, self._counter = lock, counter
+        self._value: float = 0
+        self._source: float = 0  # counters: the source's total at the last set()
+
+    def inc(self, n: float = 1) -> None:
+        if self._counter and n < 0:
+            raise ValueError(f"a counter only goes up; inc({n}) is negative")
+        with self._lock:
+            self._value += n
+
+    def set(self, v: float) -> None:
+        with self._lock:
+            if not self._counter:
+                self._value = v
+                return
+            if v < 0:
+                raise ValueError(f"a counter total cannot be negative, got {v}")
+            self._value += v - self._source if v >= self._source else v
+            self._source = v
+
+    @property
+    def value(self) -> float:
+        with self._lock:
+            return self._value
+
+
+class Family:
+    """One metric name, its help and type, and a child per label values."""
+
+    def __init__(self, name: str, help: str, kind: Literal["counter", "gauge"],
+                 labelnames: tuple[str, ...], lock: threading.Lock) -> None:
+        self.name, self.help, self.kind, self.labelnames = name, help, kind, labelnames
+        self._lock = lock
+        self._children: dict[tuple[str, ...], Child] = {}
+        if not labelnames:  # an unlabelled metric exists (as 0) from the start
+            self._children[()] = Child(lock, kind == "counter")
+
+    def labels(self, **values: str) -> Child:
+        if values.keys() != set(self.labelnames):
+            raise ValueError(f"{self.name} takes labels ({', '.join(self.labelnames)}), "
+                             f"got ({', '.join(values)})")
+        key = tuple(str(values[k]) for k in self.labelnames)
+        with self._lock:
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = Child(self._lock, self.kind == "counter")
+        return child
+
+    def _render(self, out: list[str]) -> None:
+        """Append this family's lines; the caller holds the lock."""
+        out.append(f"# HELP {self.name} {_escape_help(self.help)}\n# TYPE {self.name} {self.kind}\n")
+        for key, child in self._children.items():
+            pairs = ",".join(f'{k}="{_escape_label(v)}"' for k, v in zip(self.labelnames, key))
+            out.append(f"{self.name}{{{pairs}}} " if pairs else f"{self.name} ")
+            out.append(_format_value(child._value) + "\n")
+
+
+class Metrics:
+    """Counters and gauges by label set; thread-safe reads while the loader updates them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._families: dict[str, Family] = {}
+        self._hooks: list[Callable[[], None]] = []
+
+    def counter(self, name: str, help: str, labels: tuple[str, ...]) -> Family:
+        return self._add(name, help, "counter", labels)
+
+    def gauge(self, name: str, help: str, labels: tuple[str, ...]) -> Family:
+        return self._add(name, help, "gauge", labels)
+
+    def on_scrape(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` before every render, outside the lock, to refresh values."""
+        with self._lock:
+            self._hooks.append(fn)
+
+    def render(self) -> bytes:
+        """The exposition text: families in the order they were added."""
+        with self._lock:
+            hooks = list(self._hooks)
+        for fn in hooks:
+            fn()
+        out: list[str] = []
+        with self._lock:
+            for family in self._families.values():
+                family._render(out)
+        return "".join(out).encode()
+
+    def _add(self, name: str, help: str, kind: Literal["counter", "gauge"],
+             labels: tuple[str, ...]) -> Family:
+        if isinstance(labels, str):
+            raise TypeError(f"labels of {name} must be a tuple of names, not the string {labels!r}")
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"bad metric name {name!r}: must match {_NAME.pattern}")
+        for label in labels:
+            if not _LABEL.fullmatch(label) or label.startswith("__"):
+                raise ValueError(f"bad label name {label!r} in {name}: must match "
+                                 f"{_LABEL.pattern} and not start with '__'")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"duplicate label names in {name}: {labels}")
+        with self._lock:
+            if name in self._families:
+                raise ValueError(f"metric {name} is already defined")
+            family = self._families[name] = Family(name, help, kind, tuple(labels), self._lock)
+        return family
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoaderMetrics:
+    events_received: Family
+    events_lost: Family
+    records_delivered: Family
+    sink_failures: Family
+    processor_events: Family
+    processor_restarts: Family
+    processor_up: Family
+    programs_attached: Family
+
+
+def loader_families(m: Metrics) -> LoaderMetrics:
+    """Define the standard bpfdepot families on ``m``."""
+    pc = ("program", "channel")
+    return LoaderMetrics(
+        events_received=m.counter("bpfdepot_events_received_total",
+                                  "Events read from the program's ring buffer.", pc),
+        events_lost=m.counter("bpfdepot_events_lost_total",
+                              "Events the program could not reserve in the ring buffer.", pc),
+        records_delivered=m.counter("bpfdepot_records_delivered_total",
+                                    "Records written by a sink.", (*pc, "sink")),
+        sink_failures=m.counter("bpfdepot_sink_failures_total",
+                                "Failed writes to a sink.", (*pc, "sink")),
+        processor_events=m.counter("bpfdepot_processor_events_total",
+                                   "Events through a processor by outcome (keep, drop, error, lost).",
+                                   (*pc, "processor", "outcome")),
+        processor_restarts=m.counter("bpfdepot_processor_restarts_total",
+                                     "Restarts of a processor's workers.", ("processor",)),
+        processor_up=m.gauge("bpfdepot_processor_up",
+                             "1 while a processor worker runs, else 0.", ("processor", "worker")),
+        programs_attached=m.gauge("bpfdepot_programs_attached",
+                                  "Attach points of a program currently attached.", ("program",)),
+    )
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], metrics: Metrics) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.metrics = metrics
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls getfqdn(), a reverse DNS lookup that can stall startup
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._respond(body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(body=False)
+
+    def _respond(self, *, body: bool) -> None:
+        path = self.path.partition("?")[0]
+        status, ctype, data = 200, CONTENT_TYPE, b""
+        if path == "/metrics":
+            try:
+                data = self.server.metrics.render()
+            except Exception as exc:  # a failing on_scrape hook: answer 500 so the target shows down
+                status, ctype = 500, "text/plain; charset=utf-8"
+                data = f"scrape failed: {exc!r}\n".encode()
+        elif path == "/":
+            ctype, data = "text/html; charset=utf-8", _INDEX
+        else:
+            status, ctype, data = 404, "text/plain; charset=utf-8", b"not found; see /metrics\n"
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # a line per scrape would flood the loader's log
+
+
+class MetricsServer:
+    """The metrics endpoint running in a daemon thread; ``close()`` stops it."""
+
+    def __init__(self, server: _Server) -> None:
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="bpfdepot-metrics",
+                                        kwargs={"poll_interval": 0.1}, daemon=True)  # s; bounds close()
+        self._thread.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (all interfaces); port 0 picks a free one."""
+    host, sep, port = address.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if (not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535
+            or (":" in host and not bracketed)):
+        raise BpfDepotError(f"bad metrics address '{address}': expected HOST:PORT or :PORT "
+                            "with a port from 0 to 65535",
+                            hint="e.g. --metrics 127.0.0.1:9435, or --metrics :9435 for all interfaces")
+    return (host[1:-1] if bracketed else host), int(port)
+
+
+def serve(metrics: Metrics, address: str) -> MetricsServer:
+    """Serve ``metrics`` at http://ADDRESS/metrics until ``close()``."""
+    try:
+        server = _Server(parse_address(address), metrics)
+    except OSError as exc:  # in use, not an address of this host, unresolvable name
+        raise BpfDepotError(f"cannot serve metrics on '{address}': {exc.strerror or exc}",
+                            hint="choose another port with --metrics HOST:PORT") from exc
+    return MetricsServer(server)
