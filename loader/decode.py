@@ -12,16 +12,25 @@ What each field becomes:
     bpfdepot_ip, u8[16] *addr*     IPv4 or IPv6 text, by the struct's `family` field (else IPv6)
     u8[4] *addr*                   "a.b.c.d"
 Fields whose names start with ``__`` are padding by convention and left out.
+
+A channel may instead declare its fields in the manifest (``fields:``): ``declared_decoder``
+checks each declaration against the BTF, stops at the first mismatch, and encodes only those.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from loader.btf import Btf, BtfType
-from loader.errors import ArtifactNotFound
+from loader.btf import Btf, BtfType, Member
+from loader.errors import ArtifactNotFound, ManifestError
 from loader.libbpf import Op
+
+if TYPE_CHECKING:  # the manifest model pulls in yaml; decoding only needs the declarations
+    from loader.manifest import FieldDecl
 
 (OP_LIT, OP_U, OP_S, OP_BE, OP_BOOL, OP_CHARS, OP_IPV4, OP_IPV6, OP_IPFAM,
  OP_UBITS, OP_SBITS, OP_F32, OP_F64, OP_HEX) = range(14)
@@ -32,6 +41,11 @@ _DECODER_NAME = {OP_U: "u", OP_S: "s", OP_BE: "be", OP_BOOL: "bool", OP_CHARS: "
                  OP_IPV4: "ipv4", OP_IPV6: "ipv6", OP_IPFAM: "ip", OP_UBITS: "ubits",
                  OP_SBITS: "sbits", OP_F32: "float", OP_F64: "float", OP_HEX: "hex"}
 _MODIFIERS = ("typedef", "const", "volatile", "restrict", "type_tag")
+_BE = frozenset(("__be16", "__be32", "__be64"))
+_FAMILY = ("family", "af", "sa_family")  # the member that tells IPv4 from IPv6 for OP_IPFAM
+# Declared decoders that are one op whatever the type; int and float depend on it.
+_DECLARED_OPS = {"be": OP_BE, "bool": OP_BOOL, "string": OP_CHARS, "hex": OP_HEX,
+                 "ipv4": OP_IPV4, "ipv6": OP_IPV6, "ip": OP_IPFAM}
 _LONG_BYTES = 64
 MARKER = "bpfdepot_event__"
 
@@ -103,6 +117,11 @@ class _Emitter:
         self.ops.append(Op(kind=OP_LIT, prefix=prefix))
         self.max_record += len(prefix)
 
+    def done(self, struct: BtfType) -> EventDecoder:
+        self.finish()
+        return EventDecoder(struct=struct.name, size=struct.size, ops=tuple(self.ops),
+                            fields=tuple(self.fields), max_record=self.max_record)
+
     def struct(self, t: BtfType, offset: int, path: str) -> None:
         self.lit("{")
         first = True
@@ -152,7 +171,7 @@ class _Emitter:
             return self.value(OP_IPV6, path, offset, 16)
         if is_addr and t.kind == "array" and size == 4 and self._bytes(t):
             return self.value(OP_IPV4, path, offset, 4)
-        be = typedefs & {"__be16", "__be32", "__be64"}
+        be = typedefs & _BE
         if be and t.kind == "int":
             return self.value(OP_BE, path, offset, size)
         match t.kind:
@@ -206,7 +225,7 @@ class _Emitter:
 
     def _family(self, parent: BtfType, parent_offset: int) -> tuple[int, int] | None:
         for name, member in self._members(parent):
-            if name in ("family", "af", "sa_family") and not member.bitfield_size:
+            if name in _FAMILY and not member.bitfield_size:
                 return parent_offset + member.bit_offset // 8, self.btf.size_of(member.type_id)
         return None
 
@@ -215,6 +234,136 @@ def event_decoder(btf: Btf, struct: BtfType) -> EventDecoder:
     """Compile the default decoding of ``struct`` into encoder ops."""
     emitter = _Emitter(btf)
     emitter.struct(struct, 0, "")
-    emitter.finish()
-    return EventDecoder(struct=struct.name, size=struct.size, ops=tuple(emitter.ops),
-                        fields=tuple(emitter.fields), max_record=emitter.max_record)
+    return emitter.done(struct)
+
+
+def declared_decoder(btf: Btf, struct: BtfType, fields: Sequence[FieldDecl], channel: str) -> EventDecoder:
+    """Encoder ops for the fields a manifest declares, in its order and with its decoders.
+
+    The first declaration the BTF of ``struct`` contradicts is a ManifestError.
+    """
+    emitter = _Declared(btf, struct, channel)
+    emitter.lit("{")
+    for i, decl in enumerate(fields):
+        member = emitter.check(decl)
+        emitter.lit(("," if i else "") + json.dumps(decl.name) + ":")
+        aux = emitter.family if decl.decoder == "ip" and emitter.family else (0, 0)
+        emitter.value(_declared_op(decl), decl.name, member.bit_offset // 8, decl.size, *aux)
+    emitter.lit("}")
+    return emitter.done(struct)
+
+
+def _declared_op(decl: FieldDecl) -> int:
+    if decl.decoder == "int":
+        return OP_S if decl.base == "s" else OP_U
+    if decl.decoder == "float":
+        return OP_F32 if decl.size == 4 else OP_F64
+    return _DECLARED_OPS[decl.decoder]
+
+
+class _Declared(_Emitter):
+    """Checks declarations against one struct's members (anonymous ones flattened, as C names them)."""
+
+    def __init__(self, btf: Btf, struct: BtfType, channel: str) -> None:
+        super().__init__(btf)
+        self.struct, self.channel = struct, channel
+        self.members = {name: (i, m) for i, (name, m) in enumerate(self._members(struct))}
+        self.family = self._family(struct, 0)
+
+    def check(self, decl: FieldDecl) -> Member:
+        """The member ``decl`` names, if the BTF agrees with every part of the declaration."""
+        where = f"channel '{self.channel}', field '{decl.name}' (manifest line {decl.line})"
+        of = f"struct {self.struct.name}"
+        if decl.name not in self.members:
+            names = [name for name in self.members if name]
+            close = difflib.get_close_matches(decl.name, names, n=1)
+            raise ManifestError(f"{where}: {of} has no member '{decl.name}' in the object's BTF",
+                                hint=f"did you mean '{close[0]}'?" if close
+                                else f"its members: {', '.join(names)}")
+        index, member = self.members[decl.name]
+        if member.bitfield_size:
+            raise ManifestError(
+                f"{where}: '{decl.name}' is a bitfield of {member.bitfield_size} bits in {of}, "
+                "which cannot be declared",
+                hint="remove it from fields: (without fields:, default decoding reads bitfields)")
+        offset, tid = member.bit_offset // 8, member.type_id
+        fix = f"declare it as {self._right(decl, index, offset, tid).spelled()}"
+        if decl.offset is not None and decl.offset != offset:
+            raise ManifestError(f"{where}: the manifest says offset {decl.offset}, the BTF has "
+                                f"'{decl.name}' at offset {offset} of {of}", hint=fix)
+        if decl.order is not None and decl.order != index:
+            raise ManifestError(f"{where}: the manifest says order {decl.order}, the BTF has "
+                                f"'{decl.name}' as member {index} of {of} (from 0, padding "
+                                "members included)", hint=fix)
+        if not self._fits(decl, tid):
+            raise ManifestError(
+                f"{where}: the manifest says {decl.type} ({decl.size} bytes), the BTF says "
+                f"`{self._c_type(tid)}` ({self._what(tid)}, {self.btf.size_of(tid)} bytes)", hint=fix)
+        if problem := decl.decoder_problem():
+            raise ManifestError(f"{where}: {problem}", hint=fix)
+        if decl.decoder == "ip" and self.family is None:
+            raise ManifestError(
+                f"{where}: decoder ip tells IPv4 from IPv6 by the struct's family, but {of} has "
+                f"no member {' / '.join(_FAMILY)}",
+                hint=f"declare it as {replace(decl, decoder='ipv6').spelled()}, or add a "
+                     "`family` member to the struct")
+        return member
+
+    def _right(self, decl: FieldDecl, index: int, offset: int, type_id: int) -> FieldDecl:
+        """``decl`` corrected to what the BTF says, for hints; a chosen decoder stays if it fits."""
+        right = replace(decl, type=decl.type if self._fits(decl, type_id) else self._spell(type_id),
+                        offset=None if decl.offset is None else offset,
+                        order=None if decl.order is None else index)
+        if decl.decoder == decl.decoders[0] or right.decoder_problem():
+            return replace(right, decoder=right.decoders[0])
+        return right
+
+    def _spell(self, type_id: int) -> str:
+        """The manifest type that matches a BTF type exactly (raw bytes when nothing else does)."""
+        t, size = self.btf.strip(type_id), self.btf.size_of(type_id)
+        if t.kind == "int" and size in (1, 2, 4, 8):
+            if t.int_bool:
+                return "bool"
+            if size > 1 and self._typedef_names(type_id) & _BE:
+                return f"be{8 * size}"
+            return f"{'s' if t.int_signed else 'u'}{8 * size}"
+        if t.kind in ("enum", "enum64"):
+            return f"{'s' if t.kind_flag else 'u'}{8 * size}"
+        if t.kind == "ptr":
+            return "u64"
+        if t.kind == "float" and size in (4, 8):
+            return f"f{8 * size}"
+        if t.kind == "array" and self._bytes(t) and self._is_char(t.elem_type_id):
+            return f"char[{t.nelems}]"
+        return f"u8[{size}]"
+
+    def _fits(self, decl: FieldDecl, type_id: int) -> bool:
+        t, spelled = self.btf.strip(type_id), self._spell(type_id)
+        if decl.type == spelled:
+            return True
+        if decl.base == "char":  # text in any array of bytes
+            return t.kind == "array" and self._bytes(t) and t.nelems == decl.size
+        if decl.base == "bytes":  # the raw bytes of any array, struct or union
+            return t.kind in ("array", "struct", "union") and self.btf.size_of(type_id) == decl.size
+        return decl.base == "bool" and spelled in ("u8", "s8")
+
+    def _what(self, type_id: int) -> str:
+        t = self.btf.strip(type_id)
+        if t.kind == "int" and not t.int_bool:
+            be = "big-endian " if self._typedef_names(type_id) & _BE else ""
+            return f"{be}{'signed' if t.int_signed else 'unsigned'} int"
+        return {"int": "bool", "enum64": "enum", "ptr": "pointer"}.get(t.kind, t.kind)
+
+    def _c_type(self, type_id: int) -> str:
+        """The type as C spells it: `__be16`, `char[16]`, `struct inner`."""
+        t = self.btf.type(type_id)
+        if t.kind in ("const", "volatile", "restrict", "type_tag"):
+            return self._c_type(t.type_id)
+        if t.kind == "array":
+            base, bracket, dims = self._c_type(t.elem_type_id).partition("[")
+            return f"{base}[{t.nelems}]{bracket}{dims}"
+        if t.kind == "ptr":
+            return f"{self._c_type(t.type_id)} *"
+        if t.kind in ("struct", "union", "enum", "enum64"):
+            return f"{t.kind.removesuffix('64')} {t.name or '(anonymous)'}"
+        return t.name or "void"

@@ -7,16 +7,21 @@ prints ``ObjectInfo``; the loader reads the event layouts from the same place.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
 from loader.btf import Btf, BtfFormatError, MapDef
-from loader.decode import EventDecoder, channel_struct, event_decoder
+from loader.decode import EventDecoder, channel_struct, declared_decoder, event_decoder
 from loader.errors import BpfDepotError, BuildError
+
+if TYPE_CHECKING:
+    from loader.manifest import FieldDecl
 
 EM_BPF = 247
 
@@ -112,11 +117,16 @@ class ObjectInfo:
     def map(self, name: str) -> MapDef | None:
         return next((m for m in self.maps if m.name == name), None)
 
-    def decoder(self, channel: str, declared: str | None = None) -> EventDecoder:
+    def decoder(self, channel: str, declared: str | None = None,
+                fields: Sequence[FieldDecl] = ()) -> EventDecoder:
+        """How ``channel``'s events become JSON: the manifest's ``fields``, else every member."""
         if self.btf is None:
             raise BuildError(f"channel '{channel}': the object has no BTF to decode events with",
                              hint="compile with -g")
-        return event_decoder(self.btf, channel_struct(self.btf, channel, declared))
+        struct = channel_struct(self.btf, channel, declared)
+        if fields:
+            return declared_decoder(self.btf, struct, fields, channel)
+        return event_decoder(self.btf, struct)
 
 
 def read_object(data: bytes, label: str) -> ObjectInfo:

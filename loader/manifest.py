@@ -33,6 +33,7 @@ CHANNEL_TYPES: tuple[str, ...] = get_args(ChannelType)
 FUNCTION_TYPES: tuple[str, ...] = get_args(FunctionType)
 SCHEMES: tuple[str, ...] = get_args(Scheme)
 MANIFEST_NAMES = ("manifest.yaml", "manifest.yml")
+MAX_WORKERS = 64
 
 # Longest first, so that "x.bpf.c" is not taken for a user-space ".c".
 _SUFFIXES = (".bpf.c", ".bpf.o", ".bt", ".c", ".go", ".o", ".so")
@@ -88,10 +89,16 @@ class Properties:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StorageSpec:
-    """Per-event overrides of the global sink settings; None keeps the global setting."""
+    """Per-event overrides of the global sink settings; None keeps the global setting.
+
+    ``kafka: {topic: T}`` and ``file: {name: N}`` turn the sink on with an option;
+    ``loader.storage.effective`` combines these with the global settings.
+    """
 
     kafka: bool | None = None
+    kafka_topic: str | None = None  # a topic or template ({program}, {channel}, {stream})
     file: bool | None = None
+    file_name: str | None = None  # a plain file name, in the folder of the global file sink
     tsdb: bool | None = None
 
 
@@ -104,6 +111,79 @@ class EventRoute:
     target_processor: str | None
     storage: StorageSpec
     line: int
+    workers: int | None = None  # processes for this processor; None: 2 with hash, else 1
+
+
+FieldDecoder = Literal["int", "string", "hex", "ipv4", "ipv6", "ip", "bool", "float", "be"]
+FIELD_DECODERS: tuple[str, ...] = get_args(FieldDecoder)
+FIELD_TYPES = ("u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64", "be16", "be32", "be64",
+               "bool", "char[N]", "u8[N]", "f32", "f64")  # fmt: skip
+MAX_FIELD_ARRAY = 4096  # N of char[N] / u8[N]
+_FIELD_TYPE_RE = re.compile(r"[us](?:8|16|32|64)|be(?:16|32|64)|f(?:32|64)|bool|(char|u8)\[(\d+)\]")
+# By base type, the decoders it takes; the first is the default.
+_FIELD_DECODERS: dict[str, tuple[FieldDecoder, ...]] = {
+    "u": ("int", "be", "bool", "hex", "ipv4"), "s": ("int", "bool", "hex"),
+    "be": ("be", "hex", "ipv4"), "bool": ("bool", "int", "hex"), "f": ("float", "hex"),
+    "char": ("string", "hex"), "bytes": ("hex", "string", "ipv4", "ipv6", "ip"),
+}  # fmt: skip
+_DECODER_BYTES = {"ipv4": 4, "ipv6": 16, "ip": 16}
+
+
+def field_type(spelled: str) -> tuple[str, int] | None:
+    """(base, size in bytes) of a declared field type: 'be32' → ('be', 4), 'u8[16]' → ('bytes', 16)."""
+    match = _FIELD_TYPE_RE.fullmatch(spelled)
+    if match is None:
+        return None
+    if match[1]:
+        return ("char" if match[1] == "char" else "bytes"), int(match[2])
+    if spelled == "bool":
+        return "bool", 1
+    base = spelled.rstrip("0123456789")
+    return base, int(spelled[len(base) :]) // 8
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FieldDecl:
+    """One event field a channel declares; the object's BTF must agree with it."""
+
+    name: str  # a member of the event struct
+    type: str  # one of FIELD_TYPES with N filled in, e.g. u32, be16, char[16]
+    offset: int | None  # bytes from the struct's start; exactly one of offset and order is set
+    order: int | None  # index among the struct's members, padding (__*) members included
+    decoder: FieldDecoder
+    line: int
+
+    @property
+    def base(self) -> str:
+        """u, s, be, bool, f, char or bytes."""
+        return cast(tuple[str, int], field_type(self.type))[0]
+
+    @property
+    def size(self) -> int:
+        """Bytes."""
+        return cast(tuple[str, int], field_type(self.type))[1]
+
+    @property
+    def decoders(self) -> tuple[FieldDecoder, ...]:
+        """The decoders this type takes, the default first."""
+        size = self.size
+        return tuple(d for d in _FIELD_DECODERS[self.base] if _DECODER_BYTES.get(d, size) == size)
+
+    def decoder_problem(self) -> str:
+        """Why ``decoder`` does not fit ``type``; empty when it does."""
+        if self.decoder in self.decoders:
+            return ""
+        need = _DECODER_BYTES.get(self.decoder, self.size)
+        if need != self.size:
+            return f"decoder {self.decoder} needs a {need}-byte type, not {self.type}"
+        return f"decoder {self.decoder} does not apply to {self.type}"
+
+    def spelled(self) -> str:
+        """As a manifest writes it, e.g. {name: sport, type: be16, offset: 4}."""
+        kind = f'"{self.type}"' if "[" in self.type else self.type  # [ ] are YAML flow syntax
+        where = f"offset: {self.offset}" if self.offset is not None else f"order: {self.order}"
+        decoder = "" if self.decoder == self.decoders[0] else f", decoder: {self.decoder}"
+        return f"{{name: {self.name}, type: {kind}, {where}{decoder}}}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -115,6 +195,7 @@ class ChannelSpec:
     event: str | None  # the event struct's name in the object's BTF
     events: tuple[EventRoute, ...]  # empty: events are decoded by default
     line: int
+    fields: tuple[FieldDecl, ...] = ()  # empty: every member of the event struct, from its BTF
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -371,7 +452,9 @@ def _parse_channels(
                 + (re.sub(r"\W", "_", name).lstrip("0123456789") or "events"),
             )  # fmt: skip
         at = f"spec.channels.{name}"
-        fields = doc.fields(value, at, required=("type",), optional=("event", "events"))
+        fields = doc.fields(
+            value, at, required=("type",), optional=("event", "events", "fields")
+        )
         kind = doc.choice(fields["type"], "type", at, CHANNEL_TYPES)
         event = None
         if "event" in fields:
@@ -381,21 +464,104 @@ def _parse_channels(
             _parse_route(doc, item, f"{at}.events[{index}]", programs, properties)
             for index, item in enumerate(items)
         )
+        declared = _parse_fields(doc, fields["fields"], at) if "fields" in fields else ()
         channels.append(
             ChannelSpec(
                 name=name, type=cast(ChannelType, kind), event=event, events=routes,
-                line=_line(key_node),
+                line=_line(key_node), fields=declared,
             )  # fmt: skip
         )
     return tuple(channels)
+
+
+def _parse_fields(doc: _Doc, node: Node, at: str) -> tuple[FieldDecl, ...]:
+    items = doc.sequence(node, "fields", at)
+    if not items:
+        raise doc.error(
+            node, f"'fields' in {at} is empty",
+            hint="list the event's fields, e.g. - {name: pid, type: u32, offset: 0}, "
+            "or drop 'fields:' to decode every member",
+        )  # fmt: skip
+    declared: dict[str, FieldDecl] = {}
+    for index, item in enumerate(items):
+        decl = _parse_field(doc, item, f"{at}.fields[{index}]")
+        if decl.name in declared:
+            raise doc.error(
+                item, f"field {decl.name!r} is declared twice in {at} "
+                f"(first at line {declared[decl.name].line})",
+                hint="declare each member once",
+            )  # fmt: skip
+        declared[decl.name] = decl
+    return tuple(declared.values())
+
+
+def _parse_field(doc: _Doc, node: Node, at: str) -> FieldDecl:
+    entry = doc.fields(
+        node, at, required=("name", "type"), optional=("offset", "order", "decoder")
+    )
+    name = doc.c_identifier(entry["name"], "name", at, what="field name")
+    spelled = doc.string(entry["type"], "type", at)
+    found = field_type(spelled)
+    if found is None:
+        raise doc.error(
+            entry["type"], f"unknown type {spelled!r} for field {name!r} in {at}; "
+            f"expected one of: {' '.join(FIELD_TYPES)}",
+            hint=_did_you_mean(re.sub(r"\[\d+\]$", "[N]", spelled), FIELD_TYPES, "types"),
+        )  # fmt: skip
+    if not 1 <= found[1] <= MAX_FIELD_ARRAY:
+        raise doc.error(
+            entry["type"], f"type {spelled!r} of field {name!r} in {at}: "
+            f"N must be 1..{MAX_FIELD_ARRAY}",
+            hint="give the array's length as the struct declares it",
+        )  # fmt: skip
+    place = [key for key in ("offset", "order") if key in entry]
+    if not place:
+        raise doc.error(
+            node, f"field {name!r} in {at} needs 'offset' (bytes) or 'order' (member index)",
+            hint="add e.g. offset: 0",
+        )  # fmt: skip
+    if len(place) == 2:
+        raise doc.error(
+            entry["order"], f"field {name!r} in {at} has both 'offset' and 'order'",
+            hint="keep one: offset (bytes from the struct's start) or order (member index)",
+        )  # fmt: skip
+    value = _whole(doc, entry[place[0]], place[0], at)
+    decoder = _FIELD_DECODERS[found[0]][0]
+    if "decoder" in entry:
+        decoder = doc.choice(entry["decoder"], "decoder", at, FIELD_DECODERS)
+    decl = FieldDecl(
+        name=name, type=spelled, decoder=cast(FieldDecoder, decoder), line=_line(node),
+        offset=value if place[0] == "offset" else None,
+        order=value if place[0] == "order" else None,
+    )  # fmt: skip
+    if problem := decl.decoder_problem():
+        raise doc.error(
+            entry["decoder"], f"field {name!r} in {at}: {problem}",
+            hint=f"{spelled} takes: {', '.join(decl.decoders)}",
+        )  # fmt: skip
+    return decl
+
+
+def _whole(doc: _Doc, node: Node, key: str, at: str) -> int:
+    """A YAML integer of 0 or more."""
+    is_int = isinstance(node, ScalarNode) and node.tag == _TAG + "int"
+    value = int(yaml.constructor.SafeConstructor().construct_yaml_int(node)) if is_int else -1
+    if value >= 0:
+        return value
+    raise doc.error(
+        node, f"{_label(key, at)} must be a whole number, 0 or more, "
+        f"got {node.value if is_int else _kind(node)}",
+        hint=f"e.g. {key}: 8, unquoted",
+    )  # fmt: skip
 
 
 def _parse_route(
     doc: _Doc, node: Node, at: str, programs: tuple[ProgramSpec, ...], properties: Properties
 ) -> EventRoute:
     fields = doc.fields(
-        node, at, required=("name",), optional=("hash", "target_processor", "storage")
-    )
+        node, at, required=("name",),
+        optional=("hash", "target_processor", "storage", "workers"),
+    )  # fmt: skip
     name = doc.string(fields["name"], "name", at)
     by_name = {program.name: program for program in programs}
     consumers = [program.name for program in programs if program.type == "user_so"]
@@ -443,14 +609,62 @@ def _parse_route(
         sinks = doc.fields(
             fields["storage"], storage_at, required=(), optional=("kafka", "file", "tsdb")
         )
+        on: dict[str, bool | None] = {"kafka": None, "file": None, "tsdb": None}
+        named: dict[str, str | None] = {"kafka": None, "file": None}
+        for key, value in sinks.items():
+            option = "topic" if key == "kafka" else "name"
+            is_bool = isinstance(value, ScalarNode) and value.tag == _TAG + "bool"
+            if key != "tsdb" and not is_bool and not isinstance(value, MappingNode):
+                raise doc.error(
+                    value, f"{_label(key, storage_at)} must be true, false or a mapping, "
+                    f"got {_kind(value)}",
+                    hint=f"write {key}: true, {key}: false or {key}: {{{option}: ...}}",
+                )  # fmt: skip
+            if key == "tsdb" or is_bool:
+                on[key] = doc.boolean(value, key, storage_at)
+                continue
+            # A manifest is untrusted: it names a topic, or a plain file name that is written in
+            # the global file sink's folder, never a path of its own choosing.
+            option_at = f"{storage_at}.{key}"
+            option_node = doc.fields(value, option_at, required=(option,))[option]
+            text = doc.string(option_node, option, option_at)
+            if key == "kafka" and not re.fullmatch(r"[A-Za-z0-9._{}-]{1,249}", text):
+                raise doc.error(
+                    option_node, f"Kafka topic {text!r} in {option_at} is not a valid topic name",
+                    hint="use letters, digits, '.', '_', '-' and the fields {program}, {channel} "
+                    "and {stream}, e.g. topic: bpfdepot.{program}.connect",
+                )  # fmt: skip
+            if key == "file" and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,254}", text):
+                plain = re.sub(r"[^A-Za-z0-9._-]+", "_", text.rsplit("/", 1)[-1]).lstrip("._-")
+                raise doc.error(
+                    option_node, f"file name {text!r} in {option_at} is not a plain file name: "
+                    "per-event files are written in the folder of the global file sink, so no "
+                    "'/' and no leading '.'",
+                    hint=f"e.g. name: {plain or 'events.jsonl'}; the folder is set by "
+                    "storage.file.path in the config file or by BPFDEPOT_FILE",
+                )  # fmt: skip
+            on[key], named[key] = True, text
         storage = StorageSpec(
-            **{key: doc.boolean(value, key, storage_at) for key, value in sinks.items()}
-        )
+            kafka=on["kafka"], kafka_topic=named["kafka"], file=on["file"],
+            file_name=named["file"], tsdb=on["tsdb"],
+        )  # fmt: skip
+    workers = None
+    if "workers" in fields:
+        node_w = fields["workers"]
+        if not (isinstance(node_w, ScalarNode) and node_w.tag == _TAG + "int"
+                and 1 <= int(node_w.value) <= MAX_WORKERS):
+            raise doc.error(
+                node_w, f"workers in {at} must be a number from 1 to {MAX_WORKERS}, got "
+                f"{node_w.value if isinstance(node_w, ScalarNode) else _kind(node_w)}",
+                hint="processes running the processor; with hash, each key stays on one",
+            )  # fmt: skip
+        workers = int(node_w.value)
     return EventRoute(
         name=name,
         hash=doc.string(fields["hash"], "hash", at) if "hash" in fields else None,
         target_processor=processor,
         storage=storage,
+        workers=workers,
         line=_line(node),
     )
 

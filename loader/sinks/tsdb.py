@@ -19,7 +19,7 @@ Layout (schema 1)::
                                              "never written" from "nothing recent")
     events(id, ts_ns, stream_id, key, record)
         id      insertion order; size retention drops the lowest ids first
-        ts_ns   the record's own integer ``ts_ns`` if it has one, else the receive time
+        ts_ns   the record's own integer ``ts_ns`` if it is a wall-clock time, else the receive time
                 (CLOCK_REALTIME ns of the write() call)
         key     the ``hash`` field's value, or NULL
         record  the JSON object as text, checked with json_valid() on insert; queries read
@@ -294,12 +294,16 @@ class TsdbSink:
                     self._retain()
 
 
+WALL_CLOCK_MIN_NS = 10**18  # 2001-09-09: a smaller ts_ns is a time since boot (bpf_ktime_get_ns)
+
+
 def _own_ts(text: str, now: int) -> int:
+    """The record's own ``ts_ns`` when it is a wall-clock time, else ``now``."""
     try:
         ts = json.loads(text).get("ts_ns")
     except (ValueError, AttributeError):
         return now
-    return ts if type(ts) is int else now
+    return ts if type(ts) is int and ts >= WALL_CLOCK_MIN_NS else now
 
 
 def _open_writer(path: Path, max_bytes: int | None) -> sqlite3.Connection:

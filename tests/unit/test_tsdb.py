@@ -95,13 +95,15 @@ def test_rows_survive_a_restart_and_streams_keep_their_ids(db: Path) -> None:
     assert sqlite3.connect(db).execute("SELECT count(*) FROM streams").fetchone() == (2,)
 
 
-def test_a_record_with_its_own_ts_ns_is_stored_at_that_time(db: Path) -> None:
+def test_a_record_with_its_own_wall_clock_ts_ns_is_stored_at_that_time(db: Path) -> None:
     s = sink(db)
-    s.write(STREAM, [event(1, ts_ns=1234), Record(key=None, value=b'{"ts_ns":"not a number"}')])
+    at = time.time_ns() - 3_600_000_000_000  # an hour ago
+    s.write(STREAM, [event(1, ts_ns=at), Record(key=None, value=b'{"ts_ns":"not a number"}'),
+                     event(3, ts_ns=123_456_789_000)])  # since boot (bpf_ktime_get_ns): not a date
     s.close()
     rows = ask(db).rows
-    assert rows[0]["ts_ns"] == 1234 and rows[0]["delta_ns"] == 1
-    assert rows[1]["ts_ns"] > 1234
+    assert rows[0]["ts_ns"] == at and rows[0]["delta_ns"] == 1
+    assert rows[1]["ts_ns"] > at and rows[2]["ts_ns"] > at
 
 
 def test_records_that_are_not_json_are_counted_failed_and_the_rest_kept(db: Path) -> None:
