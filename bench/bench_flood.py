@@ -42,6 +42,10 @@ IDLE_S = 1.0          # bpfdepot's file / naive consumer: stopped for this long 
 C_IDLE_S = 3.0        # the C consumer's own stop rule
 TIMEOUT_S = 60.0
 BATCH_MS = 2          # the batched C consumer drains every 2 ms instead of being woken
+# The same events through user_so processors (flood_user.c / .go): one worker, then the C
+# processor sharded by `hash: seq` across 2 workers (the cost of sharding).
+PROCESSORS = {"C processor": FLOOD / "processor.yaml", "Go processor": FLOOD / "processor_go.yaml",
+              "C proc hash×2": FLOOD / "processor_hash.yaml"}
 
 
 @dataclass(slots=True, kw_only=True)
@@ -114,8 +118,8 @@ def run_libbpf_consumer(cmd: list[str], producer: Path) -> Run:
                consumer_cpu_s=cpu)
 
 
-def run_bpfdepot(producer: Path, home: Path, output: Path) -> Run:
-    cmd = [*harness.bpfdepot_exe(), "run", str(FLOOD), "--output", str(output)]
+def run_bpfdepot(producer: Path, home: Path, output: Path, bundle: Path = FLOOD) -> Run:
+    cmd = [*harness.bpfdepot_exe(), "run", str(bundle), "--output", str(output)]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          env=harness.env_for(home))
     try:
@@ -203,8 +207,10 @@ def measure(args: argparse.Namespace) -> list[Row]:
         consumer = harness.gcc(FLOOD / "consumer.c", tmp / "consumer", "-lbpf")
         harness.ensure_bpffs()
         harness.run([*harness.bpfdepot_exe(), "kernel"], env=harness.env_for(home))  # probe once
+        for variant in PROCESSORS.values():  # the processors too, before anything is timed
+            harness.run([*harness.bpfdepot_exe(), "build", str(variant)], env=harness.env_for(home))
         runs: dict[str, list] = {"untraced": [], "C libbpf": [], "C batched": [], "bpfdepot": [],
-                                 "naive Python": []}
+                                 **{name: [] for name in PROCESSORS}, "naive Python": []}
         for i in range(args.reps):  # interleaved, so drift hits every consumer alike
             runs["untraced"].append(_producer_seconds(_start_producer(producer)[1]))
             c_cmd = [str(consumer), "-i", str(C_IDLE_S), "-c", producer.name]
@@ -213,6 +219,10 @@ def measure(args: argparse.Namespace) -> list[Row]:
             runs["C batched"].append(run_libbpf_consumer(
                 [*c_cmd, "-b", str(BATCH_MS), str(blob), "flood_events", str(N)], producer))
             runs["bpfdepot"].append(run_bpfdepot(producer, home, tmp / f"flood-{i}.jsonl"))
+            for name, variant in PROCESSORS.items():
+                if name in args.skip:
+                    continue
+                runs[name].append(run_bpfdepot(producer, home, tmp / f"flood-{i}.jsonl", variant))
             if not args.no_naive:
                 out = tmp / f"naive-{i}.jsonl"
                 runs["naive Python"].append(run_libbpf_consumer(
@@ -278,6 +288,23 @@ def _summary(runs: dict[str, list[Run]], untraced: float) -> list[Row]:
             value=f"{slowdown('bpfdepot'):.2f}×", baseline=f"{slowdown('C batched'):.2f}×",
             ratio=paired(secs("bpfdepot"), secs("C batched"))),
     ]
+    for name in PROCESSORS:
+        if name not in runs:
+            continue
+        ratio = paired(rates(name), rates("C libbpf"))
+        bad = [r.check for r in runs[name] if r.check != "ok"]
+        goal = name == "C processor"
+        rows += [
+            Row(metric=f"flood, {name} → file: events/s (vs C libbpf)", value=f"{rate(name):,.0f}",
+                baseline=f"{rate('C libbpf'):,.0f}", ratio=ratio,
+                goal=f"≥ {RATIO_GOAL:.2f}×" if goal else "—", met=ratio >= RATIO_GOAL if goal else None),
+            Row(metric=f"flood, {name}: drops, worst run; file check", value=f"{drops(name)}; "
+                f"{bad[0] if bad else 'ok'}", goal="0; ok", met=drops(name) == 0 and not bad),
+        ]
+    if "C proc hash×2" in runs and "C processor" in runs:
+        rows.append(Row(metric="flood: hash sharding across 2 workers (vs 1 worker)",
+                        value=f"{rate('C proc hash×2'):,.0f}", baseline=f"{rate('C processor'):,.0f}",
+                        ratio=paired(rates("C proc hash×2"), rates("C processor"))))
     if "naive Python" in runs:
         rows += [
             Row(metric="flood: naive Python events/s (vs C libbpf)",
@@ -291,6 +318,8 @@ def _summary(runs: dict[str, list[Run]], untraced: float) -> list[Row]:
 
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-naive", action="store_true", help="skip the naive Python consumer")
+    p.add_argument("--skip", action="append", default=[], choices=list(PROCESSORS),
+                   help="leave out a processor variant (repeatable)")
 
 
 if __name__ == "__main__":

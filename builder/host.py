@@ -19,6 +19,7 @@ from loader.errors import ArtifactNotFound, BuildError, KernelUnsupported
 from loader.kernel import KernelIdentity, running_kernel
 from loader.lock import load_pin, lock_path, read_lock
 from loader.manifest import Manifest, ProgramSpec
+from loader.pipeline import ProcessorRuntime
 from loader.run import Loadable
 from loader.settings import Settings
 from loader.sources import program_source_digest
@@ -119,3 +120,44 @@ def _prebuilt(program: ProgramSpec, manifest: Manifest, kernel: KernelIdentity) 
         maps=(), channels={c.name: {"type": c.type} for c in manifest.channels},
         required_features=info.required_features, license=info.license or "")
     return Loadable(meta=meta, path=Path(path))
+
+
+def resolve_processors(settings: Settings, store: ArtifactStore, manifest: Manifest, arch: str, *,
+                       compile_on_host: bool = True) -> dict[str, ProcessorRuntime]:
+    """Each user_so program as a checked library: prebuilt .so, the store's build of its
+    sources for this arch, or a build on this host; ProcessorError/ArtifactNotFound otherwise."""
+    from loader.artifact import lookup as find
+    from loader.processor_abi import ABI_VERSION, check_processor, processor_functions, processor_ref
+
+    functions = processor_functions(manifest.properties)
+    initfile = str(manifest.properties.initfile) if manifest.properties.initfile else None
+    out = {}
+    for program in manifest.programs:
+        if program.type != "user_so":
+            continue
+        if not program.is_source:
+            if program.local_path is None:
+                raise ArtifactNotFound(f"processor '{program.name}': {program.path} is not a local file",
+                                       hint="copy the .so into the bundle and name it file://./NAME.so")
+            path = program.local_path
+        else:
+            found = find(store, processor_ref(manifest, program, arch))
+            if found is not None:
+                path = store.blob_path(found[0].digest)
+            elif not compile_on_host:
+                raise ArtifactNotFound(
+                    f"no build of processor '{program.name}' ({program.path}) for {arch}",
+                    hint=f"run: bpfdepot build {manifest.root}")
+            else:
+                from builder.processors import build_processor
+                from builder.toolchain import find_toolchain
+
+                print(f"bpfdepot: building processor '{program.name}' on this host", file=sys.stderr)
+                built = build_processor(store, manifest, program, arch,
+                                        find_toolchain(settings.cache), settings.cache)
+                path = store.blob_path(built.meta.digest)
+        info = check_processor(path, functions, label=program.name, arch=arch)
+        out[program.name] = ProcessorRuntime(
+            name=program.name, so_path=str(path), initfile=initfile, init=info.init, pre=info.pre,
+            post=info.post, abi=ABI_VERSION, default=info.process[0])
+    return out

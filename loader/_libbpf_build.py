@@ -69,6 +69,62 @@ bool bpf_map__is_internal(const struct bpf_map *map);
 uint32_t bpf_map__value_size(const struct bpf_map *map);
 int bpf_map_lookup_elem(int fd, const void *key, void *value);
 int ring_buffer__poll(struct ring_buffer *rb, int timeout_ms);
+int ring_buffer__epoll_fd(const struct ring_buffer *rb);
+
+struct bpfdepot_wbuf {
+    char *buf;
+    size_t len, cap;
+    uint64_t events;
+};
+struct bpfdepot_route {
+    unsigned int index;
+    struct bpfdepot_encoder key;
+    unsigned int key_bytes;
+    unsigned int key_end;
+    unsigned int nworkers, next;
+    struct bpfdepot_wbuf **workers;
+    uint64_t sent;
+};
+struct bpfdepot_channel {
+    struct bpfdepot_encoder *enc;
+    struct bpfdepot_route *routes;
+    unsigned int nroutes;
+    unsigned int event_size;
+    uint64_t events, short_events;
+};
+struct bpfdepot_route_out {
+    struct bpfdepot_wbuf lines;
+    struct bpfdepot_wbuf keys;
+    uint64_t kept, dropped, errors, bad;
+};
+struct bpfdepot_results {
+    struct bpfdepot_route_out *routes;
+    unsigned int nroutes;
+    int keys;
+    uint64_t bad_frames;
+};
+struct bpfdepot_progress {
+    uint64_t handled;
+    uint32_t in_user;
+    uint32_t ready;
+    uint32_t abi;
+    uint32_t pad;
+};
+struct bpfdepot_host_args {
+    const char *label, *so_path, *initfile, *init, *pre, *post;
+    const char **process;
+    const char **channels;
+    unsigned int nroutes;
+    unsigned int abi;
+    int in_fd, out_fd, shm_fd;
+};
+struct ring_buffer *bpfdepot_ring_add_channel(struct ring_buffer *rb, int map_fd,
+                                              struct bpfdepot_channel *ch);
+size_t bpfdepot_frames_span(const char *data, size_t len, size_t max_bytes, uint64_t max_frames,
+                            uint64_t *frames);
+size_t bpfdepot_results_feed(struct bpfdepot_results *res, const char *data, size_t len);
+void bpfdepot_wbuf_free(struct bpfdepot_wbuf *w);
+int bpfdepot_host_run(const struct bpfdepot_host_args *args);
 int ring_buffer__consume(struct ring_buffer *rb);
 void ring_buffer__free(struct ring_buffer *rb);
 int libbpf_num_possible_cpus(void);
@@ -80,9 +136,9 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "loader._libbpf",
     '#include "bpfdepot_native.h"\n#include <bpf/bpf.h>\n',
-    sources=[f"{NATIVE}/bpfdepot_native.c"],
+    sources=[f"{NATIVE}/bpfdepot_native.c", f"{NATIVE}/bpfdepot_route.c"],
     include_dirs=[NATIVE],
-    libraries=["bpf"],
+    libraries=["bpf", "dl"],
     extra_compile_args=["-O2", "-Wall"],
 )
 

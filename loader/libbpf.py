@@ -130,6 +130,11 @@ class BpfObject:
                 )
             self._links.append(link)
 
+    @property
+    def attached_links(self) -> int:
+        """Programs of this object attached now."""
+        return len(self._links)
+
     def detach(self) -> None:
         while self._links:
             lib.bpf_link__destroy(self._links.pop())
@@ -247,21 +252,139 @@ class Encoder:
         return total
 
 
+class WorkerBuffer:
+    """Framed events bound for one processor worker, filled by the C dispatcher."""
+
+    def __init__(self) -> None:
+        self.c = ffi.gc(ffi.new("struct bpfdepot_wbuf *"), lib.bpfdepot_wbuf_free)
+
+    def take(self) -> tuple[bytes, int]:
+        """The frames gathered since the last call, and how many events they hold."""
+        c = self.c
+        if not c.len:
+            return b"", 0
+        data, events = ffi.unpack(c.buf, c.len), c.events
+        c.len, c.events = 0, 0
+        return data, events
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteKey:
+    """The field a route hashes on: the C encoder op that prints it, and its bytes."""
+
+    op: Op
+    size: int
+
+
+class Channel:
+    """One ring-buffer channel in C: JSON lines by default decoding, or frames per route."""
+
+    def __init__(self, *, encoder: Encoder | None = None, event_size: int = 0,
+                 routes: Sequence[tuple[RouteKey | None, Sequence[WorkerBuffer]]] = ()) -> None:
+        self.encoder = encoder
+        self.c = ffi.new("struct bpfdepot_channel *")
+        self.c.enc = encoder.c if encoder is not None else ffi.NULL
+        self.c.event_size = event_size
+        self._keep: list[object] = []
+        if routes:
+            self._routes = ffi.new("struct bpfdepot_route[]", len(routes))
+            for index, (slot, (key, workers)) in enumerate(zip(self._routes, routes)):
+                slot.index, slot.nworkers = index, len(workers)
+                bufs = ffi.new("struct bpfdepot_wbuf *[]", [w.c for w in workers])
+                slot.workers = bufs
+                self._keep += [bufs, *workers]
+                if key is not None:
+                    ops = ffi.new("struct bpfdepot_op[]", 1)
+                    ops[0].kind, ops[0].offset, ops[0].size = key.op.kind, key.op.offset, key.op.size
+                    ops[0].aux, ops[0].aux_size = key.op.aux, key.op.aux_size
+                    ops[0].prefix, ops[0].prefix_len = ffi.NULL, 0
+                    slot.key.ops, slot.key.nops = ops, 1
+                    slot.key_bytes, slot.key_end = key.size, key.op.offset + key.size
+                    self._keep.append(ops)
+            self.c.routes, self.c.nroutes = self._routes, len(routes)
+
+    @property
+    def events(self) -> int:
+        return self.c.events
+
+    @property
+    def short_events(self) -> int:
+        return self.c.short_events
+
+    def sent(self, route: int) -> int:
+        """Events framed for the workers of route number ``route``."""
+        return self.c.routes[route].sent
+
+
+def frames_span(data: bytes, max_bytes: int, max_frames: int = 2**63) -> tuple[int, int]:
+    """(bytes, frames) of the longest run of whole input frames within both limits."""
+    frames = ffi.new("uint64_t *")
+    used = lib.bpfdepot_frames_span(data, len(data), max_bytes, max_frames, frames)
+    return used, frames[0]
+
+
+class ResultParser:
+    """A worker's output frames → per route: records as lines, keys as lines, outcome counts."""
+
+    def __init__(self, routes: int, *, keys: bool) -> None:
+        self.c = ffi.new("struct bpfdepot_results *")
+        self._outs = ffi.new("struct bpfdepot_route_out[]", routes)
+        self.c.routes, self.c.nroutes, self.c.keys = self._outs, routes, int(keys)
+        self._pending = b""
+
+    def feed(self, data: bytes) -> int:
+        """Parse whole frames (keeping a partial one for the next call); return frames parsed."""
+        if self._pending:
+            data = self._pending + data
+        before = self.frames
+        used = lib.bpfdepot_results_feed(self.c, data, len(data))
+        if used == ffi.cast("size_t", -1):
+            raise MemoryError("result parser")
+        self._pending = data[used:]
+        return self.frames - before
+
+    @property
+    def frames(self) -> int:
+        return sum(o.kept + o.dropped + o.errors + o.bad for o in self._outs) + self.c.bad_frames
+
+    @property
+    def partial(self) -> int:
+        return len(self._pending)
+
+    def counts(self, route: int) -> tuple[int, int, int, int]:
+        """(kept, dropped, errors, bad) so far for ``route``."""
+        o = self._outs[route]
+        return o.kept, o.dropped, o.errors, o.bad
+
+    def take(self, route: int) -> tuple[bytes, bytes]:
+        """The records (lines) and keys (lines) of ``route`` gathered since the last call."""
+        o = self._outs[route]
+        lines = ffi.unpack(o.lines.buf, o.lines.len) if o.lines.len else b""
+        keys = ffi.unpack(o.keys.buf, o.keys.len) if o.keys.len else b""
+        o.lines.len = o.keys.len = 0
+        return lines, keys
+
+    def close(self) -> None:
+        for o in self._outs:
+            lib.bpfdepot_wbuf_free(ffi.addressof(o, "lines"))
+            lib.bpfdepot_wbuf_free(ffi.addressof(o, "keys"))
+
+
 class RingReader:
     """Several ring-buffer maps polled through one libbpf ring_buffer manager."""
 
-    def __init__(self, channels: Iterable[tuple[int, Encoder]]) -> None:
+    def __init__(self, channels: Iterable[tuple[int, Channel]]) -> None:
         self._rb = ffi.NULL
-        self._encoders = []
-        for fd, encoder in channels:
-            rb = lib.bpfdepot_ring_add(self._rb, fd, encoder.c)
+        self._channels = []
+        for fd, channel in channels:
+            rb = lib.bpfdepot_ring_add_channel(self._rb, fd, channel.c)
             if rb == ffi.NULL:
                 code = ffi.errno
                 self.close()
                 raise LoadError(f"cannot open ring buffer (map fd {fd}): {_err(code)}",
                                 detail=take_log())
             self._rb = rb
-            self._encoders.append(encoder)
+            self._channels.append(channel)
 
     def poll(self, timeout_ms: int) -> int:
         """Consume what is ready (waiting up to ``timeout_ms``); return the events seen, or -errno."""
@@ -270,10 +393,51 @@ class RingReader:
     def drain(self) -> int:
         return lib.ring_buffer__consume(self._rb)
 
+    def fileno(self) -> int:
+        """An epoll fd that is readable while any of the rings holds data."""
+        return lib.ring_buffer__epoll_fd(self._rb)
+
     def close(self) -> None:
         if self._rb != ffi.NULL:
             lib.ring_buffer__free(self._rb)
             self._rb = ffi.NULL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostArgs:
+    """What a processor host process needs (loader/prochost.py)."""
+
+    label: str
+    so_path: str
+    initfile: str | None
+    init: str
+    pre: str | None
+    post: str | None
+    routes: tuple[tuple[str, str], ...]  # (channel, function) per route number
+    abi: int
+    in_fd: int
+    out_fd: int
+    shm_fd: int
+
+
+def host_run(args: HostArgs) -> int:
+    """Run the processor host loop in this process until its input closes; return the exit code."""
+    keep = [ffi.new("char[]", text.encode()) for text in
+            (args.label, args.so_path, args.init, *(c for c, _ in args.routes),
+             *(f for _, f in args.routes))]
+    n = len(args.routes)
+    c = ffi.new("struct bpfdepot_host_args *")
+    c.label, c.so_path, c.init = keep[0], keep[1], keep[2]
+    channels = ffi.new("const char *[]", keep[3:3 + n])
+    process = ffi.new("const char *[]", keep[3 + n:3 + 2 * n])
+    c.channels, c.process, c.nroutes, c.abi = channels, process, n, args.abi
+    optional = {}
+    for name in ("initfile", "pre", "post"):
+        value = getattr(args, name)
+        optional[name] = ffi.new("char[]", value.encode()) if value is not None else ffi.NULL
+    c.initfile, c.pre, c.post = optional["initfile"], optional["pre"], optional["post"]
+    c.in_fd, c.out_fd, c.shm_fd = args.in_fd, args.out_fd, args.shm_fd
+    return lib.bpfdepot_host_run(c)
 
 
 def probe_prog(prog_type: int, attach_type: int = 0, attach_btf_id: int = 0) -> int:

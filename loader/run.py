@@ -2,29 +2,28 @@
 
 Order of the checks, cheapest first and all before anything touches the kernel: privileges →
 arch → required features → filesystems (tracefs/bpffs, mounted when missing) → open → load →
-attach (rolled back on failure). Events are encoded to JSON lines in C (loader/decode.py) and
-written in batches; on stop everything is detached before the last drain, and the summary
-gives, per channel, the events received and those the program could not reserve (lost).
+attach (rolled back on failure). Where each channel's events go is the caller's choice
+(loader/pipeline.py builds the C side of each channel); on stop everything is detached before
+the last drain, and the stats give, per channel, the events received and those the program
+could not reserve (lost).
 """
 
 from __future__ import annotations
 
 import difflib
-import errno
 import os
-import signal
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from loader.artifact import ArtifactMeta
-from loader.elfinfo import read_object_file
+from loader.elfinfo import ObjectInfo, read_object_file
 from loader.errors import KernelUnsupported, LoadError, PrivilegeError
 from loader.kernel import Feature, KernelIdentity
-from loader.libbpf import BpfObject, Encoder, RingReader
+from loader.libbpf import BpfObject, Channel, RingReader
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+ChannelFactory = Callable[[str, str, ObjectInfo], Channel]  # (program, channel, object) → channel
 TRACEFS, BPFFS = Path("/sys/kernel/tracing"), Path("/sys/fs/bpf")
 
 
@@ -112,11 +111,16 @@ class Session:
 
     def __init__(self) -> None:
         self.objects: list[tuple[Loadable, BpfObject]] = []
-        self.encoders: list[tuple[ChannelStats, Encoder, BpfObject]] = []
+        self.channels: list[tuple[ChannelStats, Channel, BpfObject]] = []
         self.reader: RingReader | None = None
 
-    def start(self, loadables: Sequence[Loadable], declared: dict[str, str | None],
-              knobs: dict[str, int] | None = None) -> None:
+    def start(self, loadables: Sequence[Loadable], make_channel: ChannelFactory,
+              knobs: dict[str, int] | None = None,
+              before_attach: Callable[[], None] | None = None) -> None:
+        """Open, set knobs, load and attach every object; ``make_channel`` says where each
+        channel's events go (given the program, the channel and its object), and
+        ``before_attach`` runs once all is loaded (processors start there: no event comes
+        before they are ready, and if they fail nothing was attached)."""
         knobs = knobs or {}
         try:
             infos = [read_object_file(item.path) for item in loadables]
@@ -127,43 +131,47 @@ class Session:
                 for knob in info.knobs:
                     if knob.name in knobs:
                         obj.set_rodata(knob.name, knob.offset, knob.size, knobs[knob.name], knob.signed)
-                for name, chan in item.meta.channels.items():
+                for name in item.meta.channels:
                     if not obj.has_map(name):
                         raise LoadError(f"channel '{name}' is not a map in '{item.meta.name}'",
                                         hint="the manifest and the object disagree: rebuild")
-                    decoder = info.decoder(name, declared.get(name))
-                    enc = Encoder(decoder.ops, event_size=decoder.size, max_record=decoder.max_record)
-                    stats = ChannelStats(program=item.meta.name, channel=name)
-                    self.encoders.append((stats, enc, obj))
+                    channel = make_channel(item.meta.name, name, info)
+                    self.channels.append((ChannelStats(program=item.meta.name, channel=name),
+                                          channel, obj))
                 obj.load()
+            if before_attach is not None:
+                before_attach()
             for item, obj in self.objects:
                 obj.attach([p.name for p in obj.programs()])
-            if self.encoders:  # a program may have no channel (counters, filters): nothing to poll
+            if self.channels:  # a program may have no channel (counters, filters): nothing to poll
                 self.reader = RingReader(
-                    (obj.map_fd(stats.channel), enc) for stats, enc, obj in self.encoders)
+                    (obj.map_fd(stats.channel), channel) for stats, channel, obj in self.channels)
         except BaseException:
             self.close()
             raise
 
-    def flush(self, fd: int) -> None:
-        for _, enc, _ in self.encoders:
-            if enc.pending():
-                enc.write_to(fd)
-
-    def finish(self, fd: int) -> list[ChannelStats]:
-        """Detach, drain what is left, count, and release everything."""
+    def detach(self) -> None:
+        """Stop the programs and read what they left in the rings."""
         for _, obj in self.objects:
             obj.detach()
         if self.reader is not None:
             self.reader.drain()
-            self.flush(fd)
+
+    def kernel_lost(self, program: str, channel: str) -> int:
+        """The program's count of events it could not reserve on ``channel`` (0 if it keeps none)."""
+        for stats, _, obj in self.channels:
+            if (stats.program, stats.channel) == (program, channel):
+                lost_map = f"{channel}_lost"
+                return obj.percpu_u64_sum(lost_map) if obj.has_map(lost_map) else 0
+        return 0
+
+    def stats(self) -> list[ChannelStats]:
+        """Per channel: events received, and those the program could not reserve (lost)."""
         out = []
-        for stats, enc, obj in self.encoders:
-            stats.received, stats.short = enc.events, enc.short_events
-            lost_map = f"{stats.channel}_lost"
-            stats.lost = obj.percpu_u64_sum(lost_map) if obj.has_map(lost_map) else 0
+        for stats, channel, _ in self.channels:
+            stats.received, stats.short = channel.events, channel.short_events
+            stats.lost = self.kernel_lost(stats.program, stats.channel)
             out.append(stats)
-        self.close()
         return out
 
     def close(self) -> None:
@@ -183,38 +191,3 @@ def _check_knobs(knobs: dict[str, int], infos: Sequence, names: Sequence[str]) -
             raise LoadError(f"no knob '{name}' in {', '.join(names)}",
                             hint=f"did you mean '{close[0]}'?" if close else
                             f"knobs there: {', '.join(known) or 'none'} (const volatile globals)")
-
-
-def stream(session: Session, fd: int, *, duration: float | None,
-           on_attached: Callable[[], None] | None = None) -> float:
-    """Poll until Ctrl-C, SIGTERM or ``duration`` seconds; return the seconds streamed."""
-    stop = False
-
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    started = time.monotonic()
-    deadline = started + duration if duration is not None else None
-    try:
-        if on_attached:
-            on_attached()
-        while not stop:
-            wait_ms = 100
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                wait_ms = max(1, min(wait_ms, int(left * 1000)))
-            if session.reader is None:
-                time.sleep(wait_ms / 1000)
-                continue
-            n = session.reader.poll(wait_ms)
-            if n < 0 and n != -errno.EINTR:
-                raise LoadError(f"reading the ring buffers failed: {os.strerror(-n)}")
-            session.flush(fd)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return time.monotonic() - started

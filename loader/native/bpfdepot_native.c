@@ -316,6 +316,11 @@ static char *encode_one(const struct bpfdepot_encoder *enc, const unsigned char 
 	return p;
 }
 
+char *bpfdepot_encode_fields(const struct bpfdepot_encoder *enc, const void *data, char *out)
+{
+	return encode_one(enc, data, out);
+}
+
 static int reserve(struct bpfdepot_encoder *enc, size_t need)
 {
 	size_t cap = enc->cap ? enc->cap : 1u << 20;

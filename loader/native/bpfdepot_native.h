@@ -32,6 +32,98 @@ struct bpfdepot_encoder {
 	uint64_t events, short_events;
 };
 
+/* ---- processor routes (bpfdepot_route.c) ---- */
+
+/* The processor ABI's structs (templates/bpfdepot_processor.h.j2), as the host calls them. */
+struct bpfdepot_event {
+	const void *data;
+	const char *channel;
+	uint64_t ts_ns;
+	uint32_t size;
+	uint32_t cpu;
+};
+
+struct bpfdepot_result {
+	char *data;
+	char *key;
+	uint32_t cap;
+	uint32_t len;
+	uint32_t key_cap;
+	uint32_t key_len;
+};
+
+typedef int bpfdepot_process_fn_t(const struct bpfdepot_event *, struct bpfdepot_result *);
+typedef int bpfdepot_pre_fn_t(const struct bpfdepot_event *);
+typedef int bpfdepot_post_fn_t(const struct bpfdepot_event *, const struct bpfdepot_result *, int);
+
+#define BPFDEPOT_KEY_MAX 512 /* bytes of key text; the ABI promises processors at least 256 */
+
+struct bpfdepot_wbuf { /* a growing byte buffer Python empties */
+	char *buf;
+	size_t len, cap;
+	uint64_t events;
+};
+
+struct bpfdepot_route { /* one consumer of a channel: a processor and its workers */
+	unsigned int index;           /* the route's number in frames */
+	struct bpfdepot_encoder key;  /* one op: the hash field as text; nops 0 = no hash */
+	unsigned int key_bytes;       /* bytes of the field hashed */
+	unsigned int key_end;         /* events shorter than this have no key */
+	unsigned int nworkers, next;  /* next: round robin when there is no key */
+	struct bpfdepot_wbuf **workers;
+	uint64_t sent;                /* events framed for its workers */
+};
+
+struct bpfdepot_channel {
+	struct bpfdepot_encoder *enc; /* default decoding; NULL when processors consume it */
+	struct bpfdepot_route *routes;
+	unsigned int nroutes;
+	unsigned int event_size;
+	uint64_t events, short_events;
+};
+
+struct bpfdepot_route_out { /* what came back for one route */
+	struct bpfdepot_wbuf lines; /* records, one per line */
+	struct bpfdepot_wbuf keys;  /* their keys, one per line (empty line: no key) */
+	uint64_t kept, dropped, errors, bad;
+};
+
+struct bpfdepot_results {
+	struct bpfdepot_route_out *routes;
+	unsigned int nroutes;
+	int keys; /* gather keys too (a sink needs them) */
+	uint64_t bad_frames;
+};
+
+struct bpfdepot_progress { /* a shared page the host writes and the loader reads */
+	uint64_t handled;   /* events finished: their output frames are in the buffer */
+	uint32_t in_user;   /* 1 while a processor function runs */
+	uint32_t ready;     /* init returned 0 */
+	uint32_t abi;       /* the library's ABI version */
+	uint32_t pad;
+};
+
+struct bpfdepot_host_args {
+	const char *label, *so_path, *initfile, *init, *pre, *post;
+	const char **process;  /* per route: the function called */
+	const char **channels; /* per route: the channel name handed to it */
+	unsigned int nroutes;
+	unsigned int abi;
+	int in_fd, out_fd, shm_fd;
+};
+
+enum { BPFDEPOT_HOST_SETUP = 3, BPFDEPOT_HOST_INIT = 4, BPFDEPOT_HOST_PROTOCOL = 5 };
+
+char *bpfdepot_encode_fields(const struct bpfdepot_encoder *enc, const void *data, char *out);
+int bpfdepot_channel_sample(void *ctx, void *data, size_t size);
+struct ring_buffer *bpfdepot_ring_add_channel(struct ring_buffer *rb, int map_fd,
+					      struct bpfdepot_channel *ch);
+size_t bpfdepot_frames_span(const char *data, size_t len, size_t max_bytes, uint64_t max_frames,
+			    uint64_t *frames);
+size_t bpfdepot_results_feed(struct bpfdepot_results *res, const char *data, size_t len);
+void bpfdepot_wbuf_free(struct bpfdepot_wbuf *w);
+int bpfdepot_host_run(const struct bpfdepot_host_args *args);
+
 void bpfdepot_log_append(const char *s, size_t n);
 void bpfdepot_log_capture(int debug);
 size_t bpfdepot_log_take(char *out, size_t cap);

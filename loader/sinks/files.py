@@ -146,11 +146,15 @@ class FileSink(_Counted):
 
     def write(self, stream: str, records: Sequence[Record]) -> None:
         """Append one line per record; rotates between lines, never inside one."""
-        if self._fd < 0:
-            raise FileSinkError(f"file sink {self.path} is closed", hint="open a new FileSink")
-        data, _, bad = _join(records)
+        data, lines, bad = _join(records)
         if bad:
             self._fail(bad, f"{bad} value(s) of {stream} hold a raw newline")
+        self.write_lines(stream, data, lines)
+
+    def write_lines(self, stream: str, data: bytes, count: int) -> None:
+        """Append ``data``, ``count`` whole lines ending in a newline (the loader's batches)."""
+        if self._fd < 0:
+            raise FileSinkError(f"file sink {self.path} is closed", hint="open a new FileSink")
         try:
             while data:
                 room = max(0, self.max_bytes - self._size)
@@ -249,6 +253,10 @@ class StdoutSink(_Counted):
         data, lines, bad = _join(records)
         if bad:
             self._fail(bad, f"{bad} value(s) of {stream} hold a raw newline")
+        self.write_lines(stream, data, lines)
+
+    def write_lines(self, stream: str, data: bytes, lines: int) -> None:
+        """Write ``data``, ``lines`` whole lines ending in a newline, and flush."""
         if not data:
             return
         try:

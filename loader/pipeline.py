@@ -1,0 +1,334 @@
+"""Where events go once they leave the kernel: decoding or processors, then sinks.
+
+A channel without consumers in the manifest is decoded by default (BTF) or as its declared
+fields, in C, into JSON lines. A channel with ``events:`` routes is framed in C for each route's
+processor pool (loader/workers.py), hashed by the route's ``hash`` field when it has one. Every
+batch of records ends in ``Outlets.deliver`` for its stream, which hands it to that stream's
+sinks. One ``poll`` loop moves all of it; nothing in it runs per event in Python.
+
+Streams are named "<program>.<channel>" (a Kafka topic and a TSDB stream each), with
+".<processor>" added when a channel feeds more than one processor.
+
+The counts add up (``Pipeline.report``): per channel, received + lost in the kernel is what the
+program produced; per route, sent = kept + dropped + errors + bad + lost; per sink, kept records
+are delivered or failed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from loader.decode import EventDecoder
+from loader.errors import LoadError, ManifestError
+from loader.libbpf import Channel, Encoder, Op, RouteKey
+from loader.manifest import ChannelSpec, EventRoute, Manifest
+from loader.metrics import LoaderMetrics
+from loader.sinks import Record, Sink, SinkStats
+from loader.workers import Pool, Route, RouteCounts
+
+_SCALAR_KINDS = {1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13}  # every op but literals and bitfields
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessorRuntime:
+    """A resolved user_so program: the library file and the hooks the host calls."""
+
+    name: str
+    so_path: str
+    initfile: str | None
+    init: str
+    pre: str | None
+    post: str | None
+    abi: int
+    default: str           # the function routes call when they name none
+
+
+class Outlets:
+    """The sinks of each stream; a sink may serve many streams."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, list[Sink]] = {}
+        self.sinks: dict[str, Sink] = {}
+        self.counts: dict[tuple[str, str], list[int]] = {}  # (stream, sink) → [delivered, failed]
+        self.labels: dict[str, tuple[str, str]] = {}  # stream → (program, channel)
+
+    def add(self, stream: str, sinks: Sequence[Sink], program: str, channel: str) -> None:
+        for sink in sinks:
+            self.sinks.setdefault(sink.name, sink)
+        self.streams[stream] = list(sinks)
+        self.labels[stream] = (program, channel)
+
+    def wants_keys(self, stream: str) -> bool:
+        return any(not hasattr(s, "write_lines") for s in self.streams.get(stream, ()))
+
+    def deliver(self, stream: str, lines: bytes, keys: bytes | None, count: int) -> None:
+        records: list[Record] | None = None
+        for sink in self.streams.get(stream, ()):
+            before = sink.stats()
+            if hasattr(sink, "write_lines"):
+                sink.write_lines(stream, lines, count)
+            else:
+                if records is None:
+                    values = lines.split(b"\n")[:-1]
+                    names = keys.split(b"\n")[:-1] if keys is not None else [b""] * len(values)
+                    records = [Record(k or None, v) for k, v in zip(names, values)]
+                sink.write(stream, records)
+            after = sink.stats()
+            c = self.counts.setdefault((stream, sink.name), [0, 0])
+            # a sink that confirms later (Kafka) counts at close: see close()
+            c[0] += after.delivered - before.delivered
+            c[1] += after.failed - before.failed
+
+    def close(self) -> dict[str, SinkStats]:
+        return {name: sink.close() for name, sink in self.sinks.items()}
+
+
+@dataclass(slots=True)
+class ChannelState:
+    program: str
+    name: str
+    stream: str | None            # default decoding's stream
+    channel: Channel
+    routes: list[tuple[Pool, int, int]] = field(default_factory=list)  # pool, pool route, channel route
+    kernel_lost: int = 0
+
+
+class Pipeline:
+    """Channels, processor pools and outlets of one ``bpfdepot run``."""
+
+    def __init__(self, *, manifest: Manifest | None, processors: dict[str, ProcessorRuntime],
+                 open_sinks: Callable[[str, EventRoute | None, str, str], Sequence[Sink]],
+                 workers: Callable[[EventRoute], int], hang_timeout: float = 5.0) -> None:
+        self.manifest = manifest
+        self.processors = processors
+        self.open_sinks = open_sinks
+        self.outlets = Outlets()
+        self.pools: dict[str, Pool] = {}
+        self.channels: list[ChannelState] = []
+        self._workers = workers
+        self._hang_timeout = hang_timeout
+        self._specs: dict[str, ChannelSpec] = {c.name: c for c in manifest.channels} if manifest else {}
+
+    # -- set-up (called by Session.start for each channel of each object) ---------------------
+
+    def channel(self, program: str, name: str, decoder: EventDecoder) -> Channel:
+        spec = self._specs.get(name)
+        routes = spec.events if spec else ()
+        if not routes:
+            stream = f"{program}.{name}"
+            self.outlets.add(stream, self.open_sinks(stream, None, program, name), program, name)
+            enc = Encoder(decoder.ops, event_size=decoder.size, max_record=decoder.max_record)
+            state = ChannelState(program=program, name=name, stream=stream,
+                                 channel=Channel(encoder=enc))
+            self.channels.append(state)
+            return state.channel
+        plans = []
+        for route in routes:
+            runtime = self.processors[route.name]
+            pool = self._pool(runtime, route)
+            stream = f"{program}.{name}" + (f".{route.name}" if len(routes) > 1 else "")
+            if stream not in self.outlets.streams:
+                self.outlets.add(stream, self.open_sinks(stream, route, program, name), program, name)
+            index = pool.add_route(Route(channel=name, function=route.target_processor or
+                                         runtime.default, stream=stream))
+            key = route_key(decoder, route, name) if route.hash else None
+            plans.append((pool, index, key))
+        channel = Channel(event_size=decoder.size,
+                          routes=[(key, pool.buffers) for pool, _, key in plans])
+        state = ChannelState(program=program, name=name, stream=None, channel=channel,
+                             routes=[(pool, index, n) for n, (pool, index, _) in enumerate(plans)])
+        self.channels.append(state)
+        return channel
+
+    def _pool(self, runtime: ProcessorRuntime, route: EventRoute) -> Pool:
+        pool = self.pools.get(runtime.name)
+        wanted = self._workers(route)
+        if pool is None:
+            pool = Pool(name=runtime.name, so_path=runtime.so_path, initfile=runtime.initfile,
+                        init=runtime.init, pre=runtime.pre, post=runtime.post, abi=runtime.abi,
+                        workers=wanted, hang_timeout=self._hang_timeout, keys=False,
+                        deliver=self._deliver_route)
+            self.pools[runtime.name] = pool
+        elif wanted > len(pool.workers):
+            raise ManifestError(
+                f"processor '{runtime.name}' is asked for {wanted} workers at line {route.line} "
+                f"but for {len(pool.workers)} by an earlier route",
+                hint="give every route of one processor the same workers")
+        return pool
+
+    def start(self) -> None:
+        """Start every processor pool (their init runs now: a failure stops the run here)."""
+        for pool in self.pools.values():
+            pool.keys = any(self.outlets.wants_keys(r.stream) for r in pool.routes)
+            pool.start()
+
+    def _deliver_route(self, route: Route, lines: bytes, keys: bytes | None, count: int) -> None:
+        self.outlets.deliver(route.stream, lines, keys, count)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def pump(self, reader: object | None, timeout_ms: int) -> None:
+        """Wait up to ``timeout_ms`` for anything to do, then move everything that is ready."""
+        poller = select.poll()
+        fds: dict[int, tuple[str, Pool | None, object]] = {}
+        if reader is not None:
+            poller.register(reader.fileno(), select.POLLIN)
+            fds[reader.fileno()] = ("ring", None, None)
+        for pool in self.pools.values():
+            for w in pool.workers:
+                if w.proc is None:
+                    continue
+                poller.register(w.from_fd, select.POLLIN)
+                fds[w.from_fd] = ("out", pool, w)
+                poller.register(w.err_fd, select.POLLIN)
+                fds[w.err_fd] = ("err", pool, w)
+                if w.pending:
+                    poller.register(w.to_fd, select.POLLOUT)
+                    fds[w.to_fd] = ("in", pool, w)
+        try:
+            ready = poller.poll(timeout_ms)
+        except InterruptedError:
+            ready = []
+        if reader is not None:
+            n = reader.drain()
+            if n < 0 and n != -errno.EINTR:
+                raise LoadError(f"reading the ring buffers failed: {os.strerror(-n)}")
+        self.move()
+        for fd, _ in ready:
+            kind, pool, w = fds[fd]
+            if kind == "err" and w.proc is not None:
+                pool.read_stderr(w)
+        now = time.monotonic()
+        for pool in self.pools.values():
+            pool.watch(now)
+
+    def move(self) -> None:
+        """Decoded lines to their sinks; frames to the workers; records back to theirs."""
+        for state in self.channels:
+            enc = state.channel.encoder
+            if enc is not None and enc.pending():
+                data = enc.take()
+                self.outlets.deliver(state.stream, data, None, data.count(b"\n"))
+        for pool in self.pools.values():
+            pool.take_dispatched()
+            for w in pool.workers:
+                if w.proc is None:
+                    continue
+                if w.pending:
+                    pool.write_ready(w)
+                if not pool.read_ready(w):
+                    pool.reap(w)
+
+    def run(self, reader: object | None, *, duration: float | None,
+            on_attached: Callable[[], None] | None = None) -> float:
+        """Move events until Ctrl-C, SIGTERM or ``duration`` seconds; return the seconds run."""
+        stop = False
+
+        def _stop(signum: int, frame: object) -> None:
+            nonlocal stop
+            stop = True
+
+        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        started = time.monotonic()
+        deadline = started + duration if duration is not None else None
+        try:
+            if on_attached:
+                on_attached()
+            while not stop:
+                wait_ms = 100
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    wait_ms = max(1, min(wait_ms, int(left * 1000)))
+                self.pump(reader, wait_ms)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return time.monotonic() - started
+
+    def drain(self, timeout_s: float = 30.0) -> None:
+        """After detach: hand every event to its worker, close their input, collect the rest."""
+        self.move()
+        deadline = time.monotonic() + timeout_s
+        for pool in self.pools.values():
+            pool.closing = True
+        while time.monotonic() < deadline:
+            busy = False
+            for pool in self.pools.values():
+                for w in pool.workers:
+                    if w.proc is None:
+                        if w.pending and time.monotonic() >= w.restart_at:
+                            pool.closing = False  # a dead worker with work left: once more
+                            pool.watch(time.monotonic())
+                            pool.closing = True
+                        busy = busy or bool(w.pending)
+                        continue
+                    busy = True
+                    if not w.pending and w.to_fd >= 0:
+                        os.close(w.to_fd)  # end of input: it finishes and exits
+                        w.to_fd = -1
+            if not busy:
+                break
+            self.pump(None, 20)
+        for pool in self.pools.values():
+            for w in pool.workers:
+                if w.pending:
+                    for data, _ in w.pending:
+                        pool._lose(data, f"processor '{pool.name}' was not running at stop")
+                    w.pending.clear()
+            pool.stop(kill=True)
+
+    # -- the counts -----------------------------------------------------------------------
+
+    def refresh_metrics(self, fam: LoaderMetrics, kernel_lost: Callable[[str, str], int]) -> None:
+        """Set the loader's Prometheus families from the counts (called at each scrape)."""
+        for state in self.channels:
+            labels = {"program": state.program, "channel": state.name}
+            fam.events_received.labels(**labels).set(state.channel.events)
+            fam.events_lost.labels(**labels).set(kernel_lost(state.program, state.name))
+        for state, pool, c in self.route_counts():
+            for outcome, n in (("keep", c.kept), ("drop", c.dropped),
+                               ("error", c.errors + c.bad), ("lost", c.lost)):
+                fam.processor_events.labels(program=state.program, channel=state.name,
+                                            processor=pool.name, outcome=outcome).set(n)
+        for pool in self.pools.values():
+            fam.processor_restarts.labels(processor=pool.name).set(pool.restarts)
+            for w in pool.workers:
+                fam.processor_up.labels(processor=pool.name, worker=str(w.index)).set(
+                    1 if w.proc is not None and w.handled()[2] else 0)
+        for (stream, sink), (delivered, failed) in list(self.outlets.counts.items()):
+            program, channel = self.outlets.labels[stream]
+            fam.records_delivered.labels(program=program, channel=channel, sink=sink).set(delivered)
+            fam.sink_failures.labels(program=program, channel=channel, sink=sink).set(failed)
+
+    def route_counts(self) -> list[tuple[ChannelState, Pool, RouteCounts]]:
+        out = []
+        for state in self.channels:
+            for pool, index, n in state.routes:
+                c = pool.counts_of(index)
+                c.sent = state.channel.sent(n)
+                out.append((state, pool, c))
+        return out
+
+
+def route_key(decoder: EventDecoder, route: EventRoute, channel: str) -> RouteKey:
+    """The op that prints the route's ``hash`` field, from the event's decoder."""
+    wanted = f'"{route.hash}":'.encode()
+    top = [op for op in decoder.ops if op.prefix.endswith(wanted) and op.prefix.count(b'"') == 2]
+    if not top or top[0].kind not in _SCALAR_KINDS:
+        names = [f.name for f in decoder.fields if "." not in f.name and "[" not in f.name]
+        raise ManifestError(
+            f"hash field '{route.hash}' of the route to '{route.name}' (line {route.line}) is not "
+            f"a scalar field of struct {decoder.struct} on channel '{channel}'",
+            hint=f"hash on one of: {', '.join(names)}")
+    op = top[0]
+    size = 16 if op.kind == 8 else op.size  # ip by family: hash the 16 address bytes
+    return RouteKey(op=Op(kind=op.kind, offset=op.offset, size=op.size, aux=op.aux,
+                          aux_size=op.aux_size), size=size)

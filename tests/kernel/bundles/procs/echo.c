@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* echo: {"seq":S,"pid":P,"n":N,"worker":W} per event: N counts this worker's calls and W is
+ * the worker's pid, so a test sees which worker handled which event. With -DCRASH_AT=K it
+ * dereferences NULL on its K-th call; with -DHANG_AT=K it never returns from it. */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include "bpfdepot_processor.h"
+#include "procs.h"
+
+BPFDEPOT_PROCESSOR();
+
+static unsigned long calls;
+
+int bpfdepot_init(const char *initfile)
+{
+	(void)initfile;
+	return 0;
+}
+
+bpfdepot_process_fn process;
+
+int process(const struct bpfdepot_event *ev, struct bpfdepot_result *res)
+{
+	struct procs_event e;
+	int n;
+
+	if (ev->size < sizeof(e))
+		return BPFDEPOT_ERROR;
+	memcpy(&e, ev->data, sizeof(e));
+	calls++;
+#ifdef CRASH_AT
+	if (calls == CRASH_AT)
+		*(volatile int *)0 = 1;
+#endif
+#ifdef HANG_AT
+	while (calls == HANG_AT)
+		;
+#endif
+	n = snprintf(res->data, res->cap, "{\"seq\":%llu,\"pid\":%u,\"n\":%lu,\"worker\":%d}",
+		     (unsigned long long)e.seq, e.pid, calls, (int)getpid());
+	if (n < 0 || (unsigned int)n >= res->cap)
+		return BPFDEPOT_ERROR;
+	res->len = (unsigned int)n;
+	return e.seq % 10 == 5 ? BPFDEPOT_DROP : BPFDEPOT_KEEP;
+}

@@ -1,0 +1,242 @@
+"""user_so processors in the kernel path: real events, real worker processes, exact records.
+
+The bundle (tests/kernel/bundles/procs) emits one event per getppid() of a child of a "kids"
+process this test starts; its pid is the program's targ_ppid knob, so no other process's
+events get in. The echo processor writes {"seq","pid","n","worker"} and drops seq % 10 == 5;
+crashy.c segfaults on its 100th call, hang.c never returns from its 50th.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.kernel.conftest import ROOT, bpfdepot, cli_env, prog_names
+
+BUNDLE = ROOT / "tests" / "kernel" / "bundles" / "procs"
+KIDS = """
+import os, sys
+n, m = int(sys.argv[1]), int(sys.argv[2])
+sys.stdin.readline()
+for i in range(n):
+    if os.fork() == 0:
+        for _ in range(m):
+            os.getppid()
+        os._exit(0)
+    os.wait()          # one child at a time: events arrive in child order
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+class Kids:
+    """A process whose ``n`` children call getppid() ``m`` times each, when told to."""
+
+    def __init__(self, n: int, m: int) -> None:
+        self.n, self.m = n, m
+        self.proc = subprocess.Popen([sys.executable, "-c", KIDS, str(n), str(m)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def go(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == "done\n"
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+class Run:
+    """`bpfdepot run MANIFEST --output FILE --set targ_ppid=KIDS` until stopped."""
+
+    def __init__(self, home: Path, manifest: Path, out: Path, kids: Kids, *extra: str) -> None:
+        self.out = out
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "builder.cli", "run", str(manifest), "--output", str(out),
+             "--set", f"targ_ppid={kids.proc.pid}", *extra],
+            cwd=ROOT, env=cli_env(home), stderr=subprocess.PIPE, text=True)
+        self.stderr = ""
+        while "attached" not in self.stderr:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise AssertionError(f"bpfdepot run did not attach:\n{self.stderr}")
+            self.stderr += line
+
+    def stop(self, settle: float = 0.5) -> tuple[str, list[dict]]:
+        time.sleep(settle)
+        self.proc.send_signal(signal.SIGINT)
+        _, rest = self.proc.communicate(timeout=120)
+        assert self.proc.returncode == 0, self.stderr + rest
+        return self.stderr + rest, [json.loads(line) for line in self.out.read_text().splitlines()]
+
+
+def summary(stderr: str, channel: str, processor: str) -> dict[str, int]:
+    m = re.search(rf"{channel} → {processor}\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", stderr)
+    assert m, stderr
+    return dict(zip(("sent", "kept", "dropped", "errors", "lost", "restarts"), map(int, m.groups())))
+
+
+def received(stderr: str) -> tuple[int, int]:
+    m = re.search(r"procs/procs_events\s+(\d+)\s+(\d+)", stderr)
+    assert m, stderr
+    return int(m.group(1)), int(m.group(2))
+
+
+@pytest.fixture
+def kids_factory():
+    made: list[Kids] = []
+
+    def make(n: int, m: int) -> Kids:
+        made.append(Kids(n, m))
+        return made[-1]
+
+    yield make
+    for kids in made:
+        kids.close()
+
+
+def test_hash_keeps_each_key_on_one_worker_in_order(home: Path, tmp_path: Path, kids_factory) -> None:
+    kids = kids_factory(6, 150)
+    run = Run(home, BUNDLE / "echo.yaml", tmp_path / "out.jsonl", kids)
+    kids.go()
+    stderr, records = run.stop()
+
+    assert received(stderr) == (900, 0)
+    assert summary(stderr, "procs_events", "echo") == {
+        "sent": 900, "kept": 810, "dropped": 90, "errors": 0, "lost": 0, "restarts": 0}
+    assert sorted(r["seq"] for r in records) == [s for s in range(900) if s % 10 != 5]
+    by_pid: dict[int, list[dict]] = collections.defaultdict(list)
+    for r in records:
+        by_pid[r["pid"]].append(r)
+    assert len(by_pid) == 6
+    for pid, rs in by_pid.items():
+        assert len({r["worker"] for r in rs}) == 1, f"pid {pid} met several workers"
+        seqs = [r["seq"] for r in rs]
+        assert seqs == sorted(seqs), f"pid {pid}'s records are out of order"
+        assert len(rs) == 135
+    assert len({r["worker"] for r in records}) >= 2  # 6 keys over 3 workers
+
+
+def test_processor_segfault_on_its_100th_event(home: Path, tmp_path: Path, kids_factory) -> None:
+    kids = kids_factory(1, 150)
+    run = Run(home, BUNDLE / "crashy.yaml", tmp_path / "out.jsonl", kids)
+    kids.go()
+    stderr, records = run.stop(settle=1.0)
+
+    assert re.search(r"processor 'crashy' worker 0 crashed \(SIGSEGV\) on an event of channel "
+                     r"'procs_events' \(process\); 1 event\(s\) lost, \d+ resent", stderr), stderr
+    counts = summary(stderr, "procs_events", "crashy")
+    assert counts == {"sent": 150, "kept": 134, "dropped": 15, "errors": 0, "lost": 1, "restarts": 1}
+    # the 100th event (seq 99) died with the first worker; the next 50 went to its successor
+    assert sorted(r["seq"] for r in records) == [s for s in range(150) if s % 10 != 5 and s != 99]
+    first, second = {r["worker"] for r in records if r["seq"] < 99}, {r["worker"] for r in records
+                                                                        if r["seq"] > 99}
+    assert len(first) == len(second) == 1 and first != second
+    assert [r["n"] for r in records if r["seq"] > 99][0] == 1  # a fresh process
+
+
+def test_processor_stuck_in_a_loop_is_restarted(home: Path, tmp_path: Path, kids_factory) -> None:
+    kids = kids_factory(1, 80)
+    run = Run(home, BUNDLE / "hang.yaml", tmp_path / "out.jsonl", kids, "--processor-timeout", "1")
+    kids.go()
+    stderr, records = run.stop(settle=3.0)
+
+    assert "processor 'hang' worker 0 hung in user code for more than 1 s on an event of channel " \
+           "'procs_events' (process); 1 event(s) lost, 30 resent" in stderr, stderr
+    counts = summary(stderr, "procs_events", "hang")
+    assert counts["lost"] == 1 and counts["restarts"] == 1
+    assert counts["sent"] == 80 == counts["kept"] + counts["dropped"] + counts["lost"]
+    # the records of the 49 events before the loop were handed over before the worker died
+    assert sorted(r["seq"] for r in records) == [s for s in range(80) if s % 10 != 5 and s != 49]
+
+
+def _bundle_copy(tmp: Path, manifest: str, extra: dict[str, str] | None = None) -> Path:
+    folder = tmp / "bundle"
+    shutil.copytree(BUNDLE, folder, ignore=shutil.ignore_patterns("*.yaml"))
+    for name, text in (extra or {}).items():
+        (folder / name).write_text(text)
+    (folder / "manifest.yaml").write_text(textwrap.dedent(manifest))
+    return folder
+
+
+MANIFEST = """\
+kind: ebpfprogram
+name: procs
+spec:
+  programs:
+    - {{name: procs, path: file://./procs.bpf.c, type: ebpf_object}}
+    - {{name: user, path: "file://./{path}", type: user_so}}
+{properties}
+  channels:
+    procs_events:
+      type: ring_buffer
+      events:
+        - name: user
+"""
+
+
+def _so(folder: Path, source: str, name: str = "user.so") -> None:
+    (folder / "user.c").write_text(textwrap.dedent(source))
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(folder / name), str(folder / "user.c")],
+                   check=True)
+
+
+def test_library_of_another_abi_is_refused_before_anything_loads(home: Path, tmp_path: Path) -> None:
+    folder = _bundle_copy(tmp_path, MANIFEST.format(path="user.so", properties=""))
+    _so(folder, """
+        #include <stdint.h>
+        __attribute__((visibility("default"))) const uint32_t bpfdepot_processor_abi = 99;
+        uint32_t bpfdepot_abi_version(void) { return 99; }
+        int bpfdepot_init(const char *f) { (void)f; return 0; }
+        int process(const void *ev, void *res) { (void)ev; (void)res; return 0; }
+        """)
+    result = bpfdepot(home, "run", str(folder), "--duration", "1")
+    assert result.returncode == 7, result.stderr
+    assert "processor 'user'" in result.stderr and "ABI" in result.stderr
+    assert "procs" not in prog_names()
+
+
+def test_function_named_in_the_manifest_but_missing(home: Path, tmp_path: Path) -> None:
+    folder = _bundle_copy(tmp_path, MANIFEST.format(path="echo.c", properties=(
+        "  properties:\n    functions:\n      - {name: handle, type: default}")))
+    result = bpfdepot(home, "run", str(folder), "--duration", "1")
+    assert result.returncode in (7, 8), result.stderr
+    assert "handle" in result.stderr and "user" in result.stderr
+    assert "procs" not in prog_names()
+
+
+def test_initfile_that_does_not_exist(home: Path, tmp_path: Path) -> None:
+    folder = _bundle_copy(tmp_path, MANIFEST.format(path="echo.c", properties=(
+        "  properties:\n    initfile: ./missing.ini")))
+    result = bpfdepot(home, "run", str(folder), "--duration", "1")
+    assert result.returncode == 2, result.stderr
+    assert "initfile: file not found" in result.stderr and "missing.ini" in result.stderr
+
+
+def test_init_that_fails_stops_the_run_with_its_words(home: Path, tmp_path: Path) -> None:
+    folder = _bundle_copy(tmp_path, MANIFEST.format(path="user.so", properties=(
+        "  properties:\n    initfile: ./user.ini")), {"user.ini": "colour = blue\n"})
+    _so(folder, """
+        #include <stdint.h>
+        #include <stdio.h>
+        __attribute__((visibility("default"))) const uint32_t bpfdepot_processor_abi = 1;
+        uint32_t bpfdepot_abi_version(void) { return 1; }
+        int bpfdepot_init(const char *f) { fprintf(stderr, "%s: unknown key colour\\n", f); return -1; }
+        int process(const void *ev, void *res) { (void)ev; (void)res; return 0; }
+        """)
+    result = bpfdepot(home, "run", str(folder), "--duration", "1")
+    assert result.returncode == 7, result.stderr
+    assert "processor 'user'" in result.stderr and "its init function failed" in result.stderr
+    assert "user.ini: unknown key colour" in result.stderr
+    assert "procs" not in prog_names()
