@@ -280,7 +280,9 @@ class Channel:
     """One ring-buffer channel in C: JSON lines by default decoding, or frames per route."""
 
     def __init__(self, *, encoder: Encoder | None = None, event_size: int = 0,
-                 routes: Sequence[tuple[RouteKey | None, Sequence[WorkerBuffer]]] = ()) -> None:
+                 routes: Sequence[tuple[RouteKey | None, Sequence[WorkerBuffer], int]] = ()) -> None:
+        """``routes``: per consumer, the key it hashes on (or None), its workers' buffers and the
+        route number its frames carry (the processor's own numbering of its routes)."""
         self.encoder = encoder
         self.c = ffi.new("struct bpfdepot_channel *")
         self.c.enc = encoder.c if encoder is not None else ffi.NULL
@@ -288,7 +290,7 @@ class Channel:
         self._keep: list[object] = []
         if routes:
             self._routes = ffi.new("struct bpfdepot_route[]", len(routes))
-            for index, (slot, (key, workers)) in enumerate(zip(self._routes, routes)):
+            for slot, (key, workers, index) in zip(self._routes, routes):
                 slot.index, slot.nworkers = index, len(workers)
                 bufs = ffi.new("struct bpfdepot_wbuf *[]", [w.c for w in workers])
                 slot.workers = bufs

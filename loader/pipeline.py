@@ -140,7 +140,7 @@ class Pipeline:
             key = route_key(decoder, route, name) if route.hash else None
             plans.append((pool, index, key))
         channel = Channel(event_size=decoder.size,
-                          routes=[(key, pool.buffers) for pool, _, key in plans])
+                          routes=[(key, pool.buffers, index) for pool, index, key in plans])
         state = ChannelState(program=program, name=name, stream=None, channel=channel,
                              routes=[(pool, index, n) for n, (pool, index, _) in enumerate(plans)])
         self.channels.append(state)
