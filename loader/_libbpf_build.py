@@ -120,6 +120,7 @@ struct bpfdepot_host_args {
 };
 struct ring_buffer *bpfdepot_ring_add_channel(struct ring_buffer *rb, int map_fd,
                                               struct bpfdepot_channel *ch);
+int bpfdepot_channel_sample(void *ctx, void *data, size_t size);
 size_t bpfdepot_frames_span(const char *data, size_t len, size_t max_bytes, uint64_t max_frames,
                             uint64_t *frames);
 size_t bpfdepot_results_feed(struct bpfdepot_results *res, const char *data, size_t len);

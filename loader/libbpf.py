@@ -313,6 +313,11 @@ class Channel:
     def short_events(self) -> int:
         return self.c.short_events
 
+    def feed(self, event: bytes) -> None:
+        """Handle one event as if the ring buffer had delivered it (tests, replays of raw files)."""
+        if lib.bpfdepot_channel_sample(self.c, event, len(event)):
+            raise MemoryError("channel dispatch")
+
     def sent(self, route: int) -> int:
         """Events framed for the workers of route number ``route``."""
         return self.c.routes[route].sent

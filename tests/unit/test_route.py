@@ -1,0 +1,94 @@
+"""The C side of processor routes on raw bytes: framing by hash key, and parsing the results."""
+
+from __future__ import annotations
+
+import struct
+
+from loader.decode import OP_CHARS, OP_U
+from loader.libbpf import Channel, Op, ResultParser, RouteKey, WorkerBuffer, frames_span
+from loader.workers import frame_routes
+
+EVENT = struct.Struct("<QI4s")  # seq, pid, comm (a made-up 16-byte event)
+
+
+def event(seq: int, pid: int, comm: bytes = b"sh") -> bytes:
+    return EVENT.pack(seq, pid, comm)
+
+
+def frames(data: bytes) -> list[tuple[int, int, bytes, bytes]]:
+    """(size, route, key, event) of each input frame."""
+    out, at = [], 0
+    while at < len(data):
+        size, route, klen, _ts = struct.unpack_from("<IHHQ", data, at)
+        key = data[at + 16:at + 16 + klen]
+        out.append((size, route, key, data[at + 16 + klen:at + 16 + klen + size]))
+        at += 16 + klen + size
+    return out
+
+
+def test_events_with_one_key_meet_one_worker_in_order() -> None:
+    workers = [WorkerBuffer() for _ in range(3)]
+    key = RouteKey(op=Op(kind=OP_U, offset=8, size=4), size=4)
+    channel = Channel(event_size=EVENT.size, routes=[(key, workers, 7)])
+    for seq in range(60):
+        channel.feed(event(seq, pid=100 + seq % 5))
+    got = [workers[i].take() for i in range(3)]
+    assert sum(n for _, n in got) == 60 == channel.events == channel.sent(0)
+    seen: dict[bytes, int] = {}
+    for index, (data, n) in enumerate(got):
+        parsed = frames(data)
+        assert len(parsed) == n
+        for size, route, k, raw in parsed:
+            assert (size, route) == (EVENT.size, 7)
+            assert k == str(EVENT.unpack(raw)[1]).encode()  # the key as text
+            assert seen.setdefault(k, index) == index   # one key, one worker
+        for k in {f[2] for f in parsed}:
+            seqs = [EVENT.unpack(f[3])[0] for f in parsed if f[2] == k]
+            assert seqs == sorted(seqs)
+    assert len(set(seen.values())) >= 2  # 5 keys spread over the workers
+    assert workers[0].take() == (b"", 0)  # taken means emptied
+
+
+def test_string_keys_lose_their_quotes_and_unkeyed_routes_take_turns() -> None:
+    keyed, turns = [WorkerBuffer()], [WorkerBuffer(), WorkerBuffer()]
+    key = RouteKey(op=Op(kind=OP_CHARS, offset=12, size=4), size=4)
+    channel = Channel(event_size=EVENT.size, routes=[(key, keyed, 0), (None, turns, 1)])
+    for seq in range(4):
+        channel.feed(event(seq, 1, b'a"b'))
+    assert {f[2] for f in frames(keyed[0].take()[0])} == {b'a\\"b'}
+    assert [n for _, n in (t.take() for t in turns)] == [2, 2]
+    channel.feed(b"\x01" * 8)  # shorter than the struct: passed on (the processor checks size)
+    assert channel.short_events == 1
+    assert frames(keyed[0].take()[0])[0][2] == b""  # no key where the field is missing
+
+
+def test_frames_span_stops_at_whole_frames() -> None:
+    workers = [WorkerBuffer()]
+    channel = Channel(event_size=EVENT.size, routes=[(None, workers, 0)])
+    for seq in range(3):
+        channel.feed(event(seq, 1))
+    data, _ = workers[0].take()
+    one = 16 + EVENT.size
+    assert frames_span(data, len(data)) == (3 * one, 3)
+    assert frames_span(data, 2 * one + 5) == (2 * one, 2)
+    assert frames_span(data, len(data), 1) == (one, 1)
+    assert [r for _, _, r in frame_routes(data)] == [0, 0, 0]
+
+
+def result(route: int, rc: int, value: bytes = b"", key: bytes = b"") -> bytes:
+    return struct.pack("<IHBb", len(value), len(key), route, rc) + key + value
+
+
+def test_results_split_by_route_and_outcome_across_reads() -> None:
+    parser = ResultParser(2, keys=True)
+    stream = (result(0, 0, b'{"a":1}', b"k1") + result(1, 0, b'{"b":2}') + result(0, 1)
+              + result(0, -1) + result(1, 0, b'{"bad":"\n"}') + result(1, 0, b"") + result(0, 0, b'{"a":3}'))
+    cut = 11  # inside the first frame: the parser keeps the partial one for the next read
+    assert parser.feed(stream[:cut]) == 0 and parser.partial == cut
+    assert parser.feed(stream[cut:]) == 7
+    assert parser.take(0) == (b'{"a":1}\n{"a":3}\n', b"k1\n\n")
+    assert parser.take(1) == (b'{"b":2}\n', b"\n")
+    assert parser.counts(0) == (2, 1, 1, 0)   # kept, dropped, errors, bad
+    assert parser.counts(1) == (1, 0, 0, 2)   # a newline inside, or an empty record: bad
+    assert parser.take(0) == (b"", b"")
+    parser.close()
