@@ -161,6 +161,54 @@ def run_bpfdepot(producer: Path, home: Path, output: Path, bundle: Path = FLOOD)
                consumer_cpu_s=cpu, check=got.problem or "ok", foreign_comms=got.foreign)
 
 
+def run_bpfdepot_tsdb(producer: Path, home: Path, db: Path) -> Run:
+    """Default decoding into the embedded TSDB: the last producer event is when the store
+    last grew before it held N rows of the producer (read every 20 ms by a second reader, as
+    WAL allows)."""
+    import sqlite3
+
+    env = {**harness.env_for(home), "BPFDEPOT_STDOUT": "0"}
+    cmd = [*harness.bpfdepot_exe(), "run", str(FLOOD), "--tsdb", str(db)]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        harness.wait_for_line(p, p.stderr, "attached", "bpfdepot run --tsdb")
+        ready = time.monotonic()
+        t0, prod = _start_producer(producer)
+        pid, ours, rows, last = prod.pid, 0, 0, t0
+        reader = None
+        while ours < N and time.monotonic() - t0 < TIMEOUT_S:
+            time.sleep(0.020)
+            if reader is None and db.exists():
+                reader = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            if reader is None:
+                continue
+            try:  # max(rowid) is a cheap progress mark; the exact count only once it can be N
+                top = reader.execute("SELECT max(rowid) FROM events").fetchone()[0] or 0
+                if top != rows:
+                    rows, last = top, time.monotonic()
+                if top >= N:
+                    ours = reader.execute("SELECT count(*) FROM events WHERE "
+                                          "json_extract(record, '$.pid') = ?", (pid,)).fetchone()[0]
+            except sqlite3.OperationalError:
+                continue  # tables not there yet
+        producer_s = _producer_seconds(prod)
+        cpu = _cpu()
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=TIMEOUT_S)
+        cpu = _cpu() - cpu
+    finally:
+        _stop(p)
+    if p.returncode != 0:
+        raise SystemExit(f"bench: bpfdepot run --tsdb failed ({p.returncode}):\n{err}")
+    row = re.search(r"flood/flood_events\s+(\d+)\s+(\d+)", err)
+    seqs = reader.execute("SELECT count(DISTINCT json_extract(record, '$.seq')) FROM events WHERE "
+                          "json_extract(record, '$.pid') = ?", (pid,)).fetchone()[0]
+    reader.close()
+    return Run(received=int(row.group(1)), ours=ours, lost=int(row.group(2)), producer_s=producer_s,
+               span_s=last - t0, ready_to_last_s=last - ready, consumer_cpu_s=cpu,
+               check="ok" if seqs == ours == N else f"{ours} rows, {seqs} distinct seq")
+
+
 @dataclass(slots=True, kw_only=True)
 class FileCheck:
     lines: int
@@ -210,7 +258,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
         for variant in PROCESSORS.values():  # the processors too, before anything is timed
             harness.run([*harness.bpfdepot_exe(), "build", str(variant)], env=harness.env_for(home))
         runs: dict[str, list] = {"untraced": [], "C libbpf": [], "C batched": [], "bpfdepot": [],
-                                 **{name: [] for name in PROCESSORS}, "naive Python": []}
+                                 **{name: [] for name in PROCESSORS}, "TSDB": [], "naive Python": []}
         for i in range(args.reps):  # interleaved, so drift hits every consumer alike
             runs["untraced"].append(_producer_seconds(_start_producer(producer)[1]))
             c_cmd = [str(consumer), "-i", str(C_IDLE_S), "-c", producer.name]
@@ -223,6 +271,8 @@ def measure(args: argparse.Namespace) -> list[Row]:
                 if name in args.skip:
                     continue
                 runs[name].append(run_bpfdepot(producer, home, tmp / f"flood-{i}.jsonl", variant))
+            if "TSDB" not in args.skip:
+                runs["TSDB"].append(run_bpfdepot_tsdb(producer, home, tmp / f"tsdb-{i}.sqlite"))
             if not args.no_naive:
                 out = tmp / f"naive-{i}.jsonl"
                 runs["naive Python"].append(run_libbpf_consumer(
@@ -301,6 +351,14 @@ def _summary(runs: dict[str, list[Run]], untraced: float) -> list[Row]:
             Row(metric=f"flood, {name}: drops, worst run; file check", value=f"{drops(name)}; "
                 f"{bad[0] if bad else 'ok'}", goal="0; ok", met=drops(name) == 0 and not bad),
         ]
+    if "TSDB" in runs:
+        bad = [r.check for r in runs["TSDB"] if r.check != "ok"]
+        rows += [
+            Row(metric="flood, default decoding → TSDB: rows/s (vs C libbpf)", value=f"{rate('TSDB'):,.0f}",
+                baseline=f"{rate('C libbpf'):,.0f}", ratio=paired(rates("TSDB"), rates("C libbpf"))),
+            Row(metric="flood → TSDB: drops, worst run; rows check", value=f"{drops('TSDB')}; "
+                f"{bad[0] if bad else 'ok'}", goal="0; ok", met=drops("TSDB") == 0 and not bad),
+        ]
     if "C proc hash×2" in runs and "C processor" in runs:
         rows.append(Row(metric="flood: hash sharding across 2 workers (vs 1 worker)",
                         value=f"{rate('C proc hash×2'):,.0f}", baseline=f"{rate('C processor'):,.0f}",
@@ -318,7 +376,7 @@ def _summary(runs: dict[str, list[Run]], untraced: float) -> list[Row]:
 
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-naive", action="store_true", help="skip the naive Python consumer")
-    p.add_argument("--skip", action="append", default=[], choices=list(PROCESSORS),
+    p.add_argument("--skip", action="append", default=[], choices=[*PROCESSORS, "TSDB"],
                    help="leave out a processor variant (repeatable)")
 
 

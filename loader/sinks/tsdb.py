@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -156,8 +157,8 @@ class TsdbSink:
                     self._fail(1, f"a record of {stream} is not UTF-8: {exc}")
                     continue
                 ts = now
-                if b'"ts_ns"' in record.value:  # rare: parse only records that may carry a time
-                    ts = _own_ts(text, now)
+                if b'"ts_ns":' in record.value and _WALL_TS.search(record.value):
+                    ts = _own_ts(text, now)  # rare: parse only records that may carry a date
                 key = record.key.decode(errors="replace") if record.key is not None else None
                 rows.append((ts, sid, key, text))
             if len(rows) >= self._batch_rows:
@@ -295,6 +296,7 @@ class TsdbSink:
 
 
 WALL_CLOCK_MIN_NS = 10**18  # 2001-09-09: a smaller ts_ns is a time since boot (bpf_ktime_get_ns)
+_WALL_TS = re.compile(rb'"ts_ns":\s*[1-9][0-9]{18}')  # 19 digits or more: maybe a date
 
 
 def _own_ts(text: str, now: int) -> int:

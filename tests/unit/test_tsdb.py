@@ -125,7 +125,7 @@ def test_writes_after_close_are_counted_failed(db: Path) -> None:
 
 
 def test_a_small_batch_is_committed_by_the_flusher_within_max_delay(db: Path) -> None:
-    s = sink(db, batch_rows=10_000, max_delay_s=0.05)
+    s = sink(db, batch_rows=10_000, max_delay_s=0.5)
     s.write(STREAM, [event(1)])
     assert s.stats().pending == 1
     deadline = time.monotonic() + 5
