@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from loader.errors import ProcessorError
 from loader.libbpf import HostArgs, ResultParser, WorkerBuffer, frames_span
@@ -181,7 +182,7 @@ class Pool:
         w.proc = subprocess.Popen(
             [sys.executable, "-m", "loader.prochost", json.dumps(_asdict(args))],
             stdin=subprocess.DEVNULL, stdout=err_w, stderr=err_w, pass_fds=(in_r, out_w, shm),
-            start_new_session=True, cwd="/")
+            start_new_session=True, cwd="/", env=_host_env())
         for fd in (in_r, out_w, err_w):
             os.close(fd)
         w.progress = mmap.mmap(shm, mmap.PAGESIZE)
@@ -426,6 +427,14 @@ class Pool:
                     _signal(w.proc, signal.SIGKILL)
                     w.proc.wait()
                 self._close_fds(w)
+
+
+def _host_env() -> dict[str, str]:
+    """The loader's environment, with this package importable from a plain checkout too."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
