@@ -29,8 +29,8 @@ from loader.btf import Btf, BtfType, Member
 from loader.errors import ArtifactNotFound, ManifestError
 from loader.libbpf import Op
 
-if TYPE_CHECKING:  # the manifest model pulls in yaml; decoding only needs the declarations
-    from loader.manifest import FieldDecl
+if TYPE_CHECKING:  # loader.fields pulls in yaml; decoding only needs the declarations
+    from loader.fields import FieldDecl
 
 (OP_LIT, OP_U, OP_S, OP_BE, OP_BOOL, OP_CHARS, OP_IPV4, OP_IPV6, OP_IPFAM,
  OP_UBITS, OP_SBITS, OP_F32, OP_F64, OP_HEX) = range(14)

@@ -21,7 +21,7 @@ from loader.decode import EventDecoder, channel_struct, declared_decoder, event_
 from loader.errors import BpfDepotError, BuildError
 
 if TYPE_CHECKING:
-    from loader.manifest import FieldDecl
+    from loader.fields import FieldDecl
 
 EM_BPF = 247
 
@@ -177,6 +177,16 @@ def _signed(btf: Btf | None, var: str) -> bool:
 
 def read_object_file(path: Path) -> ObjectInfo:
     return read_object(path.read_bytes(), str(path))
+
+
+def object_channels(info: ObjectInfo, channels: dict[str, tuple[str, str | None]], *,
+                    several_objects: bool) -> dict[str, tuple[str, str | None]]:
+    """The manifest channels this object carries. With one kernel program in the manifest, all of
+    them (a missing map is an error); with several, those that are maps in this object (the run
+    checks that each channel is in one of them)."""
+    if not several_objects:
+        return channels
+    return {name: decl for name, decl in channels.items() if info.map(name) is not None}
 
 
 def check_object(info: ObjectInfo, label: str, channels: dict[str, tuple[str, str | None]]) -> list[str]:

@@ -1,7 +1,8 @@
 """The manifest model: one YAML file naming a bundle's programs, properties and channels.
 
-``parse_manifest`` walks the *composed* YAML node tree instead of ``yaml.safe_load`` so that every
-error names its file and line, and duplicate keys (which PyYAML silently collapses) are caught.
+``parse_manifest`` reads it with ``loader.yamldoc.YamlDoc``, so that every error names its file and
+line and duplicate keys (which PyYAML silently collapses) are caught; a channel's declared fields
+are parsed by ``loader.fields``.
 A manifest is untrusted input: ``file://`` paths must stay inside the manifest's folder, also
 after symlinks are resolved. The result is a tree of frozen dataclasses, checked across sections
 (event routes name ``user_so`` programs and declared functions).
@@ -9,19 +10,18 @@ after symlinks are resolved. The result is a tree of frozen dataclasses, checked
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import os.path
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast, get_args
 from urllib.parse import urlsplit
 
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from loader.errors import ManifestError
+from loader.fields import FieldDecl, parse_fields
+from loader.yamldoc import C_IDENT_RE, TAG, YamlDoc, did_you_mean, kind_of, line_of
 
 ProgramType = Literal["ebpf_object", "user_so", "bpftrace_object"]
 ChannelType = Literal["ring_buffer", "perf_buffer"]
@@ -45,16 +45,8 @@ _TYPE_SUFFIXES: dict[str, tuple[str, ...]] = {
 }
 _SUFFIX_TYPE = {suffix: kind for kind, suffixes in _TYPE_SUFFIXES.items() for suffix in suffixes}
 
-# Names end up in artifact keys and file names: lowercase, no '/', '.', or leading '-'.
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-_C_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
 
-_TAG = "tag:yaml.org,2002:"
-_KINDS = {
-    "str": "a string", "int": "a number", "float": "a number", "bool": "a boolean",
-    "null": "nothing", "timestamp": "a date", "binary": "binary data",
-}  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -114,78 +106,6 @@ class EventRoute:
     workers: int | None = None  # processes for this processor; None: 2 with hash, else 1
 
 
-FieldDecoder = Literal["int", "string", "hex", "ipv4", "ipv6", "ip", "bool", "float", "be"]
-FIELD_DECODERS: tuple[str, ...] = get_args(FieldDecoder)
-FIELD_TYPES = ("u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64", "be16", "be32", "be64",
-               "bool", "char[N]", "u8[N]", "f32", "f64")  # fmt: skip
-MAX_FIELD_ARRAY = 4096  # N of char[N] / u8[N]
-_FIELD_TYPE_RE = re.compile(r"[us](?:8|16|32|64)|be(?:16|32|64)|f(?:32|64)|bool|(char|u8)\[(\d+)\]")
-# By base type, the decoders it takes; the first is the default.
-_FIELD_DECODERS: dict[str, tuple[FieldDecoder, ...]] = {
-    "u": ("int", "be", "bool", "hex", "ipv4"), "s": ("int", "bool", "hex"),
-    "be": ("be", "hex", "ipv4"), "bool": ("bool", "int", "hex"), "f": ("float", "hex"),
-    "char": ("string", "hex"), "bytes": ("hex", "string", "ipv4", "ipv6", "ip"),
-}  # fmt: skip
-_DECODER_BYTES = {"ipv4": 4, "ipv6": 16, "ip": 16}
-
-
-def field_type(spelled: str) -> tuple[str, int] | None:
-    """(base, size in bytes) of a declared field type: 'be32' → ('be', 4), 'u8[16]' → ('bytes', 16)."""
-    match = _FIELD_TYPE_RE.fullmatch(spelled)
-    if match is None:
-        return None
-    if match[1]:
-        return ("char" if match[1] == "char" else "bytes"), int(match[2])
-    if spelled == "bool":
-        return "bool", 1
-    base = spelled.rstrip("0123456789")
-    return base, int(spelled[len(base) :]) // 8
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class FieldDecl:
-    """One event field a channel declares; the object's BTF must agree with it."""
-
-    name: str  # a member of the event struct
-    type: str  # one of FIELD_TYPES with N filled in, e.g. u32, be16, char[16]
-    offset: int | None  # bytes from the struct's start; exactly one of offset and order is set
-    order: int | None  # index among the struct's members, padding (__*) members included
-    decoder: FieldDecoder
-    line: int
-
-    @property
-    def base(self) -> str:
-        """u, s, be, bool, f, char or bytes."""
-        return cast(tuple[str, int], field_type(self.type))[0]
-
-    @property
-    def size(self) -> int:
-        """Bytes."""
-        return cast(tuple[str, int], field_type(self.type))[1]
-
-    @property
-    def decoders(self) -> tuple[FieldDecoder, ...]:
-        """The decoders this type takes, the default first."""
-        size = self.size
-        return tuple(d for d in _FIELD_DECODERS[self.base] if _DECODER_BYTES.get(d, size) == size)
-
-    def decoder_problem(self) -> str:
-        """Why ``decoder`` does not fit ``type``; empty when it does."""
-        if self.decoder in self.decoders:
-            return ""
-        need = _DECODER_BYTES.get(self.decoder, self.size)
-        if need != self.size:
-            return f"decoder {self.decoder} needs a {need}-byte type, not {self.type}"
-        return f"decoder {self.decoder} does not apply to {self.type}"
-
-    def spelled(self) -> str:
-        """As a manifest writes it, e.g. {name: sport, type: be16, offset: 4}."""
-        kind = f'"{self.type}"' if "[" in self.type else self.type  # [ ] are YAML flow syntax
-        where = f"offset: {self.offset}" if self.offset is not None else f"order: {self.order}"
-        decoder = "" if self.decoder == self.decoders[0] else f", decoder: {self.decoder}"
-        return f"{{name: {self.name}, type: {kind}, {where}{decoder}}}"
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ChannelSpec:
     """A kernel map that carries events to user space, and where its events go."""
@@ -222,7 +142,7 @@ class Manifest:
         known = [program.name for program in self.programs]
         raise ManifestError(
             f"{self.path}: no program {name!r} (known: {', '.join(known)})",
-            hint=_did_you_mean(name, known, "known programs"),
+            hint=did_you_mean(name, known, "known programs"),
         )
 
     @property
@@ -278,9 +198,12 @@ def parse_manifest(path: Path) -> Manifest:
             hint="give the path of a readable manifest.yaml",
         ) from None
     real = path.resolve()
-    doc = _Doc(display=str(path), root=real.parent)
+    doc = YamlDoc(display=str(path), root=real.parent)
+    node = doc.compose(
+        raw, empty_hint="start with: kind: ebpfprogram, name: ..., spec: {programs: [...]}"
+    )
     top = doc.fields(
-        doc.compose(raw), "",
+        node, "",
         required=("kind", "name", "spec"), optional=("description", "version", "author"),
     )  # fmt: skip
     kind = doc.string(top["kind"], "kind", "")
@@ -321,7 +244,7 @@ def parse_manifest(path: Path) -> Manifest:
     )
 
 
-def _parse_programs(doc: _Doc, node: Node) -> tuple[ProgramSpec, ...]:
+def _parse_programs(doc: YamlDoc, node: Node) -> tuple[ProgramSpec, ...]:
     items = doc.sequence(node, "programs", "spec")
     if not items:
         raise doc.error(
@@ -342,7 +265,7 @@ def _parse_programs(doc: _Doc, node: Node) -> tuple[ProgramSpec, ...]:
     return tuple(programs.values())
 
 
-def _parse_program(doc: _Doc, node: Node, at: str) -> ProgramSpec:
+def _parse_program(doc: YamlDoc, node: Node, at: str) -> ProgramSpec:
     fields = doc.fields(node, at, required=("name", "path", "type"))
     name = doc.name(fields["name"], "name", at, what="program name")
     kind = cast(ProgramType, doc.choice(fields["type"], "type", at, PROGRAM_TYPES))
@@ -396,11 +319,11 @@ def _parse_program(doc: _Doc, node: Node, at: str) -> ProgramSpec:
         scheme=cast(Scheme, scheme),
         local_path=local,
         is_source=suffix in _SOURCE_SUFFIXES,
-        line=_line(node),
+        line=line_of(node),
     )
 
 
-def _parse_properties(doc: _Doc, node: Node) -> Properties:
+def _parse_properties(doc: YamlDoc, node: Node) -> Properties:
     at = "spec.properties"
     fields = doc.fields(node, at, required=(), optional=("initfile", "functions"))
     initfile = None
@@ -423,7 +346,7 @@ def _parse_properties(doc: _Doc, node: Node) -> Properties:
         kind = "default"
         if "type" in entry:
             kind = doc.choice(entry["type"], "type", item_at, FUNCTION_TYPES)
-        function = FunctionSpec(name=name, type=cast(FunctionType, kind), line=_line(item))
+        function = FunctionSpec(name=name, type=cast(FunctionType, kind), line=line_of(item))
         if name in functions:
             raise doc.error(
                 item, f"function {name!r} is listed twice (first at line {functions[name].line})",
@@ -441,11 +364,11 @@ def _parse_properties(doc: _Doc, node: Node) -> Properties:
 
 
 def _parse_channels(
-    doc: _Doc, node: Node, programs: tuple[ProgramSpec, ...], properties: Properties
+    doc: YamlDoc, node: Node, programs: tuple[ProgramSpec, ...], properties: Properties
 ) -> tuple[ChannelSpec, ...]:
     channels = []
     for name, key_node, value in doc.entries(node, "spec.channels"):
-        if not _C_IDENT_RE.fullmatch(name):
+        if not C_IDENT_RE.fullmatch(name):
             raise doc.error(
                 key_node, f"channel name {name!r} is not a C identifier",
                 hint="use the map's name as declared in the kernel source, e.g. "
@@ -464,99 +387,18 @@ def _parse_channels(
             _parse_route(doc, item, f"{at}.events[{index}]", programs, properties)
             for index, item in enumerate(items)
         )
-        declared = _parse_fields(doc, fields["fields"], at) if "fields" in fields else ()
+        declared = parse_fields(doc, fields["fields"], at) if "fields" in fields else ()
         channels.append(
             ChannelSpec(
                 name=name, type=cast(ChannelType, kind), event=event, events=routes,
-                line=_line(key_node), fields=declared,
+                line=line_of(key_node), fields=declared,
             )  # fmt: skip
         )
     return tuple(channels)
 
 
-def _parse_fields(doc: _Doc, node: Node, at: str) -> tuple[FieldDecl, ...]:
-    items = doc.sequence(node, "fields", at)
-    if not items:
-        raise doc.error(
-            node, f"'fields' in {at} is empty",
-            hint="list the event's fields, e.g. - {name: pid, type: u32, offset: 0}, "
-            "or drop 'fields:' to decode every member",
-        )  # fmt: skip
-    declared: dict[str, FieldDecl] = {}
-    for index, item in enumerate(items):
-        decl = _parse_field(doc, item, f"{at}.fields[{index}]")
-        if decl.name in declared:
-            raise doc.error(
-                item, f"field {decl.name!r} is declared twice in {at} "
-                f"(first at line {declared[decl.name].line})",
-                hint="declare each member once",
-            )  # fmt: skip
-        declared[decl.name] = decl
-    return tuple(declared.values())
-
-
-def _parse_field(doc: _Doc, node: Node, at: str) -> FieldDecl:
-    entry = doc.fields(
-        node, at, required=("name", "type"), optional=("offset", "order", "decoder")
-    )
-    name = doc.c_identifier(entry["name"], "name", at, what="field name")
-    spelled = doc.string(entry["type"], "type", at)
-    found = field_type(spelled)
-    if found is None:
-        raise doc.error(
-            entry["type"], f"unknown type {spelled!r} for field {name!r} in {at}; "
-            f"expected one of: {' '.join(FIELD_TYPES)}",
-            hint=_did_you_mean(re.sub(r"\[\d+\]$", "[N]", spelled), FIELD_TYPES, "types"),
-        )  # fmt: skip
-    if not 1 <= found[1] <= MAX_FIELD_ARRAY:
-        raise doc.error(
-            entry["type"], f"type {spelled!r} of field {name!r} in {at}: "
-            f"N must be 1..{MAX_FIELD_ARRAY}",
-            hint="give the array's length as the struct declares it",
-        )  # fmt: skip
-    place = [key for key in ("offset", "order") if key in entry]
-    if not place:
-        raise doc.error(
-            node, f"field {name!r} in {at} needs 'offset' (bytes) or 'order' (member index)",
-            hint="add e.g. offset: 0",
-        )  # fmt: skip
-    if len(place) == 2:
-        raise doc.error(
-            entry["order"], f"field {name!r} in {at} has both 'offset' and 'order'",
-            hint="keep one: offset (bytes from the struct's start) or order (member index)",
-        )  # fmt: skip
-    value = _whole(doc, entry[place[0]], place[0], at)
-    decoder = _FIELD_DECODERS[found[0]][0]
-    if "decoder" in entry:
-        decoder = doc.choice(entry["decoder"], "decoder", at, FIELD_DECODERS)
-    decl = FieldDecl(
-        name=name, type=spelled, decoder=cast(FieldDecoder, decoder), line=_line(node),
-        offset=value if place[0] == "offset" else None,
-        order=value if place[0] == "order" else None,
-    )  # fmt: skip
-    if problem := decl.decoder_problem():
-        raise doc.error(
-            entry["decoder"], f"field {name!r} in {at}: {problem}",
-            hint=f"{spelled} takes: {', '.join(decl.decoders)}",
-        )  # fmt: skip
-    return decl
-
-
-def _whole(doc: _Doc, node: Node, key: str, at: str) -> int:
-    """A YAML integer of 0 or more."""
-    is_int = isinstance(node, ScalarNode) and node.tag == _TAG + "int"
-    value = int(yaml.constructor.SafeConstructor().construct_yaml_int(node)) if is_int else -1
-    if value >= 0:
-        return value
-    raise doc.error(
-        node, f"{_label(key, at)} must be a whole number, 0 or more, "
-        f"got {node.value if is_int else _kind(node)}",
-        hint=f"e.g. {key}: 8, unquoted",
-    )  # fmt: skip
-
-
 def _parse_route(
-    doc: _Doc, node: Node, at: str, programs: tuple[ProgramSpec, ...], properties: Properties
+    doc: YamlDoc, node: Node, at: str, programs: tuple[ProgramSpec, ...], properties: Properties
 ) -> EventRoute:
     fields = doc.fields(
         node, at, required=("name",),
@@ -574,7 +416,7 @@ def _parse_route(
         else:
             message = f"{at} names {name!r}, which is no user_so program in spec.programs"
         hint = (
-            _did_you_mean(name, consumers, "user_so programs")
+            did_you_mean(name, consumers, "user_so programs")
             if consumers
             else "add a program with type: user_so, or drop 'events' to decode events by default"
         )
@@ -590,7 +432,7 @@ def _parse_route(
                 processor_node,
                 f"target_processor {processor!r} in {at} "
                 "is not a function in spec.properties.functions",
-                hint=_did_you_mean(processor, list(functions), "declared functions")
+                hint=did_you_mean(processor, list(functions), "declared functions")
                 if functions
                 else f"declare it: functions: [{{name: {processor}, type: default}}] "
                 "in spec.properties",
@@ -613,11 +455,11 @@ def _parse_route(
         named: dict[str, str | None] = {"kafka": None, "file": None}
         for key, value in sinks.items():
             option = "topic" if key == "kafka" else "name"
-            is_bool = isinstance(value, ScalarNode) and value.tag == _TAG + "bool"
+            is_bool = isinstance(value, ScalarNode) and value.tag == TAG + "bool"
             if key != "tsdb" and not is_bool and not isinstance(value, MappingNode):
                 raise doc.error(
-                    value, f"{_label(key, storage_at)} must be true, false or a mapping, "
-                    f"got {_kind(value)}",
+                    value, f"{doc.label(key, storage_at)} must be true, false or a mapping, "
+                    f"got {kind_of(value)}",
                     hint=f"write {key}: true, {key}: false or {key}: {{{option}: ...}}",
                 )  # fmt: skip
             if key == "tsdb" or is_bool:
@@ -651,11 +493,11 @@ def _parse_route(
     workers = None
     if "workers" in fields:
         node_w = fields["workers"]
-        if not (isinstance(node_w, ScalarNode) and node_w.tag == _TAG + "int"
+        if not (isinstance(node_w, ScalarNode) and node_w.tag == TAG + "int"
                 and 1 <= int(node_w.value) <= MAX_WORKERS):
             raise doc.error(
                 node_w, f"workers in {at} must be a number from 1 to {MAX_WORKERS}, got "
-                f"{node_w.value if isinstance(node_w, ScalarNode) else _kind(node_w)}",
+                f"{node_w.value if isinstance(node_w, ScalarNode) else kind_of(node_w)}",
                 hint="processes running the processor; with hash, each key stays on one",
             )  # fmt: skip
         workers = int(node_w.value)
@@ -665,226 +507,9 @@ def _parse_route(
         target_processor=processor,
         storage=storage,
         workers=workers,
-        line=_line(node),
+        line=line_of(node),
     )
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class _Doc:
-    """The manifest being parsed: where errors point, and what relative paths resolve against."""
-
-    display: str  # the path as the caller gave it, so messages read like a compiler's
-    root: Path  # the manifest's real folder
-
-    def error(self, node: Node, message: str, hint: str = "") -> ManifestError:
-        return ManifestError(f"{self.display}:{_line(node)}: {message}", hint=hint)
-
-    def compose(self, raw: bytes) -> Node:
-        """The document's root node; malformed text is an error at its line."""
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            line = raw.count(b"\n", 0, err.start) + 1
-            raise ManifestError(
-                f"{self.display}:{line}: not valid UTF-8 ({err.reason})",
-                hint="save the manifest as UTF-8",
-            ) from None
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as err:
-            mark = err.problem_mark or err.context_mark
-            line = mark.line + 1 if mark else 1
-            problem = err.problem or err.context or "unreadable"
-            hint = _yaml_hint(problem, line)
-            if err.problem and err.context_mark and str(err.context).startswith("while"):
-                hint += f" ({err.context} that starts at line {err.context_mark.line + 1})"
-            raise ManifestError(
-                f"{self.display}:{line}: not valid YAML: {problem}", hint=hint
-            ) from None
-        except yaml.reader.ReaderError as err:  # a control character
-            line = text.count("\n", 0, err.position) + 1
-            raise ManifestError(
-                f"{self.display}:{line}: not valid YAML: control character U+{err.character:04X}",
-                hint="remove the control character",
-            ) from None
-        if node is None:
-            raise ManifestError(
-                f"{self.display}:1: the manifest is empty",
-                hint="start with: kind: ebpfprogram, name: ..., spec: {programs: [...]}",
-            )
-        return node
-
-    def entries(self, node: Node, at: str) -> list[tuple[str, ScalarNode, Node]]:
-        """(key, key node, value node) of a mapping, in order; a repeated key is an error."""
-        if not isinstance(node, MappingNode):
-            raise self.error(
-                node, f"{_label(at)} must be a mapping, got {_kind(node)}",
-                hint="write it as indented 'key: value' lines",
-            )  # fmt: skip
-        where = f" in {at}" if at else ""
-        seen: dict[str, ScalarNode] = {}
-        entries = []
-        for key_node, value in node.value:
-            if not isinstance(key_node, ScalarNode):
-                raise self.error(
-                    key_node, f"a key{where} is {_kind(key_node)}", hint="keys are plain names"
-                )
-            key = key_node.value
-            if key in seen:
-                raise self.error(
-                    key_node, f"duplicate key {key!r}{where} (first at line {_line(seen[key])})",
-                    hint="keep one of them: YAML would silently use only the last",
-                )  # fmt: skip
-            seen[key] = key_node
-            entries.append((key, key_node, value))
-        return entries
-
-    def fields(
-        self, node: Node, at: str, *, required: tuple[str, ...], optional: tuple[str, ...] = ()
-    ) -> dict[str, Node]:
-        """The values of a mapping with a fixed set of keys; unknown or missing keys are errors."""
-        allowed = required + optional
-        where = f" in {at}" if at else ""
-        found: dict[str, Node] = {}
-        for key, key_node, value in self.entries(node, at):
-            if key not in allowed:
-                raise self.error(
-                    key_node, f"unknown key {key!r}{where or ' at the top level'}",
-                    hint=_did_you_mean(key, allowed, "allowed keys here"),
-                )  # fmt: skip
-            found[key] = value
-        for key in required:
-            if key not in found:
-                raise self.error(
-                    node, f"{key!r} is missing{where}",
-                    hint=f"add '{key}:' {where.strip() or 'at the top level'}",
-                )  # fmt: skip
-        return found
-
-    def sequence(self, node: Node, key: str, at: str) -> list[Node]:
-        if not isinstance(node, SequenceNode):
-            raise self.error(
-                node, f"{_label(key, at)} must be a list, got {_kind(node)}",
-                hint="start each item with '- ' on its own line",
-            )  # fmt: skip
-        return list(node.value)
-
-    def string(self, node: Node, key: str, at: str) -> str:
-        if isinstance(node, ScalarNode) and node.tag == _TAG + "str":
-            return str(node.value)
-        if isinstance(node, ScalarNode) and node.tag == _TAG + "null":
-            hint = f"give {key!r} a value, or delete the line"
-        elif isinstance(node, ScalarNode):
-            hint = f'quote it: {key}: "{node.value}"'
-        else:
-            hint = f'write a single value, e.g. {key}: "..."'
-        raise self.error(node, f"{_label(key, at)} must be a string, got {_kind(node)}", hint=hint)
-
-    def boolean(self, node: Node, key: str, at: str) -> bool:
-        if isinstance(node, ScalarNode) and node.tag == _TAG + "bool":
-            return bool(yaml.constructor.SafeConstructor.bool_values[node.value.lower()])
-        raise self.error(
-            node, f"{_label(key, at)} must be true or false, got {_kind(node)}",
-            hint=f"write {key}: true or {key}: false, unquoted",
-        )  # fmt: skip
-
-    def choice(self, node: Node, key: str, at: str, choices: tuple[str, ...]) -> str:
-        value = self.string(node, key, at)
-        if value not in choices:
-            raise self.error(
-                node, f"unknown {key} {value!r}{f' in {at}' if at else ''}; "
-                f"expected one of: {', '.join(choices)}",
-                hint=_did_you_mean(value, choices, "allowed"),
-            )  # fmt: skip
-        return value
-
-    def name(self, node: Node, key: str, at: str, *, what: str) -> str:
-        """A bundle or program name: it becomes part of artifact keys and file names."""
-        value = self.string(node, key, at)
-        if not _NAME_RE.fullmatch(value):
-            fixed = re.sub(r"[^a-z0-9_-]+", "_", value.lower()).strip("_-")[:64] or "my_program"
-            raise self.error(
-                node, f"{what} {value!r} is not valid: use up to 64 lowercase letters, "
-                "digits, '_' and '-', starting with a letter or digit",
-                hint=f"e.g. {key}: {fixed}",
-            )  # fmt: skip
-        return value
-
-    def c_identifier(self, node: Node, key: str, at: str, *, what: str) -> str:
-        value = self.string(node, key, at)
-        if not _C_IDENT_RE.fullmatch(value):
-            raise self.error(
-                node, f"{what} {value!r} is not a C identifier",
-                hint="use the name exactly as declared in the source: letters, digits and '_'",
-            )  # fmt: skip
-        return value
-
-    def local_file(self, node: Node, written: str, *, label: str, shown: str) -> Path:
-        """The real path of a file named relative to the manifest's folder; it must stay inside."""
-        lexical = Path(os.path.normpath(self.root / written))  # an absolute `written` replaces root
-        if not lexical.is_relative_to(self.root):
-            raise self.error(
-                node, f"{label}: {shown!r} points outside the manifest's folder {self.root}",
-                hint="keep the bundle's files inside its folder and name them like file://./name",
-            )  # fmt: skip
-        if not lexical.exists():
-            raise self.error(
-                node, f"{label}: file not found: {lexical}",
-                hint=f"check the path; relative {'file:// ' if label != 'initfile' else ''}"
-                f"paths resolve against {self.root}",
-            )  # fmt: skip
-        real = lexical.resolve()
-        if not real.is_relative_to(self.root):
-            raise self.error(
-                node, f"{label}: {shown!r} is a link to {real}, outside the manifest's folder "
-                f"{self.root}",
-                hint="copy the file into the bundle folder instead of linking to it",
-            )  # fmt: skip
-        if not real.is_file():
-            raise self.error(node, f"{label}: {real} is not a regular file", hint="name a file")
-        return real
-
-
-def _line(node: Node) -> int:
-    return int(node.start_mark.line) + 1  # marks are 0-based
-
-
-def _kind(node: Node) -> str:
-    """How a value reads to a human: 'a number', 'a list', ..."""
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a list"
-    tag = str(node.tag)
-    if tag.startswith(_TAG):
-        return _KINDS.get(tag.removeprefix(_TAG), f"a {tag.removeprefix(_TAG)} value")
-    return f"a value tagged {tag}"
-
-
-def _label(key: str, at: str = "") -> str:
-    if not key:
-        return "the manifest"
-    return f"{key!r} in {at}" if at else repr(key)
 
 
 def _or(suffixes: tuple[str, ...]) -> str:
     return suffixes[0] if len(suffixes) == 1 else f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
-
-
-def _did_you_mean(word: str, choices: list[str] | tuple[str, ...], known: str) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    if close:
-        return f"did you mean {close[0]!r}?"
-    return f"{known}: {', '.join(choices)}"
-
-
-def _yaml_hint(problem: str, line: int) -> str:
-    if "'\\t'" in problem:
-        return f"YAML does not allow tabs for indentation: use spaces near line {line}"
-    if "another document" in problem:
-        return f"a manifest is one YAML document: remove the '---' at line {line}"
-    if "mapping values are not allowed" in problem:
-        return f"check indentation near line {line}, and quote values that contain ': '"
-    if "undefined alias" in problem:
-        return f"define the anchor (&name) before line {line} uses it (*name)"
-    return f"check indentation and quoting near line {line}"

@@ -38,10 +38,11 @@ from typing import Any, Literal, cast, get_args
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-from loader.errors import BpfDepotError, ManifestError
-from loader.manifest import _TAG, StorageSpec, _Doc, _kind, _line
+from loader.errors import BpfDepotError
+from loader.manifest import StorageSpec
 from loader.sinks.kafka import KafkaSinkError, topic_name
 from loader.sinks.tsdb import MIN_BYTES as TSDB_MIN_BYTES
+from loader.yamldoc import TAG, YamlDoc, kind_of, line_of
 
 Fsync = Literal["never", "batch"]
 Acks = Literal["all", "1", "0"]
@@ -227,7 +228,7 @@ def describe(settings: StorageSettings) -> list[str]:
 
 # -- the config file ---------------------------------------------------------------------------
 # Parsers take (doc, value node, key, where) and return the value of a settings field.
-_Parser = Callable[[_Doc, Node, str, str], Any]
+_Parser = Callable[[YamlDoc, Node, str, str], Any]
 
 
 def _parse_config(path: Path, settings: StorageSettings) -> tuple[StorageSettings, int | None]:
@@ -241,34 +242,35 @@ def _parse_config(path: Path, settings: StorageSettings) -> tuple[StorageSetting
     settings = replace(settings, config=path)
     if all(not line.strip() or line.lstrip().startswith(b"#") for line in raw.splitlines()):
         return settings, None  # empty: all defaults
-    # _Doc walks the YAML nodes as strictly as for a manifest; its ManifestErrors become ours.
-    doc = _Doc(display=str(path), root=path.resolve().parent)
-    try:
-        node = doc.compose(raw)
-        if not isinstance(node, MappingNode):
-            raise doc.error(node, f"the config file must be a mapping, got {_kind(node)}",
-                            hint="start it with 'storage:'")  # fmt: skip
-        top = doc.fields(node, "", required=(), optional=("storage",))
-        if "storage" not in top:
-            return settings, None
-        parts = doc.fields(top["storage"], "storage", required=(), optional=tuple(_OPTIONS))
-        for name, part in parts.items():
-            sink = _section(doc, name, part, getattr(settings, name))
-            settings = replace(settings, **{name: sink})
-    except ManifestError as err:
-        raise StorageConfigError(err.message, hint=err.hint) from None
-    return settings, _line(parts["kafka"]) if "kafka" in parts and settings.kafka.enabled else None
+    # As strict as a manifest, but its errors are ours.
+    doc = YamlDoc(
+        display=str(path), root=path.resolve().parent, error_class=StorageConfigError,
+        what="config file",
+    )  # fmt: skip
+    node = doc.compose(raw, empty_hint="start it with 'storage:'")
+    if not isinstance(node, MappingNode):
+        raise doc.error(node, f"the config file must be a mapping, got {kind_of(node)}",
+                        hint="start it with 'storage:'")  # fmt: skip
+    top = doc.fields(node, "", required=(), optional=("storage",))
+    if "storage" not in top:
+        return settings, None
+    parts = doc.fields(top["storage"], "storage", required=(), optional=tuple(_OPTIONS))
+    for name, part in parts.items():
+        sink = _section(doc, name, part, getattr(settings, name))
+        settings = replace(settings, **{name: sink})
+    kafka_on = "kafka" in parts and settings.kafka.enabled
+    return settings, line_of(parts["kafka"]) if kafka_on else None
 
 
-def _section(doc: _Doc, name: str, node: Node, current: Any) -> Any:
+def _section(doc: YamlDoc, name: str, node: Node, current: Any) -> Any:
     """``name: true|false``, or a mapping of its options (on unless it says ``enabled: false``)."""
-    if isinstance(node, ScalarNode) and node.tag == _TAG + "bool":
+    if isinstance(node, ScalarNode) and node.tag == TAG + "bool":
         return replace(current, enabled=doc.boolean(node, name, "storage"))
     options, at = _OPTIONS[name], f"storage.{name}"
     if not isinstance(node, MappingNode):
         example = "".join(f", {key}: ..." for key in list(options)[:2])
         raise doc.error(
-            node, f"{name!r} in storage must be true, false or a mapping, got {_kind(node)}",
+            node, f"{name!r} in storage must be true, false or a mapping, got {kind_of(node)}",
             hint=f"write {name}: true, or {name}: {{enabled: true{example}}}",
         )  # fmt: skip
     found = doc.fields(node, at, required=(), optional=("enabled", *options))
@@ -280,13 +282,13 @@ def _section(doc: _Doc, name: str, node: Node, current: Any) -> Any:
     return replace(current, enabled=enabled, **changes)
 
 
-def _scalar(doc: _Doc, node: Node, key: str, at: str, example: str) -> str | None:
+def _scalar(doc: YamlDoc, node: Node, key: str, at: str, example: str) -> str | None:
     """A number or string as written; None for null."""
-    if isinstance(node, ScalarNode) and node.tag == _TAG + "null":
+    if isinstance(node, ScalarNode) and node.tag == TAG + "null":
         return None
-    if isinstance(node, ScalarNode) and node.tag in (_TAG + "int", _TAG + "float", _TAG + "str"):
+    if isinstance(node, ScalarNode) and node.tag in (TAG + "int", TAG + "float", TAG + "str"):
         return str(node.value).strip()
-    raise doc.error(node, f"{key!r} in {at} must be a value like {example}, got {_kind(node)}",
+    raise doc.error(node, f"{key!r} in {at} must be a value like {example}, got {kind_of(node)}",
                     hint=f"write e.g. {key}: {example}")  # fmt: skip
 
 
@@ -298,7 +300,7 @@ def _amount(units: Mapping[str, float], minimum: float, *, none: bool = False) -
             else "units: ms, s, m, h, d, w; no unit: seconds")  # fmt: skip
     hint += "; null: no limit" if none else ""
 
-    def parse(doc: _Doc, node: Node, key: str, at: str) -> float | None:
+    def parse(doc: YamlDoc, node: Node, key: str, at: str) -> float | None:
         text = _scalar(doc, node, key, at, "100MiB" if sizes else "30s")
         if text is None and none:
             return None
@@ -317,7 +319,7 @@ def _amount(units: Mapping[str, float], minimum: float, *, none: bool = False) -
     return parse
 
 
-def _count(doc: _Doc, node: Node, key: str, at: str) -> int:
+def _count(doc: YamlDoc, node: Node, key: str, at: str) -> int:
     text = _scalar(doc, node, key, at, "5")
     if text is None or not text.isdigit():
         raise doc.error(node, f"{key!r} in {at} must be a whole number, 0 or more, got {text!r}",
@@ -325,7 +327,7 @@ def _count(doc: _Doc, node: Node, key: str, at: str) -> int:
     return int(text)
 
 
-def _acks(doc: _Doc, node: Node, key: str, at: str) -> Acks:
+def _acks(doc: YamlDoc, node: Node, key: str, at: str) -> Acks:
     text = _scalar(doc, node, key, at, "all")
     if text not in ("all", "-1", "1", "0"):
         raise doc.error(node, f"{key!r} in {at} must be all, 1 or 0, got {text!r}",
@@ -333,7 +335,7 @@ def _acks(doc: _Doc, node: Node, key: str, at: str) -> Acks:
     return "all" if text == "-1" else cast(Acks, text)
 
 
-def _bootstrap(doc: _Doc, node: Node, key: str, at: str) -> str:
+def _bootstrap(doc: YamlDoc, node: Node, key: str, at: str) -> str:
     text = doc.string(node, key, at)
     if not _BOOTSTRAP_RE.fullmatch(text):
         raise doc.error(node, f"{key!r} in {at} must be HOST:PORT[,HOST:PORT...], got {text!r}",
@@ -341,7 +343,7 @@ def _bootstrap(doc: _Doc, node: Node, key: str, at: str) -> str:
     return text
 
 
-def _topic(doc: _Doc, node: Node, key: str, at: str) -> str:
+def _topic(doc: YamlDoc, node: Node, key: str, at: str) -> str:
     template = doc.string(node, key, at)
     try:
         topic_name(template, "program.channel")  # fill it once, so that a bad template fails here
@@ -353,11 +355,11 @@ def _topic(doc: _Doc, node: Node, key: str, at: str) -> str:
     return template
 
 
-def _path(doc: _Doc, node: Node, key: str, at: str) -> Path:
+def _path(doc: YamlDoc, node: Node, key: str, at: str) -> Path:
     return doc.root / doc.string(node, key, at)  # relative to the config's folder; absolute wins
 
 
-def _fsync(doc: _Doc, node: Node, key: str, at: str) -> Fsync:
+def _fsync(doc: YamlDoc, node: Node, key: str, at: str) -> Fsync:
     return cast(Fsync, doc.choice(node, key, at, get_args(Fsync)))
 
 

@@ -15,8 +15,9 @@ from loader.btf import Btf
 from loader.decode import EventDecoder, Field, declared_decoder
 from loader.elfinfo import ObjectInfo
 from loader.errors import ManifestError
+from loader.fields import FieldDecl, field_type
 from loader.libbpf import Encoder
-from loader.manifest import FieldDecl, field_type, parse_manifest
+from loader.manifest import parse_manifest
 from test_decode import AF_INET, AF_INET6, Types, build_event_btf, pack_ev
 
 HEAD = """\
