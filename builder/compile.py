@@ -26,7 +26,7 @@ from builder.sandbox import INSIDE, Limits, run_sandboxed
 from builder.toolchain import Toolchain
 from builder.vmlinux import vmlinux_header
 from loader.artifact import SCHEMA, ArtifactMeta, build_ref, index_ref, lookup, meta_of_ref
-from loader.elfinfo import check_object, read_object
+from loader.elfinfo import check_object, object_channels, read_object
 from loader.errors import BuildError
 from loader.kernel import KernelIdentity
 from loader.manifest import Manifest, ProgramSpec
@@ -174,7 +174,9 @@ def execute_build(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Built:
         shutil.rmtree(scratch, ignore_errors=True)
 
     info = read_object(data, f"{program.name} for {target.identity}")
-    problems = check_object(info, program.name, manifest.channel_decls)
+    decls = object_channels(info, manifest.channel_decls,
+                            several_objects=len(manifest.kernel_programs) > 1)
+    problems = check_object(info, program.name, decls)
     if problems:
         raise BuildError(f"the object built from '{program.name}' for {target.identity} is not usable",
                          detail="\n".join(f"  - {p}" for p in problems),
@@ -190,7 +192,8 @@ def execute_build(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Built:
         programs=info.program_rows(),
         maps=tuple({"name": m.name, "type": m.type_name, "max_entries": m.max_entries,
                     "key_size": m.key_size, "value_size": m.value_size} for m in info.maps),
-        channels={c.name: _channel_meta(info, c.name, c.type, c.event) for c in manifest.channels},
+        channels={c.name: _channel_meta(info, c.name, c.type, c.event) for c in manifest.channels
+                  if c.name in decls},
         required_features=info.required_features, license=info.license or "", extra=extra)
     meta_digest = publish(store, meta, index_ref(program.name, plan.source_digest, target.identity))
     return Built(meta=meta, meta_digest=meta_digest, cached=False,

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from loader.artifact import ArtifactMeta, by_digest, index_ref, lookup
-from loader.elfinfo import check_object, read_object_file
+from loader.elfinfo import check_object, object_channels, read_object_file
 from loader.catalog import find_release
-from loader.errors import ArtifactNotFound, BuildError, KernelUnsupported
+from loader.errors import ArtifactNotFound, BuildError, KernelUnsupported, ManifestError
 from loader.kernel import KernelIdentity, running_kernel
 from loader.lock import load_pin, lock_path, read_lock
 from loader.manifest import Manifest, ProgramSpec
@@ -91,6 +91,14 @@ def resolve(settings: Settings, store: ArtifactStore, manifest: Manifest, kernel
         else:
             meta = found[0]
         out.append(_with_min_btf(settings, store, meta, store.blob_path(meta.digest)))
+    carried = {name for item in out for name in item.meta.channels}
+    missing = [c for c in manifest.channels if c.name not in carried]
+    if missing:
+        names = ", ".join(p.name for p in manifest.kernel_programs)
+        raise ManifestError(
+            f"{manifest.path}:{missing[0].line}: channel '{missing[0].name}' is a map in none of "
+            f"the kernel programs ({names})",
+            hint="name the channel as the program declares its map (BPFDEPOT_CHANNEL), or drop it")
     return out
 
 
@@ -107,7 +115,9 @@ def _prebuilt(program: ProgramSpec, manifest: Manifest, kernel: KernelIdentity) 
         raise ArtifactNotFound(f"program '{program.name}': {program.path} is not a local file",
                                hint="remote objects arrive with the build farm; use file:// for now")
     info = read_object_file(path)
-    problems = check_object(info, program.name, manifest.channel_decls)
+    decls = object_channels(info, manifest.channel_decls,
+                            several_objects=len(manifest.kernel_programs) > 1)
+    problems = check_object(info, program.name, decls)
     if problems:
         raise BuildError(f"prebuilt object {path} of '{program.name}' is not usable",
                          detail="\n".join(f"  - {p}" for p in problems), hint="rebuild it")
@@ -117,7 +127,7 @@ def _prebuilt(program: ProgramSpec, manifest: Manifest, kernel: KernelIdentity) 
         source_digest="", target=KernelIdentity(release="any", arch=kernel.arch, btf_digest=""),
         toolchain={}, flags=(), inputs={},
         programs=info.program_rows(),
-        maps=(), channels={c.name: {"type": c.type} for c in manifest.channels},
+        maps=(), channels={name: {"type": ctype} for name, (ctype, _) in decls.items()},
         required_features=info.required_features, license=info.license or "")
     return Loadable(meta=meta, path=Path(path))
 

@@ -32,7 +32,7 @@ for i in range(n):
     if os.fork() == 0:
         for _ in range(m):
             os.getppid()
-        os._exit(0)
+        os._exit(i)
     os.wait()          # one child at a time: events arrive in child order
 print("done", flush=True)
 sys.stdin.readline()
@@ -159,6 +159,46 @@ def test_processor_stuck_in_a_loop_is_restarted(home: Path, tmp_path: Path, kids
     assert counts["sent"] == 80 == counts["kept"] + counts["dropped"] + counts["lost"]
     # the records of the 49 events before the loop were handed over before the worker died
     assert sorted(r["seq"] for r in records) == [s for s in range(80) if s % 10 != 5 and s != 49]
+
+
+def test_one_processor_consumes_two_channels(home: Path, tmp_path: Path, kids_factory) -> None:
+    kids = kids_factory(3, 10)
+    run = Run(home, BUNDLE / "many.yaml", tmp_path / "out.jsonl", kids)
+    kids.go()
+    stderr, records = run.stop()
+
+    events = [r for r in records if "seq" in r]
+    exits = [r for r in records if "exited" in r]
+    assert sorted(r["seq"] for r in events) == [s for s in range(30) if s % 10 != 5]
+    pids = sorted({r["pid"] for r in events})
+    assert sorted((r["exited"], r["code"], r["channel"]) for r in exits) == [
+        (pid, i, "exits_events") for i, pid in enumerate(pids)]
+    for r in exits:  # the same key (pid) meets the same worker on both channels
+        assert {e["worker"] for e in events if e["pid"] == r["exited"]} == {r["worker"]}
+    assert summary(stderr, "exits_events", "echo")["kept"] == 3
+    assert len(re.findall(r"\[echo/\d\]", stderr)) == 0  # no worker complained
+
+
+def test_metrics_count_what_the_run_reports(home: Path, tmp_path: Path, kids_factory) -> None:
+    import urllib.request
+
+    kids = kids_factory(2, 50)
+    run = Run(home, BUNDLE / "echo.yaml", tmp_path / "out.jsonl", kids, "--metrics", "127.0.0.1:0")
+    url = re.search(r"metrics on (http://\S+)", run.stderr).group(1)
+    kids.go()
+    time.sleep(0.5)
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    stderr, records = run.stop()
+
+    labels = 'program="procs",channel="procs_events"'
+    assert f"bpfdepot_events_received_total{{{labels}}} 100" in text
+    assert f"bpfdepot_events_lost_total{{{labels}}} 0" in text
+    assert f'bpfdepot_processor_events_total{{{labels},processor="echo",outcome="keep"}} 90' in text
+    assert f'bpfdepot_processor_events_total{{{labels},processor="echo",outcome="drop"}} 10' in text
+    assert f'bpfdepot_records_delivered_total{{{labels},sink="file"}} 90' in text
+    assert 'bpfdepot_processor_up{processor="echo",worker="2"} 1' in text
+    assert 'bpfdepot_programs_attached{program="procs"} 1' in text
+    assert len(records) == 90
 
 
 def _bundle_copy(tmp: Path, manifest: str, extra: dict[str, str] | None = None) -> Path:

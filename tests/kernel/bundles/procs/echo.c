@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* echo: {"seq":S,"pid":P,"n":N,"worker":W} per event: N counts this worker's calls and W is
  * the worker's pid, so a test sees which worker handled which event. With -DCRASH_AT=K it
- * dereferences NULL on its K-th call; with -DHANG_AT=K it never returns from it. */
+ * dereferences NULL on its K-th call; with -DHANG_AT=K it never returns from it. exited() is
+ * the function of a second channel: {"exited":P,"code":C,"channel":"...","worker":W}. */
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -43,4 +44,22 @@ int process(const struct bpfdepot_event *ev, struct bpfdepot_result *res)
 		return BPFDEPOT_ERROR;
 	res->len = (unsigned int)n;
 	return e.seq % 10 == 5 ? BPFDEPOT_DROP : BPFDEPOT_KEEP;
+}
+
+bpfdepot_process_fn exited;
+
+int exited(const struct bpfdepot_event *ev, struct bpfdepot_result *res)
+{
+	struct exits_event e;
+	int n;
+
+	if (ev->size < sizeof(e))
+		return BPFDEPOT_ERROR;
+	memcpy(&e, ev->data, sizeof(e));
+	n = snprintf(res->data, res->cap, "{\"exited\":%u,\"code\":%u,\"channel\":\"%s\",\"worker\":%d}",
+		     e.pid, e.code, ev->channel, (int)getpid());
+	if (n < 0 || (unsigned int)n >= res->cap)
+		return BPFDEPOT_ERROR;
+	res->len = (unsigned int)n;
+	return BPFDEPOT_KEEP;
 }

@@ -11,4 +11,9 @@ struct procs_event {
 	char comm[16];
 };
 
+struct exits_event {
+	__u32 pid;
+	__u32 code; /* exit status */
+};
+
 #endif /* __PROCS_H */
