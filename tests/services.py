@@ -88,7 +88,9 @@ def start_redis(workdir: Path, port: int | None = None, persist: bool = False) -
                     *aof, "--daemonize", "yes", "--pidfile", str(pidfile),
                     "--dir", str(workdir), "--logfile", str(workdir / f"redis-{port}.log")],
                    check=True, capture_output=True)
-    _wait("redis", lambda: _listening(port) and pidfile.exists(), 10)
+    # redis creates the pid file before it writes the pid: wait for the number
+    _wait("redis", lambda: _listening(port) and pidfile.exists()
+          and pidfile.read_text().strip().isdigit(), 10)
     return Service(name="redis", pids=[int(pidfile.read_text())], url=f"redis://127.0.0.1:{port}/0")
 
 

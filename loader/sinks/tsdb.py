@@ -194,8 +194,10 @@ class TsdbSink:
         return self.stats()
 
     def stats(self) -> SinkStats:
-        s = self._stats
-        return SinkStats(delivered=s.delivered, failed=s.failed, pending=len(self._pending))
+        """A consistent view: a batch being committed counts as pending until it is in."""
+        with self._lock:
+            s = self._stats
+            return SinkStats(delivered=s.delivered, failed=s.failed, pending=len(self._pending))
 
     # -- inside the lock ----------------------------------------------------------------------
 
