@@ -265,9 +265,7 @@ class Pipeline:
                 for w in pool.workers:
                     if w.proc is None:
                         if w.pending and time.monotonic() >= w.restart_at:
-                            pool.closing = False  # a dead worker with work left: once more
-                            pool.watch(time.monotonic())
-                            pool.closing = True
+                            pool.restart(w)  # a dead worker with work left: once more
                         busy = busy or bool(w.pending)
                         continue
                     busy = True

@@ -56,10 +56,6 @@ class RouteCounts:
     bad: int = 0          # kept, but the record was empty or held a newline
     lost: int = 0         # the worker died on it, its output died with it, or the backlog was full
 
-    @property
-    def settled(self) -> int:
-        return self.kept + self.dropped + self.errors + self.bad + self.lost
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Route:
@@ -98,7 +94,6 @@ class Worker:
     tail: int = 0                 # bytes of a half-written frame leading pending
     restart_at: float = 0.0
     failures: int = 0             # consecutive deaths without progress
-    restarts: int = 0
     stuck_since: float = 0.0
     last_handled: int = 0
     hang_signalled: float = 0.0
@@ -153,7 +148,7 @@ class Pool:
                     break
                 code = w.proc.poll()
                 if code is not None or time.monotonic() > deadline:
-                    self._read_stderr(w, final=code is not None)
+                    self.read_stderr(w, final=code is not None)
                     why = (HOST_EXIT.get(code, _death(code)) if code is not None
                            else f"did not finish init within {START_TIMEOUT_S:.0f} s")
                     tail = "\n".join(w.err_tail)
@@ -161,7 +156,7 @@ class Pool:
                     raise ProcessorError(
                         f"processor '{self.name}' ({self.so_path}) {why}",
                         detail=tail, hint=_start_hint(code, self.initfile))
-                self._read_stderr(w)
+                self.read_stderr(w)
                 time.sleep(0.005)
 
     def _spawn(self, w: Worker) -> None:
@@ -302,10 +297,7 @@ class Pool:
         return RouteCounts(sent=c.sent, kept=c.kept + kept, dropped=c.dropped + dropped,
                            errors=c.errors + errors, bad=c.bad + bad, lost=c.lost)
 
-    def read_stderr(self, w: Worker) -> None:
-        self._read_stderr(w)
-
-    def _read_stderr(self, w: Worker, final: bool = False) -> None:
+    def read_stderr(self, w: Worker, final: bool = False) -> None:
         if w.err_fd < 0:
             return
         while True:
@@ -331,7 +323,7 @@ class Pool:
         for w in self.workers:
             if w.proc is None:
                 if not self.closing and now >= w.restart_at:
-                    self._restart(w)
+                    self.restart(w)
                 continue
             handled, in_user, _ = w.handled()
             if not in_user or handled != w.last_handled:
@@ -347,7 +339,7 @@ class Pool:
 
     def reap(self, w: Worker) -> None:
         """``w``'s output ended: account for what it had, report, schedule a restart."""
-        self._read_stderr(w, final=True)
+        self.read_stderr(w, final=True)
         code = w.proc.wait()
         handled, in_user, _ = w.handled()
         hung = bool(w.hang_signalled)
@@ -393,8 +385,7 @@ class Pool:
               f"lost, {len(frames) - len(lost)} resent; restarting in {delay:.1f} s",
               file=sys.stderr, flush=True)
 
-    def _restart(self, w: Worker) -> None:
-        w.restarts += 1
+    def restart(self, w: Worker) -> None:
         self.restarts += 1
         self._spawn(w)
 
