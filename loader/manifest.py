@@ -21,7 +21,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from loader.errors import ManifestError
 from loader.fields import FieldDecl, parse_fields
-from loader.yamldoc import C_IDENT_RE, TAG, YamlDoc, did_you_mean, kind_of, line_of
+from loader.yamldoc import C_IDENT_RE, TAG, YamlDoc, did_you_mean, kind_of, line_of, read_bounded
 
 ProgramType = Literal["ebpf_object", "user_so", "bpftrace_object"]
 ChannelType = Literal["ring_buffer", "perf_buffer"]
@@ -190,13 +190,8 @@ def load_bundle(path: str | Path) -> Manifest:
 
 def parse_manifest(path: Path) -> Manifest:
     """Read and check one manifest file; every error names the file and line."""
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise ManifestError(
-            f"{path}: cannot read the manifest: {err.strerror}",
-            hint="give the path of a readable manifest.yaml",
-        ) from None
+    raw = read_bounded(path, what="manifest", error_class=ManifestError,
+                       hint="give the path of a readable manifest.yaml")
     real = path.resolve()
     doc = YamlDoc(display=str(path), root=real.parent)
     node = doc.compose(

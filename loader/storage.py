@@ -42,7 +42,7 @@ from loader.errors import BpfDepotError
 from loader.manifest import StorageSpec
 from loader.sinks.kafka import KafkaSinkError, topic_name
 from loader.sinks.tsdb import MIN_BYTES as TSDB_MIN_BYTES
-from loader.yamldoc import TAG, YamlDoc, kind_of, line_of
+from loader.yamldoc import TAG, YamlDoc, kind_of, line_of, read_bounded
 
 Fsync = Literal["never", "batch"]
 Acks = Literal["all", "1", "0"]
@@ -233,12 +233,8 @@ _Parser = Callable[[YamlDoc, Node, str, str], Any]
 
 def _parse_config(path: Path, settings: StorageSettings) -> tuple[StorageSettings, int | None]:
     """The settings with the config file's applied, and the line that turned Kafka on."""
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise StorageConfigError(
-            f"{path}: cannot read the config file: {err.strerror}", hint="make it readable"
-        ) from None
+    raw = read_bounded(path, what="config file", error_class=StorageConfigError,
+                       hint="make it readable")
     settings = replace(settings, config=path)
     if all(not line.strip() or line.lstrip().startswith(b"#") for line in raw.splitlines()):
         return settings, None  # empty: all defaults

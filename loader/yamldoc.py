@@ -9,8 +9,10 @@ messages name the file as its ``what`` ("manifest", "config file").
 from __future__ import annotations
 
 import difflib
+import os
 import os.path
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,9 @@ _KINDS = {
 }  # fmt: skip
 
 # Names end up in artifact keys and file names: lowercase, no '/', '.', or leading '-'.
+# A manifest or config file is a page of YAML: anything larger is a mistake or an attack (a 200 MB
+# comment took over a minute and 640 MB to parse).
+MAX_YAML_BYTES = 1 << 20
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 C_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -60,6 +65,12 @@ class YamlDoc:
             ) from None
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except RecursionError:  # PyYAML composes nested collections recursively
+            raise self.error_class(
+                f"{self.display}: not valid YAML: nested too deeply for a {self.what}",
+                hint="a manifest is a few levels deep: look for a long run of '[' or '{' "
+                "or of indented '- ' items",
+            ) from None
         except yaml.MarkedYAMLError as err:
             mark = err.problem_mark or err.context_mark
             line = mark.line + 1 if mark else 1
@@ -75,6 +86,11 @@ class YamlDoc:
             raise self.error_class(
                 f"{self.display}:{line}: not valid YAML: control character U+{err.character:04X}",
                 hint="remove the control character",
+            ) from None
+        except (yaml.YAMLError, ValueError, MemoryError) as err:  # every other parser failure
+            raise self.error_class(
+                f"{self.display}: not valid YAML: {type(err).__name__}: {err}".rstrip(": "),
+                hint=f"check the {self.what} near where it stops making sense",
             ) from None
         if node is None:
             raise self.error_class(f"{self.display}:1: the {self.what} is empty", hint=empty_hint)
@@ -211,6 +227,38 @@ class YamlDoc:
         if not real.is_file():
             raise self.error(node, f"{label}: {real} is not a regular file", hint="name a file")
         return real
+
+
+def read_bounded(path: Path, *, what: str, error_class: type[BpfDepotError],
+                 hint: str, limit: int = MAX_YAML_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes. A FIFO, a device or /dev/zero is
+    refused before a byte is read (opened non-blocking, so a FIFO cannot hang us), and a file
+    that grows while read is cut at ``limit`` + 1 and refused."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise error_class(f"{path}: cannot read the {what}: {err.strerror}", hint=hint) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise error_class(f"{path}: the {what} is not a regular file ({_file_kind(st.st_mode)})",
+                          hint=f"give the path of the {what} itself")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1) if st.st_size <= limit else b""
+        if st.st_size > limit or len(data) > limit:
+            size = max(st.st_size, len(data))
+            raise error_class(
+                f"{path}: the {what} is {size:,} bytes, over the limit of {limit:,}",
+                hint=f"a {what} is a page of YAML: move data out of it", )
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
 
 
 def line_of(node: Node) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -414,3 +415,35 @@ def test_a_manifest_cannot_carry_compiler_flags(tmp_path: Path, key: str, value:
     with pytest.raises(ManifestError) as caught:
         load_bundle(tmp_path)
     assert caught.value.message.endswith(f"manifest.yaml:8: unknown key '{key}' in spec.programs[0]")
+
+
+def test_a_manifest_nested_600_deep_is_a_manifest_error(tmp_path: Path) -> None:
+    """PyYAML composes recursively: a 2 KB manifest used to end in a RecursionError traceback."""
+    path = tmp_path / "manifest.yaml"
+    path.write_text("kind: ebpfprogram\nname: x\nspec:\n  programs: " + "[" * 600 + "]" * 600 + "\n")
+    with pytest.raises(ManifestError) as caught:
+        load_bundle(tmp_path)
+    assert caught.value.message == f"{path}: not valid YAML: nested too deeply for a manifest"
+    assert caught.value.exit_code == 2
+
+
+def test_a_manifest_over_one_mib_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = bundle(tmp_path)
+    with path.open("a") as f:
+        f.write("# " + "x" * (1 << 20) + "\n")
+    size = path.stat().st_size
+    with pytest.raises(ManifestError) as caught:
+        load_bundle(path)
+    assert caught.value.message == f"{path}: the manifest is {size:,} bytes, over the limit of 1,048,576"
+
+
+@pytest.mark.parametrize("special, kind", [("/dev/zero", "a device"), ("fifo", "a FIFO")])
+def test_a_manifest_that_is_not_a_regular_file_is_refused(tmp_path: Path, special: str, kind: str) -> None:
+    """/dev/zero used to end in MemoryError and a FIFO to hang: both are refused unread."""
+    path = Path(special)
+    if special == "fifo":
+        path = tmp_path / "manifest.yaml"
+        os.mkfifo(path)  # no writer: a blocking open would hang here
+    with pytest.raises(ManifestError) as caught:
+        load_bundle(path)
+    assert caught.value.message == f"{path}: the manifest is not a regular file ({kind})"
