@@ -142,6 +142,9 @@ def find_built(store: ArtifactStore, key: str, index: str) -> Built | None:
     if not found:
         return None
     meta, meta_digest = found
+    blobs = [meta.digest] + ([meta.extra["min_btf"]] if meta.extra.get("min_btf") else [])
+    if not all(store.has_blob(b) for b in blobs):
+        return None  # lost or damaged: build again, which writes the blob back (heals the store)
     store.put_ref(index, meta_digest)
     return Built(meta=meta, meta_digest=meta_digest, cached=True, seconds=time.perf_counter() - started)
 

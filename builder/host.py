@@ -76,6 +76,8 @@ def resolve(settings: Settings, store: ArtifactStore, manifest: Manifest, kernel
                      f"'release={kernel.release}' --wait && bpfdepot lock {manifest.root} --kernels all")
         found = lookup(store, index_ref(program.name, program_source_digest(manifest, program.name),
                                         kernel))
+        if found is not None and compile_on_host and not store.has_blob(found[0].digest):
+            found = None  # lost or damaged: the build below writes it again
         if found is None:
             if not compile_on_host:
                 raise ArtifactNotFound(
@@ -152,6 +154,8 @@ def resolve_processors(settings: Settings, store: ArtifactStore, manifest: Manif
             path = program.local_path
         else:
             found = find(store, processor_ref(manifest, program, arch))
+            if found is not None and compile_on_host and not store.has_blob(found[0].digest):
+                found = None  # lost or damaged: the build below writes it again
             if found is not None:
                 path = store.blob_path(found[0].digest)
             elif not compile_on_host:

@@ -9,6 +9,8 @@
      ├── ProcessorError           exit 7   a user processor failed
      ├── BuildError               exit 8   clang or validation of its output failed
      └── StoreError               exit 9   the artifact store failed or holds bad data
+          ├── BlobNotFound        exit 9   a blob a ref or lock names is not in the store
+          └── BlobCorrupt         exit 9   a blob's bytes no longer match its sha256
 
 Every error carries ``message`` (what, naming the object) and ``hint`` (the fix); the CLI
 prints both and exits with ``exit_code``.
@@ -67,3 +69,11 @@ class BuildError(BpfDepotError):
 
 class StoreError(BpfDepotError):
     exit_code = 9
+
+
+class BlobNotFound(StoreError):
+    """A named blob is absent (as opposed to present and damaged)."""
+
+
+class BlobCorrupt(StoreError):
+    """A blob's bytes no longer match its name (a rebuild writes them again)."""

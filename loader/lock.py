@@ -14,14 +14,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from loader.artifact import ArtifactMeta, index_ref, lookup, read_meta
-from loader.errors import ArtifactNotFound, ManifestError, StoreError
+from loader.errors import ArtifactNotFound, BlobNotFound, ManifestError, StoreError
 from loader.kernel import KernelIdentity
 from loader.manifest import Manifest
 from loader.sources import program_source_digest
 from loader.store import ArtifactStore
+from loader.yamldoc import read_bounded
 
 LOCK_NAME = "bpfdepot.lock"
 LOCK_VERSION = 1
+MAX_LOCK_BYTES = 16 << 20  # ~50,000 pins: a lock is never near this; a bigger file is not one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,11 +90,13 @@ def write_lock(path: Path, lock: Lock) -> None:
 
 
 def read_lock(path: Path) -> Lock:
-    try:
-        body = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         raise ArtifactNotFound(f"no {LOCK_NAME} beside {path.parent}",
-                               hint=f"write one: bpfdepot lock {path.parent} --kernels all") from None
+                               hint=f"write one: bpfdepot lock {path.parent} --kernels all")
+    raw = read_bounded(path, what="lock", error_class=ManifestError, limit=MAX_LOCK_BYTES,
+                       hint=f"write it again: bpfdepot lock {path.parent} --kernels all")
+    try:
+        body = json.loads(raw)
     except ValueError as exc:
         raise ManifestError(f"{path}: not valid JSON: {exc}", hint="write it again with bpfdepot lock") from exc
     if body.get("version") != LOCK_VERSION:
@@ -107,7 +111,13 @@ def read_lock(path: Path) -> Lock:
 
 def load_pin(store: ArtifactStore, pin: Pin) -> tuple[ArtifactMeta, Path]:
     """The pinned meta and a verified local copy of the pinned object."""
-    meta = read_meta(store, pin.meta)  # read_blob checks the sha256
+    try:
+        meta = read_meta(store, pin.meta)  # read_blob checks the sha256
+    except BlobNotFound:
+        raise ArtifactNotFound(
+            f"lock pins meta {pin.meta} for '{pin.program}' on {pin.release}, but {store} does not "
+            "hold it", hint="build it again and write the lock again: bpfdepot submit BUNDLE "
+            "--wait && bpfdepot lock BUNDLE --kernels all") from None
     if meta.digest != pin.artifact:
         raise StoreError(f"lock pins {pin.artifact} for '{pin.program}' on {pin.release}, but meta "
                          f"{pin.meta} describes {meta.digest}",

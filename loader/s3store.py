@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loader.errors import StoreError
-from loader.store import digest_of, check_digest, check_ref
+from loader.errors import BlobCorrupt, BlobNotFound, StoreError
+from loader.store import REBUILD_HINT, check_digest, check_ref, digest_of
 
 ATTEMPTS, FIRST_DELAY_S = 5, 0.2
 
@@ -130,20 +130,37 @@ class S3Store:
     def put_blob(self, data: bytes) -> str:
         digest = digest_of(data)
         key = self._blob_key(digest)
-        if not self._exists(key, f"check of {digest}"):  # a HEAD costs less than a refused PUT
+        etag = self._etag(key, f"check of {digest}")  # a HEAD costs less than a refused PUT
+        if etag is None:
             self._put_new(key, data, f"upload of {digest}")
+        elif "-" not in etag and etag != hashlib.md5(data).hexdigest():
+            # A single-part object's ETag is its MD5: these bytes are damaged. The right bytes
+            # may replace them (the name is their sha256), which heals the store.
+            md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+            self._call(f"repair of {digest}", self._s3.put_object, Bucket=self.bucket, Key=key,
+                       Body=data, ContentMD5=md5)
         return digest
 
-    def _exists(self, key: str, what: str) -> bool:
+    def _etag(self, key: str, what: str) -> str | None:
+        """The object's ETag (unquoted), or None when there is no such object."""
         from botocore.exceptions import ClientError
 
         try:
-            self._call(what, self._s3.head_object, Bucket=self.bucket, Key=key)
-            return True
+            head = self._call(what, self._s3.head_object, Bucket=self.bucket, Key=key)
+            return str(head.get("ETag", "")).strip('"')
         except ClientError as exc:
             if self._status(exc) == 404:
-                return False
+                return None
             raise StoreError(f"{self}: {what} failed: {exc}") from exc
+
+    def has_blob(self, digest: str) -> bool:
+        """True when the blob is there with the bytes its name promises (checked on a local copy,
+        fetched once; a HEAD could not tell damaged bytes from good ones)."""
+        try:
+            self.read_blob(digest)
+            return True
+        except (BlobNotFound, BlobCorrupt):
+            return False  # an unreachable store raises: that is no answer about the blob
 
     def read_blob(self, digest: str) -> bytes:
         """Blobs never change, so a local copy whose sha256 still matches is as good as S3's."""
@@ -156,11 +173,10 @@ class S3Store:
             pass
         data = self._get(self._blob_key(digest), f"download of {digest}")
         if data is None:
-            raise StoreError(f"blob {digest} is not in {self}",
-                             hint="the store lost it or the reference is wrong: rebuild")
+            raise BlobNotFound(f"blob {digest} is not in {self}", hint=REBUILD_HINT)
         if digest_of(data) != digest:
-            raise StoreError(f"blob {digest} in {self} is corrupt (its sha256 is {digest_of(data)})",
-                             hint="delete it from the bucket and rebuild; nothing was loaded")
+            raise BlobCorrupt(f"blob {digest} in {self} is corrupt (its sha256 is {digest_of(data)}); "
+                             "nothing was loaded", hint=REBUILD_HINT)
         local.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=local.parent)
         with os.fdopen(fd, "wb") as f:

@@ -8,7 +8,9 @@ Namespaces: ``builds/<build key>`` → meta digest (the builder's cache), ``inde
 ``kernels/<arch>-<btf digest>`` → a kernel catalog entry (the one kind of ref that may be
 replaced, with ``set_ref``, when a node registers newer probe results).
 Every read checks the sha256 of what it returns; writes go to a temp file and are published
-with link(2), which fails if the name exists, so a crash leaves no half-written object.
+with link(2), which fails if the name exists, so a crash leaves no half-written object. A blob
+found damaged (its bytes no longer match its name) is the one thing ever replaced: writing the
+right bytes again heals it, so a rebuild repairs the store.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from loader.settings import Settings
 
-from loader.errors import StoreError
+from loader.errors import BlobCorrupt, BlobNotFound, StoreError
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _REF = re.compile(r"^[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*$")
@@ -54,9 +56,14 @@ def open_store(settings: "Settings") -> ArtifactStore:
     return LocalStore(Path(settings.store) if settings.store else settings.home)
 
 
+# What to do about a damaged or lost blob: a rebuild writes it again (put_blob heals).
+REBUILD_HINT = "rebuild it (bpfdepot build BUNDLE, or submit it to the farm) to write it again"
+
+
 class ArtifactStore(Protocol):
     def put_blob(self, data: bytes) -> str: ...
     def read_blob(self, digest: str) -> bytes: ...
+    def has_blob(self, digest: str) -> bool: ...
     def blob_path(self, digest: str) -> Path: ...
     def put_ref(self, name: str, digest: str) -> str: ...
     def get_ref(self, name: str) -> str | None: ...
@@ -104,20 +111,40 @@ class LocalStore:
 
     def put_blob(self, data: bytes) -> str:
         digest = digest_of(data)
-        self._publish(self._blob(digest), data)
+        path = self._blob(digest)
+        if not self._publish(path, data) and not self.has_blob(digest):
+            self._replace(path, data)  # a damaged copy was there: the right bytes heal it
         return digest
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self._tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            os.unlink(tmp)
+            raise StoreError(f"cannot repair {path}: {exc.strerror}") from exc
 
     def read_blob(self, digest: str) -> bytes:
         path = self._blob(digest)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise StoreError(f"blob {digest} is not in {self}",
-                             hint="the store lost it or the reference is wrong: rebuild") from None
+            raise BlobNotFound(f"blob {digest} is not in {self}", hint=REBUILD_HINT) from None
         if digest_of(data) != digest:
-            raise StoreError(f"blob {digest} in {self} is corrupt (its sha256 is {digest_of(data)})",
-                             hint=f"delete {path} and rebuild; nothing was loaded")
+            raise BlobCorrupt(f"blob {digest} in {self} is corrupt (its sha256 is {digest_of(data)}); "
+                             "nothing was loaded", hint=REBUILD_HINT)
         return data
+
+    def has_blob(self, digest: str) -> bool:
+        """True when the blob is there with the bytes its name promises."""
+        try:
+            return digest_of(self._blob(digest).read_bytes()) == digest
+        except FileNotFoundError:
+            return False
 
     def blob_path(self, digest: str) -> Path:
         self.read_blob(digest)  # verify before anyone opens it

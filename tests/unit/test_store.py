@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loader.errors import StoreError
-from loader.store import LocalStore, digest_of
+from loader.errors import BlobCorrupt, BlobNotFound, StoreError
+from loader.store import REBUILD_HINT, LocalStore, digest_of
 
 DATA = b"\x7fELF not really an object\n"
 DATA_SHA = hashlib.sha256(DATA).hexdigest()
@@ -73,8 +73,9 @@ def test_altered_blob_is_reported_corrupt(store: LocalStore) -> None:
         store.read_blob(digest)
     err = exc.value
     actual = hashlib.sha256(DATA + b"!").hexdigest()
-    assert err.message == f"blob {digest} in LocalStore({store.root}) is corrupt (its sha256 is sha256:{actual})"
-    assert err.hint == f"delete {path} and rebuild; nothing was loaded"
+    assert err.message == (f"blob {digest} in LocalStore({store.root}) is corrupt (its sha256 is "
+                           f"sha256:{actual}); nothing was loaded")
+    assert err.hint == REBUILD_HINT
     assert err.exit_code == 9
     with pytest.raises(StoreError, match="is corrupt"):
         store.blob_path(digest)  # verified before anyone opens it
@@ -85,7 +86,24 @@ def test_missing_blob(store: LocalStore) -> None:
     with pytest.raises(StoreError) as exc:
         store.read_blob(digest)
     assert exc.value.message == f"blob {digest} is not in LocalStore({store.root})"
-    assert exc.value.hint == "the store lost it or the reference is wrong: rebuild"
+    assert exc.value.hint == REBUILD_HINT
+    assert isinstance(exc.value, BlobNotFound)
+
+
+def test_writing_the_right_bytes_again_heals_a_damaged_blob(store: LocalStore) -> None:
+    """What the hint promises: a rebuild (which puts the same bytes) repairs the store."""
+    digest = store.put_blob(DATA)
+    path = store.root / "blobs" / "sha256" / DATA_SHA[:2] / DATA_SHA[2:]
+    path.write_bytes(DATA[:-1] + b"?")
+    assert not store.has_blob(digest)
+    with pytest.raises(BlobCorrupt):
+        store.read_blob(digest)
+    assert store.put_blob(DATA) == digest
+    assert store.has_blob(digest) and store.read_blob(digest) == DATA
+    path.unlink()
+    assert not store.has_blob(digest)
+    store.put_blob(DATA)
+    assert store.read_blob(digest) == DATA
 
 
 @pytest.mark.parametrize("bad", [
