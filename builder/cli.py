@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from loader.errors import BpfDepotError
+from loader.errors import BpfDepotError, ManifestError
 from loader.settings import Settings
 from loader.store import open_store
 
@@ -81,12 +81,22 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     from loader.manifest import load_bundle
 
     manifest = load_bundle(args.bundle)
+    skipped = [p for p in manifest.programs if p.local_path is None or not p.is_source]
+    if len(skipped) == len(manifest.programs):
+        first = skipped[0] if skipped else manifest.programs[0]
+        raise ManifestError(
+            f"{manifest.path}:{first.line}: nothing to build: program '{first.name}' is {first.path}, "
+            "not a local source" + (f" (and {len(skipped) - 1} more like it)" if len(skipped) > 1 else ""),
+            hint="bpfdepot builds file:// .bpf.c, .c and .go sources; prebuilt and remote paths "
+                 "load as they are (bpfdepot run)")
+    for program in skipped:
+        _err(f"bpfdepot: '{program.name}' is {program.path}, not a local source: not built")
     store = open_store(settings)
     targets = _targets(args, settings)
     toolchain = find_toolchain(settings.cache)
     for target in targets:
         for program in manifest.kernel_programs:
-            if not program.is_source:
+            if program in skipped:
                 continue
             built = build_program(store, manifest, program, target, toolchain, settings.cache)
             if built.warnings:
@@ -103,7 +113,7 @@ def _build_processors(manifest, store, toolchain, settings: Settings) -> None:
     from builder.processors import build_processor, host_arch
 
     for program in manifest.programs:
-        if program.type != "user_so" or not program.is_source:
+        if program.type != "user_so" or not program.is_source or program.local_path is None:
             continue
         built = build_processor(store, manifest, program, host_arch(), toolchain, settings.cache)
         if built.warnings:
@@ -214,11 +224,11 @@ def _report(stats: list, pipeline: object, sinks: dict) -> None:
     rows = pipeline.route_counts()
     if rows:
         _err(f"  {'processor':<40} {'sent':>10} {'kept':>8} {'dropped':>8} {'errors':>7} "
-             f"{'lost':>6} {'restarts':>8}")
+             f"{'lost':>6} {'restarts':>8} {'violations':>10}")
         for state, pool, c in rows:
             label = f"{state.name} → {pool.name}"
             _err(f"  {label:<40} {c.sent:>10} {c.kept:>8} {c.dropped:>8} {c.errors + c.bad:>7} "
-                 f"{c.lost:>6} {pool.restarts:>8}")
+                 f"{c.lost:>6} {pool.restarts:>8} {pool.violations:>10}")
     for sink_name, st in sinks.items():
         if sink_name != "stdout" or st.failed:
             _err(f"  sink {sink_name:<35} {st.delivered:>10} delivered {st.failed:>8} failed")

@@ -15,14 +15,13 @@ import os
 import posixpath
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.sandbox import INSIDE, Limits, run_sandboxed
+from builder.sandbox import INSIDE, LIMIT_HINT, Limits, limit_breach, run_sandboxed
 from builder.toolchain import Toolchain
 from builder.vmlinux import vmlinux_header
 from loader.artifact import SCHEMA, ArtifactMeta, build_ref, index_ref, lookup, meta_of_ref
@@ -39,6 +38,10 @@ ARCH_DEFINES = {"x86_64": "x86", "aarch64": "arm64", "s390x": "s390", "ppc64le":
 # (s), address space, size of any file written, and how much of clang's output is kept (bytes).
 BUILD_LIMITS = Limits(wall_s=120, cpu_s=120, memory_bytes=4 << 30, output_bytes=256 << 20,
                       log_bytes=1 << 20)
+# The largest kernel object stored. Real ones are KBs to ~1 MiB (code, BTF, small .data); the
+# kernel keeps a map value under KMALLOC_MAX_SIZE anyway, and every byte here is stored once per
+# kernel and shipped to every node. A bigger object is a mistake (a huge global array) or an attack.
+MAX_OBJECT_BYTES = 8 << 20
 MAPPED = "/bpfdepot"
 # Headers clang may read besides the scratch folder: libbpf's and the C library's, and its own.
 SYSTEM_HEADERS = (Path("/usr/include"), Path("/usr/lib/llvm-14/lib/clang"), Path("/usr/lib/clang"),
@@ -176,6 +179,9 @@ def execute_build(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Built:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+    check_size(data, MAX_OBJECT_BYTES, f"the object built from '{program.name}' for {target.identity}",
+               hint="shrink large global arrays (.data/.bss/.rodata): size maps with max_entries "
+                    "instead, or keep the data in user space")
     info = read_object(data, f"{program.name} for {target.identity}")
     decls = object_channels(info, manifest.channel_decls,
                             several_objects=len(manifest.kernel_programs) > 1)
@@ -201,6 +207,13 @@ def execute_build(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Built:
     meta_digest = publish(store, meta, index_ref(program.name, plan.source_digest, target.identity))
     return Built(meta=meta, meta_digest=meta_digest, cached=False,
                  seconds=time.perf_counter() - started, warnings=warnings)
+
+
+def check_size(data: bytes, limit: int, what: str, *, hint: str) -> None:
+    """Refuse to store a build output over ``limit`` bytes (nothing is published)."""
+    if len(data) > limit:
+        raise BuildError(f"{what} is {len(data):,} bytes, over the limit of {limit:,} "
+                         f"({limit >> 20} MiB)", hint=hint)
 
 
 def publish(store: ArtifactStore, meta: ArtifactMeta, index: str) -> str:
@@ -252,25 +265,22 @@ def _compile(files, entry: str, header: Path, flags: tuple[str, ...], toolchain:
     limits = BUILD_LIMITS
     out = run_sandboxed(cmd, workdir=scratch, limits=limits,
                         ro_files={"vmlinux/vmlinux.h": header})
-    where = f"on '{program.name}' for {target.identity}"
-    if out.timed_out:
-        raise BuildError(f"clang took longer than {limits.wall_s:g} s (the wall-clock limit) {where}",
-                         hint="a source that includes a device or loops in the preprocessor never ends")
-    if out.returncode == 128 + signal.SIGKILL:  # bwrap reports a killed child as 128 + signal
-        raise BuildError(f"clang was killed {where}: over its limit of {limits.cpu_s} s of CPU time "
-                         "(or out of memory)",
-                         hint="a source that includes a device or loops in the preprocessor never ends")
-    if out.returncode == 128 + signal.SIGXFSZ:
-        raise BuildError(f"clang wrote a file over {limits.output_bytes} bytes {where}",
-                         hint="shrink what the program compiles to (large arrays, .incbin)")
+    breach = limit_breach(out, limits, "clang")
+    if breach:
+        raise BuildError(f"{breach} on '{program.name}' for {target.identity}", hint=LIMIT_HINT)
     raw = out.stderr.decode(errors="replace")
     stderr = _user_paths(raw, scratch, root)
     if out.returncode != 0:
-        outside = _missing_outside(raw, root)
-        if outside:  # it exists where the user is, but the sandbox shows clang only the bundle
-            raise BuildError(f"program '{program.name}' reads {outside}, outside its bundle and the "
-                             "toolchain's headers", detail=stderr.strip(),
-                             hint="include only files inside the bundle or from bpf/include")
+        missing = _missing_file(raw, root)
+        if missing is not None and missing.outside:  # where the user is it may exist; not here
+            raise BuildError(f"program '{program.name}' includes {missing.shown}, {OUTSIDE_TEXT}: "
+                             "the build sees only the bundle, bpf/include and the toolchain's "
+                             "headers, so clang could not read it",
+                             detail=stderr.strip(), hint=OUTSIDE_HINT)
+        if missing is not None and missing.system:
+            raise BuildError(f"program '{program.name}' needs the header '{missing.name}' "
+                             f"(included by {missing.by}), which is not installed for BPF builds",
+                             detail=stderr.strip(), hint=SYSTEM_HEADER_HINT)
         raise BuildError(f"clang failed on program '{program.name}' for {target.identity}",
                          detail=stderr.strip(),
                          hint="fix the error at the file:line above and build again")
@@ -286,23 +296,41 @@ def _read_regular(path: Path) -> bytes:
 
 _MISSING = re.compile(r"^(?P<file>[^\n:]*):\d+:\d+: (?:fatal )?error: (?:'(?P<include>[^'\n]+)' "
                       r"file not found|Could not find incbin file '(?P<incbin>[^'\n]+)')", re.M)
+OUTSIDE_TEXT = "outside its bundle"
+OUTSIDE_HINT = "include only files inside the bundle or from bpf/include"
+SYSTEM_HEADER_HINT = ("BPF programs compile with -target bpf against vmlinux.h: include \"vmlinux.h\" "
+                      "for kernel types instead of <linux/...> or libc headers, and only libbpf's "
+                      "<bpf/...> headers besides")
 
 
-def _missing_outside(stderr: str, root: Path) -> str | None:
-    """The first file clang could not find that lies outside the bundle (an absolute path, or
-    ``..`` out of it), as the user would name it; None if every missing file is a plain typo."""
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """A file clang could not open, as the user would name it."""
+
+    name: str        # as written in the #include or .incbin
+    shown: str       # the path it names where the user is
+    by: str          # the file that included it
+    outside: bool    # it names a place outside the bundle (absolute, or .. out of it)
+    system: bool     # a system header included by another system header (not installed here)
+
+
+def _missing_file(stderr: str, root: Path) -> Missing | None:
+    """The first file clang reports as not found that is more than a typo inside the bundle."""
     for match in _MISSING.finditer(stderr):
-        name = match["include"] or match["incbin"]
+        name, by = match["include"] or match["incbin"], match["file"]
         if name.startswith("/"):  # never the bundle's: its files are named relative to it
             path = Path(posixpath.normpath(name))
-            if not any(path.is_relative_to(d) for d in SYSTEM_HEADERS):
-                return str(path)
-            continue
+            if any(path.is_relative_to(d) for d in SYSTEM_HEADERS):
+                return Missing(name=name, shown=str(path), by=by, outside=False, system=True)
+            return Missing(name=name, shown=str(path), by=by, outside=True, system=False)
+        if by.startswith("/"):  # a system header including another that is not installed
+            return Missing(name=name, shown=name, by=by, outside=False, system=True)
         # Relative to the including file (incbin: to /work); without clamping at /, as on the host.
-        base = posixpath.dirname(match["file"]) if match["include"] else ""
+        base = posixpath.dirname(by) if match["include"] else ""
         where = posixpath.normpath(posixpath.join(base, name))  # relative to /work
         if not where.startswith(("src/", "include/", "vmlinux/")):
-            return os.path.normpath(root / ".." / where)  # src/ is the bundle root
+            return Missing(name=name, shown=os.path.normpath(root / ".." / where), by=by,
+                           outside=True, system=False)  # src/ is the bundle root
     return None
 
 
@@ -324,6 +352,5 @@ def _check_deps(scratch: Path, program: ProgramSpec) -> None:
         path = (scratch / dep).resolve() if not dep.startswith("/") else Path(dep).resolve()
         if path.is_relative_to(scratch) or any(path.is_relative_to(d) for d in SYSTEM_HEADERS):
             continue
-        raise BuildError(f"program '{program.name}' reads {path}, outside its bundle and the "
-                         "toolchain's headers",
-                         hint="include only files inside the bundle or from bpf/include")
+        raise BuildError(f"program '{program.name}' reads {path}, {OUTSIDE_TEXT} and the "
+                         "toolchain's headers", hint=OUTSIDE_HINT)

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -28,8 +27,8 @@ from pathlib import Path
 
 import jinja2
 
-from builder.compile import MAPPED, Built, _check_deps, _read_regular, find_built, publish
-from builder.sandbox import INSIDE, Limits, run_sandboxed
+from builder.compile import MAPPED, Built, _check_deps, _read_regular, check_size, find_built, publish
+from builder.sandbox import INSIDE, LIMIT_HINT, Limits, limit_breach, run_sandboxed
 from builder.toolchain import Toolchain, tool_version
 from loader.artifact import SCHEMA, ArtifactMeta
 from loader.errors import BuildError, ProcessorError
@@ -47,6 +46,8 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 # Go links a runtime into every library: more time than one clang run, same memory and output.
 PROCESSOR_LIMITS = Limits(wall_s=300, cpu_s=300, memory_bytes=4 << 30, output_bytes=256 << 20,
                           log_bytes=1 << 20)
+# The largest processor library stored: a C one is KBs, a Go one carries its runtime (~2-4 MiB).
+MAX_LIBRARY_BYTES = 32 << 20
 ABI_DIR = "abi"  # where the rendered header sits in the scratch folder (-I abi)
 OUTPUT = "out.so"
 C_FLAGS = ("-shared", "-fPIC", "-O2", "-g", "-Wall",
@@ -272,6 +273,8 @@ def execute_processor(store: ArtifactStore, plan: ProcessorPlan, cache_dir: Path
     scratch = Path(tempfile.mkdtemp(prefix="processor-", dir=scratch_root))
     try:
         data, warnings = compile_processor(plan, scratch, go_cache=seed)
+        check_size(data, MAX_LIBRARY_BYTES, f"the processor library built from {plan.program.path}",
+                   hint="shrink large static arrays, or read big tables from the initfile at init")
         info = _check(plan, scratch / OUTPUT)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -332,13 +335,9 @@ def compile_processor(plan: ProcessorPlan, scratch: Path,
         tool = "go build"
     out = run_sandboxed(cmd, workdir=scratch, limits=PROCESSOR_LIMITS, env=env)
     name, limits = plan.program.name, PROCESSOR_LIMITS
-    if out.timed_out:
-        raise BuildError(f"{tool} took longer than {limits.wall_s:g} s (the wall-clock limit) on "
-                         f"processor '{name}'", hint="a source that includes a device never ends")
-    if out.returncode == 128 + signal.SIGKILL:
-        raise BuildError(f"{tool} was killed on processor '{name}': over its limit of "
-                         f"{limits.cpu_s} s of CPU time (or out of memory)",
-                         hint="a source that includes a device never ends")
+    breach = limit_breach(out, limits, tool)
+    if breach:
+        raise BuildError(f"{breach} on processor '{name}'", hint=LIMIT_HINT)
     raw = (out.stderr + out.stdout).decode(errors="replace")
     text = _user_paths(raw, scratch, plan)
     if out.returncode != 0:

@@ -65,6 +65,26 @@ class Result:
     timed_out: bool
 
 
+# Sources that include a device, or loop in the preprocessor, never end: that is what the
+# limits usually catch. Shared by every tool run in the sandbox.
+LIMIT_HINT = ("a source that includes a device or loops in the preprocessor never ends; shrink what "
+              "the program compiles to (large arrays, .incbin)")
+
+
+def limit_breach(out: Result, limits: Limits, tool: str) -> str | None:
+    """How the run went over one of its limits, as the start of a sentence, or None."""
+    if out.timed_out:
+        return f"{tool} took longer than {limits.wall_s:g} s (the wall-clock limit)"
+    if out.returncode == 128 + signal.SIGKILL:  # bwrap reports a killed child as 128 + signal
+        return f"{tool} was killed: over its limit of {limits.cpu_s} s of CPU time (or out of memory)"
+    if out.returncode == 128 + signal.SIGXFSZ:
+        return f"{tool} wrote a file over {limits.output_bytes:,} bytes (the file-size limit)"
+    if out.returncode != 0 and b"No space left on device" in out.stderr + out.stdout:
+        return (f"{tool} ran out of scratch space (the sandbox's /tmp holds "
+                f"{TMP_BYTES >> 20} MiB)")
+    return None
+
+
 def bwrap_argv(workdir: Path, env: Mapping[str, str], data_fds: Mapping[str, int],
                ro_files: Mapping[str, Path] | None = None) -> list[str]:
     """bwrap's own options: what the sandbox sees. ``data_fds`` maps each decoy /etc file to a

@@ -140,3 +140,33 @@ def test_a_lost_or_damaged_object_is_built_again_by_the_next_build(tmp_path: Pat
     path.unlink()
     assert " built " in build()
     assert path.read_bytes() == good
+
+
+def test_an_object_over_the_size_limit_is_not_stored(tmp_path: Path) -> None:
+    """A 16 MiB .data array used to be built and stored (once per kernel); now it is refused."""
+    bundle = tmp_path / "ballast"
+    shutil.copytree(ROOT / "bpf" / "tcp_connlat", bundle)
+    source = bundle / "tcp_connlat.bpf.c"
+    source.write_text(source.read_text() + "\nchar ballast[16 << 20] = {1};\n")
+    with pytest.raises(BuildError) as caught:
+        _build(tmp_path / "home", bundle, Path("/sys/kernel/btf/vmlinux"))
+    message = caught.value.message
+    assert message.startswith("the object built from 'tcp_connlat' for ")
+    assert message.endswith(" bytes, over the limit of 8,388,608 (8 MiB)")
+    assert int(message.split(" is ")[1].split(" bytes")[0].replace(",", "")) > 16 << 20
+    assert not (tmp_path / "home" / "refs").exists()
+    assert not (tmp_path / "home" / "blobs").exists()
+
+
+def test_a_missing_system_header_is_named_as_such(tmp_path: Path) -> None:
+    """<linux/types.h> includes <asm/types.h>, which -target bpf cannot find: a missing system
+    header, not a file 'outside the bundle'."""
+    bundle = tmp_path / "uapi"
+    shutil.copytree(ROOT / "bpf" / "tcp_connlat", bundle)
+    source = bundle / "tcp_connlat.bpf.c"
+    source.write_text("#include <linux/types.h>\n" + source.read_text())
+    with pytest.raises(BuildError) as caught:
+        _build(tmp_path / "home", bundle, Path("/sys/kernel/btf/vmlinux"))
+    assert caught.value.message == ("program 'tcp_connlat' needs the header 'asm/types.h' (included by "
+                                    "/usr/include/linux/types.h), which is not installed for BPF builds")
+    assert "vmlinux.h" in caught.value.hint and caught.value.exit_code == 8

@@ -222,6 +222,19 @@ def test_c_compile_error_keeps_file_and_line(home: Path, tmp_path: Path) -> None
     assert "BPFDEPOT_KEPT" in err.value.detail
 
 
+def test_a_library_over_the_size_limit_is_not_stored(tmp_path: Path) -> None:
+    """A 40 MiB initialised array compiles (under the sandbox's limits) but is not stored."""
+    source = (CONNLAT / "tcp_connlat_user.c").read_text() + (
+        "\n__attribute__((used)) const char bpfdepot_ballast[40 << 20] = {1};\n")
+    manifest = bundle(tmp_path / "b", c_file="ballast.c", extra={"ballast.c": source})
+    with pytest.raises(BuildError) as err:
+        build(tmp_path / "home", manifest, "connlat_c")
+    assert err.value.message.startswith(
+        "the processor library built from file://./ballast.c is 41,")
+    assert err.value.message.endswith("bytes, over the limit of 33,554,432 (32 MiB)")
+    assert not (tmp_path / "home" / "refs").exists() and not (tmp_path / "home" / "blobs").exists()
+
+
 def test_built_library_missing_a_manifest_function_fails(home: Path, tmp_path: Path) -> None:
     manifest = bundle(tmp_path / "b", function="proces")
     with pytest.raises(BuildError) as err:

@@ -14,6 +14,7 @@ from builder.cli import main
 from builder.compile import ARCH_DEFINES
 from builder.toolchain import Toolchain
 from loader.errors import ManifestError
+from loader.store import REBUILD_HINT
 
 TOOLCHAIN = Toolchain(clang=Path("/usr/bin/clang"), clang_version="clang 14",
                       bpftool=Path("/usr/sbin/bpftool"), libbpf_version="1.1")
@@ -105,7 +106,7 @@ def test_inspect_of_digests(home: Path, capsys: pytest.CaptureFixture[str]) -> N
     digest = "sha256:" + "0" * 64
     assert fails(capsys, ["inspect", digest], 9) == [
         f"bpfdepot: error: blob {digest} is not in LocalStore({home})",
-        "hint: the store lost it or the reference is wrong: rebuild",
+        f"hint: {REBUILD_HINT}",
     ]
     assert fails(capsys, ["inspect", "sha256:xyz"], 9) == [
         "bpfdepot: error: not a sha256 digest: 'sha256:xyz'",
@@ -138,3 +139,15 @@ def test_bad_kernel_btf_is_reported_even_without_clang(tmp_path: Path, bundle: P
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no clang, no bpftool
     assert fails(capsys, ["build", str(bundle), "--kernel-btf", "/nonexistent"], 1)[0] == (
         "bpfdepot: error: kernel BTF /nonexistent does not exist")
+
+
+def test_build_of_a_bundle_with_only_a_remote_program_says_nothing_was_built(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It used to print nothing and exit 0."""
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    (folder / "manifest.yaml").write_text(MANIFEST.replace("file://./demo.bpf.c",
+                                                           "http://example.invalid/demo.bpf.o"))
+    lines = fails(capsys, ["build", str(folder)], 2)
+    assert lines[0] == (f"bpfdepot: error: {folder / 'manifest.yaml'}:5: nothing to build: program 'demo' "
+                        "is http://example.invalid/demo.bpf.o, not a local source")

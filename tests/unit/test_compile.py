@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.compile import SHARED_INCLUDE, _check_deps, _user_paths, bpf_flags
+from builder.compile import SHARED_INCLUDE, Missing, _check_deps, _missing_file, _user_paths, bpf_flags
 from loader.errors import BuildError
 from loader.manifest import ProgramSpec
 
@@ -99,3 +99,21 @@ def test_check_deps_with_the_scratch_behind_a_symlink(tmp_path: Path) -> None:
     link = tmp_path / "home-link"
     link.symlink_to(real)
     _check_deps(link, PROGRAM)  # the same folder seen through a symlink: still inside
+
+
+ROOT = Path("/home/me/bundle")
+
+
+@pytest.mark.parametrize("stderr, expected", [
+    # a system header including one that -target bpf has no path for: missing, not "outside"
+    ("/usr/include/linux/types.h:5:10: fatal error: 'asm/types.h' file not found\n",
+     Missing(name="asm/types.h", shown="asm/types.h", by="/usr/include/linux/types.h", outside=False,
+             system=True)),
+    ('src/x.bpf.c:1:10: fatal error: \'/etc/secret.h\' file not found\n',
+     Missing(name="/etc/secret.h", shown="/etc/secret.h", by="src/x.bpf.c", outside=True, system=False)),
+    ("src/x.bpf.c:1:10: fatal error: '../up.h' file not found\n",
+     Missing(name="../up.h", shown="/home/me/up.h", by="src/x.bpf.c", outside=True, system=False)),
+    ("src/x.bpf.c:2:10: fatal error: 'typo.h' file not found\n", None),  # clang's words suffice
+])
+def test_missing_files_are_told_apart(stderr: str, expected: Missing | None) -> None:
+    assert _missing_file(stderr, ROOT) == expected
