@@ -1,6 +1,9 @@
 """Sinks: where records go (stdout, JSON-lines files, Kafka, the embedded TSDB)."""
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -26,3 +29,34 @@ class Sink(Protocol):
     def flush(self, timeout_s: float = 10.0) -> SinkStats: ...
 
     def close(self) -> SinkStats: ...
+
+
+class LogThrottle:
+    """At most one line per kind of failure per ``interval_s``: a dead broker or a full disk
+    fails every batch, and a line per batch buries everything else. Repeats are counted and told
+    with the next line of their kind, or by ``summary()`` at close; the sinks' own counts stay
+    exact whatever is printed."""
+
+    def __init__(self, logger: logging.Logger, *, interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger, self.interval_s, self.clock = logger, interval_s, clock
+        self._kinds: dict[str, list] = {}  # kind -> [printed at, repeats since, last text, level]
+
+    def log(self, level: int, kind: str, text: str) -> None:
+        now = self.clock()
+        seen = self._kinds.get(kind)
+        if seen is not None and now - seen[0] < self.interval_s:
+            seen[1] += 1
+            seen[2] = text
+            return
+        if seen is not None and seen[1]:
+            text += f" (and {seen[1]} more like it in the last {now - seen[0]:.0f} s)"
+        self._kinds[kind] = [now, 0, text, level]
+        self.logger.log(level, "%s", text)
+
+    def summary(self) -> None:
+        """Tell the repeats not yet told (at close)."""
+        for seen in self._kinds.values():
+            if seen[1]:
+                self.logger.log(seen[3], "%s (%d more like it since the line above)", seen[2], seen[1])
+                seen[1] = 0

@@ -21,12 +21,13 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import BinaryIO, Literal, Sequence
 
 from loader.errors import BpfDepotError
-from loader.sinks import Record, SinkStats
+from loader.sinks import LogThrottle, Record, SinkStats
 
 log = logging.getLogger("bpfdepot.sink.file")
 
@@ -57,10 +58,13 @@ class _Counted:
     _stats: SinkStats
     last_error: str
 
+    _throttle: LogThrottle
+
     def _fail(self, count: int, why: str) -> None:
         self._stats.failed += count
         self.last_error = why
-        log.error("%s: %d record(s) not written: %s", self.name, count, why)
+        kind = re.sub(r"\d+", "N", why)  # "3 value(s) hold…" and "5 value(s) hold…" are one kind
+        self._throttle.log(logging.ERROR, kind, f"{self.name}: {count} record(s) not written: {why}")
 
     def stats(self) -> SinkStats:
         return SinkStats(delivered=self._stats.delivered, failed=self._stats.failed)
@@ -87,6 +91,7 @@ class FileSink(_Counted):
         self.rotations = 0
         self.last_error = ""
         self._stats = SinkStats()
+        self._throttle = LogThrottle(log)
         self._fd = -1
         self._open(first=True)
 
@@ -227,6 +232,7 @@ class FileSink(_Counted):
         return self.stats()
 
     def close(self) -> SinkStats:
+        self._throttle.summary()
         if self._fd >= 0:
             os.fsync(self._fd)
             os.close(self._fd)
@@ -247,6 +253,7 @@ class StdoutSink(_Counted):
         self.name = name
         self._out = out if out is not None else sys.stdout.buffer
         self._stats = SinkStats()
+        self._throttle = LogThrottle(log)
         self.last_error = ""
 
     def write(self, stream: str, records: Sequence[Record]) -> None:
@@ -273,6 +280,7 @@ class StdoutSink(_Counted):
         return self.stats()
 
     def close(self) -> SinkStats:
+        self._throttle.summary()
         try:
             self._out.flush()
         except (OSError, ValueError):

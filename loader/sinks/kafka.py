@@ -29,9 +29,13 @@ from collections import Counter
 from typing import Any, Literal, Mapping, Sequence
 
 from loader.errors import BpfDepotError
-from loader.sinks import Record, SinkStats
+from loader.sinks import LogThrottle, Record, SinkStats
 
 log = logging.getLogger("bpfdepot.sink.kafka")
+# librdkafka's own lines: what matters of them reaches error_cb (and is told once, throttled);
+# raise this logger's level to see the rest while debugging a broker.
+_rdkafka_log = logging.getLogger("bpfdepot.sink.kafka.rdkafka")
+_rdkafka_log.setLevel(logging.CRITICAL)
 
 MiB = 1024 * 1024
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's own rule (clients/.../Topic.java)
@@ -88,7 +92,10 @@ class KafkaSink:
         self._topic_of: dict[str, str | None] = {}
 
         topic_name(topic_template, "program.channel")  # a bad template fails at start, not per record
-        common = {"bootstrap.servers": bootstrap, "logger": log, **(config or {})}
+        # librdkafka's own log lines repeat what error_cb reports (each connection failure came
+        # out twice): they go to a logger of their own, shown only when debugging.
+        common = {"bootstrap.servers": bootstrap, "logger": _rdkafka_log, **(config or {})}
+        self._throttle = LogThrottle(log)
         self._admin = AdminClient(common)
         try:
             self._topics = set(self._admin.list_topics(timeout=connect_timeout_s).topics)
@@ -209,23 +216,24 @@ class KafkaSink:
             self._enqueued -= 1  # no longer pending; counted failed
             reason = err.str()
             self.failures[reason] += 1
-            if reason != self.last_error:
-                self.last_error = reason
-                log.error("%s: delivery to %s failed: %s", self.name, msg.topic(), reason)
+            self.last_error = reason
+            self._throttle.log(logging.ERROR, f"delivery {reason}",
+                               f"{self.name}: delivery to {msg.topic()} failed: {reason}")
 
     def _on_error(self, err: Any) -> None:
         # Connection trouble arrives here too; librdkafka keeps retrying within the delivery timeout.
         self.last_error = err.str()
-        (log.error if err.fatal() else log.warning)("%s: %s", self.name, err.str())
+        self._throttle.log(logging.ERROR if err.fatal() else logging.WARNING, f"error {err.code()}",
+                           f"{self.name}: {err.str()}")
 
     def _fail(self, count: int, why: str) -> None:
         if count <= 0:
             return
         self._failed += count
         self.failures[why] += count
-        if why != self.last_error:  # one line per new reason, not one per record
-            self.last_error = why
-            log.error("%s: %d record(s) not sent: %s", self.name, count, why)
+        self.last_error = why
+        self._throttle.log(logging.ERROR, f"not sent {why}",
+                           f"{self.name}: {count} record(s) not sent: {why}")
 
     # -- the Sink protocol -------------------------------------------------------------------------
 
@@ -253,6 +261,7 @@ class KafkaSink:
         if left:
             self._enqueued -= left
             self._fail(left, "still unreported at close")
+        self._throttle.summary()
         # Drop the clients now: the producer holds our callbacks (a reference cycle), and until it
         # is destroyed its connections stay open (Tansu then waits 5 s for them on SIGTERM).
         self._producer = self._admin = None
