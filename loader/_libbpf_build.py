@@ -97,11 +97,23 @@ struct bpfdepot_route_out {
     struct bpfdepot_wbuf keys;
     uint64_t kept, dropped, errors, bad;
 };
+#define BPFDEPOT_OUT_MARKER ...
+#define BPFDEPOT_OUT_HEADER ...
+#define BPFDEPOT_RESULT_CAP ...
+#define BPFDEPOT_KEY_MAX ...
+enum bpfdepot_violation {
+    BPFDEPOT_FRAME_OK, BPFDEPOT_FRAME_MARKER, BPFDEPOT_FRAME_SEQ, BPFDEPOT_FRAME_LEN,
+    BPFDEPOT_FRAME_KEY_LEN, BPFDEPOT_FRAME_ROUTE, BPFDEPOT_FRAME_RC,
+};
 struct bpfdepot_results {
     struct bpfdepot_route_out *routes;
     unsigned int nroutes;
     int keys;
-    uint64_t bad_frames;
+    uint64_t frames;
+    uint64_t offset;
+    int violation;
+    uint64_t violation_at;
+    uint64_t violation_value;
 };
 struct bpfdepot_progress {
     uint64_t handled;

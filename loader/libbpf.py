@@ -330,8 +330,16 @@ def frames_span(data: bytes, max_bytes: int, max_frames: int = 2**63) -> tuple[i
     return used, frames[0]
 
 
+RESULT_CAP: int = lib.BPFDEPOT_RESULT_CAP  # bytes of record a processor may write per event
+KEY_MAX: int = lib.BPFDEPOT_KEY_MAX        # bytes of key
+
+
 class ResultParser:
-    """A worker's output frames → per route: records as lines, keys as lines, outcome counts."""
+    """A worker's output frames → per route: records as lines, keys as lines, outcome counts.
+
+    Each frame must carry the marker, the next sequence number and fields the host can write;
+    the first that does not stops the parser for good (``violation`` says why): the processor
+    wrote into its pipe, and nothing after that point can be trusted."""
 
     def __init__(self, routes: int, *, keys: bool) -> None:
         self.c = ffi.new("struct bpfdepot_results *")
@@ -340,23 +348,54 @@ class ResultParser:
         self._pending = b""
 
     def feed(self, data: bytes) -> int:
-        """Parse whole frames (keeping a partial one for the next call); return frames parsed."""
+        """Parse whole frames (keeping a partial one for the next call); return frames parsed.
+
+        After a violation nothing more is parsed and ``data`` is dropped."""
+        if self.c.violation:
+            return 0
         if self._pending:
             data = self._pending + data
-        before = self.frames
+        before = self.c.frames
         used = lib.bpfdepot_results_feed(self.c, data, len(data))
         if used == ffi.cast("size_t", -1):
             raise MemoryError("result parser")
-        self._pending = data[used:]
-        return self.frames - before
+        self._pending = b"" if self.c.violation else data[used:]
+        return self.c.frames - before
 
     @property
     def frames(self) -> int:
-        return sum(o.kept + o.dropped + o.errors + o.bad for o in self._outs) + self.c.bad_frames
+        """Valid frames parsed: the events this worker incarnation answered."""
+        return self.c.frames
 
     @property
     def partial(self) -> int:
         return len(self._pending)
+
+    @property
+    def violation(self) -> str | None:
+        """What the first frame that broke the rules held and at which byte, or None."""
+        why = self.c.violation
+        if why == lib.BPFDEPOT_FRAME_OK:  # the common case: read once per pipe read
+            return None
+        at, value = self.c.violation_at, self.c.violation_value
+        if why == lib.BPFDEPOT_FRAME_MARKER:
+            what = f"bad marker {value:#010x}"
+        elif why == lib.BPFDEPOT_FRAME_SEQ:
+            what = f"sequence number {value} where {self.c.frames & 0xFFFFFFFF} was due"
+        elif why == lib.BPFDEPOT_FRAME_LEN:
+            what = f"record length {value} over the {RESULT_CAP} bytes a worker can write"
+        elif why == lib.BPFDEPOT_FRAME_KEY_LEN:
+            what = f"key length {value} over the {KEY_MAX} bytes a worker can write"
+        elif why == lib.BPFDEPOT_FRAME_ROUTE:
+            what = f"route {value} (the worker has {self.c.nroutes})"
+        else:
+            what = f"outcome {value - (1 << 64) if value >> 63 else value} (not -1, 0 or 1)"
+        return f"{what} at byte {at}"
+
+    @property
+    def violation_at(self) -> int | None:
+        """The stream offset of the frame that broke the rules, or None."""
+        return self.c.violation_at if self.c.violation else None
 
     def counts(self, route: int) -> tuple[int, int, int, int]:
         """(kept, dropped, errors, bad) so far for ``route``."""

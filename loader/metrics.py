@@ -169,6 +169,7 @@ class LoaderMetrics:
     sink_failures: Family
     processor_events: Family
     processor_restarts: Family
+    processor_violations: Family
     processor_up: Family
     programs_attached: Family
 
@@ -190,6 +191,9 @@ def loader_families(m: Metrics) -> LoaderMetrics:
                                    (*pc, "processor", "outcome")),
         processor_restarts=m.counter("bpfdepot_processor_restarts_total",
                                      "Restarts of a processor's workers.", ("processor",)),
+        processor_violations=m.counter("bpfdepot_processor_violations_total",
+                                       "Workers of a processor killed for writing a corrupt "
+                                       "result frame.", ("processor",)),
         processor_up=m.gauge("bpfdepot_processor_up",
                              "1 while a processor worker runs, else 0.", ("processor", "worker")),
         programs_attached=m.gauge("bpfdepot_programs_attached",

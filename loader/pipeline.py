@@ -298,6 +298,7 @@ class Pipeline:
                                             processor=pool.name, outcome=outcome).set(n)
         for pool in self.pools.values():
             fam.processor_restarts.labels(processor=pool.name).set(pool.restarts)
+            fam.processor_violations.labels(processor=pool.name).set(pool.violations)
             for w in pool.workers:
                 fam.processor_up.labels(processor=pool.name, worker=str(w.index)).set(
                     1 if w.proc is not None and w.handled()[2] else 0)

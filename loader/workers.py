@@ -11,6 +11,13 @@ shared progress page says how many events it finished; its output up to there is
 it died on is counted lost (with its route), the events it never reached are sent again to the
 restarted worker, and restarts back off from 0.1 s to 5 s. Nothing else stops: the loader and
 the other pools keep running.
+
+User code runs inside the host and can write into its output pipe itself. Every output frame is
+checked (loader/libbpf.py ``ResultParser``); at the first that breaks the rules the pool stops
+reading that worker, kills it (SIGKILL) and counts a violation. Its records up to that frame are
+delivered; the event that frame should have answered is lost; the events after it were never
+validly answered, so their records are dropped unread and the events go to the restarted worker
+(no duplicates), as after a crash.
 """
 
 from __future__ import annotations
@@ -97,6 +104,7 @@ class Worker:
     stuck_since: float = 0.0
     last_handled: int = 0
     hang_signalled: float = 0.0
+    violation: str | None = None  # why its output stopped being trusted (it was killed for it)
     err_tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
     err_partial: bytes = b""
 
@@ -123,6 +131,7 @@ class Pool:
         self.counts: list[RouteCounts] = []
         self.workers = [Worker(index=i) for i in range(workers)]
         self.restarts = 0
+        self.violations = 0       # workers killed for writing a corrupt result frame
         self.closing = False
 
     def add_route(self, route: Route) -> int:
@@ -188,6 +197,7 @@ class Pool:
         w.parser = ResultParser(len(self.routes), keys=self.keys)
         w.answered = 0
         w.last_handled, w.stuck_since, w.hang_signalled = 0, 0.0, 0.0
+        w.violation = None
         # what was sent to the last incarnation and never answered goes first (see _died)
         w.inflight.clear()
 
@@ -251,7 +261,8 @@ class Pool:
             return
 
     def read_ready(self, w: Worker) -> bool:
-        """Read and deliver ``w``'s records; False when its output ended (it exited)."""
+        """Read and deliver ``w``'s records; False when its output ended (it exited, or it
+        wrote a corrupt frame and was killed for it)."""
         while True:
             try:
                 data = os.read(w.from_fd, 1 << 20)
@@ -261,6 +272,13 @@ class Pool:
                 self._deliver(w)
                 return False
             w.parser.feed(data)
+            if w.parser.violation is not None:
+                # nothing after the bad frame is trusted: no more reading, no grace period
+                w.violation = w.parser.violation
+                self.violations += 1
+                _signal(w.proc, signal.SIGKILL)
+                self._deliver(w)
+                return False
         self._deliver(w)
         return True
 
@@ -339,6 +357,8 @@ class Pool:
 
     def reap(self, w: Worker) -> None:
         """``w``'s output ended: account for what it had, report, schedule a restart."""
+        if w.violation is not None:
+            w.proc.wait()  # it was killed: once it is gone its stderr is complete
         self.read_stderr(w, final=True)
         code = w.proc.wait()
         handled, in_user, _ = w.handled()
@@ -350,8 +370,13 @@ class Pool:
             unanswered.extend(data[s:e] for s, e, _ in frame_routes(data))
         unanswered_bytes = b"".join(unanswered)
         frames = frame_routes(unanswered_bytes)
-        done_lost = max(0, handled - w.answered)
-        culprit = 1 if (hung or code < 0 or in_user) and len(frames) > done_lost else 0
+        if w.violation is not None:
+            # the corrupt frame stood where the first unanswered event's answer was due: that
+            # event is lost; the progress page is the worker's to scribble on, so it is ignored
+            done_lost, culprit = 0, 1 if frames else 0
+        else:
+            done_lost = max(0, handled - w.answered)
+            culprit = 1 if (hung or code < 0 or in_user) and len(frames) > done_lost else 0
         lost = frames[:done_lost + culprit]
         for _, _, route in lost:
             self.counts[route].lost += 1
@@ -366,8 +391,12 @@ class Pool:
         if resend:
             w.pending.appendleft((resend, len(frames) - len(lost)))
             w.pending_bytes += len(resend)
-        what = ("hung in user code for more than "
-                f"{self.hang_timeout:g} s" if hung else _death(code))
+        if w.violation is not None:
+            what = f"wrote a corrupt result frame ({w.violation})"
+        elif hung:
+            what = f"hung in user code for more than {self.hang_timeout:g} s"
+        else:
+            what = _death(code)
         if culprit:
             route = self.routes[frames[done_lost][2]]
             what += f" on an event of channel '{route.channel}' ({route.function})"

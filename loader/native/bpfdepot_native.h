@@ -88,11 +88,26 @@ struct bpfdepot_route_out { /* what came back for one route */
 	uint64_t kept, dropped, errors, bad;
 };
 
+/* Output frames: a marker, then the ordinal of the input event answered (per worker
+ * incarnation, from 0), so bytes a processor writes to the pipe itself cannot pass as records. */
+#define BPFDEPOT_OUT_MARKER 0xBDF5E9A1u
+#define BPFDEPOT_OUT_HEADER 16
+#define BPFDEPOT_RESULT_CAP (64u << 10) /* bytes of record the host gives process() */
+
+enum bpfdepot_violation { /* why a worker's output stopped being parsed */
+	BPFDEPOT_FRAME_OK, BPFDEPOT_FRAME_MARKER, BPFDEPOT_FRAME_SEQ, BPFDEPOT_FRAME_LEN,
+	BPFDEPOT_FRAME_KEY_LEN, BPFDEPOT_FRAME_ROUTE, BPFDEPOT_FRAME_RC,
+};
+
 struct bpfdepot_results {
 	struct bpfdepot_route_out *routes;
 	unsigned int nroutes;
-	int keys; /* gather keys too (a sink needs them) */
-	uint64_t bad_frames;
+	int keys;               /* gather keys too (a sink needs them) */
+	uint64_t frames;        /* valid frames parsed; the next must carry (u32)frames */
+	uint64_t offset;        /* bytes of the stream consumed before this call's data */
+	int violation;          /* enum bpfdepot_violation; once set, nothing more is parsed */
+	uint64_t violation_at;  /* stream offset of the frame that broke the rules */
+	uint64_t violation_value; /* the field that broke them: marker, seq, length, route or rc */
 };
 
 struct bpfdepot_progress { /* a shared page the host writes and the loader reads */

@@ -14,7 +14,8 @@
  *
  * Frames, little-endian, unaligned:
  *   in:  u32 size, u16 route, u16 key_len, u64 ts_ns, key_len bytes of key, size bytes of event
- *   out: u32 len, u16 key_len, u8 route, s8 rc, key_len bytes of key, len bytes of record
+ *   out: u32 marker (BPFDEPOT_OUT_MARKER), u32 seq (the input event's ordinal in this host, from
+ *        0), u32 len, u16 key_len, u8 route, s8 rc, key_len bytes of key, len bytes of record
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -169,33 +170,63 @@ size_t bpfdepot_frames_span(const char *data, size_t len, size_t max_bytes, uint
 	return at;
 }
 
+/* Stop parsing a worker's output at the frame `at` bytes into this call's data: say why and
+ * where in the stream. */
+static size_t violation(struct bpfdepot_results *res, size_t at, int why, uint64_t value)
+{
+	res->violation = why;
+	res->violation_at = res->offset + at;
+	res->violation_value = value;
+	res->offset += at;
+	return at;
+}
+
 /* Split a worker's output into, per route, records as lines and keys as lines. Whole frames
  * only; returns the bytes consumed. A record or key holding a newline cannot be framed as a
- * line: it is counted in `bad` and left out. */
+ * line: it is counted in `bad` and left out.
+ *
+ * The user code runs in the host process and can write into this pipe itself, so every header
+ * is held to what the host writes: the marker, the next sequence number, lengths within the
+ * host's buffers, a route of this worker and rc -1, 0 or 1. The first frame that fails stops
+ * parsing for good (res->violation; nothing after it can be trusted): the loader kills the
+ * worker. The header is checked before the body is waited for, so a huge length cannot stall. */
 size_t bpfdepot_results_feed(struct bpfdepot_results *res, const char *data, size_t len)
 {
 	size_t at = 0;
 
-	while (len - at >= 8) {
-		uint32_t vlen;
+	if (res->violation)
+		return 0;
+	while (len - at >= BPFDEPOT_OUT_HEADER) {
+		uint32_t marker, seq, vlen;
 		uint16_t klen;
 		uint8_t route;
 		int8_t rc;
 		const char *key, *value;
 
-		memcpy(&vlen, data + at, 4);
-		memcpy(&klen, data + at + 4, 2);
-		route = (uint8_t)data[at + 6];
-		rc = (int8_t)data[at + 7];
-		if (len - at - 8 < (size_t)klen + vlen)
+		memcpy(&marker, data + at, 4);
+		memcpy(&seq, data + at + 4, 4);
+		memcpy(&vlen, data + at + 8, 4);
+		memcpy(&klen, data + at + 12, 2);
+		route = (uint8_t)data[at + 14];
+		rc = (int8_t)data[at + 15];
+		if (marker != BPFDEPOT_OUT_MARKER)
+			return violation(res, at, BPFDEPOT_FRAME_MARKER, marker);
+		if (seq != (uint32_t)res->frames)
+			return violation(res, at, BPFDEPOT_FRAME_SEQ, seq);
+		if (vlen > BPFDEPOT_RESULT_CAP)
+			return violation(res, at, BPFDEPOT_FRAME_LEN, vlen);
+		if (klen > BPFDEPOT_KEY_MAX)
+			return violation(res, at, BPFDEPOT_FRAME_KEY_LEN, klen);
+		if (route >= res->nroutes)
+			return violation(res, at, BPFDEPOT_FRAME_ROUTE, route);
+		if (rc < -1 || rc > 1)
+			return violation(res, at, BPFDEPOT_FRAME_RC, (uint64_t)(int64_t)rc);
+		if (len - at - BPFDEPOT_OUT_HEADER < (size_t)klen + vlen)
 			break;
-		key = data + at + 8;
+		key = data + at + BPFDEPOT_OUT_HEADER;
 		value = key + klen;
-		at += 8 + (size_t)klen + vlen;
-		if (route >= res->nroutes) {
-			res->bad_frames++;
-			continue;
-		}
+		at += BPFDEPOT_OUT_HEADER + (size_t)klen + vlen;
+		res->frames++;
 		struct bpfdepot_route_out *o = &res->routes[route];
 
 		if (rc == 1) {
@@ -219,6 +250,7 @@ size_t bpfdepot_results_feed(struct bpfdepot_results *res, const char *data, siz
 			o->kept++;
 		}
 	}
+	res->offset += at;
 	return at;
 }
 
@@ -226,7 +258,6 @@ size_t bpfdepot_results_feed(struct bpfdepot_results *res, const char *data, siz
 
 #define IN_CAP (4u << 20)   /* bytes of input read at a time (and the largest event) */
 #define OUT_FLUSH (1u << 18) /* write the output when this much has gathered */
-#define RESULT_CAP (64u << 10)
 
 static char *out_buf;
 static volatile size_t out_len; /* bytes of whole frames in out_buf */
@@ -295,6 +326,7 @@ int bpfdepot_host_run(const struct bpfdepot_host_args *args)
 	static char key[BPFDEPOT_KEY_MAX];
 	char *in, *result;
 	size_t have = 0;
+	uint32_t seq = 0; /* events answered: the next output frame's sequence number */
 	void *lib;
 
 	if (args->nroutes > 256)
@@ -341,8 +373,8 @@ int bpfdepot_host_run(const struct bpfdepot_host_args *args)
 		return BPFDEPOT_HOST_INIT;
 	}
 	in = malloc(IN_CAP);
-	out_buf = malloc(OUT_FLUSH + RESULT_CAP + BPFDEPOT_KEY_MAX + 64);
-	result = malloc(RESULT_CAP);
+	out_buf = malloc(OUT_FLUSH + BPFDEPOT_RESULT_CAP + BPFDEPOT_KEY_MAX + 64);
+	result = malloc(BPFDEPOT_RESULT_CAP);
 	if (!in || !out_buf || !result)
 		return fail("%s: %s", args->label, "out of memory");
 	__atomic_store_n(&progress->ready, 1, __ATOMIC_RELEASE);
@@ -377,7 +409,7 @@ int bpfdepot_host_run(const struct bpfdepot_host_args *args)
 				.ts_ns = ts, .size = size, .cpu = UINT32_MAX,
 			};
 			struct bpfdepot_result res = {
-				.data = result, .key = key, .cap = RESULT_CAP, .key_cap = sizeof(key),
+				.data = result, .key = key, .cap = BPFDEPOT_RESULT_CAP, .key_cap = sizeof(key),
 			};
 			progress->in_user = 1;
 			rc = pre ? pre(&ev) : 0;
@@ -396,16 +428,20 @@ int bpfdepot_host_run(const struct bpfdepot_host_args *args)
 				res.key_len = key_len;
 			}
 			char *p = out_buf + out_len;
-			uint32_t vlen = res.len;
+			uint32_t marker = BPFDEPOT_OUT_MARKER, vlen = res.len;
 			uint16_t klen = (uint16_t)res.key_len;
 
-			memcpy(p, &vlen, 4);
-			memcpy(p + 4, &klen, 2);
-			p[6] = (char)route;
-			p[7] = (char)(rc == 0 ? 0 : rc == 1 ? 1 : -1);
-			memcpy(p + 8, key, klen);
-			memcpy(p + 8 + klen, result, vlen);
-			out_len += 8 + klen + vlen; /* one store: the frame is whole from here on */
+			memcpy(p, &marker, 4);
+			memcpy(p + 4, &seq, 4);
+			memcpy(p + 8, &vlen, 4);
+			memcpy(p + 12, &klen, 2);
+			p[14] = (char)route;
+			p[15] = (char)(rc == 0 ? 0 : rc == 1 ? 1 : -1);
+			memcpy(p + BPFDEPOT_OUT_HEADER, key, klen);
+			memcpy(p + BPFDEPOT_OUT_HEADER + klen, result, vlen);
+			/* one store: the frame is whole from here on */
+			out_len += BPFDEPOT_OUT_HEADER + klen + vlen;
+			seq++;
 			progress->handled++;
 			at += 16u + key_len + size;
 			if (out_len >= OUT_FLUSH)

@@ -3,7 +3,8 @@
 The bundle (tests/kernel/bundles/procs) emits one event per getppid() of a child of a "kids"
 process this test starts; its pid is the program's targ_ppid knob, so no other process's
 events get in. The echo processor writes {"seq","pid","n","worker"} and drops seq % 10 == 5;
-crashy.c segfaults on its 100th call, hang.c never returns from its 50th.
+crashy.c segfaults on its 100th call, hang.c never returns from its 50th, garbage.c writes
+garbage into its host's result pipe on its 100th.
 """
 
 from __future__ import annotations
@@ -82,9 +83,10 @@ class Run:
 
 
 def summary(stderr: str, channel: str, processor: str) -> dict[str, int]:
-    m = re.search(rf"{channel} → {processor}\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", stderr)
+    m = re.search(rf"{channel} → {processor}" + r"\s+(\d+)" * 7, stderr)
     assert m, stderr
-    return dict(zip(("sent", "kept", "dropped", "errors", "lost", "restarts"), map(int, m.groups())))
+    return dict(zip(("sent", "kept", "dropped", "errors", "lost", "restarts", "violations"),
+                    map(int, m.groups())))
 
 
 def received(stderr: str) -> tuple[int, int]:
@@ -114,7 +116,8 @@ def test_hash_keeps_each_key_on_one_worker_in_order(home: Path, tmp_path: Path, 
 
     assert received(stderr) == (900, 0)
     assert summary(stderr, "procs_events", "echo") == {
-        "sent": 900, "kept": 810, "dropped": 90, "errors": 0, "lost": 0, "restarts": 0}
+        "sent": 900, "kept": 810, "dropped": 90, "errors": 0, "lost": 0, "restarts": 0,
+        "violations": 0}
     assert sorted(r["seq"] for r in records) == [s for s in range(900) if s % 10 != 5]
     by_pid: dict[int, list[dict]] = collections.defaultdict(list)
     for r in records:
@@ -137,7 +140,8 @@ def test_processor_segfault_on_its_100th_event(home: Path, tmp_path: Path, kids_
     assert re.search(r"processor 'crashy' worker 0 crashed \(SIGSEGV\) on an event of channel "
                      r"'procs_events' \(process\); 1 event\(s\) lost, \d+ resent", stderr), stderr
     counts = summary(stderr, "procs_events", "crashy")
-    assert counts == {"sent": 150, "kept": 134, "dropped": 15, "errors": 0, "lost": 1, "restarts": 1}
+    assert counts == {"sent": 150, "kept": 134, "dropped": 15, "errors": 0, "lost": 1, "restarts": 1,
+                      "violations": 0}
     # the 100th event (seq 99) died with the first worker; the next 50 went to its successor
     assert sorted(r["seq"] for r in records) == [s for s in range(150) if s % 10 != 5 and s != 99]
     first, second = {r["worker"] for r in records if r["seq"] < 99}, {r["worker"] for r in records
@@ -159,6 +163,47 @@ def test_processor_stuck_in_a_loop_is_restarted(home: Path, tmp_path: Path, kids
     assert counts["sent"] == 80 == counts["kept"] + counts["dropped"] + counts["lost"]
     # the records of the 49 events before the loop were handed over before the worker died
     assert sorted(r["seq"] for r in records) == [s for s in range(80) if s % 10 != 5 and s != 49]
+
+
+@pytest.mark.parametrize("kids_shape", [(1, 150), (150, 1)], ids=["one-burst", "spread-out"])
+def test_processor_writing_garbage_into_its_result_pipe(home: Path, tmp_path: Path, kids_factory,
+                                                       kids_shape: tuple[int, int]) -> None:
+    import urllib.request
+
+    kids = kids_factory(*kids_shape)  # 150 events at once, or one per child, apart
+    run = Run(home, BUNDLE / "garbage.yaml", tmp_path / "out.jsonl", kids, "--metrics", "127.0.0.1:0")
+    url = re.search(r"metrics on (http://\S+)", run.stderr).group(1)
+    kids.go()
+    time.sleep(1.0)  # the restart backs off 0.1 s
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    stderr, records = run.stop()
+
+    # "not " is the bogus marker; the frame it stands in for is the first the host had not
+    # flushed when its library wrote, so the byte offset depends on how the events were batched
+    messages = re.findall(r"processor 'garbage' worker 0 wrote a corrupt result frame \(bad marker "
+                          r"0x20746f6e at byte \d+\) on an event of channel 'procs_events' "
+                          r"\(process\); 1 event\(s\) lost, \d+ resent; restarting in 0\.1 s", stderr)
+    assert len(messages) == 1 and stderr.count("corrupt") == 1, stderr
+    counts = summary(stderr, "procs_events", "garbage")
+    assert (counts["sent"], counts["errors"], counts["lost"], counts["restarts"],
+            counts["violations"]) == (150, 0, 1, 1, 1)
+    assert counts["kept"] + counts["dropped"] + counts["lost"] == 150
+    assert 'bpfdepot_processor_violations_total{processor="garbage"} 1' in text
+    assert 'bpfdepot_processor_restarts_total{processor="garbage"} 1' in text
+    # each kept event's record reached the file once; of all 150 events exactly one is missing:
+    # one the broken worker had answered by the 100th (a record of it, or a drop)
+    seqs = [r["seq"] for r in records]
+    assert len(seqs) == len(set(seqs)) == counts["kept"]
+    keep = {s for s in range(150) if s % 10 != 5}
+    assert set(seqs) <= keep
+    missing = keep - set(seqs)
+    assert len(missing) + (15 - counts["dropped"]) == 1
+    # the events after the lost one went to a fresh worker, in order from its first call: its
+    # records have n == seq - lost
+    fresh = [r for r in records if r["worker"] == records[-1]["worker"]]
+    lost = {r["seq"] - r["n"] for r in fresh}
+    assert len(lost) == 1 and 0 <= min(lost) < 100 and records[-1]["seq"] == 149
+    assert missing <= lost and all(r["seq"] < min(lost) for r in records if r not in fresh)
 
 
 def test_one_processor_consumes_two_channels(home: Path, tmp_path: Path, kids_factory) -> None:

@@ -143,6 +143,7 @@ def test_loader_families_names_and_types() -> None:
         "# TYPE bpfdepot_sink_failures_total counter",
         "# TYPE bpfdepot_processor_events_total counter",
         "# TYPE bpfdepot_processor_restarts_total counter",
+        "# TYPE bpfdepot_processor_violations_total counter",
         "# TYPE bpfdepot_processor_up gauge",
         "# TYPE bpfdepot_programs_attached gauge",
     ]

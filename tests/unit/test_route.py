@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from loader.decode import OP_CHARS, OP_U
 from loader.libbpf import Channel, Op, ResultParser, RouteKey, WorkerBuffer, frames_span
 from loader.workers import frame_routes
@@ -75,20 +77,83 @@ def test_frames_span_stops_at_whole_frames() -> None:
     assert [r for _, _, r in frame_routes(data)] == [0, 0, 0]
 
 
-def result(route: int, rc: int, value: bytes = b"", key: bytes = b"") -> bytes:
-    return struct.pack("<IHBb", len(value), len(key), route, rc) + key + value
+MARKER = 0xBDF5E9A1  # the first four bytes of every output frame
+RESULT = struct.Struct("<IIIHBb")  # marker, seq, len, key_len, route, rc
+
+
+def result(route: int, rc: int, value: bytes = b"", key: bytes = b"", *, seq: int) -> bytes:
+    """One output frame as the host writes it."""
+    return RESULT.pack(MARKER, seq, len(value), len(key), route, rc) + key + value
+
+
+def results(*frames: tuple) -> bytes:
+    """Output frames numbered from 0, as one host incarnation answers its events in order."""
+    return b"".join(result(*f, seq=n) for n, f in enumerate(frames))
 
 
 def test_results_split_by_route_and_outcome_across_reads() -> None:
     parser = ResultParser(2, keys=True)
-    stream = (result(0, 0, b'{"a":1}', b"k1") + result(1, 0, b'{"b":2}') + result(0, 1)
-              + result(0, -1) + result(1, 0, b'{"bad":"\n"}') + result(1, 0, b"") + result(0, 0, b'{"a":3}'))
-    cut = 11  # inside the first frame: the parser keeps the partial one for the next read
+    stream = results((0, 0, b'{"a":1}', b"k1"), (1, 0, b'{"b":2}'), (0, 1), (0, -1),
+                     (1, 0, b'{"bad":"\n"}'), (1, 0, b""), (0, 0, b'{"a":3}'))
+    cut = 11  # inside the first header: the parser keeps the partial one for the next read
     assert parser.feed(stream[:cut]) == 0 and parser.partial == cut
-    assert parser.feed(stream[cut:]) == 7
+    assert parser.feed(stream[cut:]) == 7 and parser.frames == 7
+    assert parser.violation is None and parser.partial == 0
     assert parser.take(0) == (b'{"a":1}\n{"a":3}\n', b"k1\n\n")
     assert parser.take(1) == (b'{"b":2}\n', b"\n")
     assert parser.counts(0) == (2, 1, 1, 0)   # kept, dropped, errors, bad
     assert parser.counts(1) == (1, 0, 0, 2)   # a newline inside, or an empty record: bad
     assert parser.take(0) == (b"", b"")
+    parser.close()
+
+
+GOOD = results((0, 0, b'{"a":1}', b"k1"), (1, 1))  # two valid frames: 25 + 16 bytes
+AFTER = result(0, 0, b'{"a":9}', seq=3)             # a valid-looking frame behind the bad one
+
+
+@pytest.mark.parametrize(("bad", "why"), [
+    (b"garbage!" * 4, "bad marker 0x62726167 at byte 41"),
+    (result(0, 0, b'{"a":2}', seq=5), "sequence number 5 where 2 was due at byte 41"),
+    (result(0, 0, b'{"a":2}', seq=0), "sequence number 0 where 2 was due at byte 41"),
+    (RESULT.pack(MARKER, 2, 0xFFFFFFF0, 0, 0, 0),
+     "record length 4294967280 over the 65536 bytes a worker can write at byte 41"),
+    (RESULT.pack(MARKER, 2, 7, 513, 0, 0) + b"k" * 513 + b'{"a":2}',
+     "key length 513 over the 512 bytes a worker can write at byte 41"),
+    (result(2, 0, b'{"a":2}', seq=2), "route 2 (the worker has 2) at byte 41"),
+    (result(0, 7, seq=2), "outcome 7 (not -1, 0 or 1) at byte 41"),
+    (result(0, -2, seq=2), "outcome -2 (not -1, 0 or 1) at byte 41"),
+], ids=["marker", "seq-ahead", "seq-again", "length", "key-length", "route", "rc-high", "rc-low"])
+def test_a_frame_the_host_cannot_write_stops_the_parser(bad: bytes, why: str) -> None:
+    parser = ResultParser(2, keys=True)
+    assert len(GOOD) == 41
+    assert parser.feed(GOOD + bad + AFTER) == 2  # the frames before it are delivered
+    assert parser.violation == why and parser.violation_at == 41
+    assert parser.take(0) == (b'{"a":1}\n', b"k1\n")
+    assert parser.counts(0) == (1, 0, 0, 0) and parser.counts(1) == (0, 1, 0, 0)
+    assert parser.feed(result(0, 0, b'{"a":3}', seq=2)) == 0  # nothing after it is trusted
+    assert parser.frames == 2 and parser.partial == 0 and parser.take(0) == (b"", b"")
+    parser.close()
+
+
+def test_a_huge_length_is_refused_from_its_header_without_waiting_for_the_body() -> None:
+    parser = ResultParser(1, keys=False)
+    stream = results((0, 0, b'{"a":1}')) + RESULT.pack(MARKER, 1, 1 << 31, 0, 0, 0)
+    assert parser.feed(stream[:30]) == 1 and parser.violation is None
+    assert parser.feed(stream[30:]) == 0  # only the header has come: refused all the same
+    assert parser.violation == "record length 2147483648 over the 65536 bytes a worker can " \
+                               "write at byte 23"
+    parser.close()
+
+
+def test_the_violation_offset_counts_the_whole_stream_across_reads() -> None:
+    parser = ResultParser(1, keys=False)
+    stream = results(*[(0, 0, b'{"n":%d}' % i) for i in range(10)])
+    for at in range(0, len(stream), 7):  # reads that cut headers and records anywhere
+        parser.feed(stream[at:at + 7])
+    assert parser.frames == 10 and parser.violation is None
+    parser.feed(b"\x00" * 3)
+    assert parser.violation is None and parser.partial == 3  # less than a header: wait
+    parser.feed(b"\x00" * 13)
+    assert parser.violation == f"bad marker 0x00000000 at byte {len(stream)}"
+    assert parser.take(0)[0].count(b"\n") == 10
     parser.close()
