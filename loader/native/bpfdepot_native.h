@@ -1,5 +1,5 @@
-/* bpfdepot_native.h: what loader/native/bpfdepot_native.c offers; the cdef in
- * loader/_libbpf_build.py mirrors it. */
+/* bpfdepot_native.h: what loader/native/bpfdepot_native.c offers; loader/_libbpf_build.py
+ * hands these declarations to cffi as they are (keep them plain C). */
 #ifndef BPFDEPOT_NATIVE_H
 #define BPFDEPOT_NATIVE_H
 
