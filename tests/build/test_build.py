@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.compile import Target, build_program
+from builder.compile import Target, build_program, form_features
 from builder.toolchain import find_toolchain
 from loader.artifact import read_meta
+from loader.catalog import features_from_config
 from loader.elfinfo import read_object
 from loader.errors import BuildError
 from loader.kernel import KernelIdentity, file_digest
@@ -23,21 +24,30 @@ from loader.store import LocalStore
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ROOT.parent / "shared" / "kernels"
 BUNDLES = Path(__file__).resolve().parent / "bundles"
-CATALOG = ["tcp_connlat"]
+CATALOG = ROOT / "bpf"
 
 
 def reference_kernels() -> list[Path]:
     return sorted(KERNELS.glob("*.btf")) if KERNELS.is_dir() else []
 
 
+def catalog_bundles() -> list[Path]:
+    """Every bundle under bpf/ (a folder with a manifest.yaml): discovered, not listed."""
+    return sorted(p.parent for p in CATALOG.glob("*/manifest.yaml"))
+
+
 def _target(btf: Path) -> Target:
+    config = btf.with_suffix(".config")
+    features = (form_features(features_from_config(config.read_text(), "x86_64"), probed=False)
+                if config.exists() else frozenset())
     return Target(identity=KernelIdentity(release=btf.name.removesuffix(".btf"), arch="x86_64",
-                                          btf_digest=file_digest(btf)), btf=btf)
+                                          btf_digest=file_digest(btf)), btf=btf, features=features)
 
 
-def _build(home: Path, bundle: Path, btf: Path):
+def _build(home: Path, bundle: Path, btf: Path, program: str | None = None):
     manifest = load_bundle(bundle)
-    return build_program(LocalStore(home), manifest, manifest.kernel_programs[0], _target(btf),
+    spec = manifest.program(program) if program else manifest.kernel_programs[0]
+    return build_program(LocalStore(home), manifest, spec, _target(btf),
                          find_toolchain(home / "cache"), home / "cache")
 
 
@@ -46,24 +56,39 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("store")
 
 
-@pytest.mark.parametrize("program", CATALOG)
+@pytest.mark.parametrize("bundle", catalog_bundles(), ids=lambda p: p.name)
 @pytest.mark.parametrize("btf", reference_kernels() or [None], ids=lambda p: p.name if p else "none")
-def test_catalog_builds_for_each_reference_kernel(home: Path, program: str, btf: Path | None) -> None:
+def test_every_catalog_program_builds_for_each_reference_kernel(home: Path, bundle: Path,
+                                                                btf: Path | None) -> None:
+    """Each kernel program of each bundle under bpf/, for each kernel in ../shared/kernels."""
     if btf is None:
         pytest.skip(f"no reference kernels at {KERNELS} (a checkout without ../shared)")
-    built = _build(home, ROOT / "bpf" / program, btf)
-    meta = built.meta
-    assert meta.target.release == btf.name.removesuffix(".btf")
+    manifest = load_bundle(bundle)
+    for program in manifest.kernel_programs:
+        if not program.is_source:
+            continue
+        built = _build(home, bundle, btf, program.name)
+        meta = built.meta
+        assert meta.target.release == btf.name.removesuffix(".btf")
+        assert meta.license and meta.programs, meta
+        data = LocalStore(home).read_blob(meta.digest)
+        assert read_object(data, "built").license == meta.license
+        again = _build(home, bundle, btf, program.name)
+        assert again.cached and again.meta_digest == built.meta_digest
+
+
+@pytest.mark.parametrize("btf", reference_kernels() or [None], ids=lambda p: p.name if p else "none")
+def test_tcp_connlat_layout_on_each_reference_kernel(home: Path, btf: Path | None) -> None:
+    if btf is None:
+        pytest.skip(f"no reference kernels at {KERNELS} (a checkout without ../shared)")
+    meta = _build(home, CATALOG / "tcp_connlat", btf).meta
     assert meta.required_features == ("ringbuf", "tracepoint")
     assert meta.programs[0]["section"] == "tp/sock/inet_sock_set_state"
     events = meta.channels["tcp_connlat_events"]
     assert (events["event"], events["event_size"]) == ("connlat_event", 72)
     assert [f["name"] for f in events["layout"]] == [
         "delta_ns", "pid", "family", "sport", "dport", "comm", "saddr", "daddr"]
-    data = LocalStore(home).read_blob(meta.digest)
-    assert read_object(data, "built").license == "Dual BSD/GPL"
-    again = _build(home, ROOT / "bpf" / program, btf)
-    assert again.cached and again.meta_digest == built.meta_digest
+    assert meta.license == "Dual BSD/GPL"
 
 
 def test_identical_inputs_give_identical_bytes(tmp_path: Path) -> None:
@@ -100,8 +125,8 @@ def test_channel_missing_or_of_the_wrong_type(home: Path) -> None:
 
 
 def test_include_outside_the_bundle_is_refused(tmp_path: Path) -> None:
-    """A header that exists and compiles, by absolute path: clang's dependency list catches it.
-    (``../`` paths cannot escape: clang compiles a copy of the closure in a scratch folder.)"""
+    """A header that exists where the user is, by absolute path: the sandbox shows clang only the
+    bundle, so it cannot read it, and the message says so (not that clang read it)."""
     (tmp_path / "outside.h").write_text("#define FROM_OUTSIDE 1\n")
     bundle = tmp_path / "bundle"
     shutil.copytree(ROOT / "bpf" / "tcp_connlat", bundle)
@@ -109,8 +134,9 @@ def test_include_outside_the_bundle_is_refused(tmp_path: Path) -> None:
     source.write_text(f'#include "{tmp_path / "outside.h"}"\n' + source.read_text())
     with pytest.raises(BuildError) as caught:
         _build(tmp_path / "home", bundle, Path("/sys/kernel/btf/vmlinux"))
-    assert caught.value.message == (f"program 'tcp_connlat' reads {tmp_path / 'outside.h'}, outside "
-                                    "its bundle and the toolchain's headers")
+    assert caught.value.message == (
+        f"program 'tcp_connlat' includes {tmp_path / 'outside.h'}, outside its bundle: the build sees "
+        "only the bundle, bpf/include and the toolchain's headers, so clang could not read it")
     assert not (tmp_path / "home" / "refs").exists()
 
 
