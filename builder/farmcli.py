@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from builder.records import Build, Job, Records, connect
 from loader.errors import BpfDepotError, BuildError
@@ -103,11 +104,16 @@ def wait(settings: Settings, build: Build, timeout_s: float, live: bool) -> Buil
     return current
 
 
-def print_result(build: Build) -> int:
+def print_result(build: Build, bundle: Path | None = None) -> int:
+    """One line per job; a failed job's error follows on stderr, its files named in ``bundle``
+    (the user's bundle folder) when known, as a local build names them."""
+    from builder.jobs import BUNDLE_MARK
+
     for job in sorted(build.jobs.values(), key=lambda j: (j.program, j.release)):
         if job.state == "failed":
             print(f"{job.program:<16} {job.release:<30} FAILED", flush=True)
-            print("  " + job.error.replace("\n", "\n  "), file=sys.stderr)
+            error = job.error.replace(f"{BUNDLE_MARK}/", f"{bundle}/") if bundle else job.error
+            print("  " + error.replace("\n", "\n  "), file=sys.stderr)
         else:
             print(f"{job.program:<16} {job.release:<30} {job.digest} {job.size:>7} B  "
                   f"{job.state:<7} meta {job.meta}")
@@ -121,7 +127,14 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         print(build.id)
         return 0
     done = wait(settings, build, args.timeout, live=sys.stderr.isatty())
-    return print_result(done)
+    return print_result(done, _bundle_folder(args.bundle))
+
+
+def _bundle_folder(bundle: str) -> Path:
+    """The folder of a bundle given as a folder or as its manifest file, resolved as the
+    manifest's ``root`` is (so farm errors name files as a local build does)."""
+    path = Path(bundle).resolve()
+    return path if path.is_dir() else path.parent
 
 
 def cmd_builds(args: argparse.Namespace, settings: Settings) -> int:

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cache
@@ -25,7 +26,14 @@ from pathlib import Path
 import redis
 
 from builder.bundle import bundle_include_dir, unpack_bundle
-from builder.compile import Built, Target, cached_build, execute_build, form_features, plan_build
+from builder.compile import (
+    Built,
+    Target,
+    cached_build,
+    execute_build,
+    form_features,
+    plan_build,
+)
 from builder.records import Job, Records, connect
 from builder.toolchain import Toolchain, find_toolchain
 from loader.catalog import get_kernel
@@ -39,6 +47,7 @@ log = logging.getLogger(__name__)
 MAX_DELIVERIES = 3      # a message delivered more often than this is a poison bundle
 LOCK_TTL_S = 10         # a dead compiler's lock frees itself after this long
 STORE_RETRIES = 3       # transient store failures: retried with backoff, then the job fails
+BUNDLE_MARK = "<bundle>"  # stands for the bundle's folder in recorded errors (see bundle_paths)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,9 +96,25 @@ def fan_out(ctx: Context, build_id: str) -> Iterator[tuple[str, str]]:
     return iter(todo)
 
 
+def bundle_root(ctx: Context, bundle: str) -> Path:
+    """Where this worker unpacks a bundle (its digest names the folder)."""
+    return ctx.settings.cache / "bundles" / bundle.removeprefix("sha256:")
+
+
+def bundle_paths(text: str, root: Path) -> str:
+    """Name the worker's copy of a bundle BUNDLE_MARK in an error, so the record says
+    ``<bundle>/x.bpf.c:3:10`` and ``submit --wait`` can show it in the user's own folder
+    (as a local build does), instead of naming a folder of the worker's cache."""
+    for path in dict.fromkeys((root, root.resolve())):  # the manifest names it resolved
+        text = text.replace(f"{path}/", f"{BUNDLE_MARK}/")
+        # an include reaching outside the bundle is shown normalised: <cache>/bundles/x.h
+        text = text.replace(f"{path.parent}/", f"{BUNDLE_MARK}/../")
+    return text
+
+
 def unpacked(ctx: Context, bundle: str) -> Manifest:
     """The bundle unpacked in this worker's cache (once per digest, published by rename)."""
-    root = ctx.settings.cache / "bundles" / bundle.removeprefix("sha256:")
+    root = bundle_root(ctx, bundle)
     if not root.exists():
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=".unpack-"))
@@ -195,10 +220,35 @@ def compile_job(ctx: Context, build_id: str, program: str, target: str, *, deliv
         ctx.records.update(build_id, replace(job, state="failed", worker=worker, error=str(exc)))
         return None
     except BpfDepotError as exc:  # compile errors fail at once: retrying cannot fix them
-        ctx.records.update(build_id, replace(job, state="failed", worker=worker, error=str(exc)))
+        ctx.records.update(build_id, replace(job, state="failed", worker=worker,
+                                             error=bundle_paths(str(exc), bundle_root(ctx, build.bundle))))
+        return None
+    except Exception as exc:  # noqa: BLE001 - a bug or a bundle we did not foresee
+        # Left to Celery, the message would be acknowledged and the job stay "queued" for ever.
+        # The same bundle fails the same way on every delivery, so fail it now, with the cause.
+        log.exception("build %s: compile of %s for %s failed unexpectedly", build_id, program, target)
+        ctx.records.update(build_id, replace(job, state="failed", worker=worker,
+                                             error=unexpected(exc, f"compile of '{program}'")))
         return None
     ctx.records.update(build_id, replace(
         job, state="cached" if done.cached else "built", digest=done.meta.digest,
         meta=done.meta_digest, size=done.meta.size, worker=worker, error="",
         seconds=round(time.perf_counter() - started, 3)))
     return None
+
+
+def unexpected(exc: BaseException, what: str) -> str:
+    """The recorded error for an exception no code path expected: its type names the cause."""
+    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return (f"the farm's {what} failed: {type(exc).__name__}" + (f": {text}" if text else "") +
+            "\nhint: this is a bug in bpfdepot or a bundle it cannot handle; the worker's log "
+            "has the traceback (report it with the bundle)")
+
+
+def fail_unfinished(ctx: Context, build_id: str, error: str, *, skip: AbstractSet[str] = frozenset()) -> None:
+    """Mark the jobs of a build that are not done, nor in ``skip`` (their compile task is
+    enqueued), as failed: for a fan-out that cannot go on."""
+    build = ctx.records.get(build_id)
+    for job in (build.jobs.values() if build else ()):
+        if not job.done and job.key not in skip:
+            ctx.records.update(build_id, replace(job, state="failed", error=error))

@@ -6,6 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+# A build whose worker died (kill -9, a lost node) is delivered again this long after it was
+# taken. Short is safe for long builds: a redelivery of a build that is still running finds its
+# key's Redis lock (kept alive by a heartbeat) held and waits for the result.
+VISIBILITY_TIMEOUT_S = 30
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
@@ -15,7 +20,7 @@ class Settings:
     store: str = ""          # $BPFDEPOT_STORE: "" (the local store in home), a folder, or s3://BUCKET/PREFIX
     s3_endpoint: str = ""    # $BPFDEPOT_S3_ENDPOINT, for any S3-compatible server
     broker: str = "redis://127.0.0.1:6379/0"  # $BPFDEPOT_BROKER
-    visibility_timeout: int = 3600  # s; $BPFDEPOT_VISIBILITY_TIMEOUT: unacked builds come back after it
+    visibility_timeout: int = VISIBILITY_TIMEOUT_S  # s; $BPFDEPOT_VISIBILITY_TIMEOUT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], cwd: Path | None = None) -> Settings:
@@ -28,7 +33,7 @@ class Settings:
             store=env.get("BPFDEPOT_STORE", ""),
             s3_endpoint=env.get("BPFDEPOT_S3_ENDPOINT", ""),
             broker=env.get("BPFDEPOT_BROKER") or "redis://127.0.0.1:6379/0",
-            visibility_timeout=int(env.get("BPFDEPOT_VISIBILITY_TIMEOUT") or 3600),
+            visibility_timeout=int(env.get("BPFDEPOT_VISIBILITY_TIMEOUT") or VISIBILITY_TIMEOUT_S),
         )
 
     @property

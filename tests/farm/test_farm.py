@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -187,3 +190,66 @@ def test_minimal_btf_artifact_loads_without_the_system_btf(redis_service, rgw, t
         assert [(e["sport"], e["saddr"]) for e in mine] == [(port, "127.0.0.1")]
     finally:
         workers.stop()
+
+
+def _tiny_bundle(dest: Path, name: str, source: str) -> Path:
+    bundle = dest / name
+    bundle.mkdir(parents=True)
+    (bundle / "x.bpf.c").write_text(source)
+    (bundle / "manifest.yaml").write_text(
+        f"kind: ebpfprogram\nname: {name}\nspec:\n  programs:\n    - name: x\n"
+        "      path: file://./x.bpf.c\n      type: ebpf_object\n")
+    return bundle
+
+
+def test_farm_compile_errors_name_files_in_the_users_bundle_folder(farm, tmp_path: Path) -> None:
+    """As a local build does: clang's file:line points at the user's file, not the worker's copy."""
+    source = ("// SPDX-License-Identifier: GPL-2.0\n#include \"vmlinux.h\"\n#include <bpf/bpf_helpers.h>\n"
+              f"/* {tmp_path.name} */\nSEC(\"tp/syscalls/sys_enter_getppid\")\n"
+              "int x(void *ctx) { return 0 }\n"  # line 6: the ';' is missing
+              "char LICENSE[] SEC(\"license\") = \"GPL\";\n")
+    bundle = _tiny_bundle(tmp_path, "user_paths", source)
+    done = cli(farm["env"], "submit", str(bundle), "--kernels", f"release={os.uname().release}",
+               "--wait")
+    assert done.returncode == 8, done.stderr
+    assert re.search(rf"(?m)^  {re.escape(str(bundle.resolve()))}/x\.bpf\.c:6:\d+: error: expected ';'",
+                     done.stderr), done.stderr
+    assert "cache/bundles" not in done.stderr and str(farm["home"]) not in done.stderr
+    # the record itself names no folder of the worker's: `builds` shows the bundle's own names
+    build_id = done.stderr.split("build ", 1)[1].split(":", 1)[0]
+    shown = cli(farm["env"], "builds", build_id)
+    assert shown.returncode == 8 and "<bundle>/x.bpf.c:6:" in shown.stderr, shown.stderr
+
+
+def test_a_bundle_the_worker_cannot_parse_fails_and_says_why(farm, tmp_path: Path) -> None:
+    """A manifest nested 600 levels deep (PyYAML recurses: it used to escape as RecursionError
+    and leave the job "queued" for ever). `submit` parses the manifest first and refuses it, so
+    the bundle is put in the store and enqueued here as submit() does after that parse."""
+    from builder.farm import QUEUE, build_task, configure
+    from builder.records import Job, Records, connect
+    from loader.catalog import list_kernels, parse_selector, select
+
+    settings = Settings.from_env(farm["env"])
+    store = open_store(settings)
+    manifest = ("kind: ebpfprogram\nname: deep\nspec:\n  programs: " + "[" * 600 + "]" * 600 + "\n").encode()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for name, data in (("manifest.yaml", manifest), ("x.bpf.c", b"int x;\n")):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    digest = store.put_blob(raw.getvalue())
+    [kernel] = select(list_kernels(store), parse_selector(f"release={os.uname().release}"))
+    records = Records(connect(settings.broker))
+    build = records.create(bundle=digest, name="deep", selector="one", jobs=[
+        Job(program="x", target=f"{kernel.arch}-{kernel.btf_digest}", release=kernel.release)])
+    with configure(settings).connection_for_write(settings.broker) as conn:
+        build_task.apply_async((build.id,), queue=QUEUE, connection=conn)
+    done = wait(settings, build, 180, live=False)
+    [job] = done.jobs.values()
+    assert job.state == "failed", job
+    shown = cli(farm["env"], "builds", build.id)
+    assert shown.returncode == 8, shown.stderr
+    assert "x " in shown.stdout and "FAILED" in shown.stdout
+    assert "<bundle>/manifest.yaml: not valid YAML: nested too deeply for a manifest" in shown.stderr, \
+        shown.stderr

@@ -13,10 +13,17 @@ import pytest
 
 from builder.farmcli import submit, wait
 from builder.records import Records, connect
-from loader.settings import Settings
+from loader.settings import VISIBILITY_TIMEOUT_S, Settings
 from loader.store import open_store
 from tests.farm.conftest import _bucket, cli, slow_bundle
-from tests.services import free_port, restart_redis, start_redis, start_workers
+from tests.services import (
+    descendants,
+    free_port,
+    restart_redis,
+    start_redis,
+    start_worker_loop,
+    start_workers,
+)
 
 ONE = f"release={os.uname().release}"
 
@@ -61,7 +68,11 @@ def own_redis(tmp_path: Path):
 
 
 def test_worker_killed_mid_build_is_redelivered_and_builds_once(own_redis, rgw, tmp_path: Path) -> None:
+    """With the default visibility timeout (no BPFDEPOT_VISIBILITY_TIMEOUT): a build whose worker
+    was killed comes back to a fresh worker within a bounded wait, not after an hour."""
     env = _env(own_redis.url, rgw, tmp_path / "home")
+    del env["BPFDEPOT_VISIBILITY_TIMEOUT"]
+    assert Settings.from_env(env).visibility_timeout == VISIBILITY_TIMEOUT_S
     _register(env)
     settings, records = Settings.from_env(env), Records(connect(own_redis.url))
     first = start_workers(env, concurrency=1, logdir=tmp_path)
@@ -73,7 +84,8 @@ def test_worker_killed_mid_build_is_redelivered_and_builds_once(own_redis, rgw, 
             os.killpg(proc.pid, signal.SIGKILL)
         first.procs.clear()
         second = start_workers(env, concurrency=1, logdir=tmp_path)
-        done = wait(settings, build, 180, live=False)
+        # the visibility timeout plus one scan for unacked messages (every 10 s), with room
+        done = wait(settings, build, 4 * VISIBILITY_TIMEOUT_S, live=False)
     finally:
         first.stop()
         if second:
@@ -88,21 +100,69 @@ def test_worker_killed_mid_build_is_redelivered_and_builds_once(own_redis, rgw, 
 
 
 def test_redis_restart_during_a_build(own_redis, rgw, tmp_path: Path) -> None:
+    """A worker of concurrency 2 (prefork: the build runs in a pool child, its message unacked in
+    the main process) rides out a Redis restart: the in-flight build completes and the worker
+    still consumes the queue afterwards, so a second build submitted after the restart is built."""
     env = _env(own_redis.url, rgw, tmp_path / "home")
     _register(env)
     settings, records = Settings.from_env(env), Records(connect(own_redis.url))
-    workers = start_workers(env, concurrency=1, logdir=tmp_path)
+    workers = start_workers(env, concurrency=2, logdir=tmp_path)
     redis_now = own_redis
     try:
         build = submit(settings, str(slow_bundle(tmp_path, 16, "redis-restart")), ONE)
         _until("the compile to start", lambda: _state(records, build.id) == "compiling", 60)
         redis_now = restart_redis(own_redis, tmp_path / "redis")
         done = wait(settings, build, 180, live=False)
+        after = submit(settings, str(slow_bundle(tmp_path, 4, "after-restart")), ONE)
+        after_done = wait(settings, after, 180, live=False)
     finally:
         workers.stop()
         redis_now.stop()
     [job] = done.jobs.values()
     assert job.state == "built", job
+    [second] = after_done.jobs.values()
+    assert second.state == "built", second
+
+
+def test_supervised_worker_killed_mid_build_is_started_again(own_redis, rgw, tmp_path: Path) -> None:
+    """scripts/worker-loop (the worker image's entry point) starts the worker again after a
+    kill -9 of it and its pool, and the new worker builds what the dead one was building."""
+    env = _env(own_redis.url, rgw, tmp_path / "home")
+    _register(env)
+    settings, records = Settings.from_env(env), Records(connect(own_redis.url))
+    supervised = start_worker_loop(env, concurrency=2, logdir=tmp_path)
+    try:
+        [loop] = supervised.procs
+        [first] = _children_of(loop.pid)  # the worker's main process
+        build = submit(settings, str(slow_bundle(tmp_path, 16, "supervised")), ONE)
+        _until("the compile to start", lambda: _state(records, build.id) == "compiling", 60)
+        for pid in [first, *descendants(first)]:  # the worker, its pool and clang: not the loop
+            os.kill(pid, signal.SIGKILL)
+        _until("the loop to start a new worker",
+               lambda: any(p != first for p in _children_of(loop.pid)), 60)
+        done = wait(settings, build, 180, live=False)
+        assert loop.poll() is None, "the loop itself must keep running"
+    finally:
+        supervised.stop()
+    [job] = done.jobs.values()
+    assert job.state == "built", job
+    log = next(tmp_path.glob("worker-loop-*.log")).read_text()
+    assert "bpfdepot worker exited with status 137; starting it again in 1 s" in log
+
+
+def _children_of(pid: int) -> list[int]:
+    """The live, non-zombie children of a process."""
+    from tests.services import children
+
+    alive = []
+    for child in children(pid):
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(child)
+    return alive
 
 
 def test_unreachable_store_fails_clearly_and_publishes_nothing(own_redis, rgw, tmp_path: Path) -> None:

@@ -67,3 +67,53 @@ def test_an_expired_build_is_dropped_quietly(tmp_path: Path) -> None:
     assert jobs.compile_job(_ctx(records, tmp_path), "gone", "demo", "x86_64-ab", delivery="t:0",
                             attempt=0, worker="w") is None
     assert records.updates == []
+
+
+def test_a_bundle_whose_manifest_blows_the_stack_fails_the_job(tmp_path: Path, monkeypatch) -> None:
+    """An exception nobody foresaw ends the job "failed" with its type, never "queued" for ever."""
+    records = FakeRecords(Job(program="demo", target="x86_64-ab", release="6.1"))
+
+    def deep(ctx: jobs.Context, bundle: str):  # what PyYAML does with a manifest 600 levels deep
+        raise RecursionError("maximum recursion depth exceeded while calling a Python object")
+    monkeypatch.setattr(jobs, "unpacked", deep)
+    again = jobs.compile_job(_ctx(records, tmp_path), "b1", "demo", "x86_64-ab", delivery="t:0",
+                             attempt=0, worker="w")
+    assert again is None
+    [failed] = records.updates
+    assert failed.state == "failed" and failed.worker == "w"
+    assert failed.error.startswith("the farm's compile of 'demo' failed: RecursionError: "
+                                   "maximum recursion depth exceeded")
+    assert records.counts == {"t:0": 1}  # the delivery counted toward MAX_DELIVERIES
+
+
+def test_an_unexpected_error_in_planning_fails_the_job_with_its_message(tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    records = FakeRecords(Job(program="demo", target="x86_64-ab", release="6.1"))
+
+    class Manifest:
+        root = tmp_path
+
+        def program(self, name: str) -> str:
+            return name
+
+    def plan(*args: object) -> None:
+        raise ValueError("a field no code path expected")
+    monkeypatch.setattr(jobs, "unpacked", lambda ctx, bundle: Manifest())
+    monkeypatch.setattr(jobs, "target_of", lambda ctx, target: target)
+    monkeypatch.setattr(jobs, "toolchain", lambda cache: None)
+    monkeypatch.setattr(jobs, "plan_build", plan)
+    jobs.compile_job(_ctx(records, tmp_path), "b1", "demo", "x86_64-ab", delivery="t:0",
+                     attempt=0, worker="w")
+    [failed] = records.updates
+    assert failed.state == "failed"
+    assert "ValueError: a field no code path expected" in failed.error
+    assert "hint: " in failed.error
+
+
+def test_recorded_errors_name_the_bundle_not_the_workers_cache(tmp_path: Path) -> None:
+    root = tmp_path / "cache" / "bundles" / ("ab" * 32)
+    text = (f"clang failed\n{root}/x.bpf.c:3:10: error: expected ';'\n"
+            f"program 'x' includes {tmp_path}/cache/bundles/y.h, outside its bundle")
+    assert jobs.bundle_paths(text, root) == (
+        "clang failed\n<bundle>/x.bpf.c:3:10: error: expected ';'\n"
+        "program 'x' includes <bundle>/../y.h, outside its bundle")
