@@ -127,6 +127,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from builder.host import artifact, node_identity, resolve, resolve_processors
     from loader.kernel import probe_features
     from loader.manifest import load_bundle
+    from loader.decoders.names import node_enums
     from loader.pipeline import Pipeline
     from loader.run import Session, check_fits, check_privileges, ensure_filesystems
 
@@ -163,8 +164,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     def make_channel(program: str, channel: str, info) -> object:
         spec = specs.get(channel)
+        if spec is None:
+            return pipeline.channel(program, channel, info.decoder(
+                channel, enums=node_enums(str(settings.kernel_btf))))
         return pipeline.channel(program, channel, info.decoder(
-            channel, spec.event if spec else None, spec.fields if spec else ()))
+            channel, spec.event, spec.fields, overrides=spec.decoders, unions=spec.unions,
+            enums=node_enums(str(settings.kernel_btf))))
 
     session = Session()
     server = None

@@ -21,25 +21,32 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from loader.btf import Btf, BtfType, Member
+from loader.decoders import UnionChoice
+from loader.decoders.names import errno_table
 from loader.errors import ArtifactNotFound, ManifestError
-from loader.libbpf import Op
+from loader.yamldoc import did_you_mean
+from loader.libbpf import Encoder, NameTable, Op
 
 if TYPE_CHECKING:  # loader.fields pulls in yaml; decoding only needs the declarations
     from loader.fields import FieldDecl
 
 (OP_LIT, OP_U, OP_S, OP_BE, OP_BOOL, OP_CHARS, OP_IPV4, OP_IPV6, OP_IPFAM,
- OP_UBITS, OP_SBITS, OP_F32, OP_F64, OP_HEX) = range(14)
+ OP_UBITS, OP_SBITS, OP_F32, OP_F64, OP_HEX, OP_NAME, OP_KSYM, OP_STRINGS, OP_U128, OP_IFNE,
+ OP_GOTO) = range(20)
 
 _MAX_VALUE = {OP_U: 21, OP_S: 21, OP_BE: 21, OP_BOOL: 5, OP_IPV4: 18, OP_IPV6: 48, OP_IPFAM: 48,
-              OP_UBITS: 21, OP_SBITS: 21, OP_F32: 26, OP_F64: 26}
+              OP_UBITS: 21, OP_SBITS: 21, OP_F32: 26, OP_F64: 26, OP_U128: 36}
 _DECODER_NAME = {OP_U: "u", OP_S: "s", OP_BE: "be", OP_BOOL: "bool", OP_CHARS: "chars",
                  OP_IPV4: "ipv4", OP_IPV6: "ipv6", OP_IPFAM: "ip", OP_UBITS: "ubits",
-                 OP_SBITS: "sbits", OP_F32: "float", OP_F64: "float", OP_HEX: "hex"}
+                 OP_SBITS: "sbits", OP_F32: "float", OP_F64: "float", OP_HEX: "hex",
+                 OP_NAME: "name", OP_KSYM: "ksym", OP_STRINGS: "strings", OP_U128: "u128"}
+# What a manifest's `decoders:` may ask of a field, besides "enum:NAME".
+FIELD_OVERRIDES = ("ip", "ipv4", "ipv6", "hex", "string", "strings", "errno", "ksym", "int", "enum")
 _MODIFIERS = ("typedef", "const", "volatile", "restrict", "type_tag")
 _BE = frozenset(("__be16", "__be32", "__be64"))
 _FAMILY = ("family", "af", "sa_family")  # the member that tells IPv4 from IPv6 for OP_IPFAM
@@ -69,6 +76,17 @@ class EventDecoder:
     ops: tuple[Op, ...]
     fields: tuple[Field, ...]
     max_record: int
+    min_size: int = 0                       # the fixed part (a trailing array may be cut short)
+    names: tuple[NameTable, ...] = ()       # OP_NAME tables, by aux
+    ksym: bool = False                      # OP_KSYM is used: the encoder needs kallsyms
+
+    @property
+    def fixed_size(self) -> int:
+        """Samples shorter than this are counted short; longer ones are decoded as received."""
+        return self.min_size or self.size
+
+
+EnumSource = Callable[[str], "NameTable | None"]
 
 
 def channel_struct(btf: Btf, channel: str, declared: str | None = None) -> BtfType:
@@ -93,23 +111,57 @@ def channel_struct(btf: Btf, channel: str, declared: str | None = None) -> BtfTy
 
 
 class _Emitter:
-    def __init__(self, btf: Btf) -> None:
+    def __init__(self, btf: Btf, *, overrides: Mapping[str, str] | None = None,
+                 unions: Mapping[str, UnionChoice] | None = None, enums: EnumSource | None = None,
+                 channel: str = "") -> None:
         self.btf = btf
         self.ops: list[Op] = []
         self.fields: list[Field] = []
         self.pending = ""  # literal JSON text waiting for the next op
         self.max_record = 0
+        self.overrides = dict(overrides or {})
+        self.unions = dict(unions or {})
+        self.enums = enums
+        self.channel = channel
+        self.names: list[NameTable] = []
+        self._name_index: dict[object, int] = {}
+        self.ksym = False
+        self.used: set[str] = set()  # override and union paths met (the rest are typos)
 
     def lit(self, text: str) -> None:
         self.pending += text
 
-    def value(self, kind: int, path: str, offset: int, size: int, aux: int = 0, aux_size: int = 0) -> None:
+    def value(self, kind: int, path: str, offset: int, size: int, aux: int = 0, aux_size: int = 0,
+              width: int = 0) -> None:
         prefix = self.pending.encode()
         self.pending = ""
         self.ops.append(Op(kind=kind, offset=offset, size=size, aux=aux, aux_size=aux_size, prefix=prefix))
-        width = {OP_CHARS: 2 + 6 * size, OP_HEX: 2 + 2 * size}.get(kind) or _MAX_VALUE[kind]
+        width = width or {OP_CHARS: 2 + 6 * size, OP_HEX: 2 + 2 * size,
+                          OP_STRINGS: 2 + 9 * size}.get(kind) or _MAX_VALUE[kind]
         self.max_record += len(prefix) + width
         self.fields.append(Field(name=path, offset=offset, size=size, decoder=_DECODER_NAME[kind]))
+
+    def control(self, kind: int, **kw: int) -> int:
+        """Append a jump op (its prefix is what is pending); return its index for patching."""
+        prefix = self.pending.encode()
+        self.pending = ""
+        self.ops.append(Op(kind=kind, prefix=prefix, **kw))
+        self.max_record += len(prefix)
+        return len(self.ops) - 1
+
+    def flush(self) -> None:
+        """Pending literal text as an op of its own (it must not leak past a jump)."""
+        if self.pending:
+            prefix = self.pending.encode()
+            self.pending = ""
+            self.ops.append(Op(kind=OP_LIT, prefix=prefix))
+            self.max_record += len(prefix)
+
+    def name_table(self, key: object, table: NameTable) -> int:
+        if key not in self._name_index:
+            self._name_index[key] = len(self.names)
+            self.names.append(table)
+        return self._name_index[key]
 
     def finish(self) -> None:
         self.lit("\n")
@@ -119,8 +171,19 @@ class _Emitter:
 
     def done(self, struct: BtfType) -> EventDecoder:
         self.finish()
+        unknown = sorted((set(self.overrides) | set(self.unions)) - self.used)
+        if unknown:
+            known = [f.name for f in self.fields]
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            raise ManifestError(
+                f"channel '{self.channel}': struct {struct.name} has no field '{unknown[0]}' "
+                "(named in decoders: or unions:)",
+                hint=f"did you mean '{close[0]}'?" if close else
+                f"its fields: {', '.join(known[:20])}")
         return EventDecoder(struct=struct.name, size=struct.size, ops=tuple(self.ops),
-                            fields=tuple(self.fields), max_record=self.max_record)
+                            fields=tuple(self.fields), max_record=self.max_record,
+                            min_size=_fixed_part(self.btf, struct), names=tuple(self.names),
+                            ksym=self.ksym)
 
     def struct(self, t: BtfType, offset: int, path: str) -> None:
         self.lit("{")
@@ -163,6 +226,18 @@ class _Emitter:
         size = self.btf.size_of(type_id)
         is_addr = "addr" in name.lower()
         family = self._family(parent, parent_offset)
+        if path in self.overrides:
+            self.used.add(path)
+            return self.override(self.overrides[path], t, offset, size, path, family)
+        if path in self.unions and t.kind == "union":
+            self.used.add(path)
+            return self.union(t, offset, path, self.unions[path], parent, parent_offset)
+        if t.kind == "int" and size == 16:  # unsigned __int128: an address, or too big for JSON
+            if is_addr:
+                if family is not None:
+                    return self.value(OP_IPFAM, path, offset, 16, family[0], family[1])
+                return self.value(OP_IPV6, path, offset, 16)
+            return self.value(OP_U128, path, offset, 16)
         if "bpfdepot_ipv4" in typedefs or (is_addr and typedefs & {"__be32"} and size == 4):
             return self.value(OP_IPV4, path, offset, 4)
         if "bpfdepot_ip" in typedefs or (is_addr and t.kind == "array" and size == 16 and self._bytes(t)):
@@ -180,7 +255,7 @@ class _Emitter:
                     return self.value(OP_BOOL, path, offset, size)
                 return self.value(OP_S if t.int_signed else OP_U, path, offset, size)
             case "enum" | "enum64":
-                return self.value(OP_S if t.kind_flag else OP_U, path, offset, size)
+                return self.enum(t, offset, size, path)
             case "ptr":
                 return self.value(OP_U, path, offset, 8)
             case "float":
@@ -190,6 +265,104 @@ class _Emitter:
             case "array":
                 return self.array(t, offset, path, name, parent, parent_offset)
         return self.value(OP_HEX, path, offset, size)
+
+    def enum(self, t: BtfType, offset: int, size: int, path: str, name: str = "") -> None:
+        """An enum field as its name: from this node's BTF when it has the enum, else the object's."""
+        enum_name = name or t.name
+        table = self.enums(enum_name) if self.enums is not None and enum_name else None
+        if table is None and t.kind in ("enum", "enum64") and t.enumerators:
+            table = NameTable(names=tuple((v, n) for n, v in t.enumerators), signed=bool(t.kind_flag))
+        if table is None:
+            return self.value(OP_S if t.kind_flag else OP_U, path, offset, size)
+        index = self.name_table(("enum", enum_name, table is not None), table)
+        longest = max((len(n) for _, n in table.names), default=0)
+        self.value(OP_NAME, path, offset, size, index, width=max(21, longest * 6 + 2))
+
+    def override(self, spec: str, t: BtfType, offset: int, size: int, path: str,
+                 family: tuple[int, int] | None) -> None:
+        """A field decoded as the manifest's ``decoders:`` says."""
+        kind, _, arg = spec.partition(":")
+        if kind == "enum":
+            if not arg:
+                raise ManifestError(f"channel '{self.channel}', field '{path}': decoder enum needs "
+                                    "the enum's name", hint="write e.g. enum:skb_drop_reason")
+            table = self.enums(arg) if self.enums is not None else None
+            found = self.btf.by_name(arg, "enum") or self.btf.by_name(arg, "enum64")
+            if table is None and found is None:
+                raise ManifestError(
+                    f"channel '{self.channel}', field '{path}': no enum '{arg}' in this node's BTF "
+                    "or the object's", hint="name an enum of the kernel, e.g. enum:skb_drop_reason")
+            return self.enum(found or t, offset, size, path, name=arg) if table is None else \
+                self._named(table, ("enum", arg, True), offset, size, path)
+        if kind == "errno":
+            return self._named(errno_table(), ("errno",), offset, size, path)
+        if kind == "ksym":
+            self.ksym = True
+            return self.value(OP_KSYM, path, offset, size, width=2 + 128 + 20)
+        need = {"ip": 16, "ipv6": 16, "ipv4": 4}.get(kind)
+        if need is not None and size < need:
+            raise ManifestError(f"channel '{self.channel}', field '{path}': decoder {kind} needs "
+                                f"{need} bytes, the field has {size}", hint="pick another decoder")
+        if kind == "ip":
+            if family is None:
+                return self.value(OP_IPV6, path, offset, 16)
+            return self.value(OP_IPFAM, path, offset, 16, family[0], family[1])
+        ops = {"ipv4": OP_IPV4, "ipv6": OP_IPV6, "hex": OP_HEX, "string": OP_CHARS,
+               "strings": OP_STRINGS}
+        if kind in ops:
+            return self.value(ops[kind], path, offset, {"ipv4": 4, "ipv6": 16}.get(kind, size))
+        if kind == "int" and t.kind in ("int", "enum", "enum64"):
+            return self.value(OP_S if (t.int_signed or t.kind_flag) else OP_U, path, offset, size)
+        raise ManifestError(f"channel '{self.channel}', field '{path}': unknown decoder {spec!r}",
+                            hint=did_you_mean(kind, FIELD_OVERRIDES, "decoders"))
+
+    def _named(self, table: NameTable, key: tuple, offset: int, size: int, path: str) -> None:
+        index = self.name_table(key, table)
+        longest = max((len(n) for _, n in table.names), default=0)
+        self.value(OP_NAME, path, offset, size, index, width=max(21, longest * 6 + 2))
+
+    def union(self, t: BtfType, offset: int, path: str, choice: UnionChoice, parent: BtfType,
+              parent_offset: int) -> None:
+        """Only the member the discriminator picks, as {"member": {...}}; null for other values."""
+        siblings = dict(self._members(parent))
+        if choice.by not in siblings:
+            raise ManifestError(f"channel '{self.channel}': union '{path}' is chosen by "
+                                f"'{choice.by}', which is not a member beside it",
+                                hint=f"members beside it: {', '.join(n for n in siblings if n)}")
+        by = siblings[choice.by]
+        by_type = self.btf.strip(by.type_id)
+        by_offset, by_size = parent_offset + by.bit_offset // 8, self.btf.size_of(by.type_id)
+        members = dict(self._members(t))
+        gotos = []
+        for value, member_name in choice.cases:
+            if member_name not in members:
+                raise ManifestError(f"channel '{self.channel}': union '{path}' has no member "
+                                    f"'{member_name}'", hint=f"its members: {', '.join(members)}")
+            number = self._case_value(value, by_type, path)
+            test = self.control(OP_IFNE, offset=by_offset, aux_size=by_size,
+                                value=number & 0xFFFFFFFFFFFFFFFF if number < 0 else number)
+            self.lit("{" + json.dumps(member_name) + ":")
+            member = members[member_name]
+            self.field(member.type_id, offset + member.bit_offset // 8, f"{path}.{member_name}",
+                       member_name, t, offset)
+            self.lit("}")
+            self.flush()
+            gotos.append(self.control(OP_GOTO))
+            self.ops[test] = replace(self.ops[test], jump=len(self.ops) - test - 1)
+        self.lit("null")
+        self.flush()
+        for at in gotos:
+            self.ops[at] = replace(self.ops[at], jump=len(self.ops) - at - 1)
+
+    def _case_value(self, value: int | str, by_type: BtfType, path: str) -> int:
+        if isinstance(value, int):
+            return value
+        for name, number in by_type.enumerators:
+            if name == value:
+                return number
+        raise ManifestError(f"channel '{self.channel}': union '{path}': case {value!r} is not a "
+                            "number or a name of the discriminator's enum",
+                            hint="write the value as a number")
 
     def array(self, t: BtfType, offset: int, path: str, name: str, parent: BtfType, parent_offset: int) -> None:
         elem = self.btf.strip(t.elem_type_id)
@@ -230,11 +403,33 @@ class _Emitter:
         return None
 
 
-def event_decoder(btf: Btf, struct: BtfType) -> EventDecoder:
-    """Compile the default decoding of ``struct`` into encoder ops."""
-    emitter = _Emitter(btf)
+def event_decoder(btf: Btf, struct: BtfType, *, overrides: Mapping[str, str] | None = None,
+                  unions: Mapping[str, UnionChoice] | None = None, enums: EnumSource | None = None,
+                  channel: str = "") -> EventDecoder:
+    """Compile the default decoding of ``struct`` into encoder ops. ``overrides`` picks a decoder
+    per field path, ``unions`` the member of a union per event, ``enums`` finds enum names on
+    this node (default: the object's own values)."""
+    emitter = _Emitter(btf, overrides=overrides, unions=unions, enums=enums, channel=channel)
     emitter.struct(struct, 0, "")
     return emitter.done(struct)
+
+
+def encoder_for(decoder: EventDecoder) -> Encoder:
+    """The C encoder of ``decoder``, with its name tables (and kallsyms when it names addresses)."""
+    from loader.decoders.ksym import kallsyms
+
+    return Encoder(decoder.ops, event_size=decoder.fixed_size, max_record=decoder.max_record,
+                   names=decoder.names, syms=kallsyms() if decoder.ksym else None)
+
+
+def _fixed_part(btf: Btf, struct: BtfType) -> int:
+    """The bytes every sample must hold: up to a trailing array (a variable-length tail, like an
+    exec event's argument buffer) or the whole struct."""
+    if struct.kind == "struct" and struct.members:
+        last = struct.members[-1]
+        if not last.bitfield_size and btf.strip(last.type_id).kind == "array":
+            return last.bit_offset // 8
+    return struct.size
 
 
 def declared_decoder(btf: Btf, struct: BtfType, fields: Sequence[FieldDecl], channel: str) -> EventDecoder:

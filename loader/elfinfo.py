@@ -17,7 +17,8 @@ from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
 from loader.btf import Btf, BtfFormatError, MapDef
-from loader.decode import EventDecoder, channel_struct, declared_decoder, event_decoder
+from loader.decode import EnumSource, EventDecoder, channel_struct, declared_decoder, event_decoder
+from loader.decoders import UnionChoice
 from loader.errors import BpfDepotError, BuildError
 
 if TYPE_CHECKING:
@@ -118,15 +119,19 @@ class ObjectInfo:
         return next((m for m in self.maps if m.name == name), None)
 
     def decoder(self, channel: str, declared: str | None = None,
-                fields: Sequence[FieldDecl] = ()) -> EventDecoder:
-        """How ``channel``'s events become JSON: the manifest's ``fields``, else every member."""
+                fields: Sequence[FieldDecl] = (), *, overrides: Sequence[tuple[str, str]] = (),
+                unions: Sequence[tuple[str, UnionChoice]] = (),
+                enums: EnumSource | None = None) -> EventDecoder:
+        """How ``channel``'s events become JSON: the manifest's ``fields``, else every member
+        (with its ``decoders:`` and ``unions:``; enum names from ``enums``, the node's BTF)."""
         if self.btf is None:
             raise BuildError(f"channel '{channel}': the object has no BTF to decode events with",
                              hint="compile with -g")
         struct = channel_struct(self.btf, channel, declared)
         if fields:
             return declared_decoder(self.btf, struct, fields, channel)
-        return event_decoder(self.btf, struct)
+        return event_decoder(self.btf, struct, overrides=dict(overrides), unions=dict(unions),
+                             enums=enums, channel=channel)
 
 
 def read_object(data: bytes, label: str) -> ObjectInfo:

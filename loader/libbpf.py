@@ -8,6 +8,7 @@ each event to a JSON line (ops built by loader/decode.py), so Python only writes
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -204,21 +205,65 @@ class Op:
     aux: int = 0
     aux_size: int = 0
     prefix: bytes = b""
+    jump: int = 0      # OP_IFNE / OP_GOTO: ops skipped
+    value: int = 0     # OP_IFNE: the discriminator value that selects the next ops
+
+
+@dataclass(frozen=True, slots=True)
+class NameTable:
+    """Integer → name for OP_NAME (enum names from BTF, errno names)."""
+
+    names: tuple[tuple[int, str], ...]   # (value, name), any order
+    negated: bool = False                # errno style: look up -v for v < 0
+    signed: bool = False
+
+
+class _Tables:
+    """The C tables of one encoder (kept alive as long as it)."""
+
+    def __init__(self, names: Sequence[NameTable], syms: Sequence[tuple[int, str]] | None) -> None:
+        self.keep: list[object] = []
+        self.names = ffi.new("struct bpfdepot_names[]", max(1, len(names)))
+        for slot, table in zip(self.names, names):
+            rows = sorted(dict(table.names).items())
+            texts = [json.dumps(name).encode() for _, name in rows]
+            values = ffi.new("int64_t[]", [v for v, _ in rows] or [0])
+            strs = [ffi.new("char[]", t) for t in texts]
+            ptrs = ffi.new("char *[]", strs or [ffi.NULL])
+            lens = ffi.new("uint32_t[]", [len(t) for t in texts] or [0])
+            self.keep += [values, strs, ptrs, lens]
+            slot.values, slot.names, slot.lens, slot.n = values, ptrs, lens, len(rows)
+            slot.flags = lib.BPFDEPOT_NAMES_NEGATED if table.negated else 0
+            slot.is_signed = int(table.signed)
+        self.syms = ffi.NULL
+        if syms is not None:
+            rows = sorted(syms)
+            blob = [ffi.new("char[]", name.encode()) for _, name in rows]
+            addrs = ffi.new("uint64_t[]", [a for a, _ in rows] or [0])
+            ptrs = ffi.new("char *[]", blob or [ffi.NULL])
+            lens = ffi.new("uint32_t[]", [len(name.encode()) for _, name in rows] or [0])
+            self.syms = ffi.new("struct bpfdepot_syms *")
+            self.syms.addrs, self.syms.names, self.syms.lens, self.syms.n = addrs, ptrs, lens, len(rows)
+            self.keep += [blob, addrs, ptrs, lens]
 
 
 class Encoder:
     """Event bytes → JSON lines, in C; ``take()`` hands out what accumulated."""
 
-    def __init__(self, ops: Sequence[Op], *, event_size: int, max_record: int) -> None:
+    def __init__(self, ops: Sequence[Op], *, event_size: int, max_record: int,
+                 names: Sequence[NameTable] = (), syms: Sequence[tuple[int, str]] | None = None) -> None:
         self._keep = [ffi.new("char[]", op.prefix) for op in ops]
         self._ops = ffi.new("struct bpfdepot_op[]", len(ops))
         for slot, op, prefix in zip(self._ops, ops, self._keep):
             slot.kind, slot.offset, slot.size = op.kind, op.offset, op.size
             slot.aux, slot.aux_size = op.aux, op.aux_size
             slot.prefix, slot.prefix_len = prefix, len(op.prefix)
+            slot.jump, slot.value = op.jump, op.value
         self.c = ffi.new("struct bpfdepot_encoder *")
         self.c.ops, self.c.nops = self._ops, len(ops)
         self.c.event_size, self.c.max_record = event_size, max_record
+        self._tables = _Tables(names, syms)
+        self.c.names, self.c.nnames, self.c.syms = self._tables.names, len(names), self._tables.syms
         self._free = ffi.gc(self.c, lib.bpfdepot_encoder_free)
 
     @property

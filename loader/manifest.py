@@ -21,8 +21,11 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from loader.errors import ManifestError
 from loader.fields import FieldDecl, parse_fields
+from loader.decoders import UnionChoice
 from loader.yamldoc import C_IDENT_RE, TAG, YamlDoc, did_you_mean, kind_of, line_of, read_bounded
 
+# What a channel's `decoders:` may name (enum takes the enum's name: enum:skb_drop_reason).
+DECODER_KINDS = ("ip", "ipv4", "ipv6", "hex", "string", "strings", "errno", "ksym", "int", "enum")
 ProgramType = Literal["ebpf_object", "user_so", "bpftrace_object"]
 ChannelType = Literal["ring_buffer", "perf_buffer"]
 FunctionType = Literal["default", "init", "pre", "post"]
@@ -116,6 +119,8 @@ class ChannelSpec:
     events: tuple[EventRoute, ...]  # empty: events are decoded by default
     line: int
     fields: tuple[FieldDecl, ...] = ()  # empty: every member of the event struct, from its BTF
+    decoders: tuple[tuple[str, str], ...] = ()  # (field path, decoder): ksym, errno, enum:NAME, ...
+    unions: tuple[tuple[str, UnionChoice], ...] = ()  # (union path, the member chosen by what)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -371,8 +376,9 @@ def _parse_channels(
             )  # fmt: skip
         at = f"spec.channels.{name}"
         fields = doc.fields(
-            value, at, required=("type",), optional=("event", "events", "fields")
-        )
+            value, at, required=("type",),
+            optional=("event", "events", "fields", "decoders", "unions"),
+        )  # fmt: skip
         kind = doc.choice(fields["type"], "type", at, CHANNEL_TYPES)
         event = None
         if "event" in fields:
@@ -383,13 +389,55 @@ def _parse_channels(
             for index, item in enumerate(items)
         )
         declared = parse_fields(doc, fields["fields"], at) if "fields" in fields else ()
+        decoders = _parse_decoders(doc, fields["decoders"], at) if "decoders" in fields else ()
+        unions = _parse_unions(doc, fields["unions"], at) if "unions" in fields else ()
         channels.append(
             ChannelSpec(
                 name=name, type=cast(ChannelType, kind), event=event, events=routes,
-                line=line_of(key_node), fields=declared,
+                line=line_of(key_node), fields=declared, decoders=decoders, unions=unions,
             )  # fmt: skip
         )
     return tuple(channels)
+
+
+_FIELD_PATH_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*")
+
+
+def _parse_decoders(doc: YamlDoc, node: Node, at: str) -> tuple[tuple[str, str], ...]:
+    """``decoders: {field: decoder}``: how a field of the event (or map key/value) reads."""
+    where = f"{at}.decoders"
+    out = []
+    for path, key_node, value in doc.entries(node, where):
+        if not _FIELD_PATH_RE.fullmatch(path):
+            raise doc.error(key_node, f"{path!r} in {where} is not a field path",
+                            hint="name a member as C does: reason, inner.addr, counts[2]")
+        spec = doc.string(value, path, where)
+        kind, _, arg = spec.partition(":")
+        if kind not in DECODER_KINDS or (kind == "enum") != bool(arg):
+            raise doc.error(value, f"unknown decoder {spec!r} for {path!r} in {where}",
+                            hint=did_you_mean(kind, DECODER_KINDS, "decoders") +
+                            " (enum takes the enum's name: enum:skb_drop_reason)")
+        out.append((path, spec))
+    return tuple(out)
+
+
+def _parse_unions(doc: YamlDoc, node: Node, at: str) -> tuple[tuple[str, UnionChoice], ...]:
+    """``unions: {field: {by: member, cases: {value: member}}}``."""
+    where = f"{at}.unions"
+    out = []
+    for path, key_node, value in doc.entries(node, where):
+        if not _FIELD_PATH_RE.fullmatch(path):
+            raise doc.error(key_node, f"{path!r} in {where} is not a field path",
+                            hint="name the union member as C does, e.g. u or args.data")
+        spec = doc.fields(value, f"{where}.{path}", required=("by", "cases"))
+        by = doc.c_identifier(spec["by"], "by", f"{where}.{path}", what="discriminator")
+        cases = []
+        for case, _, member in doc.entries(spec["cases"], f"{where}.{path}.cases"):
+            number: int | str = int(case, 0) if re.fullmatch(r"-?(0x[0-9a-fA-F]+|\d+)", case) else case
+            cases.append((number, doc.c_identifier(member, str(case), f"{where}.{path}.cases",
+                                                   what="union member")))
+        out.append((path, UnionChoice(by=by, cases=tuple(cases))))
+    return tuple(out)
 
 
 def _parse_route(

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from loader.decode import EventDecoder
+from loader.decode import EventDecoder, encoder_for
 from loader.errors import LoadError, ManifestError
 from loader.libbpf import Channel, Encoder, Op, RouteKey
 from loader.manifest import ChannelSpec, EventRoute, Manifest
@@ -32,7 +32,8 @@ from loader.metrics import LoaderMetrics
 from loader.sinks import Record, Sink, SinkStats
 from loader.workers import Pool, Route, RouteCounts
 
-_SCALAR_KINDS = {1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13}  # every op but literals and bitfields
+_SCALAR_KINDS = {1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13, 14}  # every op but literals, bitfields,
+# lists and jumps (a named enum hashes and keys by its number: the key encoder has no names)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,7 +124,7 @@ class Pipeline:
         if not routes:
             stream = f"{program}.{name}"
             self.outlets.add(stream, self.open_sinks(stream, None, program, name), program, name)
-            enc = Encoder(decoder.ops, event_size=decoder.size, max_record=decoder.max_record)
+            enc = encoder_for(decoder)
             state = ChannelState(program=program, name=name, stream=stream,
                                  channel=Channel(encoder=enc))
             self.channels.append(state)

@@ -233,39 +233,176 @@ static char *put_double(char *p, double v)
 	return p + sprintf(p, "%.17g", v);
 }
 
-static char *encode_one(const struct bpfdepot_encoder *enc, const unsigned char *d, char *p)
+static char *put_name(char *p, const struct bpfdepot_names *t, const unsigned char *f,
+			   unsigned int size)
+{
+	int64_t v = t->is_signed ? load_s(f, size) : (int64_t)load_u(f, size);
+	int64_t want = v;
+	unsigned int lo = 0, hi = t->n;
+
+	if (t->flags & BPFDEPOT_NAMES_NEGATED) {
+		if (v >= 0)
+			return put_s64(p, v);
+		want = -v;
+	}
+	while (lo < hi) { /* the first value >= want */
+		unsigned int mid = lo + (hi - lo) / 2;
+
+		if (t->values[mid] < want)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < t->n && t->values[lo] == want) {
+		memcpy(p, t->names[lo], t->lens[lo]);
+		return p + t->lens[lo];
+	}
+	return t->is_signed ? put_s64(p, v) : put_u64(p, (uint64_t)v);
+}
+
+static char *put_hex64(char *p, uint64_t v)
+{
+	char tmp[16];
+	int n = 0;
+
+	do {
+		tmp[n++] = hexdig[v & 15];
+		v >>= 4;
+	} while (v);
+	*p++ = '0';
+	*p++ = 'x';
+	while (n)
+		*p++ = tmp[--n];
+	return p;
+}
+
+static char *put_ksym(char *p, const struct bpfdepot_syms *t, uint64_t addr)
+{
+	unsigned int lo = 0, hi = t ? t->n : 0;
+
+	while (lo < hi) { /* the first address > addr */
+		unsigned int mid = lo + (hi - lo) / 2;
+
+		if (t->addrs[mid] <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*p++ = '"';
+	if (lo == 0 || !addr) { /* below every symbol (or none loaded): the address itself */
+		p = put_hex64(p, addr);
+	} else {
+		memcpy(p, t->names[lo - 1], t->lens[lo - 1]);
+		p += t->lens[lo - 1];
+		if (addr != t->addrs[lo - 1]) {
+			*p++ = '+';
+			p = put_hex64(p, addr - t->addrs[lo - 1]);
+		}
+	}
+	*p++ = '"';
+	return p;
+}
+
+static char *put_strings(char *p, const unsigned char *s, unsigned int size)
+{
+	unsigned int at = 0;
+	int first = 1;
+
+	*p++ = '[';
+	while (at < size) {
+		unsigned int n = 0;
+
+		while (at + n < size && s[at + n])
+			n++;
+		if (!n && at + n >= size)
+			break; /* trailing bytes after the last NUL */
+		if (!first)
+			*p++ = ',';
+		first = 0;
+		p = put_chars(p, s + at, n);
+		at += n + 1;
+	}
+	*p++ = ']';
+	return p;
+}
+
+static char *put_u128(char *p, const unsigned char *f)
+{
+	uint64_t lo, hi;
+
+	memcpy(&lo, f, 8);
+	memcpy(&hi, f + 8, 8);
+	*p++ = '"';
+	if (hi) {
+		p = put_hex64(p, hi);
+		for (int shift = 60; shift >= 0; shift -= 4)
+			*p++ = hexdig[(lo >> shift) & 15];
+	} else {
+		p = put_hex64(p, lo);
+	}
+	*p++ = '"';
+	return p;
+}
+
+/* Encode one event of `avail` bytes. A field that lies past what arrived is null; a trailing
+ * string, byte array or string list is cut where the sample ends. */
+static char *encode_one(const struct bpfdepot_encoder *enc, const unsigned char *d, size_t avail,
+			char *p)
 {
 	for (unsigned int i = 0; i < enc->nops; i++) {
 		const struct bpfdepot_op *op = &enc->ops[i];
 		const unsigned char *f = d + op->offset;
+		unsigned int size = op->size;
 
 		memcpy(p, op->prefix, op->prefix_len);
 		p += op->prefix_len;
+		if (op->kind == OP_IFNE) {
+			if (op->offset + op->aux_size > avail ||
+			    load_u(f, op->aux_size) != (uint64_t)op->value)
+				i += op->jump;
+			continue;
+		}
+		if (op->kind == OP_GOTO) {
+			i += op->jump;
+			continue;
+		}
+		if (op->kind != OP_LIT &&
+		    op->offset + (size_t)(op->kind == OP_UBITS || op->kind == OP_SBITS ?
+					  op->aux_size : size) > avail) {
+			if ((op->kind == OP_CHARS || op->kind == OP_HEX || op->kind == OP_STRINGS) &&
+			    op->offset <= avail) {
+				size = (unsigned int)(avail - op->offset);
+			} else {
+				memcpy(p, "null", 4);
+				p += 4;
+				continue;
+			}
+		}
 		switch (op->kind) {
 		case OP_LIT:
 			break;
 		case OP_U:
-			p = put_u64(p, load_u(f, op->size));
+			p = put_u64(p, load_u(f, size));
 			break;
 		case OP_S:
-			p = put_s64(p, load_s(f, op->size));
+			p = put_s64(p, load_s(f, size));
 			break;
 		case OP_BE: {
 			uint64_t v = 0;
 
-			for (unsigned int b = 0; b < op->size; b++)
+			for (unsigned int b = 0; b < size; b++)
 				v = v << 8 | f[b];
 			p = put_u64(p, v);
 			break;
 		}
 		case OP_BOOL:
-			if (load_u(f, op->size))
+			if (load_u(f, size))
 				memcpy(p, "true", 4), p += 4;
 			else
 				memcpy(p, "false", 5), p += 5;
 			break;
 		case OP_CHARS:
-			p = put_chars(p, f, op->size);
+			p = put_chars(p, f, size);
 			break;
 		case OP_IPV4:
 			p = put_ip(p, AF_INET, f);
@@ -305,20 +442,34 @@ static char *encode_one(const struct bpfdepot_encoder *enc, const unsigned char 
 		}
 		case OP_HEX:
 			*p++ = '"';
-			for (unsigned int b = 0; b < op->size; b++) {
+			for (unsigned int b = 0; b < size; b++) {
 				*p++ = hexdig[f[b] >> 4];
 				*p++ = hexdig[f[b] & 15];
 			}
 			*p++ = '"';
+			break;
+		case OP_NAME:
+			p = op->aux < enc->nnames ? put_name(p, &enc->names[op->aux], f, size)
+						  : put_u64(p, load_u(f, size));
+			break;
+		case OP_KSYM:
+			p = put_ksym(p, enc->syms, load_u(f, size));
+			break;
+		case OP_STRINGS:
+			p = put_strings(p, f, size);
+			break;
+		case OP_U128:
+			p = put_u128(p, f);
 			break;
 		}
 	}
 	return p;
 }
 
-char *bpfdepot_encode_fields(const struct bpfdepot_encoder *enc, const void *data, char *out)
+char *bpfdepot_encode_fields(const struct bpfdepot_encoder *enc, const void *data, size_t size,
+			     char *out)
 {
-	return encode_one(enc, data, out);
+	return encode_one(enc, data, size, out);
 }
 
 static int reserve(struct bpfdepot_encoder *enc, size_t need)
@@ -349,7 +500,7 @@ int bpfdepot_encode_sample(void *ctx, void *data, size_t size)
 	}
 	if (reserve(enc, enc->max_record))
 		return -ENOMEM;
-	enc->len = (size_t)(encode_one(enc, data, enc->out + enc->len) - enc->out);
+	enc->len = (size_t)(encode_one(enc, data, size, enc->out + enc->len) - enc->out);
 	enc->events++;
 	return 0;
 }

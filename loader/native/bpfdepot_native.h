@@ -10,26 +10,57 @@
 enum {
 	OP_LIT, OP_U, OP_S, OP_BE, OP_BOOL, OP_CHARS, OP_IPV4, OP_IPV6, OP_IPFAM,
 	OP_UBITS, OP_SBITS, OP_F32, OP_F64, OP_HEX,
+	OP_NAME,    /* an integer as its name from names[aux] (the number when it has none) */
+	OP_KSYM,    /* a kernel address as "symbol+0xoff" from the encoder's symbol table */
+	OP_STRINGS, /* NUL-separated strings (argv, envp) as a JSON list */
+	OP_U128,    /* a 128-bit integer as a "0x..." string (JSON numbers stop at 2^53) */
+	OP_IFNE,    /* unless the field (aux_size bytes at offset) equals value: skip jump ops */
+	OP_GOTO,    /* skip jump ops (the end of a union member chosen by OP_IFNE) */
 };
 
 struct bpfdepot_op {
 	int kind;
 	unsigned int offset;   /* byte offset of the field in the event */
 	unsigned int size;     /* bytes (bits for *BITS) */
-	unsigned int aux;      /* IPFAM: offset of `family`; *BITS: bit shift */
-	unsigned int aux_size; /* IPFAM: size of `family`; *BITS: bytes to load */
+	unsigned int aux;      /* IPFAM: offset of `family`; *BITS: bit shift; NAME: table */
+	unsigned int aux_size; /* IPFAM: size of `family`; *BITS: bytes to load; IFNE: size */
 	const char *prefix;    /* JSON text written before the value, e.g. ,"pid": */
 	unsigned int prefix_len;
+	unsigned int jump;     /* IFNE, GOTO: how many ops to skip */
+	int64_t value;         /* IFNE: the value that selects the ops after it */
+};
+
+#define BPFDEPOT_NAMES_NEGATED 1 /* errno style: -v is looked up for v < 0; v >= 0 is a number */
+
+struct bpfdepot_names { /* integer -> name, sorted by value (enum names, errno names) */
+	const int64_t *values;
+	const char *const *names; /* JSON strings, quotes included */
+	const uint32_t *lens;
+	unsigned int n;
+	unsigned int flags;
+	unsigned int is_signed;   /* the field is read as signed */
+};
+
+struct bpfdepot_syms { /* kernel symbols sorted by address (/proc/kallsyms) */
+	const uint64_t *addrs;
+	const char *const *names; /* plain names, no quotes */
+	const uint32_t *lens;
+	unsigned int n;
 };
 
 struct bpfdepot_encoder {
 	const struct bpfdepot_op *ops;
 	unsigned int nops;
-	unsigned int event_size; /* the struct's size; shorter samples are counted, not decoded */
+	unsigned int event_size; /* the fixed part: shorter samples are counted short, not decoded;
+	                          * longer ones are decoded as received (a trailing array or
+	                          * string only as far as the sample goes, fields past it null) */
 	unsigned int max_record; /* upper bound of one encoded record, bytes */
 	char *out;
 	size_t len, cap;
 	uint64_t events, short_events;
+	const struct bpfdepot_names *names; /* tables of OP_NAME */
+	unsigned int nnames;
+	const struct bpfdepot_syms *syms;   /* for OP_KSYM */
 };
 
 /* ---- processor routes (bpfdepot_route.c) ---- */
@@ -129,7 +160,8 @@ struct bpfdepot_host_args {
 
 enum { BPFDEPOT_HOST_SETUP = 3, BPFDEPOT_HOST_INIT = 4, BPFDEPOT_HOST_PROTOCOL = 5 };
 
-char *bpfdepot_encode_fields(const struct bpfdepot_encoder *enc, const void *data, char *out);
+char *bpfdepot_encode_fields(const struct bpfdepot_encoder *enc, const void *data, size_t size,
+			     char *out);
 int bpfdepot_channel_sample(void *ctx, void *data, size_t size);
 struct ring_buffer *bpfdepot_ring_add_channel(struct ring_buffer *rb, int map_fd,
 					      struct bpfdepot_channel *ch);

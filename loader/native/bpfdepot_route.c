@@ -77,7 +77,7 @@ static inline uint64_t now_ns(void)
 /* The key as text: the field through the JSON encoder, without the quotes of strings. */
 static unsigned int key_text(const struct bpfdepot_route *r, const unsigned char *d, char *out)
 {
-	char *end = bpfdepot_encode_fields(&r->key, d, out);
+	char *end = bpfdepot_encode_fields(&r->key, d, (size_t)-1, out); /* key_end was checked */
 	unsigned int n = (unsigned int)(end - out);
 
 	if (n >= 2 && out[0] == '"') {

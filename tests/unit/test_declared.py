@@ -12,7 +12,7 @@ import pytest
 
 from btfgen import BtfEncoder
 from loader.btf import Btf
-from loader.decode import EventDecoder, Field, declared_decoder
+from loader.decode import EventDecoder, Field, declared_decoder, encoder_for
 from loader.elfinfo import ObjectInfo
 from loader.errors import ManifestError
 from loader.fields import FieldDecl, field_type
@@ -164,7 +164,7 @@ def test_bad_fields_name_the_line(tmp_path: Path, fields: str, message: str, hin
 
 
 def encode(dec: EventDecoder, raw: bytes) -> bytes:
-    enc = Encoder(dec.ops, event_size=dec.size, max_record=dec.max_record)
+    enc = encoder_for(dec)
     enc.encode(raw, dec.size)
     out = enc.take()
     assert out.endswith(b"\n") and out.count(b"\n") == 1 and len(out) <= dec.max_record

@@ -17,9 +17,8 @@ import pytest
 
 from btfgen import K_FLOAT, K_PTR, K_TYPEDEF, BtfEncoder
 from loader.btf import Btf
-from loader.decode import MARKER, EventDecoder, Field, channel_struct, event_decoder
+from loader.decode import MARKER, EventDecoder, Field, channel_struct, encoder_for, event_decoder
 from loader.errors import ArtifactNotFound
-from loader.libbpf import Encoder
 
 AF_INET, AF_INET6 = 2, 10
 
@@ -127,7 +126,7 @@ EXPECTED_COMMON = {
     "a_u32": 4294967295, "a_s32": -2147483648, "a_u64": 18446744073709551615,
     "a_s64": -9223372036854775808, "ok": True,
     "flags": 5, "level": -3, "mid": 45, "neg": -100, "wide": 4000,
-    "f32": f32(0.1), "state": 3, "f64": -2.5e-300, "ptr": 0xFFFF888012345678,
+    "f32": f32(0.1), "state": "ST_BUSY", "f64": -2.5e-300, "ptr": 0xFFFF888012345678,
     "comm": "bash", "text": 'a"b\\c\nd\x80e\x7f', "counts": [1, 4294967295, 7], "saddr4": "10.0.0.1",
     "inner": {"lo": 3735928559, "hi": -2, "tag": 255, "d": -128},
     "cookie": 0x1122334455667788, "cookie_lo": 0x55667788,
@@ -143,8 +142,8 @@ def dec() -> EventDecoder:
     return event_decoder(btf, btf.type(ev))
 
 
-def encoder(dec: EventDecoder) -> Encoder:
-    return Encoder(dec.ops, event_size=dec.size, max_record=dec.max_record)
+def encoder(dec: EventDecoder) -> "Encoder":
+    return encoder_for(dec)
 
 
 def run(dec: EventDecoder, *events: bytes) -> list[bytes]:
@@ -165,14 +164,14 @@ def test_decoder_shape(dec: EventDecoder) -> None:
         ("a_s64", 24, 8, "s"), ("ok", 32, 1, "bool"),
         ("flags", 36, 3, "ubits"), ("level", 36, 3, "sbits"), ("mid", 36, 6, "ubits"),
         ("neg", 37, 8, "sbits"), ("wide", 38, 12, "ubits"),
-        ("f32", 40, 4, "float"), ("state", 44, 4, "u"), ("f64", 48, 8, "float"), ("ptr", 56, 8, "u"),
+        ("f32", 40, 4, "float"), ("state", 44, 4, "name"), ("f64", 48, 8, "float"), ("ptr", 56, 8, "u"),
         ("comm", 64, 16, "chars"), ("text", 80, 16, "chars"),
         ("counts[0]", 96, 4, "u"), ("counts[1]", 100, 4, "u"), ("counts[2]", 104, 4, "u"),
         ("saddr4", 108, 4, "ipv4"),
         ("inner.lo", 112, 4, "u"), ("inner.hi", 116, 2, "s"), ("inner.tag", 118, 1, "u"),
         ("inner.d", 119, 1, "s"),
         ("cookie", 120, 8, "u"), ("cookie_lo", 120, 4, "u"), ("family", 128, 2, "u"),
-        ("err", 130, 2, "s"), ("saddr", 132, 16, "ip"), ("daddr", 148, 16, "ip"),
+        ("err", 130, 2, "name"), ("saddr", 132, 16, "ip"), ("daddr", 148, 16, "ip"),
         ("blob", 164, 100, "hex"),
     ]
     assert all(isinstance(f, Field) for f in dec.fields)
@@ -183,7 +182,7 @@ def test_ipv4_event(dec: EventDecoder) -> None:
                   daddr=bytes([8, 8, 4, 4]) + bytes(12))
     [line] = run(dec, raw)
     got = json.loads(line)
-    assert got == {**EXPECTED_COMMON, "family": 2, "err": -22, "saddr": "192.168.1.2",
+    assert got == {**EXPECTED_COMMON, "family": 2, "err": "E_INVAL", "saddr": "192.168.1.2",
                    "daddr": "8.8.4.4", "blob": bytes(range(100)).hex()}
     assert list(got) == KEYS  # member order; __pad left out
     # text escapes as the encoder writes them: \" \\ and \u00XX for control and non-ASCII bytes
@@ -195,7 +194,7 @@ def test_ipv6_event(dec: EventDecoder) -> None:
     raw = pack_ev(family=AF_INET6, saddr=ipaddress.IPv6Address("2001:db8::1").packed,
                   daddr=ipaddress.IPv6Address("fe80::1").packed)
     [line] = run(dec, raw)
-    assert json.loads(line) == {**EXPECTED_COMMON, "family": 10, "err": -22, "saddr": "2001:db8::1",
+    assert json.loads(line) == {**EXPECTED_COMMON, "family": 10, "err": "E_INVAL", "saddr": "2001:db8::1",
                                 "daddr": "fe80::1", "blob": bytes(range(100)).hex()}
 
 
@@ -214,14 +213,28 @@ def test_events_laid_end_to_end_give_one_line_each(dec: EventDecoder) -> None:
 
 
 def test_short_events_are_counted_not_emitted(dec: EventDecoder) -> None:
+    """Shorter than the fixed part (all but the trailing array): counted short, not decoded."""
     enc = encoder(dec)
     raw = pack_ev(family=AF_INET, saddr=bytes(16), daddr=bytes(16))
-    enc.encode(raw[:-1] * 3, dec.size - 1)
+    fixed = dec.fixed_size
+    assert fixed == dec.size - 100  # the trailing `blob` may be cut short
+    enc.encode(raw[:fixed - 1] * 3, fixed - 1)
     assert (enc.events, enc.short_events, enc.pending(), enc.take()) == (0, 3, 0, b"")
     enc.encode(raw, dec.size)  # a longer record is fine: the struct is read from its start
     enc.encode(raw + b"tail", dec.size + 4)
     assert (enc.events, enc.short_events) == (2, 3)
     assert len(enc.take().splitlines()) == 2
+
+
+def test_a_variable_length_tail_is_decoded_as_far_as_it_arrived(dec: EventDecoder) -> None:
+    """An event whose trailing array was sent in part (bpf_ringbuf_output of a shorter size)."""
+    enc = encoder(dec)
+    raw = pack_ev(family=AF_INET, saddr=bytes(16), daddr=bytes(16))
+    enc.encode(raw[:dec.fixed_size + 3], dec.fixed_size + 3)
+    got = json.loads(enc.take())
+    assert got["blob"] == bytes(range(3)).hex() and enc.short_events == 0
+    enc.encode(raw[:dec.fixed_size], dec.fixed_size)
+    assert json.loads(enc.take())["blob"] == ""
 
 
 def test_max_record_bounds_the_longest_record(dec: EventDecoder) -> None:
