@@ -24,7 +24,7 @@ from harness import BPFFS, ROOT, Row, median, ms, paired
 
 BUNDLE = ROOT / "bpf" / "tcp_connlat"
 # What `bpfdepot run` imports before its clock starts (builder.host pulls in the compiler side).
-IMPORTS = "import builder.cli, builder.host, loader.run, loader.libbpf, loader.kernel"
+IMPORTS = "import builder.cli, builder.host, loader.session, loader.libbpf, loader.kernel.probe"
 
 
 def bpftool_autoattach() -> bool:

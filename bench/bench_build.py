@@ -32,12 +32,12 @@ from harness import ROOT, Row, median, ms, paired, timed
 if TYPE_CHECKING:
     from builder.compile import Target
     from builder.toolchain import Toolchain
-    from loader.manifest import Manifest, ProgramSpec
+    from loader.model.manifest import Manifest, ProgramSpec
 
 BUNDLES = (ROOT / "bench" / "flood", ROOT / "bpf" / "tcp_connlat")
 COLD_GOAL, HIT_GOAL_S = 1.10, 0.020
 # What `bpfdepot build` imports before it does anything (its start-up cost beyond Python's own).
-IMPORTS = "import builder.cli, builder.compile, builder.toolchain, loader.manifest, loader.kernel"
+IMPORTS = "import builder.cli, builder.compile, builder.toolchain, loader.model.manifest, loader.kernel.probe"
 
 
 def _seed(home: Path, header: Path, btf_digest: str) -> None:
@@ -59,10 +59,10 @@ def measure(args: argparse.Namespace) -> list[Row]:
     from builder.compile import Target, build_program
     from builder.toolchain import find_toolchain
     from builder.vmlinux import vmlinux_header
-    from loader.kernel import running_kernel
-    from loader.manifest import load_bundle
-    from loader.settings import Settings
-    from loader.store import LocalStore
+    from loader.kernel.probe import running_kernel
+    from loader.model.manifest import load_bundle
+    from loader.model.settings import Settings
+    from loader.artifacts.store import LocalStore
 
     settings = Settings.from_env({})
     kernel = running_kernel(settings.kernel_btf)
@@ -175,7 +175,7 @@ def _profile(manifest: Manifest, program: ProgramSpec, target: Target, toolchain
              home: Path) -> None:
     """Print where a cold and a cache-hit build_program spend their time (cProfile, cumulative)."""
     from builder.compile import build_program
-    from loader.store import LocalStore
+    from loader.artifacts.store import LocalStore
 
     for what in ("cold", "cache hit"):
         prof = cProfile.Profile()

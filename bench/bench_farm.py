@@ -48,8 +48,8 @@ from harness import ROOT, Row, median, ms, paired, timed
 
 if TYPE_CHECKING:
     from builder.records import Build, Job
-    from loader.settings import Settings
-    from loader.store import ArtifactStore
+    from loader.model.settings import Settings
+    from loader.artifacts.store import ArtifactStore
     from tests.services import Service
 
 KERNELS = ROOT.parent / "shared" / "kernels"
@@ -62,8 +62,8 @@ CONCURRENT, THREADS = 50, 10
 HIT_REPS = 20
 # What `submit --wait` imports on its way: the CLI, Celery (builder.farm) and kombu's Redis
 # transport, redis-py, boto3, the bundle packer and the catalog.
-CLI_IMPORTS = ("import builder.cli, builder.farm, builder.bundle, builder.records, loader.catalog, "
-               "loader.manifest, loader.s3store, boto3, redis.retry, kombu.transport.redis")
+CLI_IMPORTS = ("import builder.cli, builder.farm, builder.bundle, builder.records, loader.kernel.catalog, "
+               "loader.model.manifest, loader.artifacts.s3store, boto3, redis.retry, kombu.transport.redis")
 WAIT_S = 300                 # a round that takes longer than this is broken, not slow
 
 
@@ -276,7 +276,7 @@ def headers(tmp: Path, bpftool: str) -> dict[str, Path]:
 def bare_commands(store: ArtifactStore, builds: Sequence[Build], copies: dict[str, Path],
                   includes: dict[str, Path], out: Path) -> list[list[str]]:
     """The bare clang command for every object the farm built, with the defines it used."""
-    from loader.manifest import load_bundle
+    from loader.model.manifest import load_bundle
 
     clang = shutil.which("clang") or "clang"
     cmds = []
@@ -296,8 +296,8 @@ def bare_commands(store: ArtifactStore, builds: Sequence[Build], copies: dict[st
 
 def measure_catalog(args: argparse.Namespace, f: Farm, tmp: Path) -> tuple[list[Row], Path]:
     """The catalog rows, and a bundle that is now built for every kernel (for the cache hits)."""
-    from loader.settings import Settings
-    from loader.store import open_store
+    from loader.model.settings import Settings
+    from loader.artifacts.store import open_store
 
     settings = Settings.from_env(f.env)
     store = open_store(settings)
@@ -379,8 +379,8 @@ def measure_catalog(args: argparse.Namespace, f: Farm, tmp: Path) -> tuple[list[
 
 
 def measure_dedupe(f: Farm, tmp: Path, release: str) -> list[Row]:
-    from loader.settings import Settings
-    from loader.store import open_store
+    from loader.model.settings import Settings
+    from loader.artifacts.store import open_store
 
     settings = Settings.from_env(f.env)
     bundle = fresh_copies([ROOT / "bpf" / "tcp_connlat"], tmp / "copies", "dedupe")["tcp_connlat"]
@@ -431,7 +431,7 @@ def _task_runtimes(logs: Path, offsets: dict[Path, int] | None = None
 
 def measure_hits(args: argparse.Namespace, f: Farm, built: Path, release: str) -> list[Row]:
     from builder.farmcli import submit, wait
-    from loader.settings import Settings
+    from loader.model.settings import Settings
 
     settings = Settings.from_env(f.env)
     bundle = str(built)

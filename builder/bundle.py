@@ -30,8 +30,8 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from loader.errors import ManifestError
-from loader.manifest import MANIFEST_NAMES, Manifest
-from loader.sources import source_closure
+from loader.model.manifest import MANIFEST_NAMES, Manifest
+from loader.artifacts.sources import source_closure
 
 INCLUDE_PREFIX = ".bpfdepot/include"  # where shared headers travel inside a bundle
 _CHUNK = 1 << 16

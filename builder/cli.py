@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from loader.errors import BpfDepotError, ManifestError
-from loader.settings import Settings
-from loader.store import open_store
+from loader.model.settings import Settings
+from loader.artifacts.store import open_store
 
 
 def _err(text: str) -> None:
@@ -29,7 +29,7 @@ def _err(text: str) -> None:
 
 
 def cmd_kernel(args: argparse.Namespace, settings: Settings) -> int:
-    from loader.kernel import probe_features, running_kernel
+    from loader.kernel.probe import probe_features, running_kernel
 
     kernel = running_kernel(settings.kernel_btf)
     features = probe_features(kernel, settings.cache)
@@ -49,8 +49,8 @@ def cmd_kernel(args: argparse.Namespace, settings: Settings) -> int:
 def _targets(args: argparse.Namespace, settings: Settings) -> list:
     """This kernel (features probed), or each --kernel-btf (features from a .config beside it)."""
     from builder.compile import Target, form_features
-    from loader.catalog import features_from_config
-    from loader.kernel import KernelIdentity, file_digest, probe_features, running_kernel
+    from loader.kernel.catalog import features_from_config
+    from loader.kernel.probe import KernelIdentity, file_digest, probe_features, running_kernel
 
     if not args.kernel_btf:
         kernel = running_kernel(settings.kernel_btf)
@@ -78,7 +78,7 @@ def _targets(args: argparse.Namespace, settings: Settings) -> list:
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     from builder.compile import build_program
     from builder.toolchain import find_toolchain
-    from loader.manifest import load_bundle
+    from loader.model.manifest import load_bundle
 
     manifest = load_bundle(args.bundle)
     skipped = [p for p in manifest.programs if p.local_path is None or not p.is_source]
@@ -125,11 +125,11 @@ def _build_processors(manifest, store, toolchain, settings: Settings) -> None:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from builder.host import artifact, node_identity, resolve, resolve_processors
-    from loader.kernel import probe_features
-    from loader.manifest import load_bundle
+    from loader.kernel.probe import probe_features
+    from loader.model.manifest import load_bundle
     from loader.decoders.names import node_enums
     from loader.pipeline import Pipeline
-    from loader.run import Session, check_fits, check_privileges, ensure_filesystems
+    from loader.session import Session, check_fits, check_privileges, ensure_filesystems
 
     started = time.perf_counter()
     store = open_store(settings)
@@ -202,7 +202,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve_metrics(address: str, pipeline, session):
-    from loader.metrics import Metrics, loader_families, serve
+    from loader.sinks.prometheus import Metrics, loader_families, serve
 
     metrics = Metrics()
     families = loader_families(metrics)
@@ -244,7 +244,7 @@ class _Sinks:
     (config file, environment, command line) with each route's overrides."""
 
     def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
-        from loader.storage import load_storage
+        from loader.model.storage import load_storage
 
         storage = load_storage(os.environ, settings.home, Path(args.config) if args.config else None)
         if args.output:  # this run's events to this file (truncated), nothing on stdout
@@ -263,7 +263,7 @@ class _Sinks:
         self.opened: dict[tuple[str, str], object] = {}
 
     def open(self, stream: str, route, program: str, channel: str) -> list:
-        from loader.storage import effective
+        from loader.model.storage import effective
 
         where = f"at line {route.line} of the manifest" if route is not None else None
         want = effective(self.storage, route.storage if route is not None else None,
@@ -336,9 +336,9 @@ def _knobs(pairs: list[str] | None) -> dict[str, int]:
 
 
 def cmd_lock(args: argparse.Namespace, settings: Settings) -> int:
-    from loader.catalog import list_kernels, parse_selector, select
-    from loader.lock import lock_path, make_lock, write_lock
-    from loader.manifest import load_bundle
+    from loader.kernel.catalog import list_kernels, parse_selector, select
+    from loader.artifacts.lock import lock_path, make_lock, write_lock
+    from loader.model.manifest import load_bundle
 
     manifest = load_bundle(args.bundle)
     store = open_store(settings)

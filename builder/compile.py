@@ -24,13 +24,13 @@ from pathlib import Path
 from builder.sandbox import INSIDE, LIMIT_HINT, Limits, limit_breach, run_sandboxed
 from builder.toolchain import Toolchain
 from builder.vmlinux import vmlinux_header
-from loader.artifact import SCHEMA, ArtifactMeta, build_ref, index_ref, lookup, meta_of_ref
-from loader.elfinfo import check_object, object_channels, read_object
+from loader.artifacts.meta import SCHEMA, ArtifactMeta, build_ref, index_ref, lookup, meta_of_ref
+from loader.kernel.elf import check_object, object_channels, read_object
 from loader.errors import BuildError
-from loader.kernel import KernelIdentity
-from loader.manifest import Manifest, ProgramSpec
-from loader.sources import SHARED_INCLUDE, SourceFile, files_digest, source_closure, source_digest
-from loader.store import ArtifactStore
+from loader.kernel.probe import KernelIdentity
+from loader.model.manifest import Manifest, ProgramSpec
+from loader.artifacts.sources import SHARED_INCLUDE, SourceFile, files_digest, source_closure, source_digest
+from loader.artifacts.store import ArtifactStore
 
 ARCH_DEFINES = {"x86_64": "x86", "aarch64": "arm64", "s390x": "s390", "ppc64le": "powerpc",
                 "riscv64": "riscv", "armv7l": "arm", "loongarch64": "loongarch"}

@@ -24,7 +24,7 @@ import redis
 from celery import Celery, Task
 from kombu.transport import redis as kombu_redis
 
-from loader.settings import Settings
+from loader.model.settings import Settings
 
 QUEUE = "bpfdepot"
 app = Celery("bpfdepot")

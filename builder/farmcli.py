@@ -10,7 +10,7 @@ from pathlib import Path
 
 from builder.records import Build, Job, Records, connect
 from loader.errors import BpfDepotError, BuildError
-from loader.settings import Settings
+from loader.model.settings import Settings
 
 STATE_STYLE = {"queued": "dim", "waiting": "yellow", "compiling": "cyan", "built": "green",
                "cached": "green", "failed": "bold red"}
@@ -42,10 +42,10 @@ def submit(settings: Settings, bundle: str, selector: str) -> Build:
     """Pack the bundle, store it, record one job per (program × kernel), enqueue the build."""
     from builder.bundle import pack_bundle
     from builder.farm import QUEUE, build_task, configure
-    from loader.catalog import list_kernels, parse_selector, select
-    from loader.manifest import load_bundle
-    from loader.sources import SHARED_INCLUDE
-    from loader.store import open_store
+    from loader.kernel.catalog import list_kernels, parse_selector, select
+    from loader.model.manifest import load_bundle
+    from loader.artifacts.sources import SHARED_INCLUDE
+    from loader.artifacts.store import open_store
 
     manifest = load_bundle(bundle)
     store = open_store(settings)

@@ -12,18 +12,18 @@ import os
 import sys
 from pathlib import Path
 
-from loader.artifact import ArtifactMeta, by_digest, index_ref, lookup
-from loader.elfinfo import check_object, object_channels, read_object_file
-from loader.catalog import find_release
+from loader.artifacts.meta import ArtifactMeta, by_digest, index_ref, lookup
+from loader.kernel.elf import check_object, object_channels, read_object_file
+from loader.kernel.catalog import find_release
 from loader.errors import ArtifactNotFound, BuildError, KernelUnsupported, ManifestError
-from loader.kernel import KernelIdentity, running_kernel
-from loader.lock import load_pin, lock_path, read_lock
-from loader.manifest import Manifest, ProgramSpec
+from loader.kernel.probe import KernelIdentity, running_kernel
+from loader.artifacts.lock import load_pin, lock_path, read_lock
+from loader.model.manifest import Manifest, ProgramSpec
 from loader.pipeline import ProcessorRuntime
-from loader.run import Loadable
-from loader.settings import Settings
-from loader.sources import program_source_digest
-from loader.store import ArtifactStore, digest_of
+from loader.session import Loadable
+from loader.model.settings import Settings
+from loader.artifacts.sources import program_source_digest
+from loader.artifacts.store import ArtifactStore, digest_of
 
 
 def running_target(settings: Settings, kernel: KernelIdentity):
@@ -138,8 +138,8 @@ def resolve_processors(settings: Settings, store: ArtifactStore, manifest: Manif
                        compile_on_host: bool = True) -> dict[str, ProcessorRuntime]:
     """Each user_so program as a checked library: prebuilt .so, the store's build of its
     sources for this arch, or a build on this host; ProcessorError/ArtifactNotFound otherwise."""
-    from loader.artifact import lookup as find
-    from loader.processor_abi import ABI_VERSION, check_processor, processor_functions, processor_ref
+    from loader.artifacts.meta import lookup as find
+    from loader.processors.abi import ABI_VERSION, check_processor, processor_functions, processor_ref
 
     functions = processor_functions(manifest.properties)
     initfile = str(manifest.properties.initfile) if manifest.properties.initfile else None

@@ -6,12 +6,12 @@ import io
 import json
 from pathlib import Path
 
-from loader.artifact import by_digest
-from loader.decode import MARKER
-from loader.elfinfo import ObjectInfo, read_object
+from loader.artifacts.meta import by_digest
+from loader.decoders.btf import MARKER
+from loader.kernel.elf import ObjectInfo, read_object
 from loader.errors import ArtifactNotFound, BpfDepotError
-from loader.settings import Settings
-from loader.store import open_store
+from loader.model.settings import Settings
+from loader.artifacts.store import open_store
 
 
 def describe(info: ObjectInfo, label: str, size: int) -> str:

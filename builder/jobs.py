@@ -36,11 +36,11 @@ from builder.compile import (
 )
 from builder.records import Job, Records, connect
 from builder.toolchain import Toolchain, find_toolchain
-from loader.catalog import get_kernel
+from loader.kernel.catalog import get_kernel
 from loader.errors import BpfDepotError, BuildError, StoreError
-from loader.manifest import Manifest, load_bundle
-from loader.settings import Settings
-from loader.store import ArtifactStore, open_store
+from loader.model.manifest import Manifest, load_bundle
+from loader.model.settings import Settings
+from loader.artifacts.store import ArtifactStore, open_store
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``bpfdepot kernels …``: fill the kernel catalog (loader/catalog.py) and show it.
+"""``bpfdepot kernels …``: fill the kernel catalog (loader/kernel/catalog.py) and show it.
 
     bpfdepot kernels add --btf FILE [--config FILE] [--release R] [--arch A] [--no-node-btf]
     bpfdepot kernels add --package linux-image-….deb [--no-node-btf]
@@ -28,13 +28,13 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from loader.btf import Btf, BtfFormatError
-from loader.catalog import (KernelEntry, features_from_config, list_kernels, parse_selector,
+from loader.kernel.btf import Btf, BtfFormatError
+from loader.kernel.catalog import (KernelEntry, features_from_config, list_kernels, parse_selector,
                             put_kernel, select, uname_arch)
 from loader.errors import BpfDepotError
-from loader.kernel import FEATURES, probe_features, running_kernel
-from loader.settings import Settings
-from loader.store import ArtifactStore
+from loader.kernel.probe import FEATURES, probe_features, running_kernel
+from loader.model.settings import Settings
+from loader.artifacts.store import ArtifactStore
 
 _ELF = b"\x7fELF"
 # Compression magics the kernel's boot decompressors know (arch/x86/boot/compressed/Makefile).

@@ -6,7 +6,7 @@ store returns its artifact at once. The compile runs in the same sandbox (bubble
 folder at /work, read-only /usr, no network), so the same inputs give the same bytes. Go builds
 are fully offline: GOTOOLCHAIN=local, GOPROXY=off, GOCACHE and GOPATH inside the scratch folder,
 and imports are checked before go runs: the standard library, or a package vendored in the
-bundle. Every library is checked with ``loader.processor_abi.check_processor`` before it is
+bundle. Every library is checked with ``loader.processors.abi.check_processor`` before it is
 stored: blob → meta → refs, as for kernel objects.
 
 Processors are built for the arch of this machine only (linking needs that arch's libc).
@@ -30,17 +30,17 @@ import jinja2
 from builder.compile import MAPPED, Built, _check_deps, _read_regular, check_size, find_built, publish
 from builder.sandbox import INSIDE, LIMIT_HINT, Limits, limit_breach, run_sandboxed
 from builder.toolchain import Toolchain, tool_version
-from loader.artifact import SCHEMA, ArtifactMeta
+from loader.artifacts.meta import SCHEMA, ArtifactMeta
 from loader.errors import BuildError, ProcessorError
-from loader.kernel import KernelIdentity
-from loader.manifest import Manifest, ProgramSpec
-from loader.processor_abi import (ABI_SYMBOL, ABI_VERSION, DEFAULT_NAMES, HEADER, KEY_CAP_MIN,
+from loader.kernel.probe import KernelIdentity
+from loader.model.manifest import Manifest, ProgramSpec
+from loader.processors.abi import (ABI_SYMBOL, ABI_VERSION, DEFAULT_NAMES, HEADER, KEY_CAP_MIN,
                                   RESULT_CAP_MIN, TEMPLATE, VERSION_FUNCTION, Language,
                                   ProcessorInfo, check_processor, language_of, module_root,
                                   processor_functions, processor_index_ref,
                                   processor_source_digest, processor_sources)
-from loader.sources import SourceFile, files_digest
-from loader.store import ArtifactStore
+from loader.artifacts.sources import SourceFile, files_digest
+from loader.artifacts.store import ArtifactStore
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 # Go links a runtime into every library: more time than one clang run, same memory and output.

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from loader.errors import BpfDepotError
-from loader.settings import Settings
+from loader.model.settings import Settings
 from loader.sinks.tsdb import STATS, QueryResult, default_path, query
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

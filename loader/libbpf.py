@@ -3,7 +3,7 @@
 Lifecycle, as in libbpf-tools: open → set autoload → load → attach; every step that fails
 raises LoadError with libbpf's own words, and attach failures roll back what was attached.
 Events leave the kernel through ``RingReader``, whose sample callback is C code that encodes
-each event to a JSON line (ops built by loader/decode.py), so Python only writes buffers.
+each event to a JSON line (ops built by loader/decoders/btf.py), so Python only writes buffers.
 """
 
 from __future__ import annotations
@@ -496,7 +496,7 @@ class RingReader:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostArgs:
-    """What a processor host process needs (loader/prochost.py)."""
+    """What a processor host process needs (loader/processors/host.py)."""
 
     label: str
     so_path: str

@@ -2,7 +2,7 @@
 
 A channel without consumers in the manifest is decoded by default (BTF) or as its declared
 fields, in C, into JSON lines. A channel with ``events:`` routes is framed in C for each route's
-processor pool (loader/workers.py), hashed by the route's ``hash`` field when it has one. Every
+processor pool (loader/processors/workers.py), hashed by the route's ``hash`` field when it has one. Every
 batch of records ends in ``Outlets.deliver`` for its stream, which hands it to that stream's
 sinks. One ``poll`` loop moves all of it; nothing in it runs per event in Python.
 
@@ -24,13 +24,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from loader.decode import EventDecoder, encoder_for
+from loader.decoders.btf import EventDecoder, encoder_for
 from loader.errors import LoadError, ManifestError
-from loader.libbpf import Channel, Encoder, Op, RouteKey
-from loader.manifest import ChannelSpec, EventRoute, Manifest
-from loader.metrics import LoaderMetrics
+from loader.libbpf import Channel, Op, RouteKey
+from loader.model.manifest import ChannelSpec, EventRoute, Manifest
+from loader.sinks.prometheus import LoaderMetrics
 from loader.sinks import Record, Sink, SinkStats
-from loader.workers import Pool, Route, RouteCounts
+from loader.processors.workers import Pool, Route, RouteCounts
 
 _SCALAR_KINDS = {1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13, 14}  # every op but literals, bitfields,
 # lists and jumps (a named enum hashes and keys by its number: the key encoder has no names)

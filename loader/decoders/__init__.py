@@ -4,7 +4,7 @@
                 differ between kernels), errno names
     ksym.py     kernel addresses → symbol+offset from /proc/kallsyms
 
-Default decoding (loader/decode.py) turns these into tables of the C encoder (OP_NAME, OP_KSYM).
+Default decoding (loader/decoders/btf.py) turns these into tables of the C encoder (OP_NAME, OP_KSYM).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import errno
 from functools import cache
 from pathlib import Path
 
-from loader.btf import Btf
+from loader.kernel.btf import Btf
 from loader.libbpf import NameTable
 
 

@@ -6,7 +6,7 @@
  * keeps its order. Python moves whole buffers to the workers' pipes.
  *
  * The worker side (bpfdepot_host_run) is the main loop of a processor host process
- * (loader/prochost.py): it reads input frames from a pipe, calls the library's pre/process/post,
+ * (loader/processors/host.py): it reads input frames from a pipe, calls the library's pre/process/post,
  * and writes one output frame per event (rc, key, record) to another pipe. A shared page tells
  * the loader how many events were handled and whether user code is running, so that after a
  * crash or a hang the loader knows exactly which event killed the worker and which to resend.

@@ -60,7 +60,7 @@ from typing import Any, Sequence
 from urllib.parse import quote
 
 from loader.errors import BpfDepotError
-from loader.settings import Settings
+from loader.model.settings import Settings
 from loader.sinks import Record, SinkStats
 
 SCHEMA = 1

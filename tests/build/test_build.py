@@ -13,13 +13,13 @@ import pytest
 
 from builder.compile import Target, build_program, form_features
 from builder.toolchain import find_toolchain
-from loader.artifact import read_meta
-from loader.catalog import features_from_config
-from loader.elfinfo import read_object
+from loader.artifacts.meta import read_meta
+from loader.kernel.catalog import features_from_config
+from loader.kernel.elf import read_object
 from loader.errors import BuildError
-from loader.kernel import KernelIdentity, file_digest
-from loader.manifest import load_bundle
-from loader.store import LocalStore
+from loader.kernel.probe import KernelIdentity, file_digest
+from loader.model.manifest import load_bundle
+from loader.artifacts.store import LocalStore
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ROOT.parent / "shared" / "kernels"

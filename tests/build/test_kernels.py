@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from builder.kernels import add_btf, add_package
-from loader.catalog import list_kernels, select
+from loader.kernel.catalog import list_kernels, select
 from loader.errors import BpfDepotError
-from loader.kernel import FEATURES
-from loader.store import LocalStore
+from loader.kernel.probe import FEATURES
+from loader.artifacts.store import LocalStore
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ROOT.parent / "shared" / "kernels"

@@ -20,11 +20,11 @@ from builder.compile import Built
 from builder.processors import (GO_FLAGS, abi_header, build_processor, compile_processor,
                                 find_go, go_cache_seed, host_arch, plan_processor, write_abi_header)
 from builder.toolchain import find_toolchain
-from loader.artifact import build_ref, lookup, meta_of_ref
+from loader.artifacts.meta import build_ref, lookup, meta_of_ref
 from loader.errors import BuildError, ProcessorError
-from loader.manifest import Manifest, load_bundle
-from loader.processor_abi import ABI_VERSION, check_processor, processor_ref
-from loader.store import LocalStore
+from loader.model.manifest import Manifest, load_bundle
+from loader.processors.abi import ABI_VERSION, check_processor, processor_ref
+from loader.artifacts.store import LocalStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CONNLAT = ROOT / "bpf" / "tcp_connlat"

@@ -16,9 +16,9 @@ from builder.compile import Target, build_program
 from builder.sandbox import BWRAP, Limits, run_sandboxed
 from builder.toolchain import find_toolchain
 from loader.errors import BuildError
-from loader.kernel import KernelIdentity, file_digest
-from loader.manifest import load_bundle
-from loader.store import LocalStore
+from loader.kernel.probe import KernelIdentity, file_digest
+from loader.model.manifest import load_bundle
+from loader.artifacts.store import LocalStore
 
 ROOT = Path(__file__).resolve().parents[2]
 BTF = Path("/sys/kernel/btf/vmlinux")

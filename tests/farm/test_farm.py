@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from builder.farmcli import submit, wait
-from loader.settings import Settings
-from loader.store import open_store
+from loader.model.settings import Settings
+from loader.artifacts.store import open_store
 from tests.farm.conftest import ROOT, cli, copy_bundle
 
 
@@ -227,7 +227,7 @@ def test_a_bundle_the_worker_cannot_parse_fails_and_says_why(farm, tmp_path: Pat
     the bundle is put in the store and enqueued here as submit() does after that parse."""
     from builder.farm import QUEUE, build_task, configure
     from builder.records import Job, Records, connect
-    from loader.catalog import list_kernels, parse_selector, select
+    from loader.kernel.catalog import list_kernels, parse_selector, select
 
     settings = Settings.from_env(farm["env"])
     store = open_store(settings)

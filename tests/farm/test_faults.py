@@ -13,8 +13,8 @@ import pytest
 
 from builder.farmcli import submit, wait
 from builder.records import Records, connect
-from loader.settings import VISIBILITY_TIMEOUT_S, Settings
-from loader.store import open_store
+from loader.model.settings import VISIBILITY_TIMEOUT_S, Settings
+from loader.artifacts.store import open_store
 from tests.farm.conftest import _bucket, cli, slow_bundle
 from tests.services import (
     descendants,

@@ -11,11 +11,11 @@ import pytest
 from builder.compile import Target, build_program
 from builder.toolchain import find_toolchain
 from loader.errors import LoadError
-from loader.kernel import running_kernel
+from loader.kernel.probe import running_kernel
 from loader.libbpf import BpfObject
-from loader.manifest import load_bundle
-from loader.run import ensure_filesystems
-from loader.store import LocalStore
+from loader.model.manifest import load_bundle
+from loader.session import ensure_filesystems
+from loader.artifacts.store import LocalStore
 from tests.kernel.conftest import ROOT, bpfdepot, link_prog_ids, prog_names
 
 BUNDLES = ROOT / "tests" / "kernel" / "bundles"

@@ -18,9 +18,9 @@ import pytest
 
 from builder.toolchain import find_toolchain
 from builder.vmlinux import vmlinux_header
-from loader.btf import Btf
-from loader.elfinfo import check_object, read_object_file
-from loader.kernel import file_digest
+from loader.kernel.btf import Btf
+from loader.kernel.elf import check_object, read_object_file
+from loader.kernel.probe import file_digest
 from loader.libbpf import BpfObject, probe_prog
 from tests.kernel.conftest import ROOT, Finished, Running, prog_names
 

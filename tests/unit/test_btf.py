@@ -1,4 +1,4 @@
-"""Unit tests for loader.btf on BTF bytes assembled by the small encoder in btfgen.py."""
+"""Unit tests for loader.kernel.btf on BTF bytes assembled by the small encoder in btfgen.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from btfgen import (
     K_CONST, K_DECL_TAG, K_FLOAT, K_FUNC, K_FUNC_PROTO, K_FWD, K_INT, K_PTR, K_RESTRICT,
     K_STRUCT, K_TYPE_TAG, K_TYPEDEF, K_VOLATILE, BtfEncoder,
 )
-from loader.btf import MAP_TYPE_NAMES, Btf, BtfFormatError, Member, MapDef
+from loader.kernel.btf import MAP_TYPE_NAMES, Btf, BtfFormatError, Member, MapDef
 from loader.errors import BpfDepotError
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")

@@ -15,8 +15,8 @@ import pytest
 from builder.bundle import (BundleError, BundleLimits, bundle_include_dir, pack_bundle,
                             unpack_bundle)
 from loader.errors import ManifestError
-from loader.manifest import load_bundle
-from loader.sources import source_closure
+from loader.model.manifest import load_bundle
+from loader.artifacts.sources import source_closure
 
 MANIFEST = """\
 kind: ebpfprogram

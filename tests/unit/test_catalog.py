@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from loader.catalog import (KernelEntry, Selector, SelectorError, catalog_ref, config_release,
+from loader.kernel.catalog import (KernelEntry, Selector, SelectorError, catalog_ref, config_release,
                             features_from_config, find_release, get_kernel, list_kernels,
                             parse_selector, put_kernel, select)
 from loader.errors import StoreError
-from loader.kernel import FEATURES, KernelIdentity
-from loader.store import LocalStore
+from loader.kernel.probe import FEATURES, KernelIdentity
+from loader.artifacts.store import LocalStore
 
 # Every option any rule looks at, all on: each test switches one off.
 FULL = {

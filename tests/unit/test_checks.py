@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-import loader.run as run_mod
+import loader.session as run_mod
 from btfgen import K_PTR, BtfEncoder
-from loader.artifact import ArtifactMeta
-from loader.btf import Btf, MapDef
-from loader.decode import MARKER
-from loader.elfinfo import ObjectInfo, ProgramInfo, check_object, section_feature
+from loader.artifacts.meta import ArtifactMeta
+from loader.kernel.btf import Btf, MapDef
+from loader.decoders.btf import MARKER
+from loader.kernel.elf import ObjectInfo, ProgramInfo, check_object, section_feature
 from loader.errors import BuildError, KernelUnsupported, PrivilegeError
-from loader.kernel import Feature, KernelIdentity
-from loader.run import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, check_fits, check_privileges
+from loader.kernel.probe import Feature, KernelIdentity
+from loader.session import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, check_fits, check_privileges
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 NODE = KernelIdentity(release="6.1.0-50-amd64", arch="x86_64", btf_digest="ab" * 32)

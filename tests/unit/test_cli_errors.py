@@ -14,7 +14,7 @@ from builder.cli import main
 from builder.compile import ARCH_DEFINES
 from builder.toolchain import Toolchain
 from loader.errors import ManifestError
-from loader.store import REBUILD_HINT
+from loader.artifacts.store import REBUILD_HINT
 
 TOOLCHAIN = Toolchain(clang=Path("/usr/bin/clang"), clang_version="clang 14",
                       bpftool=Path("/usr/sbin/bpftool"), libbpf_version="1.1")

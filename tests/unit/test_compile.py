@@ -9,7 +9,7 @@ import pytest
 
 from builder.compile import SHARED_INCLUDE, Missing, _check_deps, _missing_file, _user_paths, bpf_flags
 from loader.errors import BuildError
-from loader.manifest import ProgramSpec
+from loader.model.manifest import ProgramSpec
 
 PROGRAM = ProgramSpec(name="demo", path="file://./demo.bpf.c", type="ebpf_object", scheme="file",
                       local_path=None, is_source=True, line=3)

@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 
 from btfgen import BtfEncoder
-from loader.btf import Btf
-from loader.decode import EventDecoder, Field, declared_decoder, encoder_for
-from loader.elfinfo import ObjectInfo
+from loader.kernel.btf import Btf
+from loader.decoders.btf import EventDecoder, Field, declared_decoder, encoder_for
+from loader.kernel.elf import ObjectInfo
 from loader.errors import ManifestError
-from loader.fields import FieldDecl, field_type
-from loader.libbpf import Encoder
-from loader.manifest import parse_manifest
+from loader.model.fields import FieldDecl, field_type
+from loader.model.manifest import parse_manifest
 from test_decode import AF_INET, AF_INET6, Types, build_event_btf, pack_ev
 
 HEAD = """\

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import pytest
 
 from btfgen import K_FLOAT, K_PTR, K_TYPEDEF, BtfEncoder
-from loader.btf import Btf
-from loader.decode import MARKER, EventDecoder, Field, channel_struct, encoder_for, event_decoder
+from loader.kernel.btf import Btf
+from loader.decoders.btf import MARKER, EventDecoder, Field, channel_struct, encoder_for, event_decoder
 from loader.errors import ArtifactNotFound
+from loader.libbpf import Encoder
 
 AF_INET, AF_INET6 = 2, 10
 
@@ -142,7 +143,7 @@ def dec() -> EventDecoder:
     return event_decoder(btf, btf.type(ev))
 
 
-def encoder(dec: EventDecoder) -> "Encoder":
+def encoder(dec: EventDecoder) -> Encoder:
     return encoder_for(dec)
 
 

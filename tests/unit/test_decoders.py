@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from btfgen import BtfEncoder
 
-from loader.btf import Btf
-from loader.decode import UnionChoice, event_decoder
+from loader.kernel.btf import Btf
+from loader.decoders.btf import UnionChoice, event_decoder
 from loader.decoders.ksym import parse_kallsyms
 from loader.decoders.names import enum_table, node_enums
 from loader.errors import ManifestError
@@ -44,7 +44,7 @@ def _event_btf():
     opened = enc.struct("opened", 4, [("fd", u32, 0)])
     rw = enc.struct("rw", 8, [("bytes", u64, 0)])
     union = enc.struct("", 8, [("open", opened, 0), ("rw", rw, 0)], union=True)
-    ev = enc.struct("ev", 88, [("family", u16, 0), ("op", u16, 16), ("reason", u32, 32),
+    enc.struct("ev", 88, [("family", u16, 0), ("op", u16, 16), ("reason", u32, 32),
                                ("saddr", u128, 64), ("big", u128, 192), ("ret", s32, 320),
                                ("location", u64, 384), ("u", union, 448),
                                ("args", enc.array(char, 24), 512)])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from builder import jobs
 from builder.records import Build, Job
-from loader.settings import Settings
+from loader.model.settings import Settings
 
 
 class FakeRecords:

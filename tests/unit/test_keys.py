@@ -16,11 +16,11 @@ import pytest
 import builder.compile as compile_mod
 from builder.compile import Target, bpf_flags, build_key, build_program
 from builder.toolchain import Toolchain
-from loader.artifact import ArtifactMeta, build_ref, index_ref
-from loader.kernel import KernelIdentity
-from loader.manifest import ProgramSpec, load_bundle
-from loader.sources import SourceFile, files_digest, source_closure, source_digest
-from loader.store import LocalStore
+from loader.artifacts.meta import ArtifactMeta, build_ref, index_ref
+from loader.kernel.probe import KernelIdentity
+from loader.model.manifest import ProgramSpec, load_bundle
+from loader.artifacts.sources import SourceFile, files_digest, source_closure, source_digest
+from loader.artifacts.store import LocalStore
 
 ENTRY = b"""\
 // SPDX-License-Identifier: GPL-2.0

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from loader.errors import ArtifactNotFound, BlobCorrupt, ManifestError
-from loader.lock import LOCK_VERSION, Pin, load_pin, read_lock
-from loader.store import LocalStore
+from loader.artifacts.lock import LOCK_VERSION, Pin, load_pin, read_lock
+from loader.artifacts.store import LocalStore
 
 PIN = Pin(program="demo", target="x86_64-" + "b" * 64, release="6.18.44", artifact="sha256:" + "a" * 64,
           meta="sha256:" + "c" * 64)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from loader.errors import ManifestError
-from loader.manifest import (
+from loader.model.manifest import (
     ChannelSpec,
     EventRoute,
     FunctionSpec,

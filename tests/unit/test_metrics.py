@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from loader.errors import BpfDepotError
-from loader.metrics import CONTENT_TYPE, Metrics, loader_families, serve
+from loader.sinks.prometheus import CONTENT_TYPE, Metrics, loader_families, serve
 
 
 def test_render_is_the_exposition_text() -> None:

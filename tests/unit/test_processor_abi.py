@@ -13,9 +13,9 @@ from builder.processors import (GoToolchain, abi_header, check_go_imports, go_im
                                 plan_processor, render_template)
 from builder.toolchain import Toolchain
 from loader.errors import BuildError, ProcessorError
-from loader.manifest import load_bundle
-from loader.sources import SourceFile
-from loader.processor_abi import (ABI_SYMBOL, ABI_VERSION, DEFAULT_NAMES, KEY_CAP_MIN,
+from loader.model.manifest import load_bundle
+from loader.artifacts.sources import SourceFile
+from loader.processors.abi import (ABI_SYMBOL, ABI_VERSION, DEFAULT_NAMES, KEY_CAP_MIN,
                                   RESULT_CAP_MIN, TEMPLATE, VERSION_FUNCTION, check_processor,
                                   hook_names, processor_functions, processor_index_ref,
                                   processor_ref, processor_source_digest, processor_sources)
@@ -234,7 +234,7 @@ def test_source_digest_covers_the_abi(tmp_path: Path, monkeypatch: pytest.Monkey
     manifest = load_bundle(bundle(tmp_path))
     files = processor_sources(manifest.program("demo_user").local_path, manifest.root)
     before = processor_source_digest(files, {})
-    monkeypatch.setattr("loader.processor_abi.ABI_VERSION", ABI_VERSION + 1)
+    monkeypatch.setattr("loader.processors.abi.ABI_VERSION", ABI_VERSION + 1)
     assert processor_source_digest(files, {}) != before
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from loader.errors import ManifestError
-from loader.manifest import StorageSpec, parse_manifest
-from loader.settings import Settings
+from loader.model.manifest import StorageSpec, parse_manifest
+from loader.model.settings import Settings
 from loader.sinks.tsdb import default_path
-from loader.storage import (
+from loader.model.storage import (
     FileSettings,
     KafkaSettings,
     RouteSinks,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from loader.errors import BlobCorrupt, BlobNotFound, StoreError
-from loader.store import REBUILD_HINT, LocalStore, digest_of
+from loader.artifacts.store import REBUILD_HINT, LocalStore, digest_of
 
 DATA = b"\x7fELF not really an object\n"
 DATA_SHA = hashlib.sha256(DATA).hexdigest()

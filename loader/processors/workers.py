@@ -1,6 +1,6 @@
 """Processor workers: user_so libraries run in host processes that the loader supervises.
 
-A ``Pool`` is one user_so program: N worker processes (loader/prochost.py), each loading the
+A ``Pool`` is one user_so program: N worker processes (loader/processors/host.py), each loading the
 library once and serving every route (channel → function) of that program. The C dispatcher
 frames events into one ``WorkerBuffer`` per worker; the pool writes them to the worker's pipe
 without blocking, reads back one output frame per event, and keeps, per route, the counts that
@@ -184,7 +184,7 @@ class Pool:
                         routes=tuple((r.channel, r.function) for r in self.routes), abi=self.abi,
                         in_fd=in_r, out_fd=out_w, shm_fd=shm)
         w.proc = subprocess.Popen(
-            [sys.executable, "-m", "loader.prochost", json.dumps(_asdict(args))],
+            [sys.executable, "-m", "loader.processors.host", json.dumps(_asdict(args))],
             stdin=subprocess.DEVNULL, stdout=err_w, stderr=err_w, pass_fds=(in_r, out_w, shm),
             start_new_session=True, cwd="/", env=_host_env())
         for fd in (in_r, out_w, err_w):
@@ -452,7 +452,7 @@ class Pool:
 def _host_env() -> dict[str, str]:
     """The loader's environment, with this package importable from a plain checkout too."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the checkout: loader/processors/ → ..
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env
 

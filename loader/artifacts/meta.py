@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from loader.errors import StoreError
-from loader.kernel import KernelIdentity
-from loader.store import ArtifactStore
+from loader.kernel.probe import KernelIdentity
+from loader.artifacts.store import ArtifactStore
 
 SCHEMA = 1
 
@@ -26,7 +26,7 @@ class ArtifactMeta:
     key: str                       # sha256 of everything that determines the bytes
     digest: str                    # "sha256:…" of the object
     size: int
-    source_digest: str             # sha256 of the source closure (see loader.sources)
+    source_digest: str             # sha256 of the source closure (see loader.artifacts.sources)
     target: KernelIdentity
     toolchain: dict[str, str]
     flags: tuple[str, ...]

@@ -16,13 +16,13 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from loader.btf import Btf, BtfFormatError, MapDef
-from loader.decode import EnumSource, EventDecoder, channel_struct, declared_decoder, event_decoder
+from loader.kernel.btf import Btf, BtfFormatError, MapDef
+from loader.decoders.btf import EnumSource, EventDecoder, channel_struct, declared_decoder, event_decoder
 from loader.decoders import UnionChoice
 from loader.errors import BpfDepotError, BuildError
 
 if TYPE_CHECKING:
-    from loader.fields import FieldDecl
+    from loader.model.fields import FieldDecl
 
 EM_BPF = 247
 

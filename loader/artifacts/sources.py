@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from loader.manifest import Manifest
+    from loader.model.manifest import Manifest
 
 # The project's shared BPF headers (bpfdepot.h), found beside the loader in a checkout.
-SHARED_INCLUDE = Path(__file__).resolve().parent.parent / "bpf" / "include"
+SHARED_INCLUDE = Path(__file__).resolve().parents[2] / "bpf" / "include"
 _INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"\n]+)"', re.M)
 GENERATED = frozenset({"vmlinux.h"})
 

@@ -1,7 +1,7 @@
 """The artifact store in S3-compatible object storage, through boto3 (installed with the
 ``farm`` extra; imported only when a store URL says s3://).
 
-Same layout and rules as LocalStore (loader/store.py): ``PREFIX/blobs/sha256/ab/cdef…`` and
+Same layout and rules as LocalStore (loader/artifacts/store.py): ``PREFIX/blobs/sha256/ab/cdef…`` and
 ``PREFIX/refs/<name>``. Blobs and refs are written with ``If-None-Match: *``, so nothing is
 ever overwritten (a 412 means someone else wrote it first). Every upload carries Content-MD5
 and every download is checked against its sha256 here: the store's own checksums are not
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from loader.errors import BlobCorrupt, BlobNotFound, StoreError
-from loader.store import REBUILD_HINT, check_digest, check_ref, digest_of
+from loader.artifacts.store import REBUILD_HINT, check_digest, check_ref, digest_of
 
 ATTEMPTS, FIRST_DELAY_S = 5, 0.2
 

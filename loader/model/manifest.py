@@ -1,8 +1,8 @@
 """The manifest model: one YAML file naming a bundle's programs, properties and channels.
 
-``parse_manifest`` reads it with ``loader.yamldoc.YamlDoc``, so that every error names its file and
+``parse_manifest`` reads it with ``loader.model.yamldoc.YamlDoc``, so that every error names its file and
 line and duplicate keys (which PyYAML silently collapses) are caught; a channel's declared fields
-are parsed by ``loader.fields``.
+are parsed by ``loader.model.fields``.
 A manifest is untrusted input: ``file://`` paths must stay inside the manifest's folder, also
 after symlinks are resolved. The result is a tree of frozen dataclasses, checked across sections
 (event routes name ``user_so`` programs and declared functions).
@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from loader.errors import ManifestError
-from loader.fields import FieldDecl, parse_fields
+from loader.model.fields import FieldDecl, parse_fields
 from loader.decoders import UnionChoice
-from loader.yamldoc import C_IDENT_RE, TAG, YamlDoc, did_you_mean, kind_of, line_of, read_bounded
+from loader.model.yamldoc import C_IDENT_RE, TAG, YamlDoc, did_you_mean, kind_of, line_of, read_bounded
 
 # What a channel's `decoders:` may name (enum takes the enum's name: enum:skb_drop_reason).
 DECODER_KINDS = ("ip", "ipv4", "ipv6", "hex", "string", "strings", "errno", "ksym", "int", "enum")
@@ -87,7 +87,7 @@ class StorageSpec:
     """Per-event overrides of the global sink settings; None keeps the global setting.
 
     ``kafka: {topic: T}`` and ``file: {name: N}`` turn the sink on with an option;
-    ``loader.storage.effective`` combines these with the global settings.
+    ``loader.model.storage.effective`` combines these with the global settings.
     """
 
     kafka: bool | None = None

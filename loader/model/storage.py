@@ -39,10 +39,10 @@ from typing import Any, Literal, cast, get_args
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from loader.errors import BpfDepotError
-from loader.manifest import StorageSpec
+from loader.model.manifest import StorageSpec
 from loader.sinks.kafka import KafkaSinkError, topic_name
 from loader.sinks.tsdb import MIN_BYTES as TSDB_MIN_BYTES
-from loader.yamldoc import TAG, YamlDoc, kind_of, line_of, read_bounded
+from loader.model.yamldoc import TAG, YamlDoc, kind_of, line_of, read_bounded
 
 Fsync = Literal["never", "batch"]
 Acks = Literal["all", "1", "0"]

@@ -9,7 +9,7 @@ or a node describing itself (``kernels register``). Targets are chosen with a sm
     all                          every kernel
     6.1.*                        a release glob (same as release=6.1.*)
     release=6.12.*,arch=x86_64   comma-separated terms, all of which must hold
-    feature=kprobe               kernels known to offer a feature (names from loader.kernel.FEATURES)
+    feature=kprobe               kernels known to offer a feature (names from loader.kernel.probe.FEATURES)
     digest=ecf4e4                BTF digest prefix
 
 Errors (besides StoreError for a bad stored entry):
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from loader.errors import BpfDepotError, StoreError
-from loader.kernel import FEATURES, KernelIdentity
-from loader.store import ArtifactStore
+from loader.kernel.probe import FEATURES, KernelIdentity
+from loader.artifacts.store import ArtifactStore
 
 FeaturesFrom = Literal["probed", "config"]
 

@@ -25,8 +25,8 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from loader.errors import ProcessorError
-from loader.manifest import Manifest, ProgramSpec, Properties
-from loader.sources import SourceFile, files_digest, source_closure
+from loader.model.manifest import Manifest, ProgramSpec, Properties
+from loader.artifacts.sources import SourceFile, files_digest, source_closure
 
 ABI_VERSION = 1
 HEADER = "bpfdepot_processor.h"               # what processors #include
@@ -277,7 +277,7 @@ def processor_index_ref(program: str, source_digest: str, arch: str) -> str:
 
 def processor_ref(manifest: Manifest, program: ProgramSpec, arch: str) -> str:
     """The index ref of a user_so program's source for ``arch`` (look it up with
-    ``loader.artifact.lookup``): what the farm or a local build published it under."""
+    ``loader.artifacts.meta.lookup``): what the farm or a local build published it under."""
     if program.local_path is None or language_of(program.local_path) is None:
         raise ProcessorError(f"program '{program.name}' ({program.path}) is not a local .c or .go "
                              "source", hint="a prebuilt .so is checked with check_processor as it is")

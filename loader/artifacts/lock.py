@@ -13,13 +13,13 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loader.artifact import ArtifactMeta, index_ref, lookup, read_meta
+from loader.artifacts.meta import ArtifactMeta, index_ref, lookup, read_meta
 from loader.errors import ArtifactNotFound, BlobNotFound, ManifestError, StoreError
-from loader.kernel import KernelIdentity
-from loader.manifest import Manifest
-from loader.sources import program_source_digest
-from loader.store import ArtifactStore
-from loader.yamldoc import read_bounded
+from loader.kernel.probe import KernelIdentity
+from loader.model.manifest import Manifest
+from loader.artifacts.sources import program_source_digest
+from loader.artifacts.store import ArtifactStore
+from loader.model.yamldoc import read_bounded
 
 LOCK_NAME = "bpfdepot.lock"
 LOCK_VERSION = 1

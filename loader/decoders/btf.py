@@ -25,15 +25,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from loader.btf import Btf, BtfType, Member
+from loader.kernel.btf import Btf, BtfType, Member
 from loader.decoders import UnionChoice
 from loader.decoders.names import errno_table
 from loader.errors import ArtifactNotFound, ManifestError
-from loader.yamldoc import did_you_mean
+from loader.model.yamldoc import did_you_mean
 from loader.libbpf import Encoder, NameTable, Op
 
-if TYPE_CHECKING:  # loader.fields pulls in yaml; decoding only needs the declarations
-    from loader.fields import FieldDecl
+if TYPE_CHECKING:  # loader.model.fields pulls in yaml; decoding only needs the declarations
+    from loader.model.fields import FieldDecl
 
 (OP_LIT, OP_U, OP_S, OP_BE, OP_BOOL, OP_CHARS, OP_IPV4, OP_IPV6, OP_IPFAM,
  OP_UBITS, OP_SBITS, OP_F32, OP_F64, OP_HEX, OP_NAME, OP_KSYM, OP_STRINGS, OP_U128, OP_IFNE,

@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loader.artifact import ArtifactMeta
-from loader.elfinfo import ObjectInfo, read_object_file
+from loader.artifacts.meta import ArtifactMeta
+from loader.kernel.elf import ObjectInfo, read_object_file
 from loader.errors import KernelUnsupported, LoadError, PrivilegeError
-from loader.kernel import Feature, KernelIdentity
+from loader.kernel.probe import Feature, KernelIdentity
 from loader.libbpf import BpfObject, Channel, RingReader
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39

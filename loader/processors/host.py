@@ -1,6 +1,6 @@
 """A processor host: one process that runs one user_so library for the loader.
 
-    python -m loader.prochost '{"label": ..., "so_path": ..., ...}'   (loader.libbpf.HostArgs)
+    python -m loader.processors.host '{"label": ..., "so_path": ..., ...}'   (loader.libbpf.HostArgs)
 
 The loop itself is C (``bpfdepot_host_run`` in loader/native/bpfdepot_route.c); this module only
 makes the process a well-behaved child: Ctrl-C is the loader's to handle, and the host dies

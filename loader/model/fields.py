@@ -1,7 +1,7 @@
 """Event fields a channel declares in its manifest (``fields:``), and the decoders they take.
 
 A declaration names a member of the event struct, its type (``FIELD_TYPES``) and where it sits
-(``offset`` in bytes or ``order`` among the members); ``loader.decode.declared_decoder`` checks it
+(``offset`` in bytes or ``order`` among the members); ``loader.decoders.btf.declared_decoder`` checks it
 against the object's BTF.
 """
 
@@ -14,7 +14,7 @@ from typing import Literal, cast, get_args
 import yaml
 from yaml.nodes import Node, ScalarNode
 
-from loader.yamldoc import TAG, YamlDoc, did_you_mean, kind_of, line_of
+from loader.model.yamldoc import TAG, YamlDoc, did_you_mean, kind_of, line_of
 
 FieldDecoder = Literal["int", "string", "hex", "ipv4", "ipv6", "ip", "bool", "float", "be"]
 FIELD_DECODERS: tuple[str, ...] = get_args(FieldDecoder)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from loader.settings import Settings
+    from loader.model.settings import Settings
 
 from loader.errors import BlobCorrupt, BlobNotFound, StoreError
 
@@ -50,7 +50,7 @@ def check_ref(name: str) -> None:
 def open_store(settings: "Settings") -> ArtifactStore:
     """The store the settings name: the local folder (default) or s3://BUCKET/PREFIX."""
     if settings.store.startswith("s3://"):
-        from loader.s3store import S3Store
+        from loader.artifacts.s3store import S3Store
 
         return S3Store(settings.store, endpoint=settings.s3_endpoint, cache_dir=settings.cache / "s3")
     return LocalStore(Path(settings.store) if settings.store else settings.home)

@@ -1,0 +1,1 @@
+"""What this node is: BTF reader, running-kernel probe, the kernel catalog, ELF checks."""

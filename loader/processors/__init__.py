@@ -1,0 +1,1 @@
+"""User processors: worker pools the loader supervises, the host they run in, the ABI checks."""
