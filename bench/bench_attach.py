@@ -23,8 +23,8 @@ import harness
 from harness import BPFFS, ROOT, Row, median, ms, paired
 
 BUNDLE = ROOT / "bpf" / "tcp_connlat"
-# What `bpfdepot run` imports before its clock starts (builder.host pulls in the compiler side).
-IMPORTS = "import builder.cli, builder.host, loader.session, loader.libbpf, loader.kernel.probe"
+# What `bpfdepot run` imports before its clock starts.
+IMPORTS = "import builder.cli, loader.node, loader.session, loader.libbpf, loader.kernel.probe"
 
 
 def bpftool_autoattach() -> bool:

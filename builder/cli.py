@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from loader.errors import BpfDepotError, ManifestError
@@ -124,201 +123,74 @@ def _build_processors(manifest, store, toolchain, settings: Settings) -> None:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from builder.host import artifact, node_identity, resolve, resolve_processors
-    from loader.kernel.probe import probe_features
-    from loader.model.manifest import load_bundle
-    from loader.decoders.names import node_enums
-    from loader.pipeline import Pipeline
-    from loader.session import Session, check_fits, check_privileges, ensure_filesystems
+    from loader.node import RunOptions, run
 
-    started = time.perf_counter()
-    store = open_store(settings)
-    manifest = None
-    if args.bundle.startswith("sha256:"):
-        loadables = [artifact(settings, store, args.bundle)]
-        name = loadables[0].meta.name
-        check_privileges(name)
-        kernel = node_identity(settings, store)
-    else:
-        manifest = load_bundle(args.bundle)
-        name = manifest.name
-        check_privileges(name)
-        kernel = node_identity(settings, store)
-        loadables = resolve(settings, store, manifest, kernel, locked=args.locked,
-                            compile_on_host=not (args.no_build or args.locked))
-    processors = (resolve_processors(settings, store, manifest, kernel.arch,
-                                     compile_on_host=not (args.no_build or args.locked))
-                  if manifest else {})
-    features = probe_features(kernel, settings.cache)
-    for item in loadables:
-        check_fits(item.meta, kernel, features)
-    needs_tracefs = any(p["feature"] == "tracepoint" for i in loadables for p in i.meta.programs)
-    for what in ensure_filesystems(needs_tracefs):
-        _err(f"bpfdepot: mounted {what}")
-
-    outlets = _sinks(args, settings)
-    specs = {c.name: c for c in manifest.channels} if manifest else {}
-    pipeline = Pipeline(manifest=manifest, processors=processors, open_sinks=outlets.open,
-                        workers=lambda route: route.workers or (2 if route.hash else 1),
-                        hang_timeout=args.processor_timeout)
-
-    def make_channel(program: str, channel: str, info) -> object:
-        spec = specs.get(channel)
-        if spec is None:
-            return pipeline.channel(program, channel, info.decoder(
-                channel, enums=node_enums(str(settings.kernel_btf))))
-        return pipeline.channel(program, channel, info.decoder(
-            channel, spec.event, spec.fields, overrides=spec.decoders, unions=spec.unions,
-            enums=node_enums(str(settings.kernel_btf))))
-
-    session = Session()
-    server = None
-    try:
-        if args.metrics:  # first: a port in use fails before anything loads
-            server = _serve_metrics(args.metrics, pipeline, session)
-        session.start(loadables, make_channel, _knobs(args.set), before_attach=pipeline.start)
-        programs = sum(len(i.meta.programs) for i in loadables)
-
-        def attached() -> None:
-            ms = (time.perf_counter() - started) * 1000
-            pools = f", {len(pipeline.pools)} processor(s)" if pipeline.pools else ""
-            _err(f"bpfdepot: {name}: {programs} program(s) attached, "
-                 f"{len(session.channels)} channel(s){pools}, in {ms:.1f} ms; Ctrl-C to stop")
-
-        seconds = pipeline.run(session.reader, duration=args.duration, on_attached=attached)
-        session.detach()
-        pipeline.drain()
-        stats = session.stats()
-    finally:
-        if server is not None:
-            server.close()  # before the objects it reads go away
-        for pool in pipeline.pools.values():
-            pool.stop(kill=True)
-        session.close()
-        sink_stats = pipeline.outlets.close()
-    _err(f"bpfdepot: {name}: detached after {seconds:.1f} s")
-    _report(stats, pipeline, sink_stats)
+    options = RunOptions(locked=args.locked, duration=args.duration, knobs=_knobs(args.set),
+                         processor_timeout=args.processor_timeout, metrics=args.metrics)
+    report = run(settings, args.bundle, options, _storage(args, settings),
+                 compilers=None if args.no_build else host_compilers(settings), say=_err)
+    _report(report)
     return 0
 
 
-def _serve_metrics(address: str, pipeline, session):
-    from loader.sinks.prometheus import Metrics, loader_families, serve
+def host_compilers(settings: Settings):
+    """The on-host compile the node falls back to: the builder, wired in here (the loader
+    never imports it)."""
+    from builder.compile import Target, build_program
+    from builder.processors import build_processor
+    from builder.toolchain import find_toolchain
+    from loader.artifacts.resolve import Compilers
 
-    metrics = Metrics()
-    families = loader_families(metrics)
+    store = open_store(settings)
 
-    def refresh() -> None:
-        for item, obj in list(session.objects):
-            families.programs_attached.labels(program=item.meta.name).set(obj.attached_links)
-        pipeline.refresh_metrics(families, session.kernel_lost)
+    def kernel(manifest, program, identity):
+        return build_program(store, manifest, program, Target(identity=identity, btf=settings.kernel_btf),
+                             find_toolchain(settings.cache), settings.cache).meta
 
-    metrics.on_scrape(refresh)
-    server = serve(metrics, address)
-    host, port = server.address
-    _err(f"bpfdepot: metrics on http://{host}:{port}/metrics")
-    return server
+    def processor(manifest, program, arch):
+        return build_processor(store, manifest, program, arch, find_toolchain(settings.cache),
+                               settings.cache).meta
+
+    return Compilers(kernel=kernel, processor=processor)
 
 
-def _report(stats: list, pipeline: object, sinks: dict) -> None:
+def _report(report) -> None:
     """The counts that must add up: kernel → channel → processor → sinks."""
     _err(f"  {'channel':<40} {'received':>10} {'lost':>8}")
-    for s in stats:
+    for s in report.channels:
         _err(f"  {s.program + '/' + s.channel:<40} {s.received:>10} {s.lost:>8}")
         if s.short:
             _err(f"  ({s.short} events shorter than the event struct)")
-    rows = pipeline.route_counts()
-    if rows:
+    if report.routes:
         _err(f"  {'processor':<40} {'sent':>10} {'kept':>8} {'dropped':>8} {'errors':>7} "
              f"{'lost':>6} {'restarts':>8} {'violations':>10}")
-        for state, pool, c in rows:
-            label = f"{state.name} → {pool.name}"
+        for channel, processor, c, restarts, violations in report.routes:
+            label = f"{channel} → {processor}"
             _err(f"  {label:<40} {c.sent:>10} {c.kept:>8} {c.dropped:>8} {c.errors + c.bad:>7} "
-                 f"{c.lost:>6} {pool.restarts:>8} {pool.violations:>10}")
-    for sink_name, st in sinks.items():
+                 f"{c.lost:>6} {restarts:>8} {violations:>10}")
+    for sink_name, st in report.sinks.items():
         if sink_name != "stdout" or st.failed:
             _err(f"  sink {sink_name:<35} {st.delivered:>10} delivered {st.failed:>8} failed")
 
 
-class _Sinks:
-    """Opens each sink once, the first time a stream needs it: the global storage settings
-    (config file, environment, command line) with each route's overrides."""
+def _storage(args: argparse.Namespace, settings: Settings):
+    """The global storage settings (config file, environment) with this command line's."""
+    from loader.model.storage import load_storage
 
-    def __init__(self, args: argparse.Namespace, settings: Settings) -> None:
-        from loader.model.storage import load_storage
-
-        storage = load_storage(os.environ, settings.home, Path(args.config) if args.config else None)
-        if args.output:  # this run's events to this file (truncated), nothing on stdout
-            Path(args.output).write_bytes(b"")
-            storage = dataclasses.replace(
-                storage, stdout=dataclasses.replace(storage.stdout, enabled=False),
-                file=dataclasses.replace(storage.file, enabled=True, path=Path(args.output).resolve(),
-                                         max_bytes=1 << 62, fsync="never"))
-        if args.kafka:
-            storage = dataclasses.replace(storage, kafka=dataclasses.replace(
-                storage.kafka, enabled=True, bootstrap=args.kafka))
-        if args.tsdb:
-            storage = dataclasses.replace(storage, tsdb=dataclasses.replace(
-                storage.tsdb, enabled=True, **({} if args.tsdb == "-" else {"path": Path(args.tsdb)})))
-        self.storage = storage
-        self.opened: dict[tuple[str, str], object] = {}
-
-    def open(self, stream: str, route, program: str, channel: str) -> list:
-        from loader.model.storage import effective
-
-        where = f"at line {route.line} of the manifest" if route is not None else None
-        want = effective(self.storage, route.storage if route is not None else None,
-                         program=program, channel=channel, route=where)
-        out = []
-        if want.stdout:
-            out.append(self._get("stdout", "", self._stdout))
-        if want.file is not None:
-            out.append(self._get("file", str(want.file), lambda: self._file(want.file)))
-        if want.kafka_topic is not None:
-            out.append(self._get("kafka", want.kafka_topic, lambda: self._kafka(want.kafka_topic)))
-        if want.tsdb:
-            out.append(self._get("tsdb", "", self._tsdb))
-        return out
-
-    def _get(self, kind: str, which: str, make) -> object:
-        if (kind, which) not in self.opened:
-            self.opened[(kind, which)] = make()
-        return self.opened[(kind, which)]
-
-    def _stdout(self):
-        from loader.sinks.files import StdoutSink
-
-        return StdoutSink()
-
-    def _file(self, path: Path):
-        from loader.sinks.files import FileSink
-
-        f = self.storage.file
-        name = "file" if path == f.path else f"file:{path.name}"
-        return FileSink(path, max_bytes=f.max_bytes, keep=f.keep, fsync=f.fsync, name=name)
-
-    def _kafka(self, topic: str):
-        from loader.sinks.kafka import KafkaSink
-
-        k = self.storage.kafka
-        default = not any(kind == "kafka" for kind, _ in self.opened)
-        return KafkaSink(k.bootstrap, topic_template=topic, acks=k.acks, retries=k.retries,
-                         delivery_timeout_s=k.delivery_timeout_s, connect_timeout_s=k.connect_timeout_s,
-                         name="kafka" if default else f"kafka:{topic}")
-
-    def _tsdb(self):
-        from loader.sinks.tsdb import TsdbSink
-
-        t = self.storage.tsdb
-        t.path.parent.mkdir(parents=True, exist_ok=True)
-        return TsdbSink(t.path, retention_s=t.retention_s, max_bytes=t.max_bytes)
-
-    def close(self) -> None:
-        for sink in self.opened.values():
-            sink.close()
-
-
-def _sinks(args: argparse.Namespace, settings: Settings) -> _Sinks:
-    return _Sinks(args, settings)
+    storage = load_storage(os.environ, settings.home, Path(args.config) if args.config else None)
+    if args.output:  # this run's events to this file (truncated), nothing on stdout
+        Path(args.output).write_bytes(b"")
+        storage = dataclasses.replace(
+            storage, stdout=dataclasses.replace(storage.stdout, enabled=False),
+            file=dataclasses.replace(storage.file, enabled=True, path=Path(args.output).resolve(),
+                                     max_bytes=1 << 62, fsync="never"))
+    if args.kafka:
+        storage = dataclasses.replace(storage, kafka=dataclasses.replace(
+            storage.kafka, enabled=True, bootstrap=args.kafka))
+    if args.tsdb:
+        storage = dataclasses.replace(storage, tsdb=dataclasses.replace(
+            storage.tsdb, enabled=True, **({} if args.tsdb == "-" else {"path": Path(args.tsdb)})))
+    return storage
 
 
 def _knobs(pairs: list[str] | None) -> dict[str, int]:

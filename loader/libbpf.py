@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,23 +113,41 @@ class BpfObject:
                 if failed else "see libbpf's message above",
             )
 
-    def attach(self, names: Sequence[str]) -> None:
-        """Attach the named programs in order; on failure detach the ones before it."""
-        for index, name in enumerate(names):
+    def attach(self, plan: Sequence[tuple[str, Callable[[BpfObject, str], list] | None]]) -> None:
+        """Attach programs in order: by libbpf's auto-attach (None), or by the given function,
+        which returns the links it made. On failure, detach the ones before it."""
+        for index, (name, how) in enumerate(plan):
             take_log()
-            link = lib.bpf_program__attach(self._program(name))
-            if link == ffi.NULL:
-                code = ffi.errno
-                log = take_log().strip()
+            try:
+                if how is not None:
+                    self._links.extend(how(self, name))
+                    continue
+                link = lib.bpf_program__attach(self._program(name))
+                if link == ffi.NULL:
+                    code = ffi.errno
+                    raise LoadError(
+                        f"cannot attach program '{name}' of '{self.label}' "
+                        f"({index + 1} of {len(plan)}): {_err(code)}",
+                        detail=take_log().strip(),
+                        hint="the attach point may not exist on this kernel: "
+                             "`bpfdepot kernel` lists what loads here")
+                self._links.append(LibbpfLink(link))
+            except BaseException:
                 self.detach()
-                raise LoadError(
-                    f"cannot attach program '{name}' of '{self.label}' "
-                    f"({index + 1} of {len(names)}): {_err(code)}",
-                    detail=log,
-                    hint="the attach point may not exist on this kernel: "
-                         "`bpfdepot kernel` lists what loads here",
-                )
-            self._links.append(link)
+                raise
+
+    def program_handle(self, name: str) -> object:
+        """The ``struct bpf_program *`` of ``name`` (for attach kinds, through this module)."""
+        return self._program(name)
+
+    def autoloaded(self) -> list[str]:
+        """The programs that will load (autoload on)."""
+        out, prog = [], lib.bpf_object__next_program(self._obj, ffi.NULL)
+        while prog != ffi.NULL:
+            if lib.bpf_program__autoload(prog):
+                out.append(_str(lib.bpf_program__name(prog)))
+            prog = lib.bpf_object__next_program(self._obj, prog)
+        return out
 
     @property
     def attached_links(self) -> int:
@@ -138,7 +156,7 @@ class BpfObject:
 
     def detach(self) -> None:
         while self._links:
-            lib.bpf_link__destroy(self._links.pop())
+            self._links.pop().destroy()
 
     def map_fd(self, name: str) -> int:
         return lib.bpf_map__fd(self._map(name))
@@ -189,6 +207,18 @@ class BpfObject:
         if m is None:
             raise LoadError(f"no map '{name}' in '{self.label}'")
         return m
+
+
+class LibbpfLink:
+    """A ``struct bpf_link *`` from libbpf; destroy() detaches it."""
+
+    def __init__(self, link: object) -> None:
+        self._link = link
+
+    def destroy(self) -> None:
+        if self._link is not None:
+            lib.bpf_link__destroy(self._link)
+            self._link = None
 
 
 def _str(p: object) -> str:

@@ -16,7 +16,6 @@ are delivered or failed.
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import signal
@@ -25,9 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from loader.decoders.btf import EventDecoder, encoder_for
-from loader.errors import LoadError, ManifestError
+from loader.errors import ManifestError
 from loader.libbpf import Channel, Op, RouteKey
 from loader.model.manifest import ChannelSpec, EventRoute, Manifest
+from loader.outputs import ChannelStats, Reader
 from loader.sinks.prometheus import LoaderMetrics
 from loader.sinks import Record, Sink, SinkStats
 from loader.processors.workers import Pool, Route, RouteCounts
@@ -97,7 +97,6 @@ class ChannelState:
     stream: str | None            # default decoding's stream
     channel: Channel
     routes: list[tuple[Pool, int, int]] = field(default_factory=list)  # pool, pool route, channel route
-    kernel_lost: int = 0
 
 
 class Pipeline:
@@ -174,13 +173,16 @@ class Pipeline:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def pump(self, reader: object | None, timeout_ms: int) -> None:
-        """Wait up to ``timeout_ms`` for anything to do, then move everything that is ready."""
+    def pump(self, readers: Sequence[Reader], timeout_ms: int) -> None:
+        """Wait up to ``timeout_ms`` (less when a reader's read is due sooner) for anything to
+        do, then move everything that is ready."""
         poller = select.poll()
         fds: dict[int, tuple[str, Pool | None, object]] = {}
-        if reader is not None:
-            poller.register(reader.fileno(), select.POLLIN)
-            fds[reader.fileno()] = ("ring", None, None)
+        readable: dict[int, Reader] = {}
+        for reader in readers:
+            for fd in reader.fds():
+                poller.register(fd, select.POLLIN)
+                readable[fd] = reader
         for pool in self.pools.values():
             for w in pool.workers:
                 if w.proc is None:
@@ -192,17 +194,23 @@ class Pipeline:
                 if w.pending:
                     poller.register(w.to_fd, select.POLLOUT)
                     fds[w.to_fd] = ("in", pool, w)
+        now = time.monotonic()
+        dues = [d for d in (r.due() for r in readers) if d is not None]
+        if dues:
+            timeout_ms = max(0, min(timeout_ms, int((min(dues) - now) * 1000) + 1))
         try:
             ready = poller.poll(timeout_ms)
         except InterruptedError:
             ready = []
-        if reader is not None:
-            n = reader.drain()
-            if n < 0 and n != -errno.EINTR:
-                raise LoadError(f"reading the ring buffers failed: {os.strerror(-n)}")
+        now = time.monotonic()
+        woken = {readable[fd] for fd, _ in ready if fd in readable}
+        for reader in readers:
+            due = reader.due()
+            if reader in woken or (due is not None and due <= now) or reader.fds():
+                reader.read(now)  # an event reader's read is a cheap consume: always run it
         self.move()
         for fd, _ in ready:
-            kind, pool, w = fds[fd]
+            kind, pool, w = fds.get(fd, ("", None, None))
             if kind == "err" and w.proc is not None:
                 pool.read_stderr(w)
         now = time.monotonic()
@@ -226,7 +234,7 @@ class Pipeline:
                 if not pool.read_ready(w):
                     pool.reap(w)
 
-    def run(self, reader: object | None, *, duration: float | None,
+    def run(self, readers: Sequence[Reader], *, duration: float | None,
             on_attached: Callable[[], None] | None = None) -> float:
         """Move events until Ctrl-C, SIGTERM or ``duration`` seconds; return the seconds run."""
         stop = False
@@ -248,7 +256,7 @@ class Pipeline:
                     if left <= 0:
                         break
                     wait_ms = max(1, min(wait_ms, int(left * 1000)))
-                self.pump(reader, wait_ms)
+                self.pump(readers, wait_ms)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -275,7 +283,7 @@ class Pipeline:
                         w.to_fd = -1
             if not busy:
                 break
-            self.pump(None, 20)
+            self.pump((), 20)
         for pool in self.pools.values():
             for w in pool.workers:
                 if w.pending:
@@ -286,12 +294,12 @@ class Pipeline:
 
     # -- the counts -----------------------------------------------------------------------
 
-    def refresh_metrics(self, fam: LoaderMetrics, kernel_lost: Callable[[str, str], int]) -> None:
+    def refresh_metrics(self, fam: LoaderMetrics, channels: Sequence[ChannelStats]) -> None:
         """Set the loader's Prometheus families from the counts (called at each scrape)."""
-        for state in self.channels:
-            labels = {"program": state.program, "channel": state.name}
-            fam.events_received.labels(**labels).set(state.channel.events)
-            fam.events_lost.labels(**labels).set(kernel_lost(state.program, state.name))
+        for stats in channels:
+            labels = {"program": stats.program, "channel": stats.channel}
+            fam.events_received.labels(**labels).set(stats.received)
+            fam.events_lost.labels(**labels).set(stats.lost)
         for state, pool, c in self.route_counts():
             for outcome, n in (("keep", c.kept), ("drop", c.dropped),
                                ("error", c.errors + c.bad), ("lost", c.lost)):

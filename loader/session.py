@@ -2,17 +2,17 @@
 
 Order of the checks, cheapest first and all before anything touches the kernel: privileges →
 arch → required features → filesystems (tracefs/bpffs, mounted when missing) → open → load →
-attach (rolled back on failure). Where each channel's events go is the caller's choice
-(loader/pipeline.py builds the C side of each channel); on stop everything is detached before
-the last drain, and the stats give, per channel, the events received and those the program
-could not reserve (lost).
+attach (rolled back on failure) → start the channels' readers (loader/outputs/). Where each
+channel's events go is the caller's choice (loader/pipeline.py); on stop everything is detached
+before the last read, and the stats give, per channel, the events received, those lost in the
+kernel and those too short to decode.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,10 +20,10 @@ from loader.artifacts.meta import ArtifactMeta
 from loader.kernel.elf import ObjectInfo, read_object_file
 from loader.errors import KernelUnsupported, LoadError, PrivilegeError
 from loader.kernel.probe import Feature, KernelIdentity
-from loader.libbpf import BpfObject, Channel, RingReader
+from loader.libbpf import BpfObject
+from loader.outputs import ChannelStats, Reader
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
-ChannelFactory = Callable[[str, str, ObjectInfo], Channel]  # (program, channel, object) → channel
 TRACEFS, BPFFS = Path("/sys/kernel/tracing"), Path("/sys/fs/bpf")
 
 
@@ -34,15 +34,6 @@ class Loadable:
     meta: ArtifactMeta
     path: Path
     btf_custom_path: Path | None = None
-
-
-@dataclass(slots=True, kw_only=True)
-class ChannelStats:
-    program: str
-    channel: str
-    received: int = 0
-    lost: int = 0
-    short: int = 0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -106,22 +97,32 @@ def ensure_filesystems(need_tracefs: bool) -> list[str]:
     return done
 
 
+ChannelOpener = Callable[[Loadable, str, BpfObject, ObjectInfo], Reader]
+# (BPF program name) → how to attach it; a name not in it is auto-attached by libbpf
+AttachPlan = Mapping[str, Callable[[BpfObject, str], list] | None]
+
+
 class Session:
-    """Loaded and attached objects plus their ring-buffer channels; close() undoes all of it."""
+    """Loaded and attached objects plus their channels' readers; close() undoes all of it."""
 
     def __init__(self) -> None:
         self.objects: list[tuple[Loadable, BpfObject]] = []
-        self.channels: list[tuple[ChannelStats, Channel, BpfObject]] = []
-        self.reader: RingReader | None = None
+        self.readers: list[Reader] = []
 
-    def start(self, loadables: Sequence[Loadable], make_channel: ChannelFactory,
+    def start(self, loadables: Sequence[Loadable], open_channel: ChannelOpener,
               knobs: dict[str, int] | None = None,
-              before_attach: Callable[[], None] | None = None) -> None:
-        """Open, set knobs, load and attach every object; ``make_channel`` says where each
-        channel's events go (given the program, the channel and its object), and
-        ``before_attach`` runs once all is loaded (processors start there: no event comes
-        before they are ready, and if they fail nothing was attached)."""
+              before_attach: Callable[[], None] | None = None,
+              attach: Mapping[str, AttachPlan] | None = None,
+              autoload_off: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Open, set knobs, load and attach every object, then start each channel's reader.
+
+        ``open_channel`` opens a channel's reader (before load: processor routes must exist
+        when the processors start); ``before_attach`` runs once all is loaded (processors start
+        there: no event comes before they are ready, and if they fail nothing was attached);
+        ``attach`` maps an object's name to how its programs attach, ``autoload_off`` to the
+        programs not to load at all."""
         knobs = knobs or {}
+        attach = attach or {}
         try:
             infos = [read_object_file(item.path) for item in loadables]
             _check_knobs(knobs, infos, [item.meta.name for item in loadables])
@@ -131,53 +132,40 @@ class Session:
                 for knob in info.knobs:
                     if knob.name in knobs:
                         obj.set_rodata(knob.name, knob.offset, knob.size, knobs[knob.name], knob.signed)
+                for name in (autoload_off or {}).get(item.meta.name, ()):
+                    obj.set_autoload(name, False)
                 for name in item.meta.channels:
                     if not obj.has_map(name):
                         raise LoadError(f"channel '{name}' is not a map in '{item.meta.name}'",
                                         hint="the manifest and the object disagree: rebuild")
-                    channel = make_channel(item.meta.name, name, info)
-                    self.channels.append((ChannelStats(program=item.meta.name, channel=name),
-                                          channel, obj))
+                    self.readers.append(open_channel(item, name, obj, info))
                 obj.load()
             if before_attach is not None:
                 before_attach()
             for item, obj in self.objects:
-                obj.attach([p.name for p in obj.programs()])
-            if self.channels:  # a program may have no channel (counters, filters): nothing to poll
-                self.reader = RingReader(
-                    (obj.map_fd(stats.channel), channel) for stats, channel, obj in self.channels)
+                how = attach.get(item.meta.name, {})
+                obj.attach([(name, how.get(name)) for name in obj.autoloaded()])
+            for reader in self.readers:
+                reader.start()
         except BaseException:
             self.close()
             raise
 
     def detach(self) -> None:
-        """Stop the programs and read what they left in the rings."""
+        """Stop the programs and read what they left in the channels."""
         for _, obj in self.objects:
             obj.detach()
-        if self.reader is not None:
-            self.reader.drain()
-
-    def kernel_lost(self, program: str, channel: str) -> int:
-        """The program's count of events it could not reserve on ``channel`` (0 if it keeps none)."""
-        for stats, _, obj in self.channels:
-            if (stats.program, stats.channel) == (program, channel):
-                lost_map = f"{channel}_lost"
-                return obj.percpu_u64_sum(lost_map) if obj.has_map(lost_map) else 0
-        return 0
+        for reader in self.readers:
+            reader.final()
 
     def stats(self) -> list[ChannelStats]:
-        """Per channel: events received, and those the program could not reserve (lost)."""
-        out = []
-        for stats, channel, _ in self.channels:
-            stats.received, stats.short = channel.events, channel.short_events
-            stats.lost = self.kernel_lost(stats.program, stats.channel)
-            out.append(stats)
-        return out
+        """Per channel: events received, those lost in the kernel, those too short."""
+        return [reader.stats() for reader in self.readers]
 
     def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
-            self.reader = None
+        for reader in self.readers:
+            reader.close()
+        self.readers.clear()
         for _, obj in self.objects:
             obj.close()
         self.objects.clear()

@@ -14,7 +14,8 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, cast, get_args
+from collections.abc import Mapping
+from typing import Any, Literal, cast, get_args
 from urllib.parse import urlsplit
 
 from yaml.nodes import MappingNode, Node, ScalarNode
@@ -22,29 +23,29 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 from loader.errors import ManifestError
 from loader.model.fields import FieldDecl, parse_fields
 from loader.decoders import UnionChoice
+from loader.outputs import COMMON_KEYS, output_kinds
 from loader.model.yamldoc import C_IDENT_RE, TAG, YamlDoc, did_you_mean, kind_of, line_of, read_bounded
 
 # What a channel's `decoders:` may name (enum takes the enum's name: enum:skb_drop_reason).
 DECODER_KINDS = ("ip", "ipv4", "ipv6", "hex", "string", "strings", "errno", "ksym", "int", "enum")
-ProgramType = Literal["ebpf_object", "user_so", "bpftrace_object"]
-ChannelType = Literal["ring_buffer", "perf_buffer"]
+ProgramType = Literal["ebpf_object", "user_so"]
 FunctionType = Literal["default", "init", "pre", "post"]
 Scheme = Literal["file", "http", "https", "s3"]
 
 PROGRAM_TYPES: tuple[str, ...] = get_args(ProgramType)
-CHANNEL_TYPES: tuple[str, ...] = get_args(ChannelType)
+# Kinds of the talk's manifest format that bpfdepot does not run yet: refused, never ignored.
+NOT_YET = {"bpftrace_object": "bpftrace files do not run in bpfdepot yet"}
 FUNCTION_TYPES: tuple[str, ...] = get_args(FunctionType)
 SCHEMES: tuple[str, ...] = get_args(Scheme)
 MANIFEST_NAMES = ("manifest.yaml", "manifest.yml")
 MAX_WORKERS = 64
 
 # Longest first, so that "x.bpf.c" is not taken for a user-space ".c".
-_SUFFIXES = (".bpf.c", ".bpf.o", ".bt", ".c", ".go", ".o", ".so")
-_SOURCE_SUFFIXES = frozenset({".bpf.c", ".bt", ".c", ".go"})
+_SUFFIXES = (".bpf.c", ".bpf.o", ".c", ".go", ".o", ".so")
+_SOURCE_SUFFIXES = frozenset({".bpf.c", ".c", ".go"})
 _TYPE_SUFFIXES: dict[str, tuple[str, ...]] = {
     "ebpf_object": (".bpf.c", ".bpf.o", ".o"),
     "user_so": (".c", ".go", ".so"),
-    "bpftrace_object": (".bt",),
 }
 _SUFFIX_TYPE = {suffix: kind for kind, suffixes in _TYPE_SUFFIXES.items() for suffix in suffixes}
 
@@ -61,8 +62,11 @@ class ProgramSpec:
     type: ProgramType
     scheme: Scheme
     local_path: Path | None  # file:// only: the real absolute path, inside the manifest's folder
-    is_source: bool  # .bpf.c .bt .c .go; False for the built .bpf.o .o .so
+    is_source: bool  # .bpf.c .c .go; False for the built .bpf.o .o .so
     line: int
+    # ebpf_object: how its BPF programs attach, by name (kind, options); others auto-attach
+    attach: tuple[tuple[str, str, Mapping[str, Any]], ...] = ()
+    autoload_off: tuple[str, ...] = ()  # BPF programs not to load at all
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -114,13 +118,14 @@ class ChannelSpec:
     """A kernel map that carries events to user space, and where its events go."""
 
     name: str  # the map name in the kernel object
-    type: ChannelType
+    type: str  # a registered output kind (loader/outputs/)
     event: str | None  # the event struct's name in the object's BTF
     events: tuple[EventRoute, ...]  # empty: events are decoded by default
     line: int
     fields: tuple[FieldDecl, ...] = ()  # empty: every member of the event struct, from its BTF
     decoders: tuple[tuple[str, str], ...] = ()  # (field path, decoder): ksym, errno, enum:NAME, ...
     unions: tuple[tuple[str, UnionChoice], ...] = ()  # (union path, the member chosen by what)
+    options: Mapping[str, Any] = field(default_factory=dict)  # the output kind's own keys
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -266,9 +271,19 @@ def _parse_programs(doc: YamlDoc, node: Node) -> tuple[ProgramSpec, ...]:
 
 
 def _parse_program(doc: YamlDoc, node: Node, at: str) -> ProgramSpec:
-    fields = doc.fields(node, at, required=("name", "path", "type"))
+    fields = doc.fields(node, at, required=("name", "path", "type"), optional=("attach",))
     name = doc.name(fields["name"], "name", at, what="program name")
+    written = doc.string(fields["type"], "type", at)
+    if written in NOT_YET:
+        raise doc.error(fields["type"], f"type {written} of program {name!r}: {NOT_YET[written]}",
+                        hint=f"remove the program, or use one of: {', '.join(PROGRAM_TYPES)}")
     kind = cast(ProgramType, doc.choice(fields["type"], "type", at, PROGRAM_TYPES))
+    attach, autoload_off = (), ()
+    if "attach" in fields:
+        if kind != "ebpf_object":
+            raise doc.error(fields["attach"], f"'attach' in {at}: only an ebpf_object has BPF "
+                            "programs to attach", hint="move it to the kernel program")
+        attach, autoload_off = _parse_attach(doc, fields["attach"], f"{at}.attach")
     path_node = fields["path"]
     path = doc.string(path_node, "path", at)
     label = f"program {name!r}"
@@ -320,7 +335,38 @@ def _parse_program(doc: YamlDoc, node: Node, at: str) -> ProgramSpec:
         local_path=local,
         is_source=suffix in _SOURCE_SUFFIXES,
         line=line_of(node),
+        attach=attach,
+        autoload_off=autoload_off,
     )
+
+
+def _parse_attach(doc: YamlDoc, node: Node, at: str
+                  ) -> tuple[tuple[tuple[str, str, Mapping[str, Any]], ...], tuple[str, ...]]:
+    """``attach: {<BPF program>: {<kind>: {options}} | {autoload: false}}``."""
+    from loader.attach import attach_kinds  # the kinds register themselves on import
+
+    kinds = attach_kinds()
+    allowed = ("autoload", *kinds)
+    attach, off = [], []
+    for program, key_node, value in doc.entries(node, at):
+        doc.c_identifier(key_node, program, at, what="BPF program name")
+        entries = doc.entries(value, f"{at}.{program}")
+        if len(entries) != 1:
+            raise doc.error(value, f"{at}.{program} takes one of: {', '.join(allowed)}",
+                            hint=f"e.g. {program}: {{perf_event: {{frequency: 99}}}}")
+        kind, kind_node, options = entries[0]
+        where = f"{at}.{program}.{kind}"
+        if kind == "autoload":
+            if doc.boolean(options, "autoload", f"{at}.{program}"):
+                raise doc.error(options, f"{where}: true is what happens anyway",
+                                hint="write autoload: false to keep the program out, or drop it")
+            off.append(program)
+            continue
+        if kind not in kinds:
+            raise doc.error(kind_node, f"unknown attach kind {kind!r} for {program!r}",
+                            hint=did_you_mean(kind, allowed, "attach kinds"))
+        attach.append((program, kind, kinds[kind].parse(doc, options, where)))
+    return tuple(attach), tuple(off)
 
 
 def _parse_properties(doc: YamlDoc, node: Node) -> Properties:
@@ -375,11 +421,18 @@ def _parse_channels(
                 + (re.sub(r"\W", "_", name).lstrip("0123456789") or "events"),
             )  # fmt: skip
         at = f"spec.channels.{name}"
-        fields = doc.fields(
-            value, at, required=("type",),
-            optional=("event", "events", "fields", "decoders", "unions"),
-        )  # fmt: skip
-        kind = doc.choice(fields["type"], "type", at, CHANNEL_TYPES)
+        kinds = output_kinds()
+        written = dict((k, v) for k, _, v in doc.entries(value, at))
+        if "type" not in written:
+            raise doc.error(value, f"'type' is missing in {at}",
+                            hint=f"add 'type:', one of: {', '.join(kinds)}")
+        kind = doc.choice(written["type"], "type", at, tuple(kinds))
+        output = kinds[kind]
+        fields = doc.fields(value, at, required=("type",), optional=COMMON_KEYS[1:] + output.options)
+        if "events" in fields and not output.events:
+            raise doc.error(fields["events"], f"a {kind} channel carries no events for processors",
+                            hint="drop 'events:'; its records go to the sinks")
+        options = output.parse(doc, {k: fields[k] for k in output.options if k in fields}, at)
         event = None
         if "event" in fields:
             event = doc.c_identifier(fields["event"], "event", at, what="event struct name")
@@ -393,8 +446,9 @@ def _parse_channels(
         unions = _parse_unions(doc, fields["unions"], at) if "unions" in fields else ()
         channels.append(
             ChannelSpec(
-                name=name, type=cast(ChannelType, kind), event=event, events=routes,
+                name=name, type=kind, event=event, events=routes,
                 line=line_of(key_node), fields=declared, decoders=decoders, unions=unions,
+                options=options,
             )  # fmt: skip
         )
     return tuple(channels)

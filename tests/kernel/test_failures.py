@@ -45,7 +45,7 @@ def test_failed_attach_detaches_the_programs_before_it(home: Path) -> None:
         first = _prog_ids("rbk_first")
         assert first, "rbk_first should be loaded"
         with pytest.raises(LoadError) as caught:
-            obj.attach(["rbk_first", "rbk_second"])
+            obj.attach([("rbk_first", None), ("rbk_second", None)])
         assert "cannot attach program 'rbk_second' of 'rollback' (2 of 2)" in caught.value.message
         # still loaded (the object is open) but no longer attached: its link is gone
         assert not first & link_prog_ids()

@@ -133,22 +133,33 @@ spec:
   programs:
     - {name: k, path: "https://artifacts.example/k.bpf.o?sig=1", type: ebpf_object}
     - {name: u, path: s3://bucket/u/u.so, type: user_so}
-    - {name: t, path: file://./sub/t.bt, type: bpftrace_object}
+    - {name: c, path: file://./sub/c.bpf.c, type: ebpf_object}
   channels:
-    events: {type: perf_buffer, event: event}
+    events: {type: ring_buffer, event: event}
 """
     (tmp_path / "sub").mkdir()
-    parsed = parse_manifest(bundle(tmp_path, text, files=("sub/t.bt",)))
+    parsed = parse_manifest(bundle(tmp_path, text, files=("sub/c.bpf.c",)))
     assert (parsed.description, parsed.version, parsed.author) == ("", "", "")
     assert parsed.properties == Properties(initfile=None, functions=())
     assert [(p.scheme, p.local_path, p.is_source) for p in parsed.programs] == [
         ("https", None, False),
         ("s3", None, False),
-        ("file", tmp_path.resolve() / "sub" / "t.bt", True),
+        ("file", tmp_path.resolve() / "sub" / "c.bpf.c", True),
     ]
     assert parsed.channels == (
-        ChannelSpec(name="events", type="perf_buffer", event="event", events=(), line=9),
+        ChannelSpec(name="events", type="ring_buffer", event="event", events=(), line=9),
     )
+
+
+def test_a_kind_bpfdepot_does_not_run_yet_is_refused_not_ignored(tmp_path: Path) -> None:
+    """A bpftrace_object used to be parsed and then silently skipped."""
+    text = GOOD.replace("path: file://./tcp_connlat_user.c # C or Go source, or a prebuilt .so\n"
+                        "      type: user_so", "path: file://./t.bt\n      type: bpftrace_object")
+    manifest = bundle(tmp_path, text, files=(*FILES, "t.bt"))
+    err = fails(manifest)
+    assert err.message == (f"{manifest}:13: type bpftrace_object of program 'tcp_connlat_user': "
+                           "bpftrace files do not run in bpfdepot yet")
+    assert err.exit_code == 2
 
 
 def test_program_lookup_names_the_known_programs(tmp_path: Path) -> None:
@@ -204,7 +215,7 @@ def test_unknown_program_type(tmp_path: Path) -> None:
     err = fails(manifest)
     assert err.message == (
         f"{manifest}:10: unknown type 'ebpf_objekt' in spec.programs[0]; "
-        "expected one of: ebpf_object, user_so, bpftrace_object"
+        "expected one of: ebpf_object, user_so"
     )
     assert err.hint == "did you mean 'ebpf_object'?"
 
@@ -353,7 +364,7 @@ def test_unknown_suffix(tmp_path: Path) -> None:
          "20: channel name 'tcp-connlat-events' is not a C identifier"),
         ("      type: ring_buffer", "      type: ringbuf",
          "21: unknown type 'ringbuf' in spec.channels.tcp_connlat_events; "
-         "expected one of: ring_buffer, perf_buffer"),
+         "expected one of: ring_buffer"),
         ("            tsdb: true", "            tsdb: \"yes\"",
          "29: 'tsdb' in spec.channels.tcp_connlat_events.events[0].storage "
          "must be true or false, got a string"),

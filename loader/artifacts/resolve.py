@@ -1,15 +1,18 @@
-"""Resolve a bundle's kernel programs to loadable objects on this node.
+"""Resolve a bundle's kernel programs and processors to loadable files on this node.
 
 Order: the digest pinned in ``bpfdepot.lock`` for this kernel → the artifact the store's index
-holds for these sources on this kernel → a compile on this host (sources, clang and the flag
-allow it) → an error naming the command that builds it. ``--locked`` stops after the first.
-A prebuilt ``.bpf.o`` in the manifest is read and checked as it is.
+holds for these sources on this kernel → a compile on this host (when the caller passes
+``Compilers``: the loader never imports the builder) → an error naming the command that builds
+it. ``--locked`` stops after the first. A prebuilt ``.bpf.o`` in the manifest is read and
+checked as it is.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from loader.artifacts.meta import ArtifactMeta, by_digest, index_ref, lookup
@@ -26,10 +29,12 @@ from loader.artifacts.sources import program_source_digest
 from loader.artifacts.store import ArtifactStore, digest_of
 
 
-def running_target(settings: Settings, kernel: KernelIdentity):
-    from builder.compile import Target  # only a host compile needs the builder
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compilers:
+    """How this host builds what the store does not have (wired in by the CLI, from builder/)."""
 
-    return Target(identity=kernel, btf=settings.kernel_btf)
+    kernel: Callable[[Manifest, ProgramSpec, KernelIdentity], ArtifactMeta]
+    processor: Callable[[Manifest, ProgramSpec, str], ArtifactMeta]
 
 
 def node_identity(settings: Settings, store: ArtifactStore) -> KernelIdentity:
@@ -56,7 +61,7 @@ def _with_min_btf(settings: Settings, store: ArtifactStore, meta: ArtifactMeta, 
 
 
 def resolve(settings: Settings, store: ArtifactStore, manifest: Manifest, kernel: KernelIdentity, *,
-            compile_on_host: bool = True, locked: bool = False) -> list[Loadable]:
+            compilers: Compilers | None = None, locked: bool = False) -> list[Loadable]:
     lock_file = lock_path(manifest)
     lock = read_lock(lock_file) if locked or lock_file.exists() else None
     out = []
@@ -76,20 +81,15 @@ def resolve(settings: Settings, store: ArtifactStore, manifest: Manifest, kernel
                      f"'release={kernel.release}' --wait && bpfdepot lock {manifest.root} --kernels all")
         found = lookup(store, index_ref(program.name, program_source_digest(manifest, program.name),
                                         kernel))
-        if found is not None and compile_on_host and not store.has_blob(found[0].digest):
+        if found is not None and compilers is not None and not store.has_blob(found[0].digest):
             found = None  # lost or damaged: the build below writes it again
         if found is None:
-            if not compile_on_host:
+            if compilers is None:
                 raise ArtifactNotFound(
                     f"no artifact for '{program.name}' on {kernel} (these sources were never built for it)",
                     hint=f"run: bpfdepot build {manifest.root}")
-            from builder.compile import build_program
-            from builder.toolchain import find_toolchain
-
             print(f"bpfdepot: building '{program.name}' for {kernel} on this host", file=sys.stderr)
-            built = build_program(store, manifest, program, running_target(settings, kernel),
-                                  find_toolchain(settings.cache), settings.cache)
-            meta = built.meta
+            meta = compilers.kernel(manifest, program, kernel)
         else:
             meta = found[0]
         out.append(_with_min_btf(settings, store, meta, store.blob_path(meta.digest)))
@@ -135,7 +135,7 @@ def _prebuilt(program: ProgramSpec, manifest: Manifest, kernel: KernelIdentity) 
 
 
 def resolve_processors(settings: Settings, store: ArtifactStore, manifest: Manifest, arch: str, *,
-                       compile_on_host: bool = True) -> dict[str, ProcessorRuntime]:
+                       compilers: Compilers | None = None) -> dict[str, ProcessorRuntime]:
     """Each user_so program as a checked library: prebuilt .so, the store's build of its
     sources for this arch, or a build on this host; ProcessorError/ArtifactNotFound otherwise."""
     from loader.artifacts.meta import lookup as find
@@ -154,22 +154,17 @@ def resolve_processors(settings: Settings, store: ArtifactStore, manifest: Manif
             path = program.local_path
         else:
             found = find(store, processor_ref(manifest, program, arch))
-            if found is not None and compile_on_host and not store.has_blob(found[0].digest):
+            if found is not None and compilers is not None and not store.has_blob(found[0].digest):
                 found = None  # lost or damaged: the build below writes it again
             if found is not None:
                 path = store.blob_path(found[0].digest)
-            elif not compile_on_host:
+            elif compilers is None:
                 raise ArtifactNotFound(
                     f"no build of processor '{program.name}' ({program.path}) for {arch}",
                     hint=f"run: bpfdepot build {manifest.root}")
             else:
-                from builder.processors import build_processor
-                from builder.toolchain import find_toolchain
-
                 print(f"bpfdepot: building processor '{program.name}' on this host", file=sys.stderr)
-                built = build_processor(store, manifest, program, arch,
-                                        find_toolchain(settings.cache), settings.cache)
-                path = store.blob_path(built.meta.digest)
+                path = store.blob_path(compilers.processor(manifest, program, arch).digest)
         info = check_processor(path, functions, label=program.name, arch=arch)
         out[program.name] = ProcessorRuntime(
             name=program.name, so_path=str(path), initfile=initfile, init=info.init, pre=info.pre,

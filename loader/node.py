@@ -1,0 +1,184 @@
+"""One run on this node, from a manifest (or an artifact digest) to its last record.
+
+    resolve   artifacts for this kernel: lock pin → store → a compile on the host
+              (loader/artifacts/resolve.py; the compile is the caller's ``Compilers``)
+    check     privileges, arch, required features, tracefs/bpffs (loader/session.py)
+    plan      each channel's output kind opens a reader (loader/outputs/), each named BPF
+              program its attach kind (loader/attach/), processors and sinks (loader/pipeline.py)
+    load      open → knobs / autoload → load → processors start → attach → readers start
+    run       one poll loop until Ctrl-C, SIGTERM or the duration
+    stop      detach → last read of every channel → processors drained → sinks closed
+
+The CLI (builder/cli.py) only turns arguments into ``RunOptions`` and prints what ``run``
+returns and says; nothing here prints on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+
+from loader.artifacts.resolve import (Compilers, artifact, node_identity, resolve,
+                                      resolve_processors)
+from loader.artifacts.store import open_store
+from loader.attach import attach_kinds
+from loader.decoders.names import node_enums
+from loader.errors import ManifestError
+from loader.kernel.elf import ObjectInfo
+from loader.kernel.probe import probe_features
+from loader.libbpf import BpfObject
+from loader.model.manifest import ChannelSpec, Manifest, load_bundle
+from loader.model.settings import Settings
+from loader.model.storage import StorageSettings
+from loader.outputs import ChannelContext, ChannelStats, Reader, output_kinds
+from loader.pipeline import Pipeline
+from loader.processors.workers import RouteCounts
+from loader.session import (Loadable, Session, check_fits, check_privileges,
+                            ensure_filesystems)
+from loader.sinks import SinkStats
+from loader.sinks.opener import SinkSet
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    """What one run is asked to do (the CLI's flags)."""
+
+    locked: bool = False                  # only what bpfdepot.lock pins
+    duration: float | None = None         # seconds; None: until Ctrl-C or SIGTERM
+    knobs: Mapping[str, int] = field(default_factory=dict)  # const volatile globals
+    processor_timeout: float = 5.0        # s in one call before a worker is restarted
+    metrics: str | None = None            # HOST:PORT for /metrics
+
+
+@dataclass(slots=True, kw_only=True)
+class RunReport:
+    """The counts that must add up: kernel → channel → processor → sinks."""
+
+    name: str
+    seconds: float
+    channels: list[ChannelStats]
+    routes: list[tuple[str, str, RouteCounts, int, int]]  # channel, processor, counts, restarts, violations
+    sinks: dict[str, SinkStats]
+
+
+def run(settings: Settings, target: str, options: RunOptions, storage: StorageSettings, *,
+        compilers: Compilers | None, say: Say) -> RunReport:
+    """Run ``target`` (a bundle folder, a manifest, or ``sha256:…``) and return its counts."""
+    started = time.perf_counter()
+    store = open_store(settings)
+    manifest = None
+    if target.startswith("sha256:"):
+        loadables = [artifact(settings, store, target)]
+        name = loadables[0].meta.name
+        check_privileges(name)
+        kernel = node_identity(settings, store)
+    else:
+        manifest = load_bundle(target)
+        name = manifest.name
+        check_privileges(name)
+        kernel = node_identity(settings, store)
+        loadables = resolve(settings, store, manifest, kernel, locked=options.locked,
+                            compilers=None if options.locked else compilers)
+    processors = (resolve_processors(settings, store, manifest, kernel.arch,
+                                     compilers=None if options.locked else compilers)
+                  if manifest else {})
+    features = probe_features(kernel, settings.cache)
+    for item in loadables:
+        check_fits(item.meta, kernel, features)
+    needs_tracefs = any(p["feature"] == "tracepoint" for i in loadables for p in i.meta.programs)
+    for what in ensure_filesystems(needs_tracefs):
+        say(f"bpfdepot: mounted {what}")
+
+    sinks = SinkSet(storage)
+    pipeline = Pipeline(manifest=manifest, processors=processors, open_sinks=sinks.open,
+                        workers=lambda route: route.workers or (2 if route.hash else 1),
+                        hang_timeout=options.processor_timeout)
+    open_channel = partial(_open_channel, manifest, pipeline, node_enums(str(settings.kernel_btf)))
+    session = Session()
+    server = None
+    try:
+        if options.metrics:  # first: a port in use fails before anything loads
+            server = _serve_metrics(options.metrics, pipeline, session, say)
+        session.start(loadables, open_channel, dict(options.knobs), before_attach=pipeline.start,
+                      attach=_attach_plans(manifest), autoload_off=_autoload_off(manifest))
+        programs = sum(len(o.autoloaded()) for _, o in session.objects)
+
+        def attached() -> None:
+            ms = (time.perf_counter() - started) * 1000
+            pools = f", {len(pipeline.pools)} processor(s)" if pipeline.pools else ""
+            say(f"bpfdepot: {name}: {programs} program(s) attached, {len(session.readers)} "
+                f"channel(s){pools}, in {ms:.1f} ms; Ctrl-C to stop")
+
+        seconds = pipeline.run(session.readers, duration=options.duration, on_attached=attached)
+        session.detach()
+        pipeline.drain()
+        stats = session.stats()
+    finally:
+        if server is not None:
+            server.close()  # before the objects it reads go away
+        for pool in pipeline.pools.values():
+            pool.stop(kill=True)
+        session.close()
+        sink_stats = pipeline.outlets.close()
+    say(f"bpfdepot: {name}: detached after {seconds:.1f} s")
+    routes = [(s.name, pool.name, c, pool.restarts, pool.violations)
+              for s, pool, c in pipeline.route_counts()]
+    return RunReport(name=name, seconds=seconds, channels=stats, routes=routes, sinks=sink_stats)
+
+
+def _open_channel(manifest: Manifest | None, pipeline: Pipeline, enums, item: Loadable, name: str,
+                  obj: BpfObject, info: ObjectInfo) -> Reader:
+    """The reader of channel ``name`` of ``item``, by its output kind."""
+    spec: ChannelSpec | None = next((c for c in manifest.channels if c.name == name), None) \
+        if manifest else None
+    kind_name = spec.type if spec else item.meta.channels[name].get("type", "ring_buffer")
+    kind = output_kinds().get(kind_name)
+    if kind is None:
+        raise ManifestError(f"channel '{name}' of '{item.meta.name}' is of type {kind_name}, which "
+                            "this bpfdepot cannot read",
+                            hint=f"output kinds here: {', '.join(output_kinds())}")
+    ctx = ChannelContext(program=item.meta.name, name=name, spec=spec, obj=obj, info=info,
+                         pipeline=pipeline, enums=enums, options=spec.options if spec else {})
+    return kind.open(ctx)
+
+
+def _attach_plans(manifest: Manifest | None) -> dict[str, dict[str, Callable]]:
+    """Per kernel program, its BPF programs that attach by a kind (the rest: libbpf's auto-attach)."""
+    if manifest is None:
+        return {}
+    kinds = attach_kinds()
+    return {p.name: {prog: partial(_attach_with, kinds[kind].attach, options)
+                     for prog, kind, options in p.attach}
+            for p in manifest.kernel_programs if p.attach}
+
+
+def _attach_with(attach, options, obj: BpfObject, program: str) -> list:
+    return attach(obj, program, options)
+
+
+def _autoload_off(manifest: Manifest | None) -> dict[str, tuple[str, ...]]:
+    if manifest is None:
+        return {}
+    return {p.name: p.autoload_off for p in manifest.kernel_programs if p.autoload_off}
+
+
+def _serve_metrics(address: str, pipeline: Pipeline, session: Session, say: Say):
+    from loader.sinks.prometheus import Metrics, loader_families, serve
+
+    metrics = Metrics()
+    families = loader_families(metrics)
+
+    def refresh() -> None:
+        for item, obj in list(session.objects):
+            families.programs_attached.labels(program=item.meta.name).set(obj.attached_links)
+        pipeline.refresh_metrics(families, session.stats())
+
+    metrics.on_scrape(refresh)
+    server = serve(metrics, address)
+    host, port = server.address
+    say(f"bpfdepot: metrics on http://{host}:{port}/metrics")
+    return server
