@@ -87,8 +87,9 @@ class LocalStore:
         hexd = digest.removeprefix("sha256:")
         return self.root / "blobs" / "sha256" / hexd[:2] / hexd[2:]
 
-    def _publish(self, path: Path, data: bytes) -> bool:
-        """Write ``data`` at ``path`` unless something is there; True when we wrote it."""
+    def _publish(self, path: Path, data: bytes, *, replace: bool = False) -> bool:
+        """Write ``data`` at ``path`` unless something is there (``replace``: whatever is
+        there, atomically); True when we wrote it."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self._tmp)
@@ -97,6 +98,9 @@ class LocalStore:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            if replace:
+                os.replace(tmp, path)
+                return True
             try:
                 os.link(tmp, path)
             except FileExistsError:
@@ -107,26 +111,15 @@ class LocalStore:
                 raise StoreError(f"store {self.root} is full", hint="free space or move BPFDEPOT_HOME") from exc
             raise StoreError(f"cannot write {path}: {exc.strerror}") from exc
         finally:
-            os.unlink(tmp)
+            if os.path.exists(tmp):  # gone when it replaced the damaged copy
+                os.unlink(tmp)
 
     def put_blob(self, data: bytes) -> str:
         digest = digest_of(data)
         path = self._blob(digest)
         if not self._publish(path, data) and not self.has_blob(digest):
-            self._replace(path, data)  # a damaged copy was there: the right bytes heal it
+            self._publish(path, data, replace=True)  # a damaged copy was there: this heals it
         return digest
-
-    def _replace(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self._tmp)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            os.unlink(tmp)
-            raise StoreError(f"cannot repair {path}: {exc.strerror}") from exc
 
     def read_blob(self, digest: str) -> bytes:
         path = self._blob(digest)

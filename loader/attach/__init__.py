@@ -14,11 +14,11 @@ the links it made; every link is destroyed at detach, in reverse order.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+
+from loader.registry import Registry
 
 if TYPE_CHECKING:
     from yaml.nodes import Node
@@ -44,22 +44,10 @@ class AttachKind:
     attach: Callable[[BpfObject, str, Mapping[str, Any]], list[Link]]
 
 
-_REGISTRY: dict[str, AttachKind] = {}
-_LOADED = False
-
-
-def register(kind: AttachKind) -> AttachKind:
-    if kind.key in _REGISTRY:
-        raise ValueError(f"attach kind {kind.key!r} registered twice")
-    _REGISTRY[kind.key] = kind
-    return kind
+_KINDS: Registry[AttachKind] = Registry(__name__, lambda kind: kind.key, "attach kind")
+register = _KINDS.register
 
 
 def attach_kinds() -> dict[str, AttachKind]:
-    """Every kind, by manifest key (each module of this package registers its own on import)."""
-    global _LOADED
-    if not _LOADED:
-        for module in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{module.name}")
-        _LOADED = True
-    return dict(sorted(_REGISTRY.items()))
+    """Every kind, by manifest key (each module of this package registers its own)."""
+    return _KINDS.all()

@@ -15,11 +15,11 @@ processors start), starts it once everything is attached, lets the pipeline's lo
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+
+from loader.registry import Registry
 
 if TYPE_CHECKING:
     from yaml.nodes import Node
@@ -97,22 +97,10 @@ class OutputKind:
     events: bool = True                        # processors (`events:`) may consume it
 
 
-_REGISTRY: dict[str, OutputKind] = {}
-_LOADED = False
-
-
-def register(kind: OutputKind) -> OutputKind:
-    if kind.type in _REGISTRY:
-        raise ValueError(f"output kind {kind.type!r} registered twice")
-    _REGISTRY[kind.type] = kind
-    return kind
+_KINDS: Registry[OutputKind] = Registry(__name__, lambda kind: kind.type, "output kind")
+register = _KINDS.register
 
 
 def output_kinds() -> dict[str, OutputKind]:
-    """Every kind, by manifest type (each module of this package registers its own on import)."""
-    global _LOADED
-    if not _LOADED:
-        for module in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{module.name}")
-        _LOADED = True
-    return dict(sorted(_REGISTRY.items()))
+    """Every kind, by manifest type (each module of this package registers its own)."""
+    return _KINDS.all()
