@@ -21,7 +21,7 @@ from tests.kernel.conftest import ROOT, bpfdepot, link_prog_ids, prog_names
 BUNDLES = ROOT / "tests" / "kernel" / "bundles"
 
 
-def _build(home: Path, bundle: str) -> Path:
+def _build(home: Path, bundle: str | Path) -> Path:
     manifest = load_bundle(BUNDLES / bundle)
     store = LocalStore(home)
     kernel = running_kernel()
@@ -108,3 +108,22 @@ def test_kernel_reports_what_design_md_lists(home: Path) -> None:
     assert rows["ringbuf"] == "yes"
     if "-fc-" in running_kernel().release:  # the kernel these machines run (DESIGN.md)
         assert rows["kprobe"] == "no" and rows["fentry"] == "no"
+
+
+def test_a_damaged_artifact_is_refused_then_healed_by_the_next_run(tmp_path: Path) -> None:
+    """A flipped byte: `run --no-build` refuses it (exit 9, nothing loaded) with a hint that
+    works — `run` (which may build) compiles it again, writes the right bytes back and loads."""
+    home = tmp_path / "home"
+    bundle = str(ROOT / "bpf" / "tcp_connlat")
+    assert bpfdepot(home, "build", bundle).returncode == 0
+    blob = _build(home, ROOT / "bpf" / "tcp_connlat")  # the object `build` stored
+    good = blob.read_bytes()
+    blob.write_bytes(good[:200] + bytes([good[200] ^ 0xFF]) + good[201:])
+    refused = bpfdepot(home, "run", bundle, "--no-build", "--duration", "0.2")
+    assert refused.returncode == 9, refused.stderr
+    assert "is corrupt" in refused.stderr and "nothing was loaded" in refused.stderr
+    assert "attached" not in refused.stderr
+    healed = bpfdepot(home, "run", bundle, "--duration", "0.2")
+    assert healed.returncode == 0, healed.stderr
+    assert "program(s) attached" in healed.stderr
+    assert blob.read_bytes() == good
