@@ -193,17 +193,17 @@ def _storage(args: argparse.Namespace, settings: Settings):
     return storage
 
 
-def _knobs(pairs: list[str] | None) -> dict[str, int]:
+def _knobs(pairs: list[str] | None) -> dict[str, str]:
+    """``--set NAME=VALUE`` pairs; the value is read by the knob's own type at load (an
+    integer, text for a ``char x[N]``, or ``1,2,3`` for an integer array)."""
     out = {}
     for pair in pairs or []:
         name, sep, value = pair.partition("=")
-        try:
-            out[name.strip()] = int(value, 0)
-        except ValueError:
-            sep = ""
         if not sep or not name.strip():
-            raise BpfDepotError(f"--set {pair!r} is not NAME=INTEGER",
-                                hint="for example: --set targ_tgid=1234")
+            raise BpfDepotError(f"--set {pair!r} is not NAME=INTEGER, NAME=TEXT or NAME=N,N,...",
+                                hint="for example: --set targ_tgid=1234, --set targ_comm=bash, "
+                                     "--set targ_pids=1,2,3")
+        out[name.strip()] = value
     return out
 
 
@@ -266,7 +266,8 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
                      help="never compile on this host; fail when nothing is built for this kernel")
     run.add_argument("--set", action="append", metavar="NAME=VALUE",
                      help="set a program knob (a const volatile global) before load, e.g. "
-                          "targ_tgid=1234 (repeatable)")
+                          "targ_tgid=1234, targ_comm=bash (char[N]), targ_pids=1,2,3 "
+                          "(an integer array) (repeatable)")
     run.add_argument("--locked", action="store_true",
                      help="load only the digests bpfdepot.lock pins for this kernel")
     run.add_argument("--config", metavar="FILE",

@@ -25,9 +25,11 @@ from builder.sandbox import INSIDE, LIMIT_HINT, Limits, limit_breach, run_sandbo
 from builder.toolchain import Toolchain
 from builder.vmlinux import vmlinux_header
 from loader.artifacts.meta import SCHEMA, ArtifactMeta, build_ref, index_ref, lookup, meta_of_ref
-from loader.kernel.elf import check_object, object_channels, read_object
+from loader.kernel.elf import (EVENT_MAPS, check_object, object_channels, read_object,
+                               PROGRAM_CHANNELS, unresolved_externs, unsized_maps)
 from loader.errors import BuildError
 from loader.kernel.probe import KernelIdentity
+from loader.model.controls import CPUS
 from loader.model.manifest import Manifest, ProgramSpec
 from loader.artifacts.sources import SHARED_INCLUDE, SourceFile, files_digest, source_closure, source_digest
 from loader.artifacts.store import ArtifactStore
@@ -80,6 +82,7 @@ class Plan:
     flags: tuple[str, ...]
     key: str
     source_digest: str
+    anchor: bytes | None = None  # the generated translation unit clang compiles, if any
 
 
 # Kernel-dependent forms: a program compiles its kprobe or fentry form only where the target
@@ -96,22 +99,29 @@ def form_features(features: dict[str, bool] | frozenset[str], probed: bool) -> f
     return have if probed else have - PROBE_ONLY
 
 
-def bpf_flags(arch: str, features: frozenset[str] = frozenset()) -> tuple[str, ...]:
+def bpf_flags(arch: str, features: frozenset[str] = frozenset(),
+              cpu: str | None = None) -> tuple[str, ...]:
+    """clang's flags, all made here; ``cpu`` is the manifest's allow-listed ``cpu:`` (v2, v3)."""
     if arch not in ARCH_DEFINES:
         raise BuildError(f"cannot build BPF programs for arch '{arch}'",
                          hint=f"known: {', '.join(sorted(ARCH_DEFINES))}")
+    if cpu is not None and cpu not in CPUS:  # the manifest parser refuses others; never pass one
+        raise BuildError(f"unknown BPF cpu '{cpu}'", hint=f"one of: {', '.join(CPUS)}")
     forms = tuple(f"-D{define}=1" for feature, define in FORM_DEFINES if feature in features)
-    return ("-g", "-O2", "-target", "bpf", f"-D__TARGET_ARCH_{ARCH_DEFINES[arch]}", *forms, "-Wall",
-            "-Wno-unused-function", "-Wno-compare-distinct-pointer-types")
+    mcpu = (f"-mcpu={cpu}",) if cpu else ()
+    return ("-g", "-O2", "-target", "bpf", *mcpu, f"-D__TARGET_ARCH_{ARCH_DEFINES[arch]}", *forms,
+            "-Wall", "-Wno-unused-function", "-Wno-compare-distinct-pointer-types")
 
 
 def build_key(program: ProgramSpec, inputs: dict[str, str], flags: tuple[str, ...],
               toolchain: Toolchain, target: KernelIdentity,
               channels: dict[str, tuple[str, str | None]] | None = None,
-              min_btf: bool = False) -> str:
+              min_btf: bool = False, anchor: bytes | None = None) -> str:
     body: dict[str, object] = {"schema": SCHEMA, "program": program.name, "inputs": inputs,
                                "flags": flags, "toolchain": toolchain.as_dict(),
                                "btf": target.btf_digest, "arch": target.arch}
+    if anchor is not None:  # what clang compiles is the generated unit, not the entry itself
+        body["anchor"] = hashlib.sha256(anchor).hexdigest()
     if channels:  # the meta stored under the key records them, checked against the object
         body["channels"] = {k: list(v) for k, v in channels.items()}
     if min_btf:   # the artifact also carries a minimal BTF for nodes without their own
@@ -129,12 +139,81 @@ def plan_build(manifest: Manifest, program: ProgramSpec, target: Target, toolcha
     inputs = files_digest(files)
     channels = manifest.channel_decls
     entry = next(f.name for f in files if f.path == program.local_path.resolve())
-    flags = bpf_flags(target.identity.arch, target.features)
+    flags = bpf_flags(target.identity.arch, target.features, program.cpu)
+    anchor = anchor_unit(entry, channels)
     key = build_key(program, inputs, flags, toolchain, target.identity, channels,
-                    min_btf=not target.btf_on_node)
+                    min_btf=not target.btf_on_node, anchor=anchor)
     return Plan(manifest=manifest, program=program, target=target, toolchain=toolchain,
                 files=files, entry=entry, flags=flags, key=key,
-                source_digest=source_digest(files, channels))
+                source_digest=source_digest(files, channels, cpu=program.cpu), anchor=anchor)
+
+
+# The translation unit a build compiles when the manifest names channels' event structs.
+ANCHOR_FILE = "bpfdepot-event-anchors.c"
+
+
+def anchor_unit(entry: str, channels: dict[str, tuple[str, str | None]]) -> bytes | None:
+    """The generated unit that compiles ``entry`` and anchors each ``event:`` struct, or None.
+
+    A program written the usual libbpf way may use its event struct only through a local pointer
+    (``struct event *e = bpf_ringbuf_reserve(...)``, or a stack struct handed to
+    bpf_perf_event_output); clang then leaves the struct out of BTF and nothing could decode it.
+    The marker bpfdepot.h's BPFDEPOT_CHANNEL leaves (``bpfdepot_event__<channel>``) keeps it in,
+    without editing the user's source: the entry is #included, so clang's file:line stays in the
+    user's files. The text depends only on the entry's name and the channel declarations (both
+    in the build key), so the same inputs still give the same bytes."""
+    events = sorted((name, event) for name, (_, event) in channels.items() if event)
+    if not events:
+        return None
+    lines = [f"/* Generated by bpfdepot (builder/compile.py anchor_unit): {entry}, then one marker",
+             " * per channel whose event struct the manifest names, so its BTF is in the object. */",
+             f'#include "{entry}"']
+    lines += [f"struct {event} *bpfdepot_event__{name} __attribute__((used));"
+              for name, event in events]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def check_events(info, program: str, decls: dict[str, tuple[str, str | None]]) -> None:
+    """Every ``event:`` the manifest names for this object's channels is a struct its source
+    defines (a pointer to an undefined struct compiles, leaving only a forward declaration)."""
+    for name, (_, event) in sorted(decls.items()):
+        if event and info.btf is not None and info.btf.by_name(event, "struct") is None:
+            raise BuildError(
+                f"channel '{name}': the manifest says `event: {event}`, but the source of "
+                f"'{program}' defines no struct {event}",
+                hint=f"define struct {event} in the program or a header it includes, or set "
+                     "`event:` to the struct the channel carries")
+
+
+def check_links_and_sizes(info, program: ProgramSpec, target: Target) -> None:
+    """Faults clang lets through and libbpf would only report on the node, each named here: an
+    extern nothing resolves (the object would not even open), and a map left for user space to
+    size (max_entries or a stack map's value_size 0) that the manifest does not size."""
+    externs = [name for name, sec in info.externs if not sec]
+    if externs:
+        names = ", ".join(f"'{n}'" for n in externs)
+        raise BuildError(
+            f"program '{program.name}' uses extern {names}, which nothing defines: libbpf "
+            f"resolves only __kconfig and __ksym externs, so the object built for "
+            f"{target.identity} would not open", detail="\n".join(unresolved_externs(info)),
+            hint=f"define {names} in the program, or declare {'it' if len(externs) == 1 else 'them'} "
+                 "__ksym (a kernel symbol or kfunc) or __kconfig (CONFIG_*)")
+    problems = unresolved_externs(info)
+    if problems:
+        raise BuildError(f"program '{program.name}' has a __kconfig extern libbpf cannot fill",
+                         detail="\n".join(problems),
+                         hint="name a CONFIG_* option (declare it __weak if a kernel may lack it)")
+    sized = {(m.map, key) for m in getattr(program, "maps", ()) for key in ("max_entries", "value_size")
+             if getattr(m, key, None) is not None}
+    unsized = unsized_maps(info, sized)
+    if unsized:
+        name, key, kind = unsized[0]
+        raise BuildError(
+            f"map '{name}' of program '{program.name}' ({kind}) has {key} 0: it is sized from "
+            "user space, and the manifest does not size it",
+            detail="\n".join(f"  - map '{n}' ({k}): {w} 0" for n, w, k in unsized),
+            hint=f"add maps: {{{name}: {{{key}: N}}}} to program '{program.name}' in the manifest, "
+                 f"or give the map __uint({key}, N) in the source")
 
 
 def find_built(store: ArtifactStore, key: str, index: str) -> Built | None:
@@ -174,7 +253,7 @@ def execute_build(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Built:
     scratch = Path(tempfile.mkdtemp(prefix="build-", dir=scratch_root))
     try:
         data, warnings = _compile(plan.files, plan.entry, header, plan.flags, toolchain, scratch,
-                                  program, target, manifest.root)
+                                  program, target, manifest.root, plan.anchor)
         min_btf = None if target.btf_on_node else _min_core_btf(target, data, toolchain, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -183,8 +262,10 @@ def execute_build(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Built:
                hint="shrink large global arrays (.data/.bss/.rodata): size maps with max_entries "
                     "instead, or keep the data in user space")
     info = read_object(data, f"{program.name} for {target.identity}")
+    check_links_and_sizes(info, program, target)
     decls = object_channels(info, manifest.channel_decls,
                             several_objects=len(manifest.kernel_programs) > 1)
+    check_events(info, program.name, decls)
     problems = check_object(info, program.name, decls)
     if problems:
         raise BuildError(f"the object built from '{program.name}' for {target.identity} is not usable",
@@ -240,19 +321,29 @@ def _min_core_btf(target: Target, obj: bytes, toolchain: Toolchain, scratch: Pat
 
 
 def _channel_meta(info, name: str, ctype: str, declared: str | None) -> dict:
-    decoder = info.decoder(name, declared)
-    return {"type": ctype, "map_type": info.map(name).type_name, "event": decoder.struct,
+    if ctype in PROGRAM_CHANNELS:  # an iterator: the channel is a program, there is no event
+        section = next(p.section for p in info.programs if p.name == name)
+        return {"type": ctype, "program": name, "section": section}
+    map_type = info.map(name).type_name
+    # an event channel's struct, or a map read whole: its key bytes then its value bytes
+    decoder = info.decoder(name, declared) if map_type in EVENT_MAPS else info.map_decoder(name)
+    return {"type": ctype, "map_type": map_type, "event": decoder.struct,
             "event_size": decoder.size,
             "layout": [{"name": f.name, "offset": f.offset, "size": f.size, "decoder": f.decoder}
                        for f in decoder.fields]}
 
 
 def _compile(files, entry: str, header: Path, flags: tuple[str, ...], toolchain: Toolchain,
-             scratch: Path, program: ProgramSpec, target: Target, root: Path) -> bytes:
+             scratch: Path, program: ProgramSpec, target: Target, root: Path,
+             anchor: bytes | None = None) -> bytes:
     for f in files:
         dest = scratch / f.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(f.data)
+    unit = entry
+    if anchor is not None:  # beside src/ and include/, so it never shadows a bundle file
+        (scratch / ANCHOR_FILE).write_bytes(anchor)
+        unit = ANCHOR_FILE
     (scratch / "vmlinux").mkdir()
     (scratch / "vmlinux" / "vmlinux.h").touch()  # the mount point of the cached header, read-only
     entry_dir = str(Path(entry).parent)
@@ -261,7 +352,7 @@ def _compile(files, entry: str, header: Path, flags: tuple[str, ...], toolchain:
     # same bytes).
     cmd = [str(toolchain.clang), *flags, f"-fdebug-prefix-map={INSIDE}={MAPPED}",
            f"-ffile-prefix-map={INSIDE}={MAPPED}", "-I", "vmlinux", "-I", "include", "-I", entry_dir,
-           "-MD", "-MF", "deps.d", "-c", entry, "-o", "out.bpf.o"]
+           "-MD", "-MF", "deps.d", "-c", unit, "-o", "out.bpf.o"]
     limits = BUILD_LIMITS
     out = run_sandboxed(cmd, workdir=scratch, limits=limits,
                         ro_files={"vmlinux/vmlinux.h": header})
@@ -281,6 +372,14 @@ def _compile(files, entry: str, header: Path, flags: tuple[str, ...], toolchain:
             raise BuildError(f"program '{program.name}' needs the header '{missing.name}' "
                              f"(included by {missing.by}), which is not installed for BPF builds",
                              detail=stderr.strip(), hint=SYSTEM_HEADER_HINT)
+        if anchor is not None and re.search(rf"^{re.escape(ANCHOR_FILE)}:\d+:\d+: error:", stderr, re.M):
+            raise BuildError(f"clang failed on program '{program.name}' for {target.identity}: "
+                             "an `event:` of the manifest does not fit the source",
+                             detail=stderr.strip(),
+                             hint=f"{ANCHOR_FILE} is bpfdepot's marker of each channel's event "
+                                  "struct: the program already declares bpfdepot_event__<channel> "
+                                  "(BPFDEPOT_CHANNEL) with another struct; make `event:` name "
+                                  "that struct, or drop it")
         raise BuildError(f"clang failed on program '{program.name}' for {target.identity}",
                          detail=stderr.strip(),
                          hint="fix the error at the file:line above and build again")

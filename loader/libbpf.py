@@ -59,10 +59,13 @@ class BpfObject:
         btf = str(btf_custom_path).encode() if btf_custom_path else ffi.NULL
         obj = lib.bpfdepot_open(str(path).encode(), btf)
         if obj == ffi.NULL:
-            code = ffi.errno
+            code, log = ffi.errno, take_log()
+            known = explain_open_failure(label, log)  # an intact object with a known fault
+            if known is not None:
+                raise LoadError(known[0], detail=log, hint=known[1])
             raise LoadError(
                 f"cannot open BPF object '{label}' ({path}): {_err(code)}",
-                detail=take_log(),
+                detail=log,
                 hint="run `bpfdepot inspect` on it; rebuild it if it is damaged",
             )
         self._obj = obj
@@ -105,6 +108,9 @@ class BpfObject:
         if rc:
             log = take_log()
             failed = re.search(r"prog '([^']+)': BPF program load failed", log)
+            known = None if failed else explain_load_failure(self, log)
+            if known is not None:
+                raise LoadError(known[0], detail=log.strip()[-4000:], hint=known[1])
             what = f"program '{failed.group(1)}'" if failed else "an object"
             raise LoadError(
                 f"the kernel rejected {what} of '{self.label}': {_err(rc)}",
@@ -386,7 +392,9 @@ class Channel:
 
     @property
     def short_events(self) -> int:
-        return self.c.short_events
+        """Events shorter than the fixed part (default decoding counts them in its encoder)."""
+        enc = self.encoder.short_events if self.encoder is not None else 0
+        return self.c.short_events + enc
 
     def feed(self, event: bytes) -> None:
         """Handle one event as if the ring buffer had delivered it (tests, replays of raw files)."""
@@ -573,3 +581,337 @@ def probe_map(map_type: int, key_size: int, value_size: int, max_entries: int) -
 def vmlinux_btf_id(name: str, kind: int) -> int:
     """The id of a type in the running kernel's BTF, or -errno."""
     return lib.bpfdepot_vmlinux_btf_id(name.encode(), kind)
+
+
+# --- Attach kinds (perf_event, uprobe) and program controls (map sizing, byte knobs) ---------
+# Used by loader/attach/perf_event.py, loader/attach/uprobe.py and loader/session.py.
+
+def num_possible_cpus() -> int:
+    """CPUs the kernel may ever bring up (per-CPU maps are this wide); libbpf's count."""
+    n = lib.libbpf_num_possible_cpus()
+    if n <= 0:
+        raise LoadError(f"cannot count the possible CPUs: {_err(n)}",
+                        hint="check /sys/devices/system/cpu/possible")
+    return n
+
+
+def perf_event_open(type_: int, config: int, sample: int, *, freq: bool, cpu: int) -> int:
+    """A sampling perf event on ``cpu`` for every task: its fd, or -errno."""
+    return lib.bpfdepot_perf_event_open(type_, config, sample, int(freq), cpu)
+
+
+def attach_perf_event(obj: BpfObject, program: str, pfd: int) -> LibbpfLink:
+    """Attach ``program`` to the perf event ``pfd``; the link owns the fd from here on
+    (libbpf's perf link closes it on destroy). On failure the fd is closed here."""
+    take_log()
+    link = lib.bpf_program__attach_perf_event(obj.program_handle(program), pfd)
+    if link == ffi.NULL:
+        code = ffi.errno
+        os.close(pfd)
+        raise LoadError(f"cannot attach program '{program}' of '{obj.label}' to a perf event: "
+                        f"{_err(code)}", detail=take_log().strip(),
+                        hint="is it a SEC(\"perf_event\") program?")
+    return LibbpfLink(link)
+
+
+def attach_uprobe(obj: BpfObject, program: str, *, pid: int, binary: str, function: str | None,
+                  offset: int, retprobe: bool) -> tuple[LibbpfLink | None, int, str]:
+    """Attach ``program`` as a u(ret)probe; (link, 0, "") or (None, errno, libbpf's log)."""
+    take_log()
+    func = ffi.new("char[]", function.encode()) if function else ffi.NULL
+    link = lib.bpfdepot_attach_uprobe(obj.program_handle(program), pid, binary.encode(), func,
+                                      offset, retprobe)
+    if link == ffi.NULL:
+        return None, ffi.errno, take_log().strip()
+    return LibbpfLink(link), 0, ""
+
+
+def size_map(obj: BpfObject, name: str, *, max_entries: int | None = None,
+             value_size: int | None = None) -> None:
+    """Set a map's max_entries and/or value_size (before load, as libbpf-tools do)."""
+    m = obj._find_map(name)
+    if m is None:
+        raise LoadError(f"no map '{name}' in '{obj.label}' to size",
+                        hint="name a map the program declares in SEC(\".maps\")")
+    for what, value, setter in (("max_entries", max_entries, lib.bpf_map__set_max_entries),
+                                ("value_size", value_size, lib.bpf_map__set_value_size)):
+        if value is None:
+            continue
+        rc = setter(m, value)
+        if rc:
+            raise LoadError(f"cannot set {what} of map '{name}' of '{obj.label}' to {value}: "
+                            f"{_err(rc)}", hint="maps are sized before load")
+
+
+def write_rodata(obj: BpfObject, name: str, offset: int, raw: bytes) -> None:
+    """Write a knob's bytes into the object's .rodata (before load: then it is frozen)."""
+    m = lib.bpf_object__next_map(obj._obj, ffi.NULL)
+    while m != ffi.NULL:
+        if lib.bpf_map__is_internal(m) and _str(lib.bpf_map__name(m)).endswith(".rodata"):
+            break
+        m = lib.bpf_object__next_map(obj._obj, m)
+    psize = ffi.new("size_t *")
+    data = lib.bpf_map__initial_value(m, psize) if m != ffi.NULL else ffi.NULL
+    if data == ffi.NULL or offset + len(raw) > psize[0]:
+        raise LoadError(f"'{obj.label}' has no .rodata room for knob '{name}'",
+                        hint="knobs are `const volatile` globals of the program")
+    ffi.memmove(ffi.cast("char *", data) + offset, raw, len(raw))
+
+
+# --- cgroup, socket filter and iterator attach kinds; plain words for objects that do not open ---
+# Used by loader/attach/cgroup.py, socket_filter.py, iter.py and loader/outputs/iterator.py.
+
+def program_fd(obj: BpfObject, program: str) -> int:
+    """The fd of a loaded program (for setsockopt(SO_ATTACH_BPF) and the like)."""
+    fd = lib.bpf_program__fd(obj.program_handle(program))
+    if fd < 0:
+        raise LoadError(f"program '{program}' of '{obj.label}' is not loaded",
+                        hint="it may be kept out by autoload: false in the manifest")
+    return fd
+
+
+def attach_cgroup(obj: BpfObject, program: str, cgroup_fd: int, path: str) -> LibbpfLink:
+    """Attach a cgroup program (cgroup_skb, sockops, cgroup/...) to the cgroup2 directory open
+    at ``cgroup_fd``; the caller keeps the fd and closes it once the link is destroyed."""
+    take_log()
+    link = lib.bpf_program__attach_cgroup(obj.program_handle(program), cgroup_fd)
+    if link == ffi.NULL:
+        code = ffi.errno
+        raise LoadError(f"cannot attach program '{program}' of '{obj.label}' to cgroup {path}: "
+                        f"{_err(code)}", detail=take_log().strip(),
+                        hint="is it a SEC(\"cgroup_skb/...\"), SEC(\"sockops\") or "
+                             "SEC(\"cgroup/...\") program?")
+    return LibbpfLink(link)
+
+
+def attach_iter(obj: BpfObject, program: str, *, map_fd: int = 0, tid: int = 0,
+                pid: int = 0) -> LibbpfLink:
+    """Attach an iterator program (SEC("iter/...")): the link iterator fds are made from."""
+    take_log()
+    link = lib.bpfdepot_attach_iter(obj.program_handle(program), map_fd, tid, pid)
+    if link == ffi.NULL:
+        code = ffi.errno
+        raise LoadError(f"cannot attach iterator '{program}' of '{obj.label}': {_err(code)}",
+                        detail=take_log().strip(),
+                        hint="is it a SEC(\"iter/...\") program, and does this kernel have "
+                             "that iterator? (`bpftool btf dump file /sys/kernel/btf/vmlinux | "
+                             "grep bpf_iter_`)")
+    return LibbpfLink(link)
+
+
+def iter_link_fd(obj: BpfObject, program: str) -> int | None:
+    """The fd of the link that attached ``program`` (an iterator), found by program id among
+    the object's links whatever attached it (libbpf's auto-attach or the ``iter`` kind)."""
+    prog_id = lib.bpfdepot_prog_id(program_fd(obj, program))
+    for link in obj._links:
+        handle = getattr(link, "_link", None)
+        if isinstance(link, LibbpfLink) and handle is not None:
+            fd = lib.bpf_link__fd(handle)
+            if fd >= 0 and lib.bpfdepot_link_prog_id(fd) == prog_id:
+                return fd
+    return None
+
+
+def iter_read(link_fd: int, chunk: int = 1 << 16) -> bytes:
+    """Run the iterator once: a fresh iterator fd from its link, read to EOF (the kernel walks
+    its objects as we read, calling the program for each), closed."""
+    fd = lib.bpf_iter_create(link_fd)
+    if fd < 0:
+        raise LoadError(f"cannot create an iterator from link fd {link_fd}: {_err(fd)}")
+    parts = []
+    try:
+        while True:
+            try:
+                data = os.read(fd, chunk)
+            except OSError as exc:
+                raise LoadError(f"reading an iterator of link fd {link_fd} failed: "
+                                f"{exc.strerror}") from None
+            if not data:
+                return b"".join(parts)
+            parts.append(data)
+    finally:
+        os.close(fd)
+
+
+_EXTERN = re.compile(r"(?:failed to find BTF for extern|extern \((?:kcfg|ksym)\)|"
+                     r"unrecognized extern section)[^']*'([^']+)'[^\n]*")
+_MAP_CREATE = re.compile(r"map '([^']+)': failed to create")
+
+
+def explain_open_failure(label: str, log: str) -> tuple[str, str] | None:
+    """(message, hint) for an object that is intact but cannot open: an extern nothing defines.
+    None when libbpf's log holds nothing known (then the object may be damaged)."""
+    match = _EXTERN.search(log)
+    if match is None:
+        return None
+    return (f"'{label}' uses extern '{match.group(1)}', which libbpf cannot resolve "
+            f"({match.group(0).removeprefix('libbpf: ').strip()})",
+            "libbpf resolves only __kconfig externs (CONFIG_*, LINUX_KERNEL_VERSION) and __ksym "
+            "kernel symbols: define the symbol in the program (static) or declare it __ksym/"
+            "__kconfig; `bpfdepot build` refuses such an object")
+
+
+def explain_load_failure(obj: BpfObject, log: str) -> tuple[str, str] | None:
+    """(message, hint) for a map the kernel would not create because it has no size; None when
+    the failure is something else."""
+    match = _MAP_CREATE.search(log)
+    m = obj._find_map(match.group(1)) if match else None
+    if m is None:
+        return None
+    entries, value = lib.bpf_map__max_entries(m), lib.bpf_map__value_size(m)
+    if entries and value:
+        return None
+    what = "max_entries 0" if not entries else "value_size 0"
+    name = match.group(1)
+    return (f"map '{name}' of '{obj.label}' has {what}: it is meant to be sized from user space, "
+            "and nothing sized it",
+            f"add maps: {{{name}: {{max_entries: N}}}} to the program in the manifest, or give "
+            f"the map __uint({'max_entries' if not entries else 'value_size'}, N) in the source")
+
+
+# --- Perf buffers (loader/outputs/perf_buffer.py) ---------------------------------------------
+
+class PerfReader:
+    """One BPF_MAP_TYPE_PERF_EVENT_ARRAY map read through libbpf's perf_buffer (a ring of
+    ``pages`` pages per CPU). Samples go to ``channel`` in C (bpfdepot_perf.c); those the kernel
+    could not write because a ring was full are counted in ``lost``."""
+
+    def __init__(self, map_fd: int, channel: Channel, *, pages: int, label: str) -> None:
+        self.channel = channel
+        self.label = label
+        self.c = ffi.new("struct bpfdepot_perf *")
+        self.c.ch = channel.c
+        take_log()
+        rc = lib.bpfdepot_perf_open(self.c, map_fd, pages)
+        if rc:
+            raise LoadError(f"cannot open perf buffer {label} ({pages} pages per CPU): {_err(rc)}",
+                            detail=take_log().strip(),
+                            hint="is the map a BPF_MAP_TYPE_PERF_EVENT_ARRAY? pages must be a "
+                                 "power of two, and pages × CPUs must fit the locked-memory limit")
+
+    def drain(self) -> int:
+        """Read every CPU's ring; 0, or -errno."""
+        return lib.bpfdepot_perf_consume(self.c) if self.c.pb != ffi.NULL else 0
+
+    def fileno(self) -> int:
+        """An epoll fd that is readable while any CPU's ring holds data."""
+        return lib.bpfdepot_perf_fd(self.c)
+
+    def flush(self) -> None:
+        """Once nothing sends any more and the rings are drained: bring out the lost count the
+        kernel still holds (it writes one only with the next record that fits its ring)."""
+        take_log()
+        rc = lib.bpfdepot_perf_flush(self.c) if self.c.pb != ffi.NULL else 0
+        if rc:
+            raise LoadError(f"cannot read the last lost count of perf buffer {self.label}: "
+                            f"{_err(rc)}", detail=take_log().strip(),
+                            hint="the events received are all written; the lost count shown "
+                                 "may miss samples dropped at the very end")
+
+    @property
+    def lost(self) -> int:
+        return self.c.lost
+
+    def feed(self, event: bytes, cpu: int = 0) -> None:
+        """Handle one sample as libbpf would hand it over (tests)."""
+        lib.bpfdepot_perf_sample(self.c, cpu, event, len(event))
+        if self.c.err:
+            self.c.err = 0
+            raise MemoryError("perf sample")
+
+    def feed_lost(self, count: int, cpu: int = 0) -> None:
+        """Count ``count`` samples the kernel dropped, as a PERF_RECORD_LOST would (tests)."""
+        lib.bpfdepot_perf_lost(self.c, cpu, count)
+
+    def close(self) -> None:
+        if self.c.pb != ffi.NULL:
+            lib.bpfdepot_perf_free(self.c)
+
+    @classmethod
+    def detached(cls, channel: Channel) -> PerfReader:
+        """A reader with no perf buffer behind it, fed by hand (unit tests of the callbacks)."""
+        self = cls.__new__(cls)
+        self.channel, self.label = channel, "(detached)"
+        self.c = ffi.new("struct bpfdepot_perf *")
+        self.c.ch = channel.c
+        return self
+
+
+# ---- map snapshots and histograms (loader/outputs/hash_map.py, histogram.py) -----------------
+
+MAP_RESET: int = lib.BPFDEPOT_MAP_RESET
+MAP_KEEP_CPU: int = lib.BPFDEPOT_MAP_KEEP_CPU
+MAP_DELTA: int = lib.BPFDEPOT_MAP_DELTA
+MAP_SKIP_ZERO: int = lib.BPFDEPOT_MAP_SKIP_ZERO
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Span:
+    """An integer field of a map's value: summed across CPUs, subtracted for deltas, sorted on."""
+
+    offset: int
+    size: int
+    signed: bool = False
+
+
+def possible_cpus() -> int:
+    """CPUs a per-CPU map keeps a value for (libbpf's count of possible CPUs)."""
+    return max(1, lib.libbpf_num_possible_cpus())
+
+
+class MapReader:
+    """A whole BPF map read in C (batch syscalls) into records: the key bytes, the value bytes
+    (per-CPU values summed, or one record per CPU with a u32 cpu after them)."""
+
+    def __init__(self, fd: int, *, label: str, key_size: int, value_size: int, max_entries: int,
+                 percpu: bool, array: bool, flags: int = 0, spans: Sequence[Span] = (),
+                 sort_span: int = -1, top: int = 0) -> None:
+        self.label = label
+        c = ffi.new("struct bpfdepot_mapread *")
+        c.fd, c.key_size, c.value_size, c.max_entries = fd, key_size, value_size, max_entries
+        c.percpu, c.is_array, c.flags = int(percpu), int(array), flags
+        c.ncpu = possible_cpus() if percpu else 1
+        self._spans = ffi.new("struct bpfdepot_span[]", max(1, len(spans)))
+        for slot, span in zip(self._spans, spans):
+            slot.offset, slot.size, slot.is_signed = span.offset, span.size, int(span.signed)
+        c.spans, c.nspans, c.sort_span, c.top = self._spans, len(spans), sort_span, top
+        c.batch = c.delete_batch = 1
+        self.c = ffi.gc(c, lib.bpfdepot_map_free)
+        self._raw = ffi.gc(ffi.new("struct bpfdepot_wbuf *"), lib.bpfdepot_wbuf_free)
+
+    @property
+    def record_size(self) -> int:
+        return lib.bpfdepot_map_record_size(self.c)
+
+    def read(self, channel: Channel) -> int:
+        """Read the map; hand each record to ``channel``; return the records made."""
+        return self._check(lib.bpfdepot_map_read(self.c, channel.c, ffi.NULL))
+
+    def read_raw(self) -> bytes:
+        """Read the map; return its records laid end to end (``record_size`` bytes each)."""
+        self._check(lib.bpfdepot_map_read(self.c, ffi.NULL, self._raw))
+        raw = self._raw
+        data = ffi.unpack(raw.buf, raw.len) if raw.len else b""
+        raw.len = raw.events = 0
+        return data
+
+    def _check(self, n: int) -> int:
+        if n < 0:
+            raise LoadError(f"cannot read map '{self.label}': {_err(-n)}",
+                            hint="the map must stay loaded while its channel reads it")
+        return n
+
+    @property
+    def entries(self) -> int:
+        """Entries read so far."""
+        return self.c.entries
+
+    @property
+    def lost(self) -> int:
+        """Entries that could not be read."""
+        return self.c.lost
+
+    @property
+    def batch(self) -> bool:
+        """The kernel's batch ops serve this map (else it is read key by key)."""
+        return bool(self.c.batch)

@@ -27,7 +27,7 @@ from loader.attach import attach_kinds
 from loader.decoders.names import node_enums
 from loader.errors import ManifestError
 from loader.kernel.elf import ObjectInfo
-from loader.kernel.probe import probe_features
+from loader.kernel.probe import Feature, probe_features
 from loader.libbpf import BpfObject
 from loader.model.manifest import ChannelSpec, Manifest, load_bundle
 from loader.model.settings import Settings
@@ -35,7 +35,7 @@ from loader.model.storage import StorageSettings
 from loader.outputs import ChannelContext, ChannelStats, Reader, output_kinds
 from loader.pipeline import Pipeline
 from loader.processors.workers import RouteCounts
-from loader.session import (Loadable, Session, check_fits, check_privileges,
+from loader.session import (Loadable, Session, check_fits, check_privileges, choose_forms,
                             ensure_filesystems)
 from loader.sinks import SinkStats
 from loader.sinks.opener import SinkSet
@@ -49,7 +49,7 @@ class RunOptions:
 
     locked: bool = False                  # only what bpfdepot.lock pins
     duration: float | None = None         # seconds; None: until Ctrl-C or SIGTERM
-    knobs: Mapping[str, int] = field(default_factory=dict)  # const volatile globals
+    knobs: Mapping[str, int | str] = field(default_factory=dict)  # const volatile globals
     processor_timeout: float = 5.0        # s in one call before a worker is restarted
     metrics: str | None = None            # HOST:PORT for /metrics
 
@@ -87,8 +87,9 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
                                      compilers=None if options.locked else compilers)
                   if manifest else {})
     features = probe_features(kernel, settings.cache)
+    off = _programs_off(manifest, loadables, features, say)
     for item in loadables:
-        check_fits(item.meta, kernel, features)
+        check_fits(item.meta, kernel, features, off.get(item.meta.name, ()))
     needs_tracefs = any(p["feature"] == "tracepoint" for i in loadables for p in i.meta.programs)
     for what in ensure_filesystems(needs_tracefs):
         say(f"bpfdepot: mounted {what}")
@@ -104,7 +105,8 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
         if options.metrics:  # first: a port in use fails before anything loads
             server = _serve_metrics(options.metrics, pipeline, session, say)
         session.start(loadables, open_channel, dict(options.knobs), before_attach=pipeline.start,
-                      attach=_attach_plans(manifest), autoload_off=_autoload_off(manifest))
+                      attach=_attach_plans(manifest), autoload_off=off,
+                      maps={p.name: p.maps for p in manifest.kernel_programs} if manifest else {})
         programs = sum(len(o.autoloaded()) for _, o in session.objects)
 
         def attached() -> None:
@@ -160,10 +162,25 @@ def _attach_with(attach, options, obj: BpfObject, program: str) -> list:
     return attach(obj, program, options)
 
 
-def _autoload_off(manifest: Manifest | None) -> dict[str, tuple[str, ...]]:
+def _programs_off(manifest: Manifest | None, loadables: list[Loadable],
+                  features: Mapping[str, Feature], say: Say) -> dict[str, tuple[str, ...]]:
+    """Per kernel program, the BPF programs not to load: ``autoload: false`` ones and those of
+    every form but the first this kernel offers (so a hook is never counted twice)."""
     if manifest is None:
         return {}
-    return {p.name: p.autoload_off for p in manifest.kernel_programs if p.autoload_off}
+    out = {}
+    for program in manifest.kernel_programs:
+        off = program.autoload_off
+        item = next((i for i in loadables if i.meta.name == program.name), None)
+        if program.forms and item is not None:
+            index, others = choose_forms(program.forms, {p["name"]: p["feature"] for p in
+                                                         item.meta.programs}, features, program.name)
+            say(f"bpfdepot: {program.name}: form {index + 1} of {len(program.forms)} "
+                f"({', '.join(program.forms[index])}) fits this kernel")
+            off = off + tuple(p for p in others if p not in off)
+        if off:
+            out[program.name] = off
+    return out
 
 
 def _serve_metrics(address: str, pipeline: Pipeline, session: Session, say: Say):

@@ -28,7 +28,7 @@ from loader.errors import ManifestError
 from loader.libbpf import Channel, Op, RouteKey
 from loader.model.manifest import ChannelSpec, EventRoute, Manifest
 from loader.outputs import ChannelStats, Reader
-from loader.sinks.prometheus import LoaderMetrics
+from loader.sinks.prometheus import LoaderMetrics, Metrics
 from loader.sinks import Record, Sink, SinkStats
 from loader.processors.workers import Pool, Route, RouteCounts
 
@@ -114,6 +114,10 @@ class Pipeline:
         self._workers = workers
         self._hang_timeout = hang_timeout
         self._specs: dict[str, ChannelSpec] = {c.name: c for c in manifest.channels} if manifest else {}
+        self._when_loaded: list[Callable[[], None]] = []
+        # the Prometheus registry once --metrics serves one (its server refreshes once before
+        # anything loads, so channels that export their records see it when they open)
+        self.metrics: Metrics | None = None
 
     # -- set-up (called by Session.start for each channel of each object) ---------------------
 
@@ -146,6 +150,26 @@ class Pipeline:
         self.channels.append(state)
         return channel
 
+    def records(self, program: str, name: str) -> Callable[[bytes, int], None]:
+        """The stream "<program>.<name>" for records made in Python (e.g. iterator lines), with
+        its sinks; the function returned delivers ``count`` newline-ended JSON lines to them."""
+        stream = f"{program}.{name}"
+        if stream not in self.outlets.streams:
+            self.outlets.add(stream, self.open_sinks(stream, None, program, name), program, name)
+        return lambda lines, count: self.outlets.deliver(stream, lines, None, count)
+
+    def flush(self, channel: Channel, tap: Callable[[bytes], None] | None = None) -> None:
+        """Deliver the lines ``channel``'s encoder holds now (a map read's records) to its
+        sinks, showing them to ``tap`` first (a map channel's Prometheus export)."""
+        enc = channel.encoder
+        if enc is None or not enc.pending():
+            return
+        state = next(s for s in self.channels if s.channel is channel)
+        data = enc.take()
+        if tap is not None:
+            tap(data)
+        self.outlets.deliver(state.stream, data, None, data.count(b"\n"))
+
     def _pool(self, runtime: ProcessorRuntime, route: EventRoute) -> Pool:
         pool = self.pools.get(runtime.name)
         wanted = self._workers(route)
@@ -162,8 +186,17 @@ class Pipeline:
                 hint="give every route of one processor the same workers")
         return pool
 
+    def when_loaded(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in ``start``: the objects are loaded and nothing is attached yet. A perf
+        buffer opens its rings there, since the kernel drops (uncounted) what a program sends
+        to a CPU no reader has opened yet."""
+        self._when_loaded.append(fn)
+
     def start(self) -> None:
-        """Start every processor pool (their init runs now: a failure stops the run here)."""
+        """Run the when_loaded hooks, then start every processor pool (their init runs now: a
+        failure stops the run here)."""
+        for fn in self._when_loaded:
+            fn()
         for pool in self.pools.values():
             pool.keys = any(self.outlets.wants_keys(r.stream) for r in pool.routes)
             pool.start()
@@ -296,6 +329,7 @@ class Pipeline:
 
     def refresh_metrics(self, fam: LoaderMetrics, channels: Sequence[ChannelStats]) -> None:
         """Set the loader's Prometheus families from the counts (called at each scrape)."""
+        self.metrics = fam.registry
         for stats in channels:
             labels = {"program": stats.program, "channel": stats.channel}
             fam.events_received.labels(**labels).set(stats.received)

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from loader.artifacts.meta import ArtifactMeta
-from loader.kernel.elf import ObjectInfo, read_object_file
-from loader.errors import KernelUnsupported, LoadError, PrivilegeError
+from loader.kernel.elf import ObjectInfo, check_map_sizes, read_object_file
+from loader.errors import KernelUnsupported, LoadError, ManifestError, PrivilegeError
 from loader.kernel.probe import Feature, KernelIdentity
-from loader.libbpf import BpfObject
+from loader.libbpf import BpfObject, num_possible_cpus, size_map, write_rodata
+from loader.model.controls import MapSize
+from loader.model.yamldoc import did_you_mean
 from loader.outputs import ChannelStats, Reader
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
@@ -59,16 +61,21 @@ def check_privileges(label: str) -> None:
                               "setcap cap_bpf,cap_perfmon+ep on the interpreter")
 
 
-def check_fits(meta: ArtifactMeta, kernel: KernelIdentity, features: dict[str, Feature]) -> None:
+def check_fits(meta: ArtifactMeta, kernel: KernelIdentity, features: dict[str, Feature],
+               off: Collection[str] = ()) -> None:
+    """Arch and features; programs in ``off`` (autoload off, forms not chosen) need nothing."""
     if meta.target.arch != kernel.arch:
         raise KernelUnsupported(
             f"artifact {meta.digest[:19]} of '{meta.name}' is built for {meta.target.arch}, "
             f"this node is {kernel.arch}",
             hint=f"build it for this kernel: bpfdepot build <bundle> on a {kernel.arch} machine")
-    for need in meta.required_features:
+    loading = [p for p in meta.programs if p["name"] not in off]
+    needed = {p["feature"] for p in loading if p["feature"]} | (
+        set(meta.required_features) - {p["feature"] for p in meta.programs})
+    for need in sorted(needed):
         have = features.get(need)
         if have is not None and not have.ok:
-            users = [p["name"] for p in meta.programs if p["feature"] == need] or [meta.name]
+            users = [p["name"] for p in loading if p["feature"] == need] or [meta.name]
             raise KernelUnsupported(
                 f"'{meta.name}' needs {need} ({', '.join(users)}), which {kernel} does not offer "
                 f"({have.why})",
@@ -110,32 +117,42 @@ class Session:
         self.readers: list[Reader] = []
 
     def start(self, loadables: Sequence[Loadable], open_channel: ChannelOpener,
-              knobs: dict[str, int] | None = None,
+              knobs: Mapping[str, int | str] | None = None,
               before_attach: Callable[[], None] | None = None,
               attach: Mapping[str, AttachPlan] | None = None,
-              autoload_off: Mapping[str, Sequence[str]] | None = None) -> None:
+              autoload_off: Mapping[str, Sequence[str]] | None = None,
+              maps: Mapping[str, Sequence[MapSize]] | None = None) -> None:
         """Open, set knobs, load and attach every object, then start each channel's reader.
 
         ``open_channel`` opens a channel's reader (before load: processor routes must exist
         when the processors start); ``before_attach`` runs once all is loaded (processors start
         there: no event comes before they are ready, and if they fail nothing was attached);
         ``attach`` maps an object's name to how its programs attach, ``autoload_off`` to the
-        programs not to load at all."""
+        programs not to load at all, ``maps`` to the map sizes to set before load."""
         knobs = knobs or {}
         attach = attach or {}
+        maps = maps or {}
         try:
             infos = [read_object_file(item.path) for item in loadables]
             _check_knobs(knobs, infos, [item.meta.name for item in loadables])
+            for item, info in zip(loadables, infos):
+                off = (autoload_off or {}).get(item.meta.name, ())
+                check_attach_plan(item.meta.name, info, attach.get(item.meta.name, {}), off)
+                check_map_sizes(item.meta.name, info, maps.get(item.meta.name, ()))
             for item, info in zip(loadables, infos):
                 obj = BpfObject(item.path, label=item.meta.name, btf_custom_path=item.btf_custom_path)
                 self.objects.append((item, obj))
                 for knob in info.knobs:
                     if knob.name in knobs:
-                        obj.set_rodata(knob.name, knob.offset, knob.size, knobs[knob.name], knob.signed)
+                        write_rodata(obj, knob.name, knob.offset,
+                                     knob.encode(knobs[knob.name], item.meta.name))
                 for name in (autoload_off or {}).get(item.meta.name, ()):
                     obj.set_autoload(name, False)
+                _size_maps(obj, maps.get(item.meta.name, ()))
                 for name in item.meta.channels:
-                    if not obj.has_map(name):
+                    # an iterator channel names a program (checked at build), the rest a map
+                    is_program = item.meta.channels[name].get("type") == "iterator"
+                    if not is_program and not obj.has_map(name):
                         raise LoadError(f"channel '{name}' is not a map in '{item.meta.name}'",
                                         hint="the manifest and the object disagree: rebuild")
                     self.readers.append(open_channel(item, name, obj, info))
@@ -171,7 +188,65 @@ class Session:
         self.objects.clear()
 
 
-def _check_knobs(knobs: dict[str, int], infos: Sequence, names: Sequence[str]) -> None:
+# SEC() names libbpf cannot auto-attach, and the manifest entry that says how to attach them.
+NEEDS_ATTACH = {
+    "perf_event": "say how to sample it in the manifest: attach: {{{name}: {{perf_event: "
+                  "{{frequency: 99}}}}}}",
+    "uprobe": "name its binary and function in the manifest: attach: {{{name}: {{uprobe: "
+              "{{binary: /path/or/libname.so, function: NAME}}}}}}",
+    "uretprobe": "name its binary and function in the manifest: attach: {{{name}: {{uretprobe: "
+                 "{{binary: /path/or/libname.so, function: NAME}}}}}}",
+}
+
+
+def check_attach_plan(label: str, info: ObjectInfo, plan: AttachPlan, off: Collection[str]) -> None:
+    """Before anything loads: each program that will load can be attached (a SEC("perf_event")
+    or bare SEC("uprobe") program needs an ``attach:`` entry; libbpf cannot guess its target)."""
+    for prog in info.programs:
+        base = prog.section.removesuffix(".s")
+        if prog.name in off or prog.name in plan or base not in NEEDS_ATTACH:
+            continue
+        raise ManifestError(f"program '{prog.name}' of '{label}' is SEC(\"{prog.section}\"): "
+                            + NEEDS_ATTACH[base].format(name=prog.name),
+                            hint="libbpf cannot attach this section by itself; add the attach: "
+                                 "entry to the ebpf_object program in manifest.yaml")
+
+
+def _size_maps(obj: BpfObject, sizes: Sequence[MapSize]) -> None:
+    if not sizes:
+        return
+    ncpus = num_possible_cpus()
+    for size in sizes:
+        size_map(obj, size.map,
+                 max_entries=size.max_entries.value(ncpus) if size.max_entries else None,
+                 value_size=size.value_size.value(ncpus) if size.value_size else None)
+
+
+def choose_forms(forms: Sequence[Sequence[str]], program_features: Mapping[str, str | None],
+                 features: Mapping[str, Feature], label: str) -> tuple[int, tuple[str, ...]]:
+    """The first form whose programs' sections need only features this kernel has: (its index,
+    the programs of every other form, to keep out). KernelUnsupported when no form fits."""
+    why = []
+    for index, form in enumerate(forms):
+        unknown = [p for p in form if p not in program_features]
+        if unknown:
+            raise ManifestError(f"forms of '{label}' name program '{unknown[0]}', which the "
+                                "object does not have",
+                                hint=did_you_mean(unknown[0], sorted(program_features),
+                                                  "programs there"))
+        lacking = [program_features[p] for p in form if program_features[p]
+                   and features.get(program_features[p]) is not None
+                   and not features[program_features[p]].ok]
+        if not lacking:
+            return index, tuple(p for other in forms if other is not form for p in other)
+        why.append(f"form {index + 1} ({', '.join(form)}) needs "
+                   + ", ".join(f"{feat} ({features[feat].why})" for feat in dict.fromkeys(lacking)))
+    raise KernelUnsupported(f"no form of '{label}' fits this kernel: " + "; ".join(why),
+                            hint="add a form whose hooks this kernel offers (`bpfdepot kernel` "
+                                 "lists them), e.g. a tracepoint form")
+
+
+def _check_knobs(knobs: Mapping[str, int | str], infos: Sequence, names: Sequence[str]) -> None:
     known = sorted({k.name for info in infos for k in info.knobs})
     for name in knobs:
         if name not in known:

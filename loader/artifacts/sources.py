@@ -77,15 +77,19 @@ def program_source_digest(manifest: Manifest, program: str) -> str:
     """The source digest of one of ``manifest``'s programs, as the farm computes it."""
     spec = manifest.program(program)
     files = source_closure(spec.local_path, manifest.root, [SHARED_INCLUDE])
-    return source_digest(files, manifest.channel_decls)
+    return source_digest(files, manifest.channel_decls, cpu=spec.cpu)
 
 
 def source_digest(files: Sequence[SourceFile],
-                  channels: Mapping[str, tuple[str, str | None]] | None = None) -> str:
+                  channels: Mapping[str, tuple[str, str | None]] | None = None,
+                  cpu: str | None = None) -> str:
     """sha256 over the closure's names and contents and the manifest's channel declarations
-    (they decide what the artifact's meta records): what a node looks artifacts up by."""
+    (they decide what the artifact's meta records) and its ``cpu:`` (it decides the code):
+    what a node looks artifacts up by."""
     body: object = files_digest(files)
-    if channels:
-        body = {"files": body, "channels": {k: list(v) for k, v in channels.items()}}
+    if channels or cpu:
+        body = {"files": body, "channels": {k: list(v) for k, v in (channels or {}).items()}}
+        if cpu:
+            body["cpu"] = cpu
     canon = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()

@@ -562,3 +562,53 @@ class _Declared(_Emitter):
         if t.kind in ("struct", "union", "enum", "enum64"):
             return f"{t.kind.removesuffix('64')} {t.name or '(anonymous)'}"
         return t.name or "void"
+
+
+def record_decoder(btf: Btf, parts: Sequence[tuple[str, int, int]], *, name: str,
+                   extra: Sequence[tuple[str, int, int]] = (),
+                   overrides: Mapping[str, str] | None = None, enums: EnumSource | None = None,
+                   channel: str = "") -> EventDecoder:
+    """Ops that print several BTF types laid end to end as ONE flat JSON object (a map entry:
+    key bytes, then value bytes). ``parts`` is (name, type id, offset): a struct's members
+    become top-level fields, anything else one field called ``name`` ("key", "value"); a value
+    member whose name a key member already has is printed as "value_<name>". ``extra`` adds
+    unsigned integer fields (name, offset, size), e.g. the cpu of a per-CPU record."""
+    emitter = _Emitter(btf, overrides=overrides, enums=enums, channel=channel)
+    emitter.lit("{")
+    seen: set[str] = set()
+    size = 0
+    for part, type_id, offset in parts:
+        t = btf.strip(type_id)
+        size = max(size, offset + btf.size_of(type_id))
+        if t.kind in ("struct", "union"):
+            members = [(n, m) for n, m in emitter._members(t) if not n.startswith("__")]
+        else:
+            members = [(part, None)]
+        for field_name, member in members:
+            shown = field_name if field_name not in seen else f"{part}_{field_name}"
+            seen.add(shown)
+            emitter.lit(("," if len(seen) > 1 else "") + json.dumps(shown) + ":")
+            if member is None:
+                emitter.field(type_id, offset, shown, shown, t, offset)
+            elif member.bitfield_size:
+                emitter.bitfield(member, offset, shown)
+            else:
+                emitter.field(member.type_id, offset + member.bit_offset // 8, shown, field_name,
+                              t, offset)
+    for field_name, offset, width in extra:
+        emitter.lit(("," if seen else "") + json.dumps(field_name) + ":")
+        seen.add(field_name)
+        emitter.value(OP_U, field_name, offset, width)
+        size = max(size, offset + width)
+    emitter.lit("}")
+    emitter.finish()
+    unknown = sorted(set(emitter.overrides) - emitter.used)
+    if unknown:
+        known = [f.name for f in emitter.fields]
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        raise ManifestError(f"channel '{channel}': {name} has no field '{unknown[0]}' (named in "
+                            "decoders:)", hint=f"did you mean '{close[0]}'?" if close else
+                            f"its fields: {', '.join(known[:20])}")
+    return EventDecoder(struct=name, size=size, ops=tuple(emitter.ops),
+                        fields=tuple(emitter.fields), max_record=emitter.max_record,
+                        min_size=size, names=tuple(emitter.names), ksym=emitter.ksym)

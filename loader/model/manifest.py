@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from loader.errors import ManifestError
+from loader.model.controls import MapSize, parse_cpu, parse_forms, parse_maps
 from loader.model.fields import FieldDecl, parse_fields
 from loader.decoders import UnionChoice
 from loader.outputs import COMMON_KEYS, output_kinds
@@ -39,6 +40,7 @@ FUNCTION_TYPES: tuple[str, ...] = get_args(FunctionType)
 SCHEMES: tuple[str, ...] = get_args(Scheme)
 MANIFEST_NAMES = ("manifest.yaml", "manifest.yml")
 MAX_WORKERS = 64
+CONTROL_KEYS = ("forms", "maps", "cpu")  # an ebpf_object's program controls
 
 # Longest first, so that "x.bpf.c" is not taken for a user-space ".c".
 _SUFFIXES = (".bpf.c", ".bpf.o", ".c", ".go", ".o", ".so")
@@ -67,6 +69,11 @@ class ProgramSpec:
     # ebpf_object: how its BPF programs attach, by name (kind, options); others auto-attach
     attach: tuple[tuple[str, str, Mapping[str, Any]], ...] = ()
     autoload_off: tuple[str, ...] = ()  # BPF programs not to load at all
+    # ebpf_object controls (loader/model/controls.py): alternative sets of BPF programs for one
+    # hook (the first this kernel offers loads), map sizes set before load, clang -mcpu
+    forms: tuple[tuple[str, ...], ...] = ()
+    maps: tuple[MapSize, ...] = ()
+    cpu: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -271,7 +278,8 @@ def _parse_programs(doc: YamlDoc, node: Node) -> tuple[ProgramSpec, ...]:
 
 
 def _parse_program(doc: YamlDoc, node: Node, at: str) -> ProgramSpec:
-    fields = doc.fields(node, at, required=("name", "path", "type"), optional=("attach",))
+    fields = doc.fields(node, at, required=("name", "path", "type"),
+                        optional=("attach", *CONTROL_KEYS))
     name = doc.name(fields["name"], "name", at, what="program name")
     written = doc.string(fields["type"], "type", at)
     if written in NOT_YET:
@@ -284,6 +292,13 @@ def _parse_program(doc: YamlDoc, node: Node, at: str) -> ProgramSpec:
             raise doc.error(fields["attach"], f"'attach' in {at}: only an ebpf_object has BPF "
                             "programs to attach", hint="move it to the kernel program")
         attach, autoload_off = _parse_attach(doc, fields["attach"], f"{at}.attach")
+    for key in CONTROL_KEYS:
+        if key in fields and kind != "ebpf_object":
+            raise doc.error(fields[key], f"'{key}' in {at}: only an ebpf_object has BPF programs "
+                            "and maps to control", hint="move it to the kernel program")
+    forms = parse_forms(doc, fields["forms"], at) if "forms" in fields else ()
+    maps = parse_maps(doc, fields["maps"], at) if "maps" in fields else ()
+    cpu = parse_cpu(doc, fields["cpu"], at) if "cpu" in fields else None
     path_node = fields["path"]
     path = doc.string(path_node, "path", at)
     label = f"program {name!r}"
@@ -337,6 +352,9 @@ def _parse_program(doc: YamlDoc, node: Node, at: str) -> ProgramSpec:
         line=line_of(node),
         attach=attach,
         autoload_off=autoload_off,
+        forms=forms,
+        maps=maps,
+        cpu=cpu,
     )
 
 

@@ -308,14 +308,14 @@ static char *put_strings(char *p, const unsigned char *s, unsigned int size)
 	unsigned int at = 0;
 	int first = 1;
 
+	while (size && !s[size - 1])
+		size--; /* NULs after the last string are padding, not empty strings */
 	*p++ = '[';
 	while (at < size) {
 		unsigned int n = 0;
 
 		while (at + n < size && s[at + n])
 			n++;
-		if (!n && at + n >= size)
-			break; /* trailing bytes after the last NUL */
 		if (!first)
 			*p++ = ',';
 		first = 0;

@@ -41,4 +41,14 @@ void ring_buffer__free(struct ring_buffer *rb);
 int libbpf_num_possible_cpus(void);
 int libbpf_strerror(int err, char *buf, size_t size);
 
+/* attach kinds and program controls (loader/attach/perf_event.py, map sizing) */
+struct bpf_link *bpf_program__attach_perf_event(const struct bpf_program *prog, int pfd);
+int bpf_map__set_max_entries(struct bpf_map *map, uint32_t max_entries);
+int bpf_map__set_value_size(struct bpf_map *map, uint32_t size);
+
+/* cgroup, socket filter and iterator attach kinds (loader/attach/cgroup.py, iter.py) */
+struct bpf_link *bpf_program__attach_cgroup(const struct bpf_program *prog, int cgroup_fd);
+int bpf_link__fd(const struct bpf_link *link);
+int bpf_iter_create(int link_fd);
+
 #endif

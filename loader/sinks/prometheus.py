@@ -27,6 +27,13 @@ _INDEX = (b'<html><head><title>bpfdepot loader</title></head><body><h1>bpfdepot 
           b'<p><a href="/metrics">Metrics</a></p></body></html>\n')
 
 
+def metric_name(*parts: str) -> str:
+    """``parts`` joined by "_", with what a metric or label name may not hold made "_"
+    (a field path such as ``inner.count`` or ``slots[2]``)."""
+    name = re.sub(r"[^a-zA-Z0-9_]", "_", "_".join(p for p in parts if p))
+    return re.sub(r"_+$", "", re.sub(r"__+", "_", name)) or "_"
+
+
 def _escape_label(value: str) -> str:
     return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
 
@@ -111,6 +118,53 @@ class Family:
             out.append(_format_value(child._value) + "\n")
 
 
+class HistogramFamily:
+    """A Prometheus histogram per label set: cumulative ``_bucket{le=...}`` counts over fixed
+    upper bounds, then ``+Inf``, ``_sum`` (when the source knows it) and ``_count``."""
+
+    kind = "histogram"
+
+    def __init__(self, name: str, help: str, labelnames: tuple[str, ...],
+                 bounds: tuple[float, ...], lock: threading.Lock) -> None:
+        self.name, self.help, self.labelnames, self.bounds = name, help, labelnames, bounds
+        self._lock = lock
+        # label values → [per-bucket counts (not cumulative), count, sum or None]
+        self._children: dict[tuple[str, ...], list] = {}
+
+    def observe(self, labels: dict[str, str], counts: list[int], *, count: int,
+                total: float | None = None, add: bool) -> None:
+        """Set (``add`` False: the source is cumulative) or add (a source reset after each
+        read) one label set's bucket counts, aligned with ``bounds``; counts past the last
+        bound belong to +Inf only."""
+        key = tuple(str(labels[k]) for k in self.labelnames)
+        counts = (list(counts) + [0] * len(self.bounds))[:len(self.bounds)]
+        with self._lock:
+            child = self._children.get(key)
+            if child is None or not add:
+                self._children[key] = [counts, count, total]
+                return
+            child[0] = [a + b for a, b in zip(child[0], counts)]
+            child[1] += count
+            child[2] = None if child[2] is None or total is None else child[2] + total
+
+    def _render(self, out: list[str]) -> None:
+        out.append(f"# HELP {self.name} {_escape_help(self.help)}\n# TYPE {self.name} histogram\n")
+        for key, (counts, count, total) in self._children.items():
+            pairs = [f'{k}="{_escape_label(v)}"' for k, v in zip(self.labelnames, key)]
+            base = ",".join(pairs)
+            running = 0
+            for bound, n in zip(self.bounds, counts):
+                running += n
+                le = ",".join([*pairs, f'le="{_format_value(bound)}"'])
+                out.append(f"{self.name}_bucket{{{le}}} {running}\n")
+            le = ",".join([*pairs, 'le="+Inf"'])
+            out.append(f"{self.name}_bucket{{{le}}} {count}\n")
+            labels = f"{{{base}}}" if base else ""
+            if total is not None:
+                out.append(f"{self.name}_sum{labels} {_format_value(total)}\n")
+            out.append(f"{self.name}_count{labels} {count}\n")
+
+
 class Metrics:
     """Counters and gauges by label set; thread-safe reads while the loader updates them."""
 
@@ -124,6 +178,29 @@ class Metrics:
 
     def gauge(self, name: str, help: str, labels: tuple[str, ...]) -> Family:
         return self._add(name, help, "gauge", labels)
+
+    def histogram(self, name: str, help: str, labels: tuple[str, ...],
+                  bounds: tuple[float, ...]) -> HistogramFamily:
+        """A histogram family with fixed bucket upper bounds (in the unit of its source)."""
+        self._check(name, labels)
+        with self._lock:
+            if name in self._families:
+                raise ValueError(f"metric {name} is already defined")
+            family = HistogramFamily(name, help, tuple(labels), tuple(bounds), self._lock)
+            self._families[name] = family  # type: ignore[assignment]
+        return family
+
+    def family(self, name: str) -> Family | HistogramFamily | None:
+        """The family called ``name``, if defined."""
+        with self._lock:
+            return self._families.get(name)
+
+    def refresh(self) -> None:
+        """Run the on_scrape hooks now, as a scrape would (``serve`` does it once at start)."""
+        with self._lock:
+            hooks = list(self._hooks)
+        for fn in hooks:
+            fn()
 
     def on_scrape(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` before every render, outside the lock, to refresh values."""
@@ -144,6 +221,14 @@ class Metrics:
 
     def _add(self, name: str, help: str, kind: Literal["counter", "gauge"],
              labels: tuple[str, ...]) -> Family:
+        self._check(name, labels)
+        with self._lock:
+            if name in self._families:
+                raise ValueError(f"metric {name} is already defined")
+            family = self._families[name] = Family(name, help, kind, tuple(labels), self._lock)
+        return family
+
+    def _check(self, name: str, labels: tuple[str, ...]) -> None:
         if isinstance(labels, str):
             raise TypeError(f"labels of {name} must be a tuple of names, not the string {labels!r}")
         if not _NAME.fullmatch(name):
@@ -154,11 +239,6 @@ class Metrics:
                                  f"{_LABEL.pattern} and not start with '__'")
         if len(set(labels)) != len(labels):
             raise ValueError(f"duplicate label names in {name}: {labels}")
-        with self._lock:
-            if name in self._families:
-                raise ValueError(f"metric {name} is already defined")
-            family = self._families[name] = Family(name, help, kind, tuple(labels), self._lock)
-        return family
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,6 +252,7 @@ class LoaderMetrics:
     processor_violations: Family
     processor_up: Family
     programs_attached: Family
+    registry: Metrics | None = None   # where channels export their records (map channels)
 
 
 def loader_families(m: Metrics) -> LoaderMetrics:
@@ -198,6 +279,7 @@ def loader_families(m: Metrics) -> LoaderMetrics:
                              "1 while a processor worker runs, else 0.", ("processor", "worker")),
         programs_attached=m.gauge("bpfdepot_programs_attached",
                                   "Attach points of a program currently attached.", ("program",)),
+        registry=m,
     )
 
 
@@ -287,7 +369,15 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 def serve(metrics: Metrics, address: str) -> MetricsServer:
-    """Serve ``metrics`` at http://ADDRESS/metrics until ``close()``."""
+    """Serve ``metrics`` at http://ADDRESS/metrics until ``close()``.
+
+    The on_scrape hooks run once first: the loader's hook hands the registry to the pipeline,
+    so channels that export their records (map snapshots, histograms) do so from their first
+    read, not from the first scrape."""
+    try:
+        metrics.refresh()
+    except Exception:  # noqa: BLE001 - a failing hook answers 500 at each scrape instead
+        pass
     try:
         server = _Server(parse_address(address), metrics)
     except OSError as exc:  # in use, not an address of this host, unresolvable name
