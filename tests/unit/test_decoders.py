@@ -145,3 +145,11 @@ def test_the_running_kernels_enum_is_read_from_its_btf() -> None:
     table = node_enums()("skb_drop_reason")
     assert table is not None and "SKB_DROP_REASON_NO_SOCKET" in dict(table.names).values()
     assert node_enums()("no_such_enum_anywhere") is None
+
+
+def test_strings_keep_empty_arguments_but_not_trailing_padding() -> None:
+    btf, ev = _event_btf()
+    dec = event_decoder(btf, ev, overrides={"args": "strings"})
+    assert encode(dec, pack(args=b"ls\0-l\0" + bytes(18)))["args"] == ["ls", "-l"]
+    assert encode(dec, pack(args=b"a\0\0b\0"))["args"] == ["a", "", "b"]
+    assert encode(dec, pack(args=bytes(24)))["args"] == []

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from loader.errors import ManifestError
+from loader.outputs import output_kinds
 from loader.model.manifest import (
     ChannelSpec,
     EventRoute,
@@ -364,7 +365,7 @@ def test_unknown_suffix(tmp_path: Path) -> None:
          "20: channel name 'tcp-connlat-events' is not a C identifier"),
         ("      type: ring_buffer", "      type: ringbuf",
          "21: unknown type 'ringbuf' in spec.channels.tcp_connlat_events; "
-         "expected one of: ring_buffer"),
+         f"expected one of: {', '.join(output_kinds())}"),  # every registered kind
         ("            tsdb: true", "            tsdb: \"yes\"",
          "29: 'tsdb' in spec.channels.tcp_connlat_events.events[0].storage "
          "must be true or false, got a string"),

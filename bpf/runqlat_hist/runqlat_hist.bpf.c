@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* runqlat_hist: scheduler run-queue latency (wakeup to switch-in) as a log2 histogram of
+ * microseconds per task, kept in a hash map the loader reads every interval (channel type
+ * histogram). Plain libbpf style (libbpf-tools runqlat.bpf.c with --pids), no bpfdepot header.
+ *
+ * tp_btf rather than tp/sched/...: the classic tracepoints carry only the woken task's pid,
+ * not its tgid, so the targ_tgid filter could not be applied. Requeues after preemption are
+ * not wakeups and are not measured (as bpf/runqlat). */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "runqlat_hist.h"
+
+/* Only tasks of this process (tgid) when non-zero; set in .rodata before load. */
+const volatile __u32 targ_tgid = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 10240);
+	__type(key, __u32);       /* tid of the woken task */
+	__type(value, __u64);     /* bpf_ktime_get_ns() at wakeup */
+} start SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 10240);
+	__type(key, struct hist_key);
+	__type(value, struct hist);
+} hists SEC(".maps");
+
+static struct hist zero_hist; /* .bss: the value a new task's histogram starts from */
+
+/* floor(log2(v)), libbpf-tools bits.bpf.h; 0 for v = 0 and 1 */
+static __always_inline __u64 log2_u32(__u32 v)
+{
+	__u32 shift, r;
+
+	r = (v > 0xFFFF) << 4; v >>= r;
+	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	r |= (v >> 1);
+	return r;
+}
+
+static __always_inline __u64 log2l(__u64 v)
+{
+	__u32 hi = v >> 32;
+
+	return hi ? log2_u32(hi) + 32 : log2_u32(v);
+}
+
+static __always_inline int trace_enqueue(struct task_struct *p)
+{
+	__u32 pid = BPF_CORE_READ(p, pid);
+	__u64 ts;
+
+	if (!pid)
+		return 0;
+	if (targ_tgid && (__u32)BPF_CORE_READ(p, tgid) != targ_tgid)
+		return 0;
+	ts = bpf_ktime_get_ns();
+	bpf_map_update_elem(&start, &pid, &ts, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(runqlat_hist_wakeup, struct task_struct *p)
+{
+	return trace_enqueue(p);
+}
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(runqlat_hist_wakenew, struct task_struct *p)
+{
+	return trace_enqueue(p);
+}
+
+/* The first three arguments are the same on every target (prev_state was added at the end
+ * in v5.18, commit fa2c3254d7cf). */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(runqlat_hist_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	struct hist_key key = {};
+	struct hist *h;
+	__u64 *tsp, slot;
+
+	key.pid = BPF_CORE_READ(next, pid);
+	tsp = bpf_map_lookup_elem(&start, &key.pid);
+	if (!tsp)
+		return 0; /* not woken while we watched, or filtered out */
+	slot = log2l((bpf_ktime_get_ns() - *tsp) / 1000);
+	if (slot >= MAX_SLOTS)
+		slot = MAX_SLOTS - 1;
+	h = bpf_map_lookup_elem(&hists, &key);
+	if (!h) {
+		bpf_map_update_elem(&hists, &key, &zero_hist, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(&hists, &key);
+	}
+	if (h)
+		__sync_fetch_and_add(&h->slots[slot], 1);
+	bpf_map_delete_elem(&start, &key.pid);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
