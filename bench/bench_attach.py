@@ -24,7 +24,7 @@ from harness import BPFFS, ROOT, Row, median, ms, paired
 
 BUNDLE = ROOT / "bpf" / "tcp_connlat"
 # What `bpfdepot run` imports before its clock starts.
-IMPORTS = "import builder.cli, loader.node, loader.session, loader.libbpf, loader.kernel.probe"
+IMPORTS = "import builder.cli, loader.node, loader.session, loader.libbpf.core, loader.kernel.probe"
 
 
 def bpftool_autoattach() -> bool:

@@ -41,7 +41,8 @@ def proc_net_tcp() -> list[dict]:
 
 
 def measure(args: argparse.Namespace) -> list[Row]:
-    from loader.libbpf import BpfObject, attach_iter, iter_link_fd, iter_read
+    from loader.libbpf.attach import attach_iter, iter_link_fd, iter_read
+    from loader.libbpf.core import BpfObject
     from loader.outputs.iterator import records
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

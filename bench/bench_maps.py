@@ -8,7 +8,7 @@ The object is bench/maps (built into a fresh store); its maps are filled from us
 (bpf_map_update_elem through ctypes). The hash map is pinned under /sys/fs/bpf for the C
 baseline (bench/maps/batch_read.c, built with gcc in the run) and unpinned afterwards. Each
 repetition runs the C reader (its own median of 20 reads) and bpfdepot's reader (the median of
-20 reads: loader.libbpf.MapReader.read into the channel's C encoder, then take() of the JSON
+20 reads: loader.libbpf.readers.MapReader.read into the channel's C encoder, then take() of the JSON
 lines), back to back. The histogram part runs loader.outputs.histogram's reader in this process
 every second for --seconds and reports its user+system CPU (time.process_time, which has ns
 resolution where os.times() counts 10 ms ticks) as % of one CPU.
@@ -68,7 +68,9 @@ class _NullSink:
 def measure(args) -> list[Row]:
     from loader.decoders.btf import encoder_for
     from loader.kernel.elf import read_object_file
-    from loader.libbpf import BpfObject, Channel, MapReader
+    from loader.libbpf.core import BpfObject
+    from loader.libbpf.encode import Channel
+    from loader.libbpf.readers import MapReader
     from loader.outputs import ChannelContext
     from loader.outputs.hash_map import int_spans, map_def, open_reader
     from loader.outputs.histogram import HistogramReader

@@ -1,7 +1,7 @@
 """cffi build script for ``loader._libbpf``: libbpf.so.1 plus the C in loader/native/.
 
 Run by setuptools at install time (``cffi_modules`` in setup.py); needs gcc and libbpf-dev.
-Only loader/libbpf.py imports the result.
+Only loader/libbpf/ imports the result.
 """
 
 import re

@@ -28,7 +28,7 @@ from loader.decoders.names import node_enums
 from loader.errors import ManifestError
 from loader.kernel.elf import ObjectInfo
 from loader.kernel.probe import Feature, probe_features
-from loader.libbpf import BpfObject
+from loader.libbpf.core import BpfObject
 from loader.model.manifest import ChannelSpec, Manifest, load_bundle
 from loader.model.settings import Settings
 from loader.model.storage import StorageSettings

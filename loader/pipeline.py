@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from loader.decoders.btf import EventDecoder, encoder_for
 from loader.errors import ManifestError
-from loader.libbpf import Channel, Op, RouteKey
+from loader.libbpf.encode import Channel, Op, RouteKey
 from loader.model.manifest import ChannelSpec, EventRoute, Manifest
 from loader.outputs import ChannelStats, Reader
 from loader.sinks.prometheus import LoaderMetrics, Metrics

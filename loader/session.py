@@ -20,7 +20,8 @@ from loader.artifacts.meta import ArtifactMeta
 from loader.kernel.elf import ObjectInfo, check_map_sizes, read_object_file
 from loader.errors import KernelUnsupported, LoadError, ManifestError, PrivilegeError
 from loader.kernel.probe import Feature, KernelIdentity
-from loader.libbpf import BpfObject, num_possible_cpus, size_map, write_rodata
+from loader.libbpf.attach import size_map, write_rodata
+from loader.libbpf.core import BpfObject, num_possible_cpus
 from loader.model.controls import MapSize
 from loader.model.yamldoc import did_you_mean
 from loader.outputs import ChannelStats, Reader

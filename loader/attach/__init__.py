@@ -23,7 +23,7 @@ from loader.registry import Registry
 if TYPE_CHECKING:
     from yaml.nodes import Node
 
-    from loader.libbpf import BpfObject
+    from loader.libbpf.core import BpfObject
     from loader.model.yamldoc import YamlDoc
 
 

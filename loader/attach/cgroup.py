@@ -23,7 +23,8 @@ from yaml.nodes import Node, ScalarNode
 
 from loader.attach import AttachKind, register
 from loader.errors import LoadError
-from loader.libbpf import BpfObject, LibbpfLink, attach_cgroup
+from loader.libbpf.attach import attach_cgroup
+from loader.libbpf.core import BpfObject, LibbpfLink
 from loader.model.yamldoc import TAG, YamlDoc
 
 MOUNTS = Path("/proc/self/mounts")

@@ -19,7 +19,8 @@ from typing import Any
 from yaml.nodes import Node, ScalarNode
 
 from loader.attach import AttachKind, register
-from loader.libbpf import BpfObject, LibbpfLink, attach_iter
+from loader.libbpf.attach import attach_iter
+from loader.libbpf.core import BpfObject, LibbpfLink
 from loader.model.yamldoc import TAG, YamlDoc, kind_of
 
 KEYS = ("map", "pid", "tid")

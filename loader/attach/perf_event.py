@@ -22,7 +22,8 @@ from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from loader.attach import AttachKind, Link, register
 from loader.errors import LoadError
-from loader.libbpf import BpfObject, attach_perf_event, perf_event_open
+from loader.libbpf.attach import attach_perf_event, perf_event_open
+from loader.libbpf.core import BpfObject
 from loader.model.yamldoc import TAG, YamlDoc, did_you_mean, kind_of
 
 PERF_TYPE_HARDWARE, PERF_TYPE_SOFTWARE = 0, 1

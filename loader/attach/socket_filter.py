@@ -22,7 +22,8 @@ from yaml.nodes import Node
 
 from loader.attach import AttachKind, register
 from loader.errors import LoadError
-from loader.libbpf import BpfObject, program_fd
+from loader.libbpf.attach import program_fd
+from loader.libbpf.core import BpfObject
 from loader.model.yamldoc import YamlDoc
 
 ETH_P_ALL = 0x0003

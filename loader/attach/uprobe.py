@@ -27,7 +27,8 @@ from yaml.nodes import Node, ScalarNode
 
 from loader.attach import AttachKind, Link, register
 from loader.errors import LoadError, ManifestError
-from loader.libbpf import BpfObject, attach_uprobe
+from loader.libbpf.attach import attach_uprobe
+from loader.libbpf.core import BpfObject
 from loader.model.yamldoc import TAG, YamlDoc, kind_of
 
 KEYS = ("binary", "function", "offset", "pid")

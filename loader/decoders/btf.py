@@ -30,7 +30,7 @@ from loader.decoders import UnionChoice
 from loader.decoders.names import errno_table
 from loader.errors import ArtifactNotFound, ManifestError
 from loader.model.yamldoc import did_you_mean
-from loader.libbpf import Encoder, NameTable, Op
+from loader.libbpf.encode import Encoder, NameTable, Op
 
 if TYPE_CHECKING:  # loader.model.fields pulls in yaml; decoding only needs the declarations
     from loader.model.fields import FieldDecl

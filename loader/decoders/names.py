@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 
 from loader.kernel.btf import Btf
-from loader.libbpf import NameTable
+from loader.libbpf.encode import NameTable
 
 
 def enum_table(btf: Btf, name: str, *, strip_prefix: bool = False) -> NameTable | None:

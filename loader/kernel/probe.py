@@ -67,7 +67,7 @@ def running_kernel(btf: Path = Path("/sys/kernel/btf/vmlinux")) -> KernelIdentit
 
 
 def _probe_one(name: str) -> Feature:
-    from loader import libbpf  # the cffi module; imported here so identity needs no libbpf
+    from loader.libbpf import core as libbpf  # cffi: imported here so identity needs no libbpf
 
     def prog(ptype: str, attach: str | None = None, btf_name: str | None = None,
              btf_kind: int = _BTF_KIND_FUNC) -> Feature:

@@ -1,4 +1,4 @@
-/* bpfdepot_native.c: the C half of loader/libbpf.py, compiled by cffi (loader/_libbpf_build.py).
+/* bpfdepot_native.c: the C half of loader/libbpf/, compiled by cffi (loader/_libbpf_build.py).
  *
  * Three jobs that Python cannot do fast or at all:
  *   - capture libbpf's log (a varargs callback) into a bounded buffer that keeps the tail,

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from loader.decoders.btf import EnumSource, EventDecoder
     from loader.kernel.elf import ObjectInfo
-    from loader.libbpf import BpfObject
+    from loader.libbpf.core import BpfObject
     from loader.model.manifest import ChannelSpec
     from loader.model.yamldoc import YamlDoc
     from loader.pipeline import Pipeline

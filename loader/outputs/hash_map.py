@@ -37,8 +37,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from loader.errors import ManifestError
-from loader.libbpf import (MAP_DELTA, MAP_KEEP_CPU, MAP_RESET, MAP_SKIP_ZERO, Channel, MapReader,
-                           Span)
+from loader.libbpf.encode import Channel
+from loader.libbpf.readers import MAP_DELTA, MAP_KEEP_CPU, MAP_RESET, MAP_SKIP_ZERO, MapReader, Span
 from loader.model.yamldoc import TAG
 from loader.outputs import ChannelContext, ChannelStats, OutputKind, register
 from loader.outputs.ring_buffer import kernel_lost

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from loader.decoders.btf import encoder_for, record_decoder
 from loader.errors import ManifestError
-from loader.libbpf import MapReader
+from loader.libbpf.readers import MapReader
 from loader.outputs import ChannelContext, ChannelStats, OutputKind, register
 from loader.outputs.hash_map import (COMMON_OPTIONS, PERCPU, Timer, int_spans, key_fields,
                                      map_def, open_reader, parse_common, positive_int)

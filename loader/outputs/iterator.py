@@ -27,7 +27,7 @@ from typing import Any
 from yaml.nodes import Node, ScalarNode
 
 from loader.errors import LoadError
-from loader.libbpf import iter_link_fd, iter_read
+from loader.libbpf.attach import iter_link_fd, iter_read
 from loader.model.yamldoc import TAG, YamlDoc, kind_of
 from loader.outputs import ChannelContext, ChannelStats, OutputKind, register
 

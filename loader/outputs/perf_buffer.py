@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from yaml.nodes import ScalarNode
 
 from loader.errors import LoadError
-from loader.libbpf import Channel, PerfReader
+from loader.libbpf.encode import Channel
+from loader.libbpf.readers import PerfReader
 from loader.outputs import ChannelContext, ChannelStats, OutputKind, register
 
 if TYPE_CHECKING:

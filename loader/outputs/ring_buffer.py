@@ -12,7 +12,8 @@ import os
 from collections.abc import Sequence
 
 from loader.errors import LoadError
-from loader.libbpf import Channel, RingReader
+from loader.libbpf.encode import Channel
+from loader.libbpf.readers import RingReader
 from loader.outputs import ChannelContext, ChannelStats, OutputKind, register
 
 

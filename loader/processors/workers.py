@@ -13,7 +13,7 @@ restarted worker, and restarts back off from 0.1 s to 5 s. Nothing else stops: t
 the other pools keep running.
 
 User code runs inside the host and can write into its output pipe itself. Every output frame is
-checked (loader/libbpf.py ``ResultParser``); at the first that breaks the rules the pool stops
+checked (loader/libbpf/encode.py ``ResultParser``); at the first that breaks the rules the pool stops
 reading that worker, kills it (SIGKILL) and counts a violation. Its records up to that frame are
 delivered; the event that frame should have answered is lost; the events after it were never
 validly answered, so their records are dropped unread and the events go to the restarted worker
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loader.errors import ProcessorError
-from loader.libbpf import HostArgs, ResultParser, WorkerBuffer, frames_span
+from loader.libbpf.encode import HostArgs, ResultParser, WorkerBuffer, frames_span
 
 log = logging.getLogger("bpfdepot.processor")
 

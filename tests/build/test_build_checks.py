@@ -156,7 +156,7 @@ def _clang(tmp_path: Path, name: str, body: str) -> Path:
 
 
 def test_opening_such_an_object_says_what_is_wrong_not_damaged(tmp_path: Path) -> None:
-    from loader.libbpf import BpfObject
+    from loader.libbpf.core import BpfObject
     with pytest.raises(LoadError) as caught:
         BpfObject(_clang(tmp_path, "ext_open", EXTERN_VAR), label="ext_open")
     err = caught.value
@@ -166,7 +166,7 @@ def test_opening_such_an_object_says_what_is_wrong_not_damaged(tmp_path: Path) -
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="loading needs root")
 def test_loading_an_unsized_map_says_so(tmp_path: Path) -> None:
-    from loader.libbpf import BpfObject
+    from loader.libbpf.core import BpfObject
     with BpfObject(_clang(tmp_path, "zload", UNSIZED), label="zload") as obj:
         with pytest.raises(LoadError) as caught:
             obj.load()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from loader.attach import attach_kinds
-from loader.libbpf import BpfObject
+from loader.libbpf.core import BpfObject
 from loader.model.manifest import load_bundle
 from tests.kernel.conftest import ROOT, Running, bpfdepot
 
@@ -94,7 +94,7 @@ def test_perf_event_links_own_their_fds_and_detach_leaves_nothing(home: Path) ->
     kind = attach_kinds()["perf_event"]
     options = dict(m.kernel_programs[0].attach[0][2])
     with BpfObject(store.blob_path(built.meta.digest), label="cpu_sample") as obj:
-        from loader.libbpf import size_map
+        from loader.libbpf.attach import size_map
         size_map(obj, "samples_by_pid", max_entries=1024)
         obj.load()
         loaded = len(os.listdir("/proc/self/fd"))

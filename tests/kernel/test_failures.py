@@ -12,7 +12,7 @@ from builder.compile import Target, build_program
 from builder.toolchain import find_toolchain
 from loader.errors import LoadError
 from loader.kernel.probe import running_kernel
-from loader.libbpf import BpfObject
+from loader.libbpf.core import BpfObject
 from loader.model.manifest import load_bundle
 from loader.session import ensure_filesystems
 from loader.artifacts.store import LocalStore

@@ -21,7 +21,7 @@ from builder.vmlinux import vmlinux_header
 from loader.kernel.btf import Btf
 from loader.kernel.elf import check_object, read_object_file
 from loader.kernel.probe import file_digest
-from loader.libbpf import BpfObject, probe_prog
+from loader.libbpf.core import BpfObject, probe_prog
 from tests.kernel.conftest import ROOT, Finished, Running, prog_names
 
 BUNDLE = ROOT / "bpf" / "opensnoop"

@@ -19,7 +19,7 @@ from btfgen import K_FLOAT, K_PTR, K_TYPEDEF, BtfEncoder
 from loader.kernel.btf import Btf
 from loader.decoders.btf import MARKER, EventDecoder, Field, channel_struct, encoder_for, event_decoder
 from loader.errors import ArtifactNotFound
-from loader.libbpf import Encoder
+from loader.libbpf.encode import Encoder
 
 AF_INET, AF_INET6 = 2, 10
 

@@ -17,7 +17,7 @@ from loader.decoders.btf import UnionChoice, event_decoder
 from loader.decoders.ksym import parse_kallsyms
 from loader.decoders.names import enum_table, node_enums
 from loader.errors import ManifestError
-from loader.libbpf import Encoder, NameTable
+from loader.libbpf.encode import Encoder, NameTable
 
 KERNELS = Path(__file__).resolve().parents[3] / "shared" / "kernels"
 

@@ -14,7 +14,7 @@ from btfgen import BtfEncoder
 from loader.decoders.btf import encoder_for, record_decoder
 from loader.errors import ManifestError
 from loader.kernel.btf import Btf
-from loader.libbpf import NameTable
+from loader.libbpf.encode import NameTable
 from loader.model.manifest import parse_manifest
 from loader.outputs.histogram import Buckets, quantile, summarize
 from loader.sinks.prometheus import Metrics, metric_name

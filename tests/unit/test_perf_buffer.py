@@ -17,7 +17,8 @@ from loader.errors import BuildError, ManifestError
 from loader.kernel.btf import Btf
 from loader.kernel.elf import ObjectInfo
 from loader.kernel.probe import KernelIdentity
-from loader.libbpf import Channel, PerfReader
+from loader.libbpf.encode import Channel
+from loader.libbpf.readers import PerfReader
 from loader.model.manifest import ProgramSpec, load_bundle
 from loader.outputs import output_kinds
 from loader.outputs.perf_buffer import DEFAULT_PAGES

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from loader.decoders.btf import OP_CHARS, OP_U
-from loader.libbpf import Channel, Op, ResultParser, RouteKey, WorkerBuffer, frames_span
+from loader.libbpf.encode import Channel, Op, ResultParser, RouteKey, WorkerBuffer, frames_span
 from loader.processors.workers import frame_routes
 
 EVENT = struct.Struct("<QI4s")  # seq, pid, comm (a made-up 16-byte event)
