@@ -25,31 +25,20 @@ from loader.model.controls import MapSize, parse_cpu, parse_forms, parse_maps
 from loader.model.fields import FieldDecl, parse_fields
 from loader.decoders import UnionChoice
 from loader.outputs import COMMON_KEYS, output_kinds
+from loader.programs import NOT_YET, program_kinds
 from loader.model.yamldoc import C_IDENT_RE, TAG, YamlDoc, did_you_mean, kind_of, line_of, read_bounded
 
 # What a channel's `decoders:` may name (enum takes the enum's name: enum:skb_drop_reason).
 DECODER_KINDS = ("ip", "ipv4", "ipv6", "hex", "string", "strings", "errno", "ksym", "int", "enum")
-ProgramType = Literal["ebpf_object", "user_so"]
+ProgramType = str  # a registered program kind (loader/programs/): ebpf_object, user_so
 FunctionType = Literal["default", "init", "pre", "post"]
 Scheme = Literal["file", "http", "https", "s3"]
 
-PROGRAM_TYPES: tuple[str, ...] = get_args(ProgramType)
-# Kinds of the talk's manifest format that bpfdepot does not run yet: refused, never ignored.
-NOT_YET = {"bpftrace_object": "bpftrace files do not run in bpfdepot yet"}
 FUNCTION_TYPES: tuple[str, ...] = get_args(FunctionType)
 SCHEMES: tuple[str, ...] = get_args(Scheme)
 MANIFEST_NAMES = ("manifest.yaml", "manifest.yml")
 MAX_WORKERS = 64
 CONTROL_KEYS = ("forms", "maps", "cpu")  # an ebpf_object's program controls
-
-# Longest first, so that "x.bpf.c" is not taken for a user-space ".c".
-_SUFFIXES = (".bpf.c", ".bpf.o", ".c", ".go", ".o", ".so")
-_SOURCE_SUFFIXES = frozenset({".bpf.c", ".c", ".go"})
-_TYPE_SUFFIXES: dict[str, tuple[str, ...]] = {
-    "ebpf_object": (".bpf.c", ".bpf.o", ".o"),
-    "user_so": (".c", ".go", ".so"),
-}
-_SUFFIX_TYPE = {suffix: kind for kind, suffixes in _TYPE_SUFFIXES.items() for suffix in suffixes}
 
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
 
@@ -282,10 +271,11 @@ def _parse_program(doc: YamlDoc, node: Node, at: str) -> ProgramSpec:
                         optional=("attach", *CONTROL_KEYS))
     name = doc.name(fields["name"], "name", at, what="program name")
     written = doc.string(fields["type"], "type", at)
+    kinds = program_kinds()
     if written in NOT_YET:
         raise doc.error(fields["type"], f"type {written} of program {name!r}: {NOT_YET[written]}",
-                        hint=f"remove the program, or use one of: {', '.join(PROGRAM_TYPES)}")
-    kind = cast(ProgramType, doc.choice(fields["type"], "type", at, PROGRAM_TYPES))
+                        hint=f"remove the program, or use one of: {', '.join(kinds)}")
+    kind = doc.choice(fields["type"], "type", at, tuple(kinds))
     attach, autoload_off = (), ()
     if "attach" in fields:
         if kind != "ebpf_object":
@@ -326,19 +316,22 @@ def _parse_program(doc: YamlDoc, node: Node, at: str) -> ProgramSpec:
             )  # fmt: skip
         rest = url.path
 
-    suffix = next((s for s in _SUFFIXES if rest.endswith(s)), None)
-    accepted = _TYPE_SUFFIXES[kind]
+    suffix_type = {suffix: k.type for k in kinds.values() for suffix in k.suffixes}
+    # longest first, so that "x.bpf.c" is not taken for a user-space ".c"
+    suffix = next((s for s in sorted(suffix_type, key=len, reverse=True) if rest.endswith(s)), None)
+    accepted = kinds[kind].suffixes
     if suffix is None:
         raise doc.error(
             path_node, f"{label}: cannot tell from its suffix what {path!r} is; accepted: "
-            ".bpf.c .bt .c .go (sources), .bpf.o .o .so (built)",
+            f"{' '.join(s for k in kinds.values() for s in k.sources)} (sources), "
+            f"{' '.join(s for k in kinds.values() for s in k.built)} (built)",
             hint=f"type {kind} takes {_or(accepted)}",
         )  # fmt: skip
     if suffix not in accepted:
         raise doc.error(
             path_node, f"{label}: type {kind} takes {_or(accepted)}, but path {path!r} "
-            f"ends in {suffix} (a suffix of {_SUFFIX_TYPE[suffix]})",
-            hint=f"set type: {_SUFFIX_TYPE[suffix]}, or point path at a {_or(accepted)} file",
+            f"ends in {suffix} (a suffix of {suffix_type[suffix]})",
+            hint=f"set type: {suffix_type[suffix]}, or point path at a {_or(accepted)} file",
         )  # fmt: skip
 
     local = doc.local_file(path_node, rest, label=label, shown=path) if scheme == "file" else None
@@ -348,7 +341,7 @@ def _parse_program(doc: YamlDoc, node: Node, at: str) -> ProgramSpec:
         type=kind,
         scheme=cast(Scheme, scheme),
         local_path=local,
-        is_source=suffix in _SOURCE_SUFFIXES,
+        is_source=suffix in kinds[kind].sources,
         line=line_of(node),
         attach=attach,
         autoload_off=autoload_off,

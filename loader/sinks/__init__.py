@@ -1,11 +1,24 @@
-"""Sinks: where records go (stdout, JSON-lines files, Kafka, the embedded TSDB)."""
+"""Sinks: where records go. Each kind registers itself from its module (adding one is adding a
+module and its settings section in loader/model/storage.py):
+
+    files.py   stdout, and JSON-lines files rotated by size
+    kafka.py   Kafka topics, with confirmed delivery
+    tsdb.py    the embedded time-series store (SQLite)
+
+``loader/sinks/opener.py`` opens, per stream, the sinks its route wants, once per target.
+"""
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+from loader.registry import Registry
+
+if TYPE_CHECKING:
+    from loader.model.storage import RouteSinks, StorageSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +42,25 @@ class Sink(Protocol):
     def flush(self, timeout_s: float = 10.0) -> SinkStats: ...
 
     def close(self) -> SinkStats: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SinkKind:
+    """A registered sink kind."""
+
+    name: str
+    order: int                                            # where it stands among a stream's sinks
+    target: Callable[[RouteSinks], str | None]            # the instance a route wants, None: none
+    open: Callable[[StorageSettings, str, bool], Sink]    # (settings, target, first of its kind)
+
+
+_KINDS: Registry[SinkKind] = Registry(__name__, lambda kind: kind.name, "sink kind")
+register = _KINDS.register
+
+
+def sink_kinds() -> list[SinkKind]:
+    """Every sink kind, in the order a stream's sinks are opened."""
+    return sorted(_KINDS.all().values(), key=lambda kind: kind.order)
 
 
 class LogThrottle:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal, Sequence
 
 from loader.errors import BpfDepotError
-from loader.sinks import LogThrottle, Record, SinkStats
+from loader.sinks import LogThrottle, Record, SinkKind, SinkStats, register
 
 log = logging.getLogger("bpfdepot.sink.file")
 
@@ -304,3 +304,17 @@ def _fsync_dir(folder: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def _open_file(storage, target: str, first: bool) -> FileSink:
+    f = storage.file
+    path = Path(target)
+    return FileSink(path, max_bytes=f.max_bytes, keep=f.keep, fsync=f.fsync,
+                    name="file" if path == f.path else f"file:{path.name}")
+
+
+register(SinkKind(name="stdout", order=0, target=lambda want: "" if want.stdout else None,
+                  open=lambda storage, target, first: StdoutSink()))
+register(SinkKind(name="file", order=1,
+                  target=lambda want: str(want.file) if want.file is not None else None,
+                  open=_open_file))

@@ -29,7 +29,7 @@ from collections import Counter
 from typing import Any, Literal, Mapping, Sequence
 
 from loader.errors import BpfDepotError
-from loader.sinks import LogThrottle, Record, SinkStats
+from loader.sinks import LogThrottle, Record, SinkKind, SinkStats, register
 
 log = logging.getLogger("bpfdepot.sink.kafka")
 # librdkafka's own lines: what matters of them reaches error_cb (and is told once, throttled);
@@ -272,3 +272,13 @@ class KafkaSink:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _open_kafka(storage, topic: str, first: bool) -> KafkaSink:
+    k = storage.kafka
+    return KafkaSink(k.bootstrap, topic_template=topic, acks=k.acks, retries=k.retries,
+                     delivery_timeout_s=k.delivery_timeout_s, connect_timeout_s=k.connect_timeout_s,
+                     name="kafka" if first else f"kafka:{topic}")
+
+
+register(SinkKind(name="kafka", order=2, target=lambda want: want.kafka_topic, open=_open_kafka))

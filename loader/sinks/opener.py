@@ -3,11 +3,9 @@ file, environment, command line) combined with each route's ``storage:`` overrid
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from loader.model.manifest import EventRoute
 from loader.model.storage import StorageSettings, effective
-from loader.sinks import Sink
+from loader.sinks import Sink, sink_kinds
 
 
 class SinkSet:
@@ -22,45 +20,12 @@ class SinkSet:
         want = effective(self.storage, route.storage if route is not None else None,
                          program=program, channel=channel, route=where)
         out = []
-        if want.stdout:
-            out.append(self._get("stdout", "", self._stdout))
-        if want.file is not None:
-            out.append(self._get("file", str(want.file), lambda: self._file(want.file)))
-        if want.kafka_topic is not None:
-            out.append(self._get("kafka", want.kafka_topic, lambda: self._kafka(want.kafka_topic)))
-        if want.tsdb:
-            out.append(self._get("tsdb", "", self._tsdb))
+        for kind in sink_kinds():
+            target = kind.target(want)
+            if target is None:
+                continue
+            if (kind.name, target) not in self.opened:
+                first = not any(name == kind.name for name, _ in self.opened)
+                self.opened[(kind.name, target)] = kind.open(self.storage, target, first)
+            out.append(self.opened[(kind.name, target)])
         return out
-
-    def _get(self, kind: str, which: str, make) -> Sink:
-        if (kind, which) not in self.opened:
-            self.opened[(kind, which)] = make()
-        return self.opened[(kind, which)]
-
-    def _stdout(self) -> Sink:
-        from loader.sinks.files import StdoutSink
-
-        return StdoutSink()
-
-    def _file(self, path: Path) -> Sink:
-        from loader.sinks.files import FileSink
-
-        f = self.storage.file
-        name = "file" if path == f.path else f"file:{path.name}"
-        return FileSink(path, max_bytes=f.max_bytes, keep=f.keep, fsync=f.fsync, name=name)
-
-    def _kafka(self, topic: str) -> Sink:
-        from loader.sinks.kafka import KafkaSink
-
-        k = self.storage.kafka
-        default = not any(kind == "kafka" for kind, _ in self.opened)
-        return KafkaSink(k.bootstrap, topic_template=topic, acks=k.acks, retries=k.retries,
-                         delivery_timeout_s=k.delivery_timeout_s, connect_timeout_s=k.connect_timeout_s,
-                         name="kafka" if default else f"kafka:{topic}")
-
-    def _tsdb(self) -> Sink:
-        from loader.sinks.tsdb import TsdbSink
-
-        t = self.storage.tsdb
-        t.path.parent.mkdir(parents=True, exist_ok=True)
-        return TsdbSink(t.path, retention_s=t.retention_s, max_bytes=t.max_bytes)

@@ -61,7 +61,7 @@ from urllib.parse import quote
 
 from loader.errors import BpfDepotError
 from loader.model.settings import Settings
-from loader.sinks import Record, SinkStats
+from loader.sinks import Record, SinkKind, SinkStats, register
 
 SCHEMA = 1
 BATCH_ROWS = 2048         # rows per transaction; 512-2048 measured best
@@ -546,3 +546,13 @@ def _groups(db: sqlite3.Connection, sql_where: str, params: list[Any], group_by:
     if not group_by and rows and rows[0]["count"] == 0:
         rows = ()
     return rows, columns
+
+
+def _open_tsdb(storage, target: str, first: bool) -> TsdbSink:
+    t = storage.tsdb
+    t.path.parent.mkdir(parents=True, exist_ok=True)
+    return TsdbSink(t.path, retention_s=t.retention_s, max_bytes=t.max_bytes)
+
+
+register(SinkKind(name="tsdb", order=3, target=lambda want: "" if want.tsdb else None,
+                  open=_open_tsdb))

@@ -348,7 +348,7 @@ def test_unknown_suffix(tmp_path: Path) -> None:
     err = fails(manifest)
     assert err.message == (
         f"{manifest}:12: program 'tcp_connlat_user': cannot tell from its suffix what "
-        "'file://./user.txt' is; accepted: .bpf.c .bt .c .go (sources), .bpf.o .o .so (built)"
+        "'file://./user.txt' is; accepted: .bpf.c .c .go (sources), .bpf.o .o .so (built)"
     )
     assert err.hint == "type user_so takes .c, .go or .so"
 
