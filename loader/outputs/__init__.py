@@ -15,6 +15,7 @@ processors start), starts it once everything is attached, lets the pipeline's lo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -78,6 +79,36 @@ class ChannelContext:
             return self.info.decoder(self.name, enums=self.enums)
         return self.info.decoder(self.name, spec.event, spec.fields, overrides=spec.decoders,
                                  unions=spec.unions, enums=self.enums)
+
+
+class Periodic:
+    """What a reader read on a timer (not on fds) shares: ``fds``, ``due`` and ``read`` call
+    ``_read()`` every ``interval`` s from ``_begin()``, skipping reads missed while the loop was
+    busy rather than bunching them up. A subclass sets ``interval`` (None: never by time) and
+    defines ``_read``; what happens at stop (``final``) is its own."""
+
+    interval: float | None = None
+    next: float | None = None
+
+    def _begin(self) -> None:
+        self.next = time.monotonic() + self.interval if self.interval else None
+
+    def fds(self) -> Sequence[int]:
+        return []
+
+    def due(self) -> float | None:
+        return self.next
+
+    def read(self, now: float) -> None:
+        if self.next is None or now < self.next:
+            return
+        self.next += self.interval
+        if self.next <= now:  # a slow sink or a stalled loop: skip the missed reads
+            self.next = now + self.interval
+        self._read()
+
+    def _read(self) -> None:
+        raise NotImplementedError
 
 
 def _no_options(doc: YamlDoc, values: Mapping[str, Node], at: str) -> dict[str, Any]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +39,7 @@ from loader.errors import ManifestError
 from loader.libbpf.encode import Channel
 from loader.libbpf.readers import MAP_DELTA, MAP_KEEP_CPU, MAP_RESET, MAP_SKIP_ZERO, MapReader, Span
 from loader.model.yamldoc import TAG
-from loader.outputs import ChannelContext, ChannelStats, OutputKind, register
+from loader.outputs import ChannelContext, ChannelStats, OutputKind, Periodic, register
 from loader.outputs.ring_buffer import kernel_lost
 
 if TYPE_CHECKING:
@@ -179,23 +178,9 @@ def open_reader(ctx: ChannelContext, mdef: MapDef, options: Mapping[str, Any], *
                      spans=spans, sort_span=sort_span, top=top)
 
 
-class Timer:
-    """When a periodic read is due: every ``interval`` s from start, never bunching up."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.next: float | None = None
-
-    def start(self) -> None:
-        self.next = time.monotonic() + self.interval
-
-    def fire(self, now: float) -> None:
-        self.next = max(now, (self.next or now) + self.interval)
-
-
 # -- the reader --------------------------------------------------------------------------------
 
-class HashMapReader:
+class HashMapReader(Periodic):
     def __init__(self, ctx: ChannelContext) -> None:
         self.ctx = ctx
         self.mdef = mdef = map_def(ctx, "hash_map")
@@ -209,7 +194,7 @@ class HashMapReader:
         self.channel: Channel = ctx.pipeline.channel(ctx.program, ctx.name, decoder)
         self.spans = int_spans(btf, mdef.value_type_id)
         self.sort_span = self._sort_span(value_fields(btf, mdef))
-        self.timer = Timer(self.options["interval"])
+        self.interval = self.options["interval"]
         self.reader: MapReader | None = None
         registry = ctx.pipeline.metrics
         self.export = (MapExport(registry, ctx, key_fields(btf, mdef) + (["cpu"] if keep else []),
@@ -235,19 +220,7 @@ class HashMapReader:
         self.reader = open_reader(self.ctx, self.mdef, self.options, spans=self.spans,
                                   sort_span=self.sort_span, top=self.options["top"],
                                   delta=self.options["delta"])
-        self.timer.start()
-
-    def fds(self) -> Sequence[int]:
-        return []
-
-    def due(self) -> float | None:
-        return self.timer.next
-
-    def read(self, now: float) -> None:
-        if self.reader is None or self.timer.next is None or now < self.timer.next:
-            return
-        self.timer.fire(now)
-        self._read()
+        self._begin()
 
     def _read(self) -> None:
         self.reader.read(self.channel)

@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 from loader.decoders.btf import encoder_for, record_decoder
 from loader.errors import ManifestError
 from loader.libbpf.readers import MapReader
-from loader.outputs import ChannelContext, ChannelStats, OutputKind, register
-from loader.outputs.hash_map import (COMMON_OPTIONS, PERCPU, Timer, int_spans, key_fields,
+from loader.outputs import ChannelContext, ChannelStats, OutputKind, Periodic, register
+from loader.outputs.hash_map import (COMMON_OPTIONS, PERCPU, int_spans, key_fields,
                                      map_def, open_reader, parse_common, positive_int)
 from loader.outputs.ring_buffer import kernel_lost
 
@@ -159,7 +159,7 @@ def slots_of(btf: Btf, mdef: MapDef, field: str | None, channel: str) -> tuple[i
     return offset, size, arr.nelems
 
 
-class HistogramReader:
+class HistogramReader(Periodic):
     def __init__(self, ctx: ChannelContext) -> None:
         self.ctx = ctx
         self.mdef = mdef = map_def(ctx, "histogram")
@@ -180,7 +180,7 @@ class HistogramReader:
         self.sum_offset = self._sum_member(btf)
         self.spans = int_spans(btf, mdef.value_type_id)
         self.deliver = ctx.pipeline.records(ctx.program, ctx.name)
-        self.timer = Timer(self.options["interval"])
+        self.interval = self.options["interval"]
         self.reader: MapReader | None = None
         self.records = 0
         self.export = None
@@ -208,19 +208,7 @@ class HistogramReader:
 
     def start(self) -> None:
         self.reader = open_reader(self.ctx, self.mdef, self.options, spans=self.spans)
-        self.timer.start()
-
-    def fds(self) -> Sequence[int]:
-        return []
-
-    def due(self) -> float | None:
-        return self.timer.next
-
-    def read(self, now: float) -> None:
-        if self.reader is None or self.timer.next is None or now < self.timer.next:
-            return
-        self.timer.fire(now)
-        self._read()
+        self._begin()
 
     def final(self) -> None:
         if self.reader is not None:

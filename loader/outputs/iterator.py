@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from yaml.nodes import Node, ScalarNode
@@ -29,7 +28,7 @@ from yaml.nodes import Node, ScalarNode
 from loader.errors import LoadError
 from loader.libbpf.attach import iter_link_fd, iter_read
 from loader.model.yamldoc import TAG, YamlDoc, kind_of
-from loader.outputs import ChannelContext, ChannelStats, OutputKind, register
+from loader.outputs import ChannelContext, ChannelStats, OutputKind, Periodic, register
 
 FORMATS = ("text", "json")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m)?")
@@ -81,7 +80,7 @@ def records(data: bytes, as_json: bool) -> tuple[bytes, int, int]:
     return b"".join(line + b"\n" for line in out), len(out), bad
 
 
-class IteratorReader:
+class IteratorReader(Periodic):
     """One iterator program, read at start and every ``interval``."""
 
     def __init__(self, ctx: ChannelContext) -> None:
@@ -100,25 +99,10 @@ class IteratorReader:
                             hint=f"do not keep it out (autoload: false); attach it with "
                                  f"{self.ctx.name}: {{iter: {{}}}} or let libbpf auto-attach it")
         self.link_fd = fd
-        self._read_once()  # at start: what exists before the run is seen at once
-        if self.interval is not None:
-            self.next = time.monotonic() + self.interval
+        self._read()  # at start: what exists before the run is seen at once
+        self._begin()
 
-    def fds(self) -> Sequence[int]:
-        return []
-
-    def due(self) -> float | None:
-        return self.next
-
-    def read(self, now: float) -> None:
-        if self.next is None or now < self.next:
-            return
-        self._read_once()
-        self.next += self.interval
-        if self.next <= now:  # a slow sink or a stopped loop: skip the missed reads
-            self.next = now + self.interval
-
-    def _read_once(self) -> None:
+    def _read(self) -> None:
         lines, count, bad = records(iter_read(self.link_fd), self.as_json)
         self.reads += 1
         self.received += count
