@@ -160,7 +160,7 @@ def _report(report) -> None:
     for s in report.channels:
         _err(f"  {s.program + '/' + s.channel:<40} {s.received:>10} {s.lost:>8}")
         if s.short:
-            _err(f"  ({s.short} events shorter than the event struct)")
+            _err(f"  ({s.short} {s.short_means})")
     if report.routes:
         _err(f"  {'processor':<40} {'sent':>10} {'kept':>8} {'dropped':>8} {'errors':>7} "
              f"{'lost':>6} {'restarts':>8} {'violations':>10}")

@@ -45,6 +45,7 @@ class ChannelStats:
     received: int = 0
     lost: int = 0
     short: int = 0
+    short_means: str = "events shorter than the event struct"  # what `short` counts here
 
 
 class Reader(Protocol):

@@ -115,7 +115,8 @@ class IteratorReader(Periodic):
 
     def stats(self) -> ChannelStats:
         return ChannelStats(program=self.ctx.program, channel=self.ctx.name,
-                            received=self.received, short=self.short)
+                            received=self.received, short=self.short,
+                            short_means="lines that are not JSON objects")
 
     def close(self) -> None:
         self.next, self.link_fd = None, None

@@ -128,5 +128,5 @@ def test_task_iterator_of_one_process_and_lines_that_are_not_json(home: Path,
     assert refused.rc == 0, refused.stderr
     assert refused.events == []  # each line counted, none passed off as a record
     assert _summary(refused.stderr, "task_iter/dump_task") == (0, 0)
-    assert "(3 events shorter than the event struct)" in refused.stderr
+    assert "(3 lines that are not JSON objects)" in refused.stderr
     assert "dump_task" not in prog_names()
