@@ -58,5 +58,23 @@ def inspect(target: str, settings: Settings) -> str:
     if path.is_file() and path.suffix == ".o":
         data = path.read_bytes()
         return describe(read_object(data, str(path)), str(path), len(data))
-    raise ArtifactNotFound(f"cannot inspect {target!r}: not a .bpf.o file or a sha256 digest",
-                           hint="pass an object file or a digest printed by `bpfdepot build`")
+    if path.is_dir() or path.suffix in (".yaml", ".yml"):
+        return _bundle(path, settings, store)
+    raise ArtifactNotFound(f"cannot inspect {target!r}: not a .bpf.o file, a bundle or a sha256 digest",
+                           hint="pass an object file, a bundle folder or a digest printed by "
+                                "`bpfdepot build`")
+
+
+def _bundle(path: Path, settings: Settings, store) -> str:
+    """Each kernel program of a bundle as built for this kernel (nothing is compiled here)."""
+    from loader.artifacts.resolve import node_identity, resolve
+    from loader.model.manifest import load_bundle
+
+    manifest = load_bundle(path)
+    kernel = node_identity(settings, store)
+    parts = []
+    for item in resolve(settings, store, manifest, kernel, compilers=None):
+        data = item.path.read_bytes()
+        parts.append(describe(read_object(data, item.meta.digest), f"{item.meta.name} "
+                              f"{item.meta.digest}", len(data)))
+    return "".join(parts)

@@ -151,3 +151,12 @@ def test_build_of_a_bundle_with_only_a_remote_program_says_nothing_was_built(
     lines = fails(capsys, ["build", str(folder)], 2)
     assert lines[0] == (f"bpfdepot: error: {folder / 'manifest.yaml'}:5: nothing to build: program 'demo' "
                         "is http://example.invalid/demo.bpf.o, not a local source")
+
+
+def test_inspect_of_a_bundle_never_built_for_this_kernel(bundle: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        pytest.skip("this kernel exposes no BTF")
+    lines = fails(capsys, ["inspect", str(bundle)], 3)
+    assert lines[0].startswith("bpfdepot: error: no artifact for 'demo' on ")
+    assert lines[1] == f"hint: run: bpfdepot build {bundle.resolve()}"
