@@ -89,8 +89,8 @@ def test_debug_shows_the_exception_instead(tmp_path: Path) -> None:
 def test_inspect_of_a_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "missing.bpf.o"
     assert fails(capsys, ["inspect", str(missing)], 3) == [
-        f"bpfdepot: error: cannot inspect '{missing}': not a .bpf.o file or a sha256 digest",
-        "hint: pass an object file or a digest printed by `bpfdepot build`",
+        f"bpfdepot: error: cannot inspect '{missing}': not a .bpf.o file, a bundle or a sha256 digest",
+        "hint: pass an object file, a bundle folder or a digest printed by `bpfdepot build`",
     ]
 
 
