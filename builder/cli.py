@@ -125,11 +125,17 @@ def _build_processors(manifest, store, toolchain, settings: Settings) -> None:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from loader.node import RunOptions, run
 
+    from builder.flamecli import run_collector, write_run_outputs
+
+    stacks = run_collector(args)  # --flamegraph/--folded/--speedscope: a tap on the records
     options = RunOptions(locked=args.locked, duration=args.duration, knobs=_knobs(args.set),
-                         processor_timeout=args.processor_timeout, metrics=args.metrics)
+                         processor_timeout=args.processor_timeout, metrics=args.metrics,
+                         taps=(stacks.tap,) if stacks else ())
     report = run(settings, args.bundle, options, _storage(args, settings),
                  compilers=None if args.no_build else host_compilers(settings), say=_err)
     _report(report)
+    if stacks:
+        write_run_outputs(args, stacks, _err)
     return 0
 
 
@@ -234,7 +240,8 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
 
 # Command groups kept in their own modules, imported only when the command line names one of
 # their commands (or asks for help): `bpfdepot run` should not pay for Celery or the catalog.
-GROUPS = {("kernels",): "kernels", ("worker", "submit", "builds"): "farm", ("query",): "query"}
+GROUPS = {("kernels",): "kernels", ("worker", "submit", "builds"): "farm", ("query",): "query",
+          ("flamegraph",): "flamegraph"}
 
 
 def _register_group(sub: argparse._SubParsersAction, group: str) -> None:
@@ -244,6 +251,10 @@ def _register_group(sub: argparse._SubParsersAction, group: str) -> None:
         register_commands(sub, open_store)
     elif group == "farm":
         from builder.farmcli import register_commands
+
+        register_commands(sub)
+    elif group == "flamegraph":
+        from builder.flamecli import register_commands
 
         register_commands(sub)
     else:
@@ -282,6 +293,9 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
                           "interface), e.g. 127.0.0.1:9435")
     run.add_argument("--processor-timeout", type=float, default=5.0, metavar="S",
                      help="restart a processor stuck this long in one call (default 5 s)")
+    from builder.flamecli import add_run_flags
+
+    add_run_flags(run)
     run.set_defaults(func=cmd_run)
 
     build = sub.add_parser("build", help="build a bundle's kernel programs")

@@ -52,6 +52,8 @@ class RunOptions:
     knobs: Mapping[str, int | str] = field(default_factory=dict)  # const volatile globals
     processor_timeout: float = 5.0        # s in one call before a worker is restarted
     metrics: str | None = None            # HOST:PORT for /metrics
+    # called with (stream, lines, count) for every batch of records, before the sinks
+    taps: tuple[Callable[[str, bytes, int], None], ...] = ()
 
 
 @dataclass(slots=True, kw_only=True)
@@ -98,6 +100,7 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
     pipeline = Pipeline(manifest=manifest, processors=processors, open_sinks=sinks.open,
                         workers=lambda route: route.workers or (2 if route.hash else 1),
                         hang_timeout=options.processor_timeout)
+    pipeline.outlets.taps.extend(options.taps)
     open_channel = partial(_open_channel, manifest, pipeline, node_enums(str(settings.kernel_btf)))
     session = Session()
     server = None

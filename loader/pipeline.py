@@ -58,6 +58,9 @@ class Outlets:
         self.sinks: dict[str, Sink] = {}
         self.counts: dict[tuple[str, str], list[int]] = {}  # (stream, sink) → [delivered, failed]
         self.labels: dict[str, tuple[str, str]] = {}  # stream → (program, channel)
+        # see every batch before its sinks do: (stream, lines, count); e.g. the stack collector
+        # of ``bpfdepot run --flamegraph`` (loader/flamegraph/)
+        self.taps: list[Callable[[str, bytes, int], None]] = []
 
     def add(self, stream: str, sinks: Sequence[Sink], program: str, channel: str) -> None:
         for sink in sinks:
@@ -69,6 +72,8 @@ class Outlets:
         return any(not hasattr(s, "write_lines") for s in self.streams.get(stream, ()))
 
     def deliver(self, stream: str, lines: bytes, keys: bytes | None, count: int) -> None:
+        for tap in self.taps:
+            tap(stream, lines, count)
         records: list[Record] | None = None
         for sink in self.streams.get(stream, ()):
             before = sink.stats()

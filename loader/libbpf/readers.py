@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from loader._libbpf import ffi, lib
 from loader.errors import LoadError
-from loader.libbpf.core import _err, num_possible_cpus, take_log
+from loader.libbpf.core import BpfObject, _err, num_possible_cpus, take_log
 from loader.libbpf.encode import Channel
 
 
@@ -187,3 +187,42 @@ class MapReader:
     def batch(self) -> bool:
         """The kernel's batch ops serve this map (else it is read key by key)."""
         return bool(self.c.batch)
+
+
+# --- Stack-trace maps (loader/outputs/stack_counts.py) ----------------------------------------
+
+class StackMap:
+    """A loaded BPF_MAP_TYPE_STACK_TRACE map: stack id → instruction pointers (innermost
+    first), looked up and deleted one id at a time (the kernel has no batch ops for it)."""
+
+    def __init__(self, obj: BpfObject, name: str) -> None:
+        m = obj._map(name)  # this package owns BpfObject's internals
+        self.name = name
+        self.fd = lib.bpf_map__fd(m)
+        self.max_entries = lib.bpf_map__max_entries(m)
+        self.depth = lib.bpf_map__value_size(m) // 8
+        self._key = ffi.new("uint32_t *")
+        self._ips = ffi.new("uint64_t[]", max(1, self.depth))
+
+    def lookup(self, stack_id: int) -> list[int] | None:
+        """The stack's addresses (up to the first 0), or None when the id holds no stack."""
+        self._key[0] = stack_id
+        if lib.bpf_map_lookup_elem(self.fd, self._key, self._ips) != 0:
+            return None
+        ips = self._ips
+        out = []
+        for i in range(self.depth):
+            if not ips[i]:
+                break
+            out.append(ips[i])
+        return out
+
+    def delete(self, stack_id: int) -> bool:
+        """Free the id's slot so the map never fills; False when it was already empty."""
+        self._key[0] = stack_id
+        return lib.bpf_map_delete_elem(self.fd, self._key) == 0
+
+
+def map_max_entries(obj: BpfObject, name: str) -> int:
+    """A map's max_entries as loaded (the manifest's ``maps:`` may have resized it)."""
+    return lib.bpf_map__max_entries(obj._map(name))

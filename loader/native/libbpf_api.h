@@ -51,4 +51,7 @@ struct bpf_link *bpf_program__attach_cgroup(const struct bpf_program *prog, int 
 int bpf_link__fd(const struct bpf_link *link);
 int bpf_iter_create(int link_fd);
 
+/* stack-trace maps read and emptied by the stack_counts output kind (loader/outputs/stack_counts.py) */
+int bpf_map_delete_elem(int fd, const void *key);
+
 #endif
