@@ -22,11 +22,13 @@ import harness
 from harness import BENCH, Row
 
 SCRIPTS = ("bench_build", "bench_attach", "bench_flood", "bench_perf", "bench_maps", "bench_probes",
-           "bench_iter", "bench_farm")
+           "bench_iter", "bench_symbols", "bench_stacks", "bench_flamegraph", "bench_farm")
 QUICK = {"bench_build": ["--reps", "3"], "bench_attach": ["--reps", "3"],
          "bench_flood": ["--reps", "1", "--no-naive"], "bench_perf": ["--reps", "1"],
          "bench_maps": ["--reps", "3", "--seconds", "10"], "bench_probes": ["--reps", "1"],
-         "bench_iter": ["--reps", "3"], "bench_farm": ["--reps", "1"]}
+         "bench_iter": ["--reps", "3"], "bench_symbols": ["--reps", "1"],
+         "bench_stacks": ["--reps", "1"], "bench_flamegraph": ["--reps", "3"],
+         "bench_farm": ["--reps", "1"]}
 
 
 def main() -> int:
