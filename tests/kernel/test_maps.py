@@ -147,8 +147,8 @@ def test_runqlat_histogram_and_its_prometheus_exposition(home: Path, tmp_path: P
     assert last["buckets"][-1]["count"] > 0  # listed through the last non-empty slot only
     assert [b["le"] for b in last["buckets"]] == [2 ** (i + 1) - 1 for i in range(len(last["buckets"]))]
     # Each sleep ends in exactly one wakeup; the thread's start (sched_wakeup_new) is usually
-    # one more, but not when the new thread is switched in before the run's hook sees its
-    # wakeup (seen in CI: exactly 200). Anything above that is the thread waiting for the GIL,
+    # one more, but not always (a CI run counted exactly 200; why the start was missed there
+    # is not known). Anything above that is the thread waiting for the GIL,
     # which the main thread (blocked in join) does not hold, so it is rare: allow a few.
     assert Sleeper.SLEEPS <= last["count"] <= Sleeper.SLEEPS + 5, last
     assert last["p50"] <= last["p90"] <= last["p99"]
