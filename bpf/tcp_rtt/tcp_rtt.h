@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* tcp_rtt.h: the key and value of the `rtt_hists` map, the single source of their layout.
+ * Needs __u32 etc. (vmlinux.h or linux/types.h) first. */
+#ifndef __TCP_RTT_H
+#define __TCP_RTT_H
+
+#define RTT_SLOTS 26 /* log2 slots of microseconds: the last holds 2^25 us (33 s) and above */
+
+/* 24 bytes, no implicit padding: the hash compares every byte, so every byte is set. */
+struct rtt_key {
+	__u8 daddr[16];         /* remote address, network order; AF_INET: first 4 bytes, rest 0 */
+	__u16 family;           /* AF_INET or AF_INET6: tells the loader how to print daddr */
+	__u16 dport;            /* remote port, host byte order */
+	__u32 __pad;            /* zero */
+};
+
+/* 112 bytes: the sum first keeps the slots 4-aligned with no tail padding. */
+struct rtt_hist {
+	__u64 sum;              /* of every sample, us: Prometheus' _sum */
+	__u32 slots[RTT_SLOTS]; /* slot i: samples with srtt in [2^i, 2^(i+1)) us; slot 0: 0-1 us */
+};
+
+#endif /* __TCP_RTT_H */
