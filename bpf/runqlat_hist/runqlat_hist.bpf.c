@@ -10,6 +10,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include "bits.bpf.h"
 #include "runqlat_hist.h"
 
 /* Only tasks of this process (tgid) when non-zero; set in .rodata before load. */
@@ -30,26 +31,6 @@ struct {
 } hists SEC(".maps");
 
 static struct hist zero_hist; /* .bss: the value a new task's histogram starts from */
-
-/* floor(log2(v)), libbpf-tools bits.bpf.h; 0 for v = 0 and 1 */
-static __always_inline __u64 log2_u32(__u32 v)
-{
-	__u32 shift, r;
-
-	r = (v > 0xFFFF) << 4; v >>= r;
-	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
-	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
-	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
-	r |= (v >> 1);
-	return r;
-}
-
-static __always_inline __u64 log2l(__u64 v)
-{
-	__u32 hi = v >> 32;
-
-	return hi ? log2_u32(hi) + 32 : log2_u32(v);
-}
 
 static __always_inline int trace_enqueue(struct task_struct *p)
 {
@@ -90,7 +71,7 @@ int BPF_PROG(runqlat_hist_switch, bool preempt, struct task_struct *prev, struct
 	tsp = bpf_map_lookup_elem(&start, &key.pid);
 	if (!tsp)
 		return 0; /* not woken while we watched, or filtered out */
-	slot = log2l((bpf_ktime_get_ns() - *tsp) / 1000);
+	slot = log2_u64((bpf_ktime_get_ns() - *tsp) / 1000);
 	if (slot >= MAX_SLOTS)
 		slot = MAX_SLOTS - 1;
 	h = bpf_map_lookup_elem(&hists, &key);

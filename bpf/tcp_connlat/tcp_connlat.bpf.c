@@ -7,6 +7,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include "bits.bpf.h"
 #include "bpfdepot.h"
 #include "tcp_connlat.h"
 
@@ -52,19 +53,6 @@ struct {
 } connlat_hists_lost SEC(".maps");
 
 static struct connlat_hist zero_hist; /* .bss: the value a new remote's histogram starts from */
-
-/* floor(log2(v)), libbpf-tools bits.bpf.h; 0 for v = 0 and 1 */
-static __always_inline __u32 log2_u32(__u32 v)
-{
-	__u32 shift, r;
-
-	r = (v > 0xFFFF) << 4; v >>= r;
-	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
-	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
-	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
-	r |= (v >> 1);
-	return r;
-}
 
 static __always_inline void count(struct trace_event_raw_inet_sock_set_state *ctx, __u64 delta_us)
 {

@@ -8,6 +8,7 @@
  * socket and carries srtt already in microseconds (tp->srtt_us >> 3). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include "bits.bpf.h"
 #include "tcp_rtt.h"
 
 /* AF_* are macros in the kernel, so vmlinux.h lacks them. */
@@ -58,19 +59,6 @@ struct {
 } rtt_hists_lost SEC(".maps");
 
 static struct rtt_hist zero_hist; /* .bss: the value a new remote's histogram starts from */
-
-/* floor(log2(v)), libbpf-tools bits.bpf.h; 0 for v = 0 and 1 */
-static __always_inline __u32 log2_u32(__u32 v)
-{
-	__u32 shift, r;
-
-	r = (v > 0xFFFF) << 4; v >>= r;
-	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
-	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
-	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
-	r |= (v >> 1);
-	return r;
-}
 
 SEC("tp/tcp/tcp_probe")
 int tcp_rtt(struct tcp_probe_record *ctx)

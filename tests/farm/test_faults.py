@@ -166,7 +166,10 @@ def _children_of(pid: int) -> list[int]:
 
 
 def test_unreachable_store_fails_clearly_and_publishes_nothing(own_redis, rgw, tmp_path: Path) -> None:
-    env = _env(own_redis.url, rgw, tmp_path / "home")
+    # Each attempt against the dead store retries for seconds: with the 6 s the other fault
+    # tests use, a loaded machine redelivered the message while it still ran, and the job
+    # ended as a poison bundle instead (redelivery is not what this test is about).
+    env = _env(own_redis.url, rgw, tmp_path / "home", BPFDEPOT_VISIBILITY_TIMEOUT="30")
     _register(env)
     settings = Settings.from_env(env)
     dead = dict(env, BPFDEPOT_S3_ENDPOINT=f"http://127.0.0.1:{free_port()}",
