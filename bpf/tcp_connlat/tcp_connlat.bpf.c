@@ -87,6 +87,24 @@ static __always_inline void count(struct trace_event_raw_inet_sock_set_state *ct
 		*lost += 1; /* per-CPU: no atomic needed */
 }
 
+/* The tuple's addresses into a 16-byte pair. Ring memory is not zeroed: clear the address
+ * tails an IPv4 copy leaves untouched. bpf_core_read, not memcpy: clang turns a CO-RE array
+ * offset into ctx pointer arithmetic, which the verifier rejects ("dereference of modified
+ * ctx ptr"). */
+static __always_inline void read_addrs(struct trace_event_raw_inet_sock_set_state *ctx,
+				       __u8 *saddr, __u8 *daddr)
+{
+	__builtin_memset(saddr, 0, 16);
+	__builtin_memset(daddr, 0, 16);
+	if (ctx->family == AF_INET) {
+		bpf_core_read(saddr, sizeof(ctx->saddr), &ctx->saddr);
+		bpf_core_read(daddr, sizeof(ctx->daddr), &ctx->daddr);
+	} else {
+		bpf_core_read(saddr, sizeof(ctx->saddr_v6), &ctx->saddr_v6);
+		bpf_core_read(daddr, sizeof(ctx->daddr_v6), &ctx->daddr_v6);
+	}
+}
+
 static __always_inline int emit(struct trace_event_raw_inet_sock_set_state *ctx,
 				const struct piddata *pd, __u64 delta_ns)
 {
@@ -104,18 +122,7 @@ static __always_inline int emit(struct trace_event_raw_inet_sock_set_state *ctx,
 	__builtin_memset(e->__pad, 0, sizeof(e->__pad));
 	__builtin_memcpy(e->comm, pd->comm, sizeof(e->comm));
 
-	/* Ring memory is not zeroed: clear the address tails an IPv4 copy leaves untouched.
-	 * bpf_core_read, not memcpy: clang turns a CO-RE array offset into ctx pointer
-	 * arithmetic, which the verifier rejects ("dereference of modified ctx ptr"). */
-	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
-	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
-	if (e->family == AF_INET) {
-		bpf_core_read(e->saddr, sizeof(ctx->saddr), &ctx->saddr);
-		bpf_core_read(e->daddr, sizeof(ctx->daddr), &ctx->daddr);
-	} else {
-		bpf_core_read(e->saddr, sizeof(ctx->saddr_v6), &ctx->saddr_v6);
-		bpf_core_read(e->daddr, sizeof(ctx->daddr_v6), &ctx->daddr_v6);
-	}
+	read_addrs(ctx, e->saddr, e->daddr);
 
 	bpf_ringbuf_submit(e, 0);
 	return 0;
@@ -139,15 +146,7 @@ static __always_inline int emit_failure(struct trace_event_raw_inet_sock_set_sta
 	e->dport = ctx->dport;
 	e->__pad = 0;
 	__builtin_memcpy(e->comm, pd->comm, sizeof(e->comm));
-	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
-	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
-	if (e->family == AF_INET) {
-		bpf_core_read(e->saddr, sizeof(ctx->saddr), &ctx->saddr);
-		bpf_core_read(e->daddr, sizeof(ctx->daddr), &ctx->daddr);
-	} else {
-		bpf_core_read(e->saddr, sizeof(ctx->saddr_v6), &ctx->saddr_v6);
-		bpf_core_read(e->daddr, sizeof(ctx->daddr_v6), &ctx->daddr_v6);
-	}
+	read_addrs(ctx, e->saddr, e->daddr);
 
 	bpf_ringbuf_submit(e, 0);
 	return 0;
