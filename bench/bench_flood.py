@@ -118,7 +118,10 @@ def run_libbpf_consumer(cmd: list[str], producer: Path) -> Run:
                consumer_cpu_s=cpu)
 
 
-def run_bpfdepot(producer: Path, home: Path, output: Path, bundle: Path = FLOOD) -> Run:
+def run_bpfdepot(producer: Path, home: Path, output: Path, bundle: Path = FLOOD,
+                 channel: str = "flood/flood_events") -> Run:
+    """`bpfdepot run` of ``bundle`` into ``output`` while the producer floods; ``channel`` is
+    the program/channel row of the run's summary that holds received and lost."""
     cmd = [*harness.bpfdepot_exe(), "run", str(bundle), "--output", str(output)]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          env=harness.env_for(home))
@@ -144,9 +147,9 @@ def run_bpfdepot(producer: Path, home: Path, output: Path, bundle: Path = FLOOD)
         _stop(p)
     if p.returncode != 0:
         raise SystemExit(f"bench: bpfdepot run failed ({p.returncode}):\n{err}")
-    row = re.search(r"flood/flood_events\s+(\d+)\s+(\d+)", err)
+    row = re.search(rf"{re.escape(channel)}\s+(\d+)\s+(\d+)", err)
     if not row:
-        raise SystemExit(f"bench: no summary for flood/flood_events in:\n{err}")
+        raise SystemExit(f"bench: no summary for {channel} in:\n{err}")
     st = os.stat(output)
     samples.append((st.st_size, st.st_mtime_ns))  # the last events may come with the final drain
     got = verify(output, prod.pid)
@@ -154,7 +157,7 @@ def run_bpfdepot(producer: Path, home: Path, output: Path, bundle: Path = FLOOD)
     # The last producer event is in the file from the first sample that reaches the end of its
     # line; that sample's st_mtime (CLOCK_REALTIME, mapped onto the monotonic clock t0 was read
     # on) is when it was written. Later growth (other processes' events) does not count.
-    written = next(mtime for size, mtime in samples if size >= got.end)
+    written = next((mtime for size, mtime in samples if size >= got.end), samples[-1][1])
     last = (written - (time.time_ns() - time.monotonic_ns())) / 1e9
     return Run(received=int(row.group(1)), ours=got.ours, lost=int(row.group(2)),
                producer_s=producer_s, span_s=last - t0, ready_to_last_s=last - ready,

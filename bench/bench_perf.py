@@ -19,17 +19,13 @@ events sent by flood/perf_flood.bpf.c: one 64-byte event per call, a stack struc
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+import bench_flood
 import harness
-from bench_flood import (C_IDLE_S, IDLE_S, N, RATIO_GOAL, TIMEOUT_S, Run, _cpu, _producer_seconds,
-                         _start_producer, _stop, run_libbpf_consumer, verify)
+from bench_flood import (C_IDLE_S, N, RATIO_GOAL, Run, _producer_seconds,
+                         _start_producer, run_libbpf_consumer)
 from harness import BENCH, Row, median, paired
 
 FLOOD = BENCH / "flood"
@@ -40,42 +36,8 @@ PAGES = 4096  # as perf.yaml says
 
 def run_bpfdepot(producer: Path, home: Path, output: Path) -> Run:
     """bench_flood.run_bpfdepot for the perf flood (its summary row has another name)."""
-    cmd = [*harness.bpfdepot_exe(), "run", str(MANIFEST), "--output", str(output)]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env=harness.env_for(home))
-    try:
-        harness.wait_for_line(p, p.stderr, "attached", "bpfdepot run")
-        ready = time.monotonic()
-        t0, prod = _start_producer(producer)
-        samples, changed = [(-1, 0)], time.monotonic()
-        while (prod.poll() is None or time.monotonic() - changed < IDLE_S) \
-                and time.monotonic() - t0 < TIMEOUT_S:
-            st = os.stat(output)
-            if st.st_size != samples[-1][0]:
-                samples.append((st.st_size, st.st_mtime_ns))
-                changed = time.monotonic()
-            time.sleep(0.010)
-        producer_s = _producer_seconds(prod)
-        cpu = _cpu()
-        p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=TIMEOUT_S)
-        cpu = _cpu() - cpu
-    finally:
-        _stop(p)
-    if p.returncode != 0:
-        raise SystemExit(f"bench: bpfdepot run failed ({p.returncode}):\n{err}")
-    row = re.search(rf"perf_flood/{MAP}\s+(\d+)\s+(\d+)", err)
-    if not row:
-        raise SystemExit(f"bench: no summary for perf_flood/{MAP} in:\n{err}")
-    st = os.stat(output)
-    samples.append((st.st_size, st.st_mtime_ns))
-    got = verify(output, prod.pid)
-    output.unlink()
-    written = next((mtime for size, mtime in samples if size >= got.end), samples[-1][1])
-    last = (written - (time.time_ns() - time.monotonic_ns())) / 1e9
-    return Run(received=int(row.group(1)), ours=got.ours, lost=int(row.group(2)),
-               producer_s=producer_s, span_s=last - t0, ready_to_last_s=last - ready,
-               consumer_cpu_s=cpu, check=got.problem or "ok", foreign_comms=got.foreign)
+    return bench_flood.run_bpfdepot(producer, home, output, bundle=MANIFEST,
+                                    channel=f"perf_flood/{MAP}")
 
 
 def silent(r: Run) -> int:
