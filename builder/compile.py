@@ -29,6 +29,7 @@ from loader.kernel.elf import (EVENT_MAPS, check_object, object_channels, read_o
                                PROGRAM_CHANNELS, unresolved_externs, unsized_maps)
 from loader.errors import BuildError
 from loader.kernel.probe import KernelIdentity
+from loader.kernel.hooks import kernel_btf, lacking_forms, missing_hooks
 from loader.model.controls import CPUS
 from loader.model.manifest import Manifest, ProgramSpec
 from loader.artifacts.sources import SHARED_INCLUDE, SourceFile, files_digest, source_closure, source_digest
@@ -216,6 +217,36 @@ def check_links_and_sizes(info, program: ProgramSpec, target: Target) -> None:
                  f"or give the map __uint({key}, N) in the source")
 
 
+def check_hooks(info, program: ProgramSpec, target: Target) -> tuple[dict[str, str], str] | None:
+    """The tracepoints the target kernel lacks, per program section: refused (naming the hook
+    and the kernel) when a program that would load needs one, else noted when `forms:` leaves it
+    out there: ({program: hook}, the note), or None when every hook exists."""
+    missing = missing_hooks(((p.name, p.section) for p in info.programs), kernel_btf(str(target.btf)))
+    if not missing:
+        return None
+    in_forms = {p for form in program.forms for p in form}
+    needed = [p for p in missing if p not in program.autoload_off and p not in in_forms]
+    if needed:
+        raise BuildError(
+            f"program '{program.name}' hooks what kernel {target.identity} does not have: "
+            + ", ".join(f"{p} ({missing[p]})" for p in needed),
+            hint="add a form for kernels without it (`forms:` in the manifest, e.g. a tp_btf or "
+                 "cgroup form beside it) or leave this kernel out of the build's targets")
+    lacking = lacking_forms(program.forms, missing)
+    if program.forms and all(lacking):
+        raise BuildError(
+            f"no form of program '{program.name}' fits kernel {target.identity}",
+            detail="\n".join(f"  - form {i + 1} ({', '.join(f)}) needs {why}"
+                              for i, (f, why) in enumerate(zip(program.forms, lacking)) if why),
+            hint="add a form whose tracepoints this kernel has")
+    chosen = next((i for i, why in enumerate(lacking) if not why), None)
+    note = (f"{program.name}: kernel {target.identity} has no "
+            + ", ".join(sorted({str(h) for h in missing.values()}))
+            + (f"; form {chosen + 1} ({', '.join(program.forms[chosen])}) loads there"
+               if chosen is not None else "; those programs stay unloaded there"))
+    return {p: str(h) for p, h in missing.items()}, note
+
+
 def find_built(store: ArtifactStore, key: str, index: str) -> Built | None:
     """The stored result of the build ``key``, or None; a hit is also published at ``index``,
     the ref nodes look artifacts up by."""
@@ -263,6 +294,7 @@ def execute_build(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Built:
                     "instead, or keep the data in user space")
     info = read_object(data, f"{program.name} for {target.identity}")
     check_links_and_sizes(info, program, target)
+    hook_note = check_hooks(info, program, target)
     decls = object_channels(info, manifest.channel_decls,
                             several_objects=len(manifest.kernel_programs) > 1)
     check_events(info, program.name, decls)
@@ -275,6 +307,8 @@ def execute_build(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Built:
     extra: dict[str, object] = {"form": sorted(d for f, d in FORM_DEFINES if f in target.features)}
     if min_btf is not None:
         extra["min_btf"] = store.put_blob(min_btf)
+    if hook_note:
+        extra["hooks_missing"] = hook_note[0]
     meta = ArtifactMeta(
         name=program.name, kind="bpf_object", key=plan.key, digest=digest, size=len(data),
         source_digest=plan.source_digest, target=target.identity, toolchain=toolchain.as_dict(),
@@ -286,6 +320,8 @@ def execute_build(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Built:
                   if c.name in decls},
         required_features=info.required_features, license=info.license or "", extra=extra)
     meta_digest = publish(store, meta, index_ref(program.name, plan.source_digest, target.identity))
+    if hook_note:
+        warnings = "\n".join(w for w in (warnings, hook_note[1]) if w)
     return Built(meta=meta, meta_digest=meta_digest, cached=False,
                  seconds=time.perf_counter() - started, warnings=warnings)
 

@@ -25,8 +25,10 @@ from loader.artifacts.resolve import (Compilers, artifact, node_identity, resolv
 from loader.artifacts.store import open_store
 from loader.attach import attach_kinds
 from loader.decoders.names import node_enums
-from loader.errors import ManifestError
+from loader.errors import KernelUnsupported, ManifestError
+from loader.kernel.btf import Btf
 from loader.kernel.elf import ObjectInfo
+from loader.kernel.hooks import kernel_btf, missing_hooks
 from loader.kernel.probe import Feature, probe_features
 from loader.libbpf.core import BpfObject
 from loader.model.manifest import ChannelSpec, Manifest, load_bundle
@@ -89,7 +91,7 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
                                      compilers=None if options.locked else compilers)
                   if manifest else {})
     features = probe_features(kernel, settings.cache)
-    off = _programs_off(manifest, loadables, features, say)
+    off = _programs_off(manifest, loadables, features, kernel_btf(str(settings.kernel_btf)), say)
     for item in loadables:
         check_fits(item.meta, kernel, features, off.get(item.meta.name, ()))
     needs_tracefs = any(p["feature"] == "tracepoint" for i in loadables for p in i.meta.programs)
@@ -166,23 +168,33 @@ def _attach_with(attach, options, obj: BpfObject, program: str) -> list:
 
 
 def _programs_off(manifest: Manifest | None, loadables: list[Loadable],
-                  features: Mapping[str, Feature], say: Say) -> dict[str, tuple[str, ...]]:
+                  features: Mapping[str, Feature], node_btf: Btf | None,
+                  say: Say) -> dict[str, tuple[str, ...]]:
     """Per kernel program, the BPF programs not to load: ``autoload: false`` ones and those of
-    every form but the first this kernel offers (so a hook is never counted twice)."""
-    if manifest is None:
-        return {}
+    every form but the first this kernel offers (so a hook is never counted twice). A program
+    left to load whose tracepoint this kernel lacks is refused here, naming the tracepoint,
+    instead of failing in libbpf's attach."""
     out = {}
-    for program in manifest.kernel_programs:
-        off = program.autoload_off
-        item = next((i for i in loadables if i.meta.name == program.name), None)
-        if program.forms and item is not None:
+    for item in loadables:
+        program = next((p for p in manifest.kernel_programs if p.name == item.meta.name),
+                       None) if manifest else None
+        missing = missing_hooks(((p["name"], p["section"]) for p in item.meta.programs), node_btf)
+        off = program.autoload_off if program else ()
+        if program and program.forms:
             index, others = choose_forms(program.forms, {p["name"]: p["feature"] for p in
-                                                         item.meta.programs}, features, program.name)
+                                                         item.meta.programs}, features,
+                                         program.name, missing)
             say(f"bpfdepot: {program.name}: form {index + 1} of {len(program.forms)} "
                 f"({', '.join(program.forms[index])}) fits this kernel")
             off = off + tuple(p for p in others if p not in off)
+        lacking = [f"{name} ({hook})" for name, hook in missing.items() if name not in off]
+        if lacking:
+            raise KernelUnsupported(
+                f"'{item.meta.name}' hooks what this kernel does not have: {', '.join(lacking)}",
+                hint="give the program a form for kernels without it (`forms:` in the manifest) "
+                     "or run it on a kernel that has the tracepoint")
         if off:
-            out[program.name] = off
+            out[item.meta.name] = off
     return out
 
 

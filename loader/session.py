@@ -18,6 +18,7 @@ from pathlib import Path
 
 from loader.artifacts.meta import ArtifactMeta
 from loader.kernel.elf import ObjectInfo, check_map_sizes, read_object_file
+from loader.kernel.hooks import Hook
 from loader.errors import KernelUnsupported, LoadError, ManifestError, PrivilegeError
 from loader.kernel.probe import Feature, KernelIdentity
 from loader.libbpf.attach import size_map, write_rodata
@@ -224,9 +225,12 @@ def _size_maps(obj: BpfObject, sizes: Sequence[MapSize]) -> None:
 
 
 def choose_forms(forms: Sequence[Sequence[str]], program_features: Mapping[str, str | None],
-                 features: Mapping[str, Feature], label: str) -> tuple[int, tuple[str, ...]]:
-    """The first form whose programs' sections need only features this kernel has: (its index,
-    the programs of every other form, to keep out). KernelUnsupported when no form fits."""
+                 features: Mapping[str, Feature], label: str,
+                 missing: Mapping[str, Hook] | None = None) -> tuple[int, tuple[str, ...]]:
+    """The first form whose programs need only features and tracepoints this kernel has: (its
+    index, the programs of every other form, to keep out). KernelUnsupported when none fits.
+    ``missing``: programs whose tracepoint this kernel lacks (loader/kernel/hooks.py)."""
+    missing = missing or {}
     why = []
     for index, form in enumerate(forms):
         unknown = [p for p in form if p not in program_features]
@@ -238,10 +242,12 @@ def choose_forms(forms: Sequence[Sequence[str]], program_features: Mapping[str, 
         lacking = [program_features[p] for p in form if program_features[p]
                    and features.get(program_features[p]) is not None
                    and not features[program_features[p]].ok]
-        if not lacking:
+        hooks = [f"{missing[p]} ({p})" for p in form if p in missing]
+        if not lacking and not hooks:
             return index, tuple(p for other in forms if other is not form for p in other)
         why.append(f"form {index + 1} ({', '.join(form)}) needs "
-                   + ", ".join(f"{feat} ({features[feat].why})" for feat in dict.fromkeys(lacking)))
+                   + ", ".join([f"{feat} ({features[feat].why})" for feat in dict.fromkeys(lacking)]
+                               + [f"{h}, which this kernel does not have" for h in hooks]))
     raise KernelUnsupported(f"no form of '{label}' fits this kernel: " + "; ".join(why),
                             hint="add a form whose hooks this kernel offers (`bpfdepot kernel` "
                                  "lists them), e.g. a tracepoint form")

@@ -12,6 +12,7 @@ from functools import cache
 from pathlib import Path
 
 from loader.kernel.btf import Btf
+from loader.kernel.hooks import kernel_btf
 from loader.libbpf.encode import NameTable
 
 
@@ -46,10 +47,7 @@ class NodeEnums:
     def __call__(self, name: str) -> NameTable | None:
         if name not in self._tables:
             if self._btf is None:
-                try:
-                    self._btf = Btf.parse(self.path.read_bytes())
-                except OSError:
-                    self._btf = Btf.parse(_EMPTY_BTF)
+                self._btf = kernel_btf(str(self.path)) or Btf.parse(_EMPTY_BTF)
             self._tables[name] = enum_table(self._btf, name)
         return self._tables[name]
 
