@@ -1,0 +1,63 @@
+"""bpf/cpustate: on/off-CPU time and voluntary vs involuntary switches per process.
+
+A child that sleeps 1 ms 100 times switches out voluntarily at least 100 times and spends at
+least 100 ms off CPU; two busy loops sharing CPU 0 preempt each other (involuntary switches)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.kernel.conftest import Running
+
+SLEEPER = "import os, time\nos.read(0, 1)\nfor _ in range(100): time.sleep(0.001)\n"
+BUSY = ("import os, time\nos.sched_setaffinity(0, {0})\nos.read(0, 1)\nend = time.monotonic() + 1.5\n"
+        "while time.monotonic() < end: pass\n")
+
+
+def _last(events: list[dict], pid: int) -> dict:
+    mine = [e for e in events if e["pid"] == pid]
+    assert mine, f"no record for pid {pid}"
+    return mine[-1]  # cumulative: the last read holds everything
+
+
+def _run_child(home: Path, tmp_path: Path, source: str, copies: int = 1) -> tuple[list, object]:
+    children = [subprocess.Popen([sys.executable, "-c", source], stdin=subprocess.PIPE)
+                for _ in range(copies)]
+    targ = children[0].pid if copies == 1 else 0
+    run = Running(home, "bpf/cpustate", tmp_path / "out.jsonl",
+                  extra=["--set", f"targ_tgid={targ}"] if targ else [])
+    try:
+        for c in children:
+            c.stdin.write(b"x")
+            c.stdin.flush()
+        for c in children:
+            assert c.wait(timeout=30) == 0
+    finally:
+        for c in children:
+            c.kill()
+        done = run.stop()
+    assert done.rc == 0, done.stderr
+    summary = re.search(r"cpustate/cpustate\s+(\d+)\s+(\d+)", done.stderr)
+    assert summary and summary[2] == "0", done.stderr  # no process left out of a full map
+    return children, done
+
+
+def test_a_hundred_short_sleeps_are_voluntary_switches(home: Path, tmp_path: Path) -> None:
+    (child,), done = _run_child(home, tmp_path, SLEEPER)
+    assert {e["pid"] for e in done.events} == {child.pid}  # targ_tgid keeps only the child
+    state = _last(done.events, child.pid)
+    assert state["voluntary"] >= 100, state
+    assert state["off_ns"] >= 100 * 1_000_000, state  # each sleep is at least 1 ms off CPU
+    assert state["on_ns"] > 0 and state["comm"] == "python3", state
+
+
+def test_two_loops_on_one_cpu_preempt_each_other(home: Path, tmp_path: Path) -> None:
+    children, done = _run_child(home, tmp_path, BUSY, copies=2)
+    for child in children:
+        state = _last(done.events, child.pid)
+        assert state["involuntary"] >= 10, state  # 1.5 s shared: many time slices each
+        assert state["on_ns"] >= 100_000_000, state  # half of 1.5 s each, less other work there
