@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* runqlat_hist: scheduler run-queue latency (wakeup to switch-in) as a log2 histogram of
- * microseconds per task, kept in a hash map the loader reads every interval (channel type
- * histogram). Plain libbpf style (libbpf-tools runqlat.bpf.c with --pids), no bpfdepot header.
+ * microseconds per task and per cgroup, kept in hash maps the loader reads every interval
+ * (channel type histogram). Plain libbpf style (libbpf-tools runqlat.bpf.c with --pids), no bpfdepot header.
  *
  * tp_btf rather than tp/sched/...: the classic tracepoints carry only the woken task's pid,
  * not its tgid, so the targ_tgid filter could not be applied. Requeues after preemption are
@@ -29,6 +29,13 @@ struct {
 	__type(key, struct hist_key);
 	__type(value, struct hist);
 } hists SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct cgroup_key);
+	__type(value, struct hist);
+} cgroup_hists SEC(".maps");
 
 static struct hist zero_hist; /* .bss: the value a new task's histogram starts from */
 
@@ -60,11 +67,24 @@ int BPF_PROG(runqlat_hist_wakenew, struct task_struct *p)
 
 /* The first three arguments are the same on every target (prev_state was added at the end
  * in v5.18, commit fa2c3254d7cf). */
+/* Count one wait of `slot` in the histogram of `key` in `map`, making it on first use. */
+static __always_inline void count_slot(void *map, const void *key, __u64 slot)
+{
+	struct hist *h = bpf_map_lookup_elem(map, key);
+
+	if (!h) {
+		bpf_map_update_elem(map, key, &zero_hist, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(map, key);
+	}
+	if (h)
+		__sync_fetch_and_add(&h->slots[slot], 1);
+}
+
 SEC("tp_btf/sched_switch")
 int BPF_PROG(runqlat_hist_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
 	struct hist_key key = {};
-	struct hist *h;
+	struct cgroup_key cg = {};
 	__u64 *tsp, slot;
 
 	key.pid = BPF_CORE_READ(next, pid);
@@ -74,13 +94,11 @@ int BPF_PROG(runqlat_hist_switch, bool preempt, struct task_struct *prev, struct
 	slot = log2_u64((bpf_ktime_get_ns() - *tsp) / 1000);
 	if (slot >= MAX_SLOTS)
 		slot = MAX_SLOTS - 1;
-	h = bpf_map_lookup_elem(&hists, &key);
-	if (!h) {
-		bpf_map_update_elem(&hists, &key, &zero_hist, BPF_NOEXIST);
-		h = bpf_map_lookup_elem(&hists, &key);
-	}
-	if (h)
-		__sync_fetch_and_add(&h->slots[slot], 1);
+	count_slot(&hists, &key, slot);
+	/* the task's cgroup2 (kernfs node id = the directory's inode), read from the task
+	 * itself: the same on a hybrid host, where cgroup2 is mounted beside v1 */
+	cg.cgroup = BPF_CORE_READ(next, cgroups, dfl_cgrp, kn, id);
+	count_slot(&cgroup_hists, &cg, slot);
 	bpf_map_delete_elem(&start, &key.pid);
 	return 0;
 }

@@ -10,6 +10,11 @@ struct hist_key {
 	__u32 pid;      /* tid of the woken task */
 };
 
+/* The key of `cgroup_hists`: the woken task's cgroup2 (its directory's inode number). */
+struct cgroup_key {
+	__u64 cgroup;
+};
+
 struct hist {
 	__u32 slots[MAX_SLOTS]; /* slot i: wakeups that waited [2^i, 2^(i+1)) us; slot 0: 0-1 us */
 };
