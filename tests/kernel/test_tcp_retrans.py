@@ -1,6 +1,7 @@
 """tcp_retrans in the running kernel: SYN retransmits from a listener that never accepts, a data
 retransmit through a veth pair whose far end goes down, both with this test's pid, exact tuples,
-and the per-remote counter agreeing with the events; a healthy connection gives none."""
+and the per-remote counter agreeing with the events; a listener's SYN-ACK retransmits to a peer
+that never answers (state SYN_RECV, kind SYNACK); a healthy connection gives none."""
 
 from __future__ import annotations
 
@@ -176,3 +177,88 @@ def test_data_retransmits_when_the_peer_link_goes_down(home: Path, tmp_path: Pat
         counts = [r for r in done.events
                   if "count" in r and (r["daddr"], r["dport"], r["state"]) == (remote, 5001, state)]
         assert counts and counts[-1]["count"] == sum(e["state"] == state for e in events)
+
+
+SYN_SENDER = """import socket, struct, sys, time
+LOCAL, PEER, PORT, CPORT = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+
+def checksum(data: bytes) -> int:
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+listener = socket.socket()
+listener.bind((LOCAL, PORT))
+listener.listen()
+# negative case: a handshake that completes retransmits no SYN-ACK
+with socket.create_connection((LOCAL, PORT)) as healthy:
+    conn, _ = listener.accept()
+    print(healthy.getsockname()[1], flush=True)
+# one SYN from PEER, whose neighbour entry points at a MAC nobody has: the SYN-ACK leaves on
+# the veth and is never answered, so the listener resends it from its request timer
+tcp = struct.pack("!HHIIBBHHH", CPORT, PORT, 1000, 0, 5 << 4, 0x02, 64240, 0, 0)
+pseudo = socket.inet_aton(PEER) + socket.inet_aton(LOCAL) + struct.pack("!BBH", 0, 6, len(tcp))
+tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, socket.IPPROTO_TCP, 0,
+                 socket.inet_aton(PEER), socket.inet_aton(LOCAL))
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+raw.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)  # our own source address
+raw.sendto(ip + tcp, (LOCAL, 0))
+print("sent", flush=True)
+time.sleep(60)  # keeps the listener; killed by the test
+"""
+
+
+def test_synack_retransmits_to_a_peer_that_never_answers(home: Path, tmp_path: Path) -> None:
+    """In a network namespace of the test's own: a listener gets one SYN (a raw socket) from an
+    address whose neighbour entry is a MAC nobody owns; its SYN-ACK is never answered, so the
+    listener retransmits it after ~1 s (TCP_TIMEOUT_INIT)."""
+    tag = os.getpid()
+    ns, near, far = f"bpfdepot-sa{tag}", "saA", "saB"  # device names live in the namespace
+    local, peer = "10.212.0.1", "10.212.0.2"            # so do addresses
+    port, cport = 5002, 40123
+    out = tmp_path / "retrans.jsonl"
+    sender = None
+    _ip("netns", "add", ns)
+    try:
+        _ip("-n", ns, "link", "set", "lo", "up")  # the SYN reaches the listener through lo
+        _ip("-n", ns, "link", "add", near, "type", "veth", "peer", "name", far)
+        _ip("-n", ns, "addr", "add", f"{local}/24", "dev", near)
+        _ip("-n", ns, "link", "set", near, "up")
+        _ip("-n", ns, "link", "set", far, "up")   # up, with no address: it drops the SYN-ACK
+        _ip("-n", ns, "neigh", "add", peer, "lladdr", "02:00:00:00:00:99", "dev", near,
+            "nud", "permanent")
+        run = Running(home, "bpf/tcp_retrans", out)
+        try:
+            sender = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SYN_SENDER,
+                                       local, peer, str(port), str(cport)],
+                                      stdout=subprocess.PIPE, text=True)
+            assert sender.stdout is not None
+            healthy = int(sender.stdout.readline())
+            assert sender.stdout.readline().strip() == "sent"
+            _wait(out, lambda r: any(e["kind"] == "SYNACK" for e in _events(r, cport)),
+                  "a SYN-ACK retransmit", timeout=5)
+        finally:
+            done = run.stop()
+    finally:
+        if sender is not None:
+            sender.kill()
+            sender.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+    assert done.rc == 0, done.stderr
+    assert _lost(done.stderr, "retrans_events") == _lost(done.stderr, "retrans_counts") == 0
+    events = [e for e in _events(done.events, cport) if e["daddr"] == peer]
+    assert events
+    for e in events:
+        assert set(e) == EVENT_FIELDS
+        assert {k: v for k, v in e.items() if k != "ts_ns"} == {
+            "pid": 0, "comm": "", "state": "SYN_RECV", "kind": "SYNACK", "family": 2,
+            "saddr": local, "sport": port, "daddr": peer, "dport": cport}
+    counts = [r for r in done.events if "count" in r and (r["daddr"], r["dport"]) == (peer, cport)]
+    assert counts and counts[-1] == {"daddr": peer, "dport": cport, "family": 2,
+                                     "state": "SYN_RECV", "count": len(events)}
+    # negative: the completed handshake in the same namespace resent nothing
+    assert not [r for r in done.events if r["dport"] == healthy and r.get("daddr") == local]

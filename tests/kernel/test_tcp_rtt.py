@@ -1,11 +1,17 @@
 """tcp_rtt in the running kernel: a loopback request/response exchange made by the test gives a
-histogram of smoothed RTT for the server's address and port, with every sample under 10 ms."""
+histogram of smoothed RTT for the server's address and port, with every sample under 10 ms, and a
+client moved into a cgroup of the test's own gets a histogram under that cgroup's id."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
+
+import pytest
 
 from tests.kernel.conftest import Running, prog_names
 
@@ -43,7 +49,7 @@ def test_loopback_exchange_gives_an_rtt_histogram_for_the_server(home: Path, tmp
     done = run.stop()
 
     assert done.rc == 0, done.stderr
-    mine = [r for r in done.events if (r["daddr"], r["dport"]) == ("127.0.0.1", port)]
+    mine = [r for r in done.events if (r.get("daddr"), r.get("dport")) == ("127.0.0.1", port)]
     assert mine, done.events
     last = mine[-1]  # cumulative map (no reset): the last read holds every sample
     assert set(last) == {"daddr", "family", "dport", "unit", "buckets", "count", "sum",
@@ -56,7 +62,95 @@ def test_loopback_exchange_gives_an_rtt_histogram_for_the_server(home: Path, tmp
     assert all(b["le"] != "+Inf" and b["le"] < 10_000 for b in last["buckets"]), last
     assert last["sum"] < 10_000 * last["count"]
     assert last["p50"] is not None and 0 <= last["p50"] <= last["p90"] <= last["p99"] < 10_000
-    assert any((r["daddr"], r["dport"]) == ("127.0.0.1", other) for r in done.events)
+    assert any((r.get("daddr"), r.get("dport")) == ("127.0.0.1", other) for r in done.events)
     summary = next(line for line in done.stderr.splitlines() if "tcp_rtt/rtt_hists" in line)
     assert int(summary.split()[2]) == 0  # lost
-    assert "tcp_rtt" not in prog_names()
+    assert not {"tcp_rtt", "tcp_rtt_cgroup"} & prog_names()
+
+
+CLIENT = """import os, socket, sys
+# Join the test cgroup before the socket exists: a socket belongs to its creator's cgroup.
+with open(sys.argv[1], "w") as procs:
+    procs.write(str(os.getpid()))
+with socket.create_connection(("127.0.0.1", int(sys.argv[2]))) as client:
+    print(client.getsockname()[1], flush=True)
+    for i in range(int(sys.argv[3])):
+        client.sendall(b"ping %d" % i)
+        assert client.recv(64) == b"PING %d" % i
+"""
+
+
+def _cgroup2_mount() -> Path:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[2] == "cgroup2":
+            return Path(fields[1])
+    pytest.skip("no cgroup2 mount in /proc/self/mounts")
+
+
+def _own_cgroup(mount: Path) -> Path:
+    """This process's cgroup2 directory (the "0::" line of /proc/self/cgroup)."""
+    line = next(x for x in Path("/proc/self/cgroup").read_text().splitlines() if x.startswith("0::"))
+    return mount / line[3:].lstrip("/")
+
+
+def _last(records: list[dict], **key: object) -> dict:
+    """The last (cumulative, read after detach) record whose fields match ``key``."""
+    mine = [r for r in records if all(r.get(k) == v for k, v in key.items())]
+    assert mine, (key, records)
+    return mine[-1]
+
+
+def test_rtt_per_cgroup_is_the_sockets_cgroup(home: Path, tmp_path: Path) -> None:
+    """A client process moved into a test cgroup2 directory before it connects: its socket's
+    samples form that cgroup's histogram, the server's (in this test's cgroup) go elsewhere."""
+    mount = _cgroup2_mount()
+    own_id = _own_cgroup(mount).stat().st_ino
+    group = mount / f"bpfdepot-rtt-{os.getpid()}"
+    group.mkdir()
+    client: subprocess.Popen[str] | None = None
+    try:
+        group_id = group.stat().st_ino  # a cgroup2 directory's inode number is the cgroup id
+        run = Running(home, "bpf/tcp_rtt", tmp_path / "rtt.jsonl")
+        try:
+            with socket.socket() as server:
+                server.bind(("127.0.0.1", 0))
+                server.listen()
+                port = server.getsockname()[1]
+                client = subprocess.Popen(
+                    [sys.executable, "-c", CLIENT, str(group / "cgroup.procs"), str(port),
+                     str(ROUND_TRIPS)], stdout=subprocess.PIPE, text=True)
+                conn, (_, client_port) = server.accept()
+                with conn:
+                    for _ in range(ROUND_TRIPS):
+                        conn.sendall(conn.recv(64).upper())
+                    out, _ = client.communicate(timeout=10)
+                assert client.returncode == 0 and int(out) == client_port
+        finally:
+            done = run.stop()
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+            client.wait()
+        group.rmdir()  # empty: the client has exited (a socket left in TIME_WAIT does not count)
+
+    assert done.rc == 0, done.stderr
+    assert group_id != own_id
+    # Only the client's socket lives in the test cgroup, and its remote is the server: the two
+    # programs run for the same tcp_probe samples, so that cgroup's histogram is exactly the
+    # per-remote histogram of {127.0.0.1, port} — same buckets, count and sum.
+    by_remote = _last(done.events, daddr="127.0.0.1", dport=port)
+    by_cgroup = _last(done.events, cgroup=group_id)
+    assert set(by_cgroup) == {"cgroup", "unit", "buckets", "count", "sum", "p50", "p90", "p99"}
+    assert ROUND_TRIPS <= by_cgroup["count"], by_cgroup
+    assert {k: v for k, v in by_cgroup.items() if k != "cgroup"} == \
+        {k: v for k, v in by_remote.items() if k not in ("daddr", "family", "dport")}
+    # The server's accepted socket inherits the listener's cgroup, this test's; other sockets
+    # of this cgroup (other processes) may add to it, never take away.
+    server_side = _last(done.events, daddr="127.0.0.1", dport=client_port)
+    assert _last(done.events, cgroup=own_id)["count"] >= server_side["count"] > 0
+    rows = [line.split() for line in done.stderr.splitlines()]
+    lost = {row[0]: int(row[2]) for row in rows
+            if row and row[0] in ("tcp_rtt/rtt_hists", "tcp_rtt/rtt_cgroup_hists")}
+    assert lost == {"tcp_rtt/rtt_hists": 0, "tcp_rtt/rtt_cgroup_hists": 0}, done.stderr
+    assert not {"tcp_rtt", "tcp_rtt_cgroup"} & prog_names()
