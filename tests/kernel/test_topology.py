@@ -1,0 +1,271 @@
+"""topology in the running kernel: two clients, each in a cgroup2 directory of its own, exchange
+exactly 3000 / 5000 bytes with a loopback server run by this test → one client edge each (the
+child's pid, comm and cgroup id, bytes both ways, one connection), one server edge for both
+(the clients' ephemeral ports are not in its key) and an open and a close event per socket;
+the same through the 6.1 form (cgroup_skb); a connection opened before the run is seeded by
+iter/tcp (pid 0) and its later bytes counted exactly; a refused connect is no edge; IPv6
+loopback edges carry IPv6 addresses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loader.attach.cgroup import cgroup2_mounts
+from tests.kernel.conftest import ROOT, Running, prog_names
+
+UP, DOWN = 3000, 5000  # payload bytes each client sends and receives
+COMM = Path("/proc/self/comm").read_text().strip()
+PROGRAMS = {"topology_state", "topology_destroy", "topology_accept4", "topology_accept",
+            "topology_send", "topology_recv", "topology_egress", "topology_ingress",
+            "topology_seed"}
+EDGE_KEY = ("cgroup", "pid", "direction", "protocol", "family", "lport", "rport", "laddr",
+            "raddr", "comm")
+
+# A client: waits until the test has moved it into its cgroup (a socket belongs to the cgroup
+# of the process that creates it), then one exchange of exactly UP / DOWN bytes and a close.
+CHILD = r"""
+import socket, sys
+port, up, down = (int(a) for a in sys.argv[1:4])
+sys.stdin.readline()
+with socket.create_connection(("127.0.0.1", port)) as s:
+    print(s.getsockname()[1], flush=True)
+    s.sendall(b"u" * up)
+    got = 0
+    while got < down:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += len(chunk)
+    s.shutdown(socket.SHUT_WR)
+    s.recv(1)
+print(got, flush=True)
+"""
+
+
+def _answer(conn: socket.socket) -> None:
+    """The server's side of one exchange: read UP bytes, answer DOWN, close after the peer."""
+    with conn:
+        got = 0
+        while got < UP:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            got += len(chunk)
+        conn.sendall(b"d" * DOWN)
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(65536):
+            pass
+
+
+def _serve(server: socket.socket, clients: int) -> threading.Thread:
+    def run() -> None:
+        for _ in range(clients):
+            _answer(server.accept()[0])
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _own_cgroup() -> int:
+    """The cgroup2 id (directory inode) of this test process."""
+    line = next(x for x in Path("/proc/self/cgroup").read_text().splitlines() if x.startswith("0::"))
+    return os.stat(str(cgroup2_mounts()[0]) + line[3:]).st_ino
+
+
+@pytest.fixture
+def cgroups() -> Iterator[list[Path]]:
+    """Two fresh cgroup2 directories; their processes go back to the root and they are removed."""
+    mounts = cgroup2_mounts()
+    if not mounts:
+        pytest.skip("no cgroup2 mount on this host")
+    paths = [mounts[0] / f"bpfdepot-topology-{os.getpid()}-{i}" for i in (1, 2)]
+    for path in paths:
+        path.mkdir()
+    try:
+        yield paths
+    finally:
+        for path in paths:
+            for pid in (path / "cgroup.procs").read_text().split():
+                (mounts[0] / "cgroup.procs").write_text(pid)
+            path.rmdir()
+
+
+def _client(port: int, cgroup: Path) -> dict:
+    """One child moved into ``cgroup`` before it connects; what it was (pid, comm, port)."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(port), str(UP), str(DOWN)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    (cgroup / "cgroup.procs").write_text(str(child.pid))
+    comm = Path(f"/proc/{child.pid}/comm").read_text().strip()
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    sport = int(child.stdout.readline())
+    assert int(child.stdout.readline()) == DOWN
+    assert child.wait(timeout=30) == 0
+    return {"pid": child.pid, "comm": comm, "sport": sport, "cgroup": os.stat(cgroup).st_ino}
+
+
+def _edges(events: list[dict]) -> dict[tuple, dict]:
+    """The last snapshot record of each edge (hash_map records carry "conns")."""
+    return {tuple(r[k] for k in EDGE_KEY): r for r in events if "conns" in r}
+
+
+def _sock_events(events: list[dict], lport: int, rport: int) -> list[dict]:
+    return [e for e in events if "kind" in e and (e["lport"], e["rport"]) == (lport, rport)]
+
+
+def _bundle(tmp_path: Path, forms: str) -> Path:
+    """A copy of bpf/topology whose manifest lists other forms (e.g. only the 6.1 one first)."""
+    dest = tmp_path / "topology"
+    shutil.copytree(ROOT / "bpf" / "topology", dest)
+    manifest = dest / "manifest.yaml"
+    text = manifest.read_text()
+    old = "forms: [[topology_send, topology_recv], [topology_egress, topology_ingress]]"
+    assert old in text
+    manifest.write_text(text.replace(old, f"forms: {forms}"))
+    return dest
+
+
+def _two_clients(home: Path, tmp_path: Path, bundle: str, cgroups: list[Path], form: str) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    serving = _serve(server, clients=2)
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))  # bound, never listening: a connect to it is refused
+    closed_port = refused.getsockname()[1]
+    run = Running(home, bundle, tmp_path / "events.jsonl")
+    try:
+        kids = [_client(port, cgroup) for cgroup in cgroups]
+        serving.join(timeout=30)
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", closed_port)):
+            pass
+    finally:
+        done = run.stop()
+        server.close()
+        refused.close()
+    assert done.rc == 0, done.stderr
+    assert f"form 1 of 2 ({form}) fits this kernel" in done.stderr
+    edges = _edges(done.events)
+    for kid in kids:
+        key = (kid["cgroup"], kid["pid"], "client", "tcp", 2, 0, port, "127.0.0.1", "127.0.0.1",
+               kid["comm"])
+        assert key in edges, (key, list(edges))
+        edge = edges[key]
+        assert (edge["bytes_tx"], edge["bytes_rx"], edge["conns"], edge["closed"]) == (UP, DOWN, 1, 1)
+        opened, closed = _sock_events(done.events, kid["sport"], port)
+        assert opened["kind"] == "open" and closed["kind"] == "close"
+        assert opened["cookie"] == closed["cookie"]
+        for e in (opened, closed):
+            assert (e["pid"], e["comm"], e["cgroup"], e["direction"]) == \
+                (kid["pid"], kid["comm"], kid["cgroup"], "client")
+            assert (e["laddr"], e["raddr"], e["family"], e["protocol"]) == \
+                ("127.0.0.1", "127.0.0.1", 2, "tcp")
+        assert (closed["bytes_tx"], closed["bytes_rx"]) == (UP, DOWN)
+        assert closed["duration_ns"] > 0
+        # the server's socket of this exchange: opened at accept() by this process
+        s_open, s_close = _sock_events(done.events, port, kid["sport"])
+        assert (s_open["kind"], s_open["direction"], s_open["pid"]) == ("open", "server", os.getpid())
+        assert (s_close["kind"], s_close["bytes_tx"], s_close["bytes_rx"]) == ("close", DOWN, UP)
+    assert len({k["cgroup"] for k in kids}) == 2
+    # one server edge for both clients: keyed by the listening port and the remote address
+    server_edges = [e for e in edges.values() if e["direction"] == "server" and e["lport"] == port]
+    assert len(server_edges) == 1, server_edges
+    edge = server_edges[0]
+    assert (edge["pid"], edge["comm"], edge["cgroup"], edge["rport"], edge["raddr"]) == \
+        (os.getpid(), COMM, _own_cgroup(), 0, "127.0.0.1")
+    assert (edge["bytes_tx"], edge["bytes_rx"], edge["conns"], edge["closed"]) == \
+        (2 * DOWN, 2 * UP, 2, 2)
+    # the refused connect: no edge, no event
+    assert not [e for e in edges.values() if e["rport"] == closed_port]
+    assert not [e for e in done.events if "kind" in e and closed_port in (e["lport"], e["rport"])]
+    assert "topology/topology_edges" in done.stderr
+    assert PROGRAMS.isdisjoint(prog_names())
+
+
+def test_edges_per_process_and_cgroup_from_send_and_recv_lengths(home: Path, tmp_path: Path,
+                                                                 cgroups: list[Path]) -> None:
+    _two_clients(home, tmp_path, "bpf/topology", cgroups, "topology_send, topology_recv")
+
+
+def test_edges_per_process_and_cgroup_from_cgroup_skb(home: Path, tmp_path: Path,
+                                                      cgroups: list[Path]) -> None:
+    # the 6.1 form first: it fits here too, so it loads and the tracepoint form stays out
+    bundle = _bundle(tmp_path, "[[topology_egress, topology_ingress], [topology_send, topology_recv]]")
+    _two_clients(home, tmp_path, str(bundle), cgroups, "topology_egress, topology_ingress")
+
+
+def test_a_connection_open_before_the_run_is_seeded_and_counted(home: Path, tmp_path: Path) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    client.sendall(b"before")  # moved before the run: not counted
+    assert conn.recv(6) == b"before"
+    sport = client.getsockname()[1]
+    run = Running(home, "bpf/topology", tmp_path / "events.jsonl")
+    try:
+        answering = threading.Thread(target=_answer, args=(conn,), daemon=True)
+        answering.start()
+        client.sendall(b"u" * UP)
+        got = 0
+        while got < DOWN:
+            got += len(client.recv(65536))
+        client.shutdown(socket.SHUT_WR)
+        client.recv(1)
+        client.close()
+        answering.join(timeout=30)
+    finally:
+        done = run.stop()
+        server.close()
+    assert done.rc == 0, done.stderr
+    seeds = {(r["lport"], r["rport"]): r for r in done.events if "cookie" in r and "kind" not in r}
+    cgroup = _own_cgroup()
+    for (lport, rport), direction in (((sport, port), "client"), ((port, sport), "server")):
+        seed = seeds[(lport, rport)]
+        assert (seed["direction"], seed["cgroup"], seed["laddr"], seed["raddr"]) == \
+            (direction, cgroup, "127.0.0.1", "127.0.0.1")
+        (closed,) = _sock_events(done.events, lport, rport)  # opened before: only the close
+        assert (closed["kind"], closed["cookie"], closed["pid"], closed["comm"]) == \
+            ("close", seed["cookie"], 0, "")
+    edges = _edges(done.events)
+    client_edge = edges[(cgroup, 0, "client", "tcp", 2, 0, port, "127.0.0.1", "127.0.0.1", "")]
+    server_edge = edges[(cgroup, 0, "server", "tcp", 2, port, 0, "127.0.0.1", "127.0.0.1", "")]
+    for edge, tx, rx in ((client_edge, UP, DOWN), (server_edge, DOWN, UP)):
+        assert (edge["bytes_tx"], edge["bytes_rx"], edge["conns"], edge["closed"]) == (tx, rx, 1, 1)
+
+
+def test_ipv6_edges_carry_ipv6_addresses(home: Path, tmp_path: Path) -> None:
+    try:
+        server = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    port = server.getsockname()[1]
+    serving = _serve(server, clients=1)
+    run = Running(home, "bpf/topology", tmp_path / "events.jsonl")
+    try:
+        with socket.create_connection(("::1", port)) as client:
+            client.sendall(b"u" * UP)
+            got = 0
+            while got < DOWN:
+                got += len(client.recv(65536))
+            client.shutdown(socket.SHUT_WR)
+            client.recv(1)
+        serving.join(timeout=30)
+    finally:
+        done = run.stop()
+        server.close()
+    assert done.rc == 0, done.stderr
+    edges = _edges(done.events)
+    me, cgroup = os.getpid(), _own_cgroup()
+    client_edge = edges[(cgroup, me, "client", "tcp", 10, 0, port, "::1", "::1", COMM)]
+    server_edge = edges[(cgroup, me, "server", "tcp", 10, port, 0, "::1", "::1", COMM)]
+    assert (client_edge["bytes_tx"], client_edge["bytes_rx"], client_edge["conns"]) == (UP, DOWN, 1)
+    assert (server_edge["bytes_tx"], server_edge["bytes_rx"], server_edge["conns"]) == (DOWN, UP, 1)
