@@ -10,6 +10,12 @@ else the one ld.so.cache names for this arch (``ldconfig -p``). ``function`` is 
 (libbpf 1.1's bpf_program__attach_uprobe_opts finds its offset) or ``offset`` a file offset;
 ``pid`` limits it to one process (default: every process). A program whose SEC() names its
 target in full (``SEC("uprobe//bin/bash:readline")``) still auto-attaches without this.
+
+``follow: true`` (a library name with ``function``, no ``pid``) also probes every other file of
+that name any process maps, found in /proc/PID/maps at start and while the run lasts (a
+private copy through LD_LIBRARY_PATH, a container's own, one dlopen()ed later): see
+loader/attach/uprobe_follow.py. With ``follow`` a library that ld.so.cache does not list is
+not an error, since a process may load it later: the run says so on stderr and waits for it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,12 +33,13 @@ from typing import Any
 from yaml.nodes import Node, ScalarNode
 
 from loader.attach import AttachKind, Link, register
+from loader.attach.uprobe_follow import FollowLink, follow
 from loader.errors import LoadError, ManifestError
 from loader.libbpf.attach import attach_uprobe
 from loader.libbpf.core import BpfObject
 from loader.model.yamldoc import TAG, YamlDoc, kind_of
 
-KEYS = ("binary", "function", "offset", "pid")
+KEYS = ("binary", "function", "offset", "pid", "follow")
 _SYMBOL_RE = re.compile(r"[A-Za-z_.$][A-Za-z0-9_.$@]*")
 _LIBRARY_RE = re.compile(r"[A-Za-z0-9_+.-]+")
 # ldconfig -p flags per machine: the cache holds every arch's libraries side by side.
@@ -40,7 +48,7 @@ _CACHE_ARCH = {"x86_64": "x86-64", "aarch64": "AArch64", "ppc64le": "64bit", "s3
 
 
 def parse(doc: YamlDoc, node: Node, at: str) -> Mapping[str, Any]:
-    """``{binary, function | offset, pid}``."""
+    """``{binary, function | offset, pid}``, plus ``follow: True`` when asked."""
     fields = doc.fields(node, at, required=("binary",), optional=KEYS[1:])
     binary = doc.string(fields["binary"], "binary", at)
     if not (binary.startswith("/") or _LIBRARY_RE.fullmatch(binary)):
@@ -61,7 +69,22 @@ def parse(doc: YamlDoc, node: Node, at: str) -> Mapping[str, Any]:
     else:
         offset = _integer(doc, fields["offset"], "offset", at, low=0)
     pid = _integer(doc, fields["pid"], "pid", at, low=1) if "pid" in fields else -1
-    return {"binary": binary, "function": function, "offset": offset, "pid": pid}
+    follow = False
+    if "follow" in fields:
+        node_f = fields["follow"]
+        if not (isinstance(node_f, ScalarNode) and node_f.tag == TAG + "bool"):
+            shown = node_f.value if isinstance(node_f, ScalarNode) else kind_of(node_f)
+            raise doc.error(node_f, f"'follow' in {at} must be true or false, got {shown}",
+                            hint="follow: true probes every copy of the library processes map")
+        follow = node_f.value.lower() in ("true", "yes", "on")
+    if follow and (binary.startswith("/") or function is None or pid > 0):
+        raise doc.error(fields["follow"], f"follow in {at} needs a library name (no '/'), a "
+                        "function and no pid",
+                        hint="follow: true finds other files of a library by its name and the "
+                             "function by its symbol, in every process; drop pid/offset, or "
+                             "drop follow")
+    options = {"binary": binary, "function": function, "offset": offset, "pid": pid}
+    return {**options, "follow": True} if follow else options
 
 
 def _integer(doc: YamlDoc, node: Node, key: str, at: str, *, low: int) -> int:
@@ -97,8 +120,9 @@ def library_in_maps(name: str, maps_text: str) -> str | None:
     return None
 
 
-def resolve_binary(binary: str, pid: int) -> str:
-    """The file to probe; LoadError naming the binary when there is none."""
+def resolve_binary(binary: str, pid: int, *, missing_ok: bool = False) -> str | None:
+    """The file to probe; LoadError naming the binary when there is none (None instead for a
+    library ld.so.cache lacks when ``missing_ok``)."""
     if binary.startswith("/"):
         if not Path(binary).is_file():
             raise LoadError(f"uprobe binary {binary} does not exist",
@@ -119,7 +143,7 @@ def resolve_binary(binary: str, pid: int) -> str:
     done = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=30,
                           env={"PATH": "/usr/sbin:/sbin:/usr/bin:/bin", "LC_ALL": "C"})
     found = library_in_cache(binary, done.stdout)
-    if found is None:
+    if found is None and not missing_ok:
         raise LoadError(f"uprobe binary {binary} is not in ld.so.cache",
                         hint="give its absolute path, or the library's exact file name as "
                              "`ldconfig -p` lists it (e.g. libc.so.6)")
@@ -134,13 +158,37 @@ def _attach(obj: BpfObject, program: str, options: Mapping[str, Any], retprobe: 
         raise ManifestError(f"program '{program}' of '{obj.label}' is SEC(\"{section}\") but the "
                             f"manifest attaches it as {kind}",
                             hint=f"write {other}: {{...}} for it in attach:")
+    if options.get("follow"):
+        return [_follow(obj, program, options, retprobe)]
     binary = resolve_binary(options["binary"], options["pid"])
+    return [_attach_one(obj, program, options, retprobe, binary)]
+
+
+def _follow(obj: BpfObject, program: str, options: Mapping[str, Any], retprobe: bool) -> FollowLink:
+    """The ld.so.cache file (when listed) now, then every other file of the name, as found."""
+    name = options["binary"]
+    binary = resolve_binary(name, -1, missing_ok=True)
+    first = None
+    if binary is not None:
+        st = os.stat(binary)
+        first = ((st.st_dev, st.st_ino), _attach_one(obj, program, options, retprobe, binary))
+    else:
+        print(f"bpfdepot: {obj.label}:{program}: {name} is not in ld.so.cache; "
+              "following the processes that map it", file=sys.stderr, flush=True)
+    kind = "uretprobe" if retprobe else "uprobe"
+    return follow(name, f"{kind} {obj.label}:{program}",
+                  lambda path: _attach_one(obj, program, options, retprobe, path), first)
+
+
+def _attach_one(obj: BpfObject, program: str, options: Mapping[str, Any], retprobe: bool,
+                binary: str) -> Link:
+    kind = "uretprobe" if retprobe else "uprobe"
     function = options["function"]
     link, code, log = attach_uprobe(obj, program, pid=options["pid"], binary=binary,
                                     function=function, offset=options["offset"],
                                     retprobe=retprobe)
     if link is not None:
-        return [link]
+        return link
     where = f"function {function}" if function else f"offset {options['offset']:#x}"
     if code == errno.ENOENT and function:
         raise LoadError(f"cannot attach {kind} '{program}' of '{obj.label}': function {function} "
