@@ -22,7 +22,6 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
-#include <bpf/bpf_endian.h>
 #include "bits.bpf.h"
 #include "lockstat.h"
 
@@ -277,7 +276,7 @@ int BPF_PROG(lockstat_contention_end, void *lock, int ret)
 	if (i < 0)
 		return 0; /* its begin came before we attached, or was too deep */
 	wait_ns = bpf_ktime_get_ns() - st->ts[i];
-	key.lock = bpf_cpu_to_be64((__u64)lock);
+	key.lock = (__u64)lock;
 	key.caller = st->caller[i];
 	key.flags = st->flags[i];
 	st->depth = i;

@@ -63,8 +63,8 @@ enum lock_kind {
 };
 
 struct lock_hist_key {
-	__be64 lock;              /* the lock's kernel address, big-endian so that `decoders:
-	                           * {lock: hex}` prints it as an address (ffff8881...) */
+	__u64 lock;               /* the lock's kernel address (`decoders: {lock: hex}` prints
+	                           * it as ffff8881...) */
 	__u64 caller;             /* the first kernel frame outside the locking code: who took it */
 	enum lock_kind flags;
 	__u32 __pad;

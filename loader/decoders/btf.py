@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -309,6 +310,10 @@ class _Emitter:
             return self.value(OP_IPFAM, path, offset, 16, family[0], family[1])
         ops = {"ipv4": OP_IPV4, "ipv6": OP_IPV6, "hex": OP_HEX, "string": OP_CHARS,
                "strings": OP_STRINGS}
+        if kind == "hex" and t.kind in ("int", "enum", "enum64"):
+            # an integer reads most significant digit first, whatever the byte order it is
+            # stored in (aux 1: the bytes the other way round on this little-endian host)
+            return self.value(OP_HEX, path, offset, size, 1 if sys.byteorder == "little" else 0)
         if kind in ops:
             return self.value(ops[kind], path, offset, {"ipv4": 4, "ipv6": 16}.get(kind, size))
         if kind == "int" and t.kind in ("int", "enum", "enum64"):

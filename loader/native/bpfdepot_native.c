@@ -442,7 +442,9 @@ static char *encode_one(const struct bpfdepot_encoder *enc, const unsigned char 
 		}
 		case OP_HEX:
 			*p++ = '"';
-			for (unsigned int b = 0; b < size; b++) {
+			for (unsigned int i = 0; i < size; i++) {
+				unsigned int b = op->aux ? size - 1 - i : i; /* aux: an integer, MSB first */
+
 				*p++ = hexdig[f[b] >> 4];
 				*p++ = hexdig[f[b] & 15];
 			}

@@ -22,7 +22,8 @@ struct bpfdepot_op {
 	int kind;
 	unsigned int offset;   /* byte offset of the field in the event */
 	unsigned int size;     /* bytes (bits for *BITS) */
-	unsigned int aux;      /* IPFAM: offset of `family`; *BITS: bit shift; NAME: table */
+	unsigned int aux;      /* IPFAM: offset of `family`; *BITS: bit shift; NAME: table;
+	                        * HEX: 1 = an integer, bytes printed last first */
 	unsigned int aux_size; /* IPFAM: size of `family`; *BITS: bytes to load; IFNE: size */
 	const char *prefix;    /* JSON text written before the value, e.g. ,"pid": */
 	unsigned int prefix_len;

@@ -153,3 +153,11 @@ def test_strings_keep_empty_arguments_but_not_trailing_padding() -> None:
     assert encode(dec, pack(args=b"ls\0-l\0" + bytes(18)))["args"] == ["ls", "-l"]
     assert encode(dec, pack(args=b"a\0\0b\0"))["args"] == ["a", "", "b"]
     assert encode(dec, pack(args=bytes(24)))["args"] == []
+
+
+def test_hex_reads_an_integer_most_significant_digit_first() -> None:
+    btf, ev = _event_btf()
+    dec = event_decoder(btf, ev, overrides={"location": "hex", "args": "hex"})
+    got = encode(dec, pack(location=0x7FAF80000000, args=b"\x01\x02"))
+    assert got["location"] == "00007faf80000000"  # the value, not its little-endian bytes
+    assert got["args"].startswith("0102")           # a byte array keeps its memory order
