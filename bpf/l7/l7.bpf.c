@@ -13,25 +13,6 @@
 #include "l7.h"
 #include "l7_capture.h"
 
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
-#define SOCK_DGRAM 2
-
-/* Syscall tracepoint records are not in BTF: 8 bytes of common header, __syscall_nr (int, then
- * 4 bytes of padding), then every argument as an 8-byte long. */
-struct l7_sys_enter {
-	__u64 common;
-	__s32 nr;
-	__u32 __pad;
-	__u64 args[6];
-};
-
-struct l7_sys_exit {
-	__u64 common;
-	__s32 nr;
-	__u32 __pad;
-	__s64 ret;
-};
 
 /* What the entry of a call left for its exit, per thread. */
 struct l7_args {
@@ -59,40 +40,19 @@ struct {
 	__type(value, struct l7_peer);
 } l7_socks SEC(".maps");
 
-/* The fd's socket and peer, from the cache or the current task's file table. */
+/* The fd's socket and peer, from the cache or the current task's file table. Unconnected UDP
+ * has no peer yet: each call's sockaddr gives it. */
 static __always_inline struct l7_peer *l7_sock(__u64 key, __u32 fd)
 {
 	struct l7_peer *cached = bpf_map_lookup_elem(&l7_socks, &key);
 	struct l7_peer p = {};
-	struct task_struct *task;
-	struct file **fds, *f;
-	struct socket *sock;
-	struct sock *sk;
 
 	if (cached)
 		return cached;
-	task = (struct task_struct *)bpf_get_current_task();
-	if (fd >= BPF_CORE_READ(task, files, fdt, max_fds))
+	/* another file is cached too (is_sock 0), so it is not looked up again; an fd not open
+	 * is not: a later open of that number may be a socket */
+	if (l7_fd_peer(fd, &p) < 0)
 		return NULL;
-	fds = BPF_CORE_READ(task, files, fdt, fd);
-	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
-		return NULL;
-	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) == S_IFSOCK) {
-		sock = BPF_CORE_READ(f, private_data);
-		sk = BPF_CORE_READ(sock, sk);
-		p.is_sock = 1;
-		p.udp = BPF_CORE_READ(sock, type) == SOCK_DGRAM;
-		p.family = BPF_CORE_READ(sk, __sk_common.skc_family);
-		p.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-		p.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-		if (p.family == AF_INET)
-			bpf_core_read(p.raddr, 4, &sk->__sk_common.skc_daddr);
-		else if (p.family == AF_INET6)
-			bpf_core_read(p.raddr, 16, &sk->__sk_common.skc_v6_daddr);
-		else
-			p.family = p.udp = 0; /* AF_UNIX and others: no address to show, no DNS */
-		/* unconnected UDP: no peer yet; each call's sockaddr gives it, so do not cache 0 */
-	}
 	bpf_map_update_elem(&l7_socks, &key, &p, BPF_ANY);
 	return bpf_map_lookup_elem(&l7_socks, &key);
 }

@@ -54,7 +54,9 @@ struct l7_event {
 	__u8 role;          /* enum l7_role (L7_CALL; for L7_FRAME the side that started the stream if known, else 0) */
 	__u8 dir;           /* enum l7_dir (L7_FRAME); 0 for L7_CALL */
 	__u8 tls;           /* 1: plaintext from the OpenSSL uprobes */
-	__u8 __pad[3];      /* zero */
+	__u8 missed;        /* L7_FRAME: frames of this connection were missed before this one
+	                     * (ring full, or past the walk's reach): its HPACK state is lost */
+	__u8 __pad[2];      /* zero */
 	__u16 family;       /* of raddr: AF_INET, AF_INET6, 0 when unknown */
 	__u16 rport;        /* peer port, host byte order; 0 when unknown */
 	__u16 lport;        /* local port, host byte order; 0 when unknown */

@@ -68,6 +68,59 @@ struct l7_peer {
 	bpfdepot_ip raddr; /* network byte order */
 };
 
+/* Syscall tracepoint records are not in BTF: 8 bytes of common header, __syscall_nr (int, then
+ * 4 bytes of padding), then every argument as an 8-byte long. */
+struct l7_sys_enter {
+	__u64 common;
+	__s32 nr;
+	__u32 __pad;
+	__u64 args[6];
+};
+
+struct l7_sys_exit {
+	__u64 common;
+	__s32 nr;
+	__u32 __pad;
+	__s64 ret;
+};
+
+#define L7_S_IFMT 00170000
+#define L7_S_IFSOCK 0140000
+#define L7_SOCK_DGRAM 2
+
+/* The socket behind the current task's fd and its peer, read from the task's file table with
+ * CO-RE (no OpenSSL or libc offsets): 1 and *p filled for a socket (family 0 for AF_UNIX and
+ * others: no address to show), 0 for any other file, -1 for an fd that is not open. */
+static __always_inline int l7_fd_peer(__u32 fd, struct l7_peer *p)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file **fds, *f;
+	struct socket *sock;
+	struct sock *sk;
+
+	if (fd >= BPF_CORE_READ(task, files, fdt, max_fds))
+		return -1;
+	fds = BPF_CORE_READ(task, files, fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return -1;
+	if ((BPF_CORE_READ(f, f_inode, i_mode) & L7_S_IFMT) != L7_S_IFSOCK)
+		return 0;
+	sock = BPF_CORE_READ(f, private_data);
+	sk = BPF_CORE_READ(sock, sk);
+	p->is_sock = 1;
+	p->udp = BPF_CORE_READ(sock, type) == L7_SOCK_DGRAM;
+	p->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	p->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	p->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (p->family == AF_INET)
+		bpf_core_read(p->raddr, 4, &sk->__sk_common.skc_daddr);
+	else if (p->family == AF_INET6)
+		bpf_core_read(p->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+	else
+		p->family = p->udp = 0;
+	return 1;
+}
+
 /* Per connection: the pending request (protocol 0: none) and the HTTP/2 frame cursor. */
 struct l7_conn {
 	__u64 req_ts;        /* when the pending request moved */
@@ -81,7 +134,8 @@ struct l7_conn {
 	__u8 role;           /* enum l7_role of the pending request */
 	__u8 h2;             /* 1: an HTTP/2 connection */
 	__u8 resp_wait;      /* MongoDB: 1 when resp_hdr holds a response header waiting for its body */
-	__u8 __pad[2];
+	__u8 h2_lost;        /* HTTP/2: frames were missed; the next frame sent carries `missed` */
+	__u8 __pad;
 	__u8 resp_hdr[16];
 	__u8 req[L7_REQ_MAX];
 };
@@ -291,7 +345,8 @@ static __always_inline struct l7_event *l7_event_new(__u64 conn, __u8 kind, __u8
 	e->role = role;
 	e->dir = dir;
 	e->tls = tls;
-	e->__pad[0] = e->__pad[1] = e->__pad[2] = 0;
+	e->missed = 0;
+	e->__pad[0] = e->__pad[1] = 0;
 	e->__pad2 = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	if (peer) {
@@ -332,20 +387,23 @@ static __always_inline __u32 l7_bytes(__u8 *dst, __u32 len, const struct l7_scra
 	return len;
 }
 
-/* One HTTP/2 frame (or the preface: len 24, type 0xff) at offset off as an L7_FRAME event. */
-static __always_inline void l7_h2_emit(__u64 conn, __u8 dir, __u8 tls, __u64 ts,
-				       const struct l7_peer *peer, const struct l7_scratch *s,
-				       __u32 n, __u32 off, __u32 frame, const void *buf,
-				       __u32 iovcnt)
+/* One HTTP/2 frame (or the preface: len 24, type 0xff) at offset off as an L7_FRAME event,
+ * `missed` when frames of the connection were missed before it: 0 when the ring was full. */
+static __always_inline int l7_h2_emit(__u64 conn, __u8 dir, __u8 tls, __u64 ts,
+				      const struct l7_peer *peer, const struct l7_scratch *s,
+				      __u32 n, __u32 off, __u32 frame, const void *buf,
+				      __u32 iovcnt, __u8 missed)
 {
 	struct l7_event *e = l7_event_new(conn, L7_FRAME, L7_HTTP2, 0, dir, tls, ts, peer);
 	__u32 len = frame < L7_REQ_MAX ? frame : L7_REQ_MAX;
 
 	if (!e)
-		return;
+		return 0;
+	e->missed = missed;
 	e->req_size = frame;
 	e->req_len = l7_bytes(e->req, len, s, n, off, buf, iovcnt);
 	l7_submit(e);
+	return 1;
 }
 
 /* The state of one HTTP/2 walk, handed to each bpf_loop step. */
@@ -362,6 +420,7 @@ struct l7_h2_walk {
 	__u8 dir;
 	__u8 tls;
 	__u8 state;    /* 0: walking, 1: the call ends inside a frame (off - size to skip), 2: lost */
+	__u8 missed;   /* frames of the connection went unsent: the next one says so */
 };
 
 /* One frame: HEADERS (1) and CONTINUATION (9) go out, the rest is passed by its length. One
@@ -382,8 +441,8 @@ static long l7_h2_step(__u32 i, void *ctx)
 	}
 	flen = 9 + ((hdr[0] << 16) | (hdr[1] << 8) | hdr[2]);
 	if (hdr[3] == 1 || hdr[3] == 9)
-		l7_h2_emit(w->conn, w->dir, w->tls, w->ts, w->peer, w->s, w->n, off, flen, w->buf,
-			   w->iovcnt);
+		w->missed = !l7_h2_emit(w->conn, w->dir, w->tls, w->ts, w->peer, w->s, w->n, off,
+					flen, w->buf, w->iovcnt, w->missed);
 	w->off = off + flen;
 	if (w->off >= w->size) {
 		w->state = 1;
@@ -403,7 +462,8 @@ static __always_inline void l7_h2_walk(struct l7_conn *c, __u64 conn, __u8 dir, 
 				       const void *buf, __u32 iovcnt, __u32 size)
 {
 	struct l7_h2_walk w = {.s = s, .peer = peer, .buf = buf, .conn = conn, .ts = ts, .n = n,
-			       .size = size, .iovcnt = iovcnt, .dir = dir, .tls = tls};
+			       .size = size, .iovcnt = iovcnt, .dir = dir, .tls = tls,
+			       .missed = c->h2_lost};
 	__u32 d = (dir - 1) & 1, skip = c->h2_skip[d];
 
 	if (off >= size)
@@ -414,6 +474,7 @@ static __always_inline void l7_h2_walk(struct l7_conn *c, __u64 conn, __u8 dir, 
 	}
 	w.off = off + skip;
 	bpf_loop(L7_H2_FRAMES, l7_h2_step, &w, 0);
+	c->h2_lost = w.missed;
 	if (w.state == 1) {
 		c->h2_skip[d] = w.off - size;
 		return;
@@ -421,6 +482,7 @@ static __always_inline void l7_h2_walk(struct l7_conn *c, __u64 conn, __u8 dir, 
 	/* a header beyond what was gathered, cut by the call, or too many frames: assume the
 	 * call ended on a frame boundary (writers such as gRPC write whole frames) and count it */
 	c->h2_skip[d] = 0;
+	c->h2_lost = 1; /* a HEADERS frame among the missed ones would put the tables out of step */
 	l7_count(L7_STAT_H2_UNSYNCED);
 }
 
@@ -510,7 +572,7 @@ static __always_inline void l7_capture(__u64 conn, __u8 dir, const void *buf, __
 		c->h2 = 1;
 		c->protocol = L7_UNKNOWN;
 		c->h2_skip[0] = c->h2_skip[1] = 0;
-		l7_h2_emit(conn, dir, tls, ts, peer, s, n, 0, 24, buf, iovcnt);
+		c->h2_lost = !l7_h2_emit(conn, dir, tls, ts, peer, s, n, 0, 24, buf, iovcnt, 0);
 		l7_h2_walk(c, conn, dir, tls, ts, peer, s, n, 24, buf, iovcnt, size);
 		return;
 	}

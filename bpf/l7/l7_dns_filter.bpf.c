@@ -179,7 +179,8 @@ int l7_dns_filter(struct __sk_buff *skb)
 	e->role = L7_CLIENT;
 	e->dir = 0;
 	e->tls = 0;
-	e->__pad[0] = e->__pad[1] = e->__pad[2] = 0;
+	e->missed = 0;
+	e->__pad[0] = e->__pad[1] = 0;
 	e->__pad2 = 0;
 	e->family = family;
 	e->rport = sport;

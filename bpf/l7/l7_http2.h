@@ -527,6 +527,9 @@ static int l7_h2_frame(const struct l7_event *e, struct l7_h2_call *call, const 
 		return l7_h2_reject("no client preface seen on this connection (it began before capture, "
 				    "or was evicted): HPACK state unknown", why);
 	c->used = ++l7_h2_tick;
+	if (e->missed && !c->lost)
+		return l7_h2_lose(c, "the kernel side missed frames of this connection before this one",
+				  why);
 	if (c->lost) {
 		snprintf(l7_h2_why_buf, sizeof(l7_h2_why_buf),
 			 "connection's HPACK state was lost (%s): waiting for the next preface", c->lost);

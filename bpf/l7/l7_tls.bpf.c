@@ -44,46 +44,6 @@ struct {
 	__type(value, struct l7_peer);
 } ssl_peers SEC(".maps");
 
-/* Syscall tracepoint records are not in BTF: common header, __syscall_nr, then 8-byte args. */
-struct sys_enter_args {
-	__u64 common;
-	__s32 nr;
-	__u32 __pad;
-	__u64 args[6];
-};
-
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
-
-/* The addresses of the socket at fd in the current task (0 when fd is not an inet socket). */
-static __always_inline int peer_of_fd(__u32 fd, struct l7_peer *p)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct file **fds, *f;
-	struct socket *sock;
-	struct sock *sk;
-
-	if (fd >= BPF_CORE_READ(task, files, fdt, max_fds))
-		return 0;
-	fds = BPF_CORE_READ(task, files, fdt, fd);
-	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
-		return 0;
-	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
-		return 0;
-	sock = BPF_CORE_READ(f, private_data);
-	sk = BPF_CORE_READ(sock, sk);
-	p->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	p->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	p->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	p->is_sock = 1;
-	if (p->family == AF_INET)
-		BPF_CORE_READ_INTO(&p->raddr, sk, __sk_common.skc_daddr);
-	else if (p->family == AF_INET6)
-		BPF_CORE_READ_INTO(&p->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
-	else
-		return 0; /* AF_UNIX and others: no address to show */
-	return 1;
-}
 
 /* One verified copy of the capture for every hook: a global function is checked once with
  * unknown arguments, where inlining it would verify it again inside each program. */
@@ -148,7 +108,7 @@ static __always_inline int read_return(int ex, long ret)
 	if (fd >= 0) {
 		struct l7_peer peer = {};
 
-		if (peer_of_fd(fd, &peer))
+		if (l7_fd_peer(fd, &peer) > 0 && peer.family)
 			bpf_map_update_elem(&ssl_peers, &ssl, &peer, BPF_ANY);
 	}
 	if (count)
@@ -208,7 +168,7 @@ int BPF_KPROBE(ssl_free, void *ssl)
 }
 
 /* read() and recv() (recvfrom) inside an SSL_read*: the fd under the SSL's socket BIO. */
-static __always_inline int inner_read(struct sys_enter_args *ctx)
+static __always_inline int inner_read(struct l7_sys_enter *ctx)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct ssl_read_args *args = bpf_map_lookup_elem(&ssl_reads, &tid);
@@ -219,13 +179,13 @@ static __always_inline int inner_read(struct sys_enter_args *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_enter_read")
-int ssl_inner_read(struct sys_enter_args *ctx)
+int ssl_inner_read(struct l7_sys_enter *ctx)
 {
 	return inner_read(ctx);
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int ssl_inner_recv(struct sys_enter_args *ctx)
+int ssl_inner_recv(struct l7_sys_enter *ctx)
 {
 	return inner_read(ctx);
 }

@@ -117,6 +117,9 @@ static void put_common(struct out *o, const struct l7_event *e, uint8_t role, ui
 	putf(o, ",\"cgroup\":%" PRIu64 ",\"peer\":\"", (uint64_t)e->cgroup);
 	if (e->family == AF_INET && inet_ntop(AF_INET, e->raddr, addr, sizeof(addr)))
 		putf(o, "%s:%u", addr, e->rport);
+	else if (e->family == AF_INET6 && IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)e->raddr) &&
+		 inet_ntop(AF_INET, e->raddr + 12, addr, sizeof(addr)))
+		putf(o, "%s:%u", addr, e->rport); /* an IPv4 peer of a dual-stack socket */
 	else if (e->family == AF_INET6 && inet_ntop(AF_INET6, e->raddr, addr, sizeof(addr)))
 		putf(o, "[%s]:%u", addr, e->rport);
 	putf(o, "\",\"latency_us\":%" PRIu64 ".%03" PRIu64 ",\"req_size\":%" PRIu32
@@ -452,10 +455,15 @@ static int http2(struct out *o, const struct l7_event *e, struct l7_h2_call *cal
 	putf(o, ",\"status\":%d,\"stream\":%" PRIu32, call->status, call->stream);
 	if (call->grpc_status >= 0)
 		putf(o, ",\"grpc_status\":%d", call->grpc_status);
-	if (call->status >= 500)
+	if (call->status >= 500) {
 		putf(o, ",\"error\":\"HTTP %d\"", call->status);
-	else if (call->grpc_status > 0)
-		putf(o, ",\"error\":\"grpc-status %d\"", call->grpc_status);
+	} else if (call->grpc_status > 0) {
+		char text[sizeof(call->grpc_message) + 32];
+
+		snprintf(text, sizeof(text), call->grpc_message[0] ? "grpc-status %d: %s" :
+			 "grpc-status %d", call->grpc_status, call->grpc_message);
+		put_key_str(o, "error", text, sizeof(text));
+	}
 	(void)e;
 	return 0;
 }
@@ -478,14 +486,14 @@ int process(const struct bpfdepot_event *ev, struct bpfdepot_result *res)
 	if (e.kind == L7_FRAME) {
 		memset(&call, 0, sizeof(call));
 		rc = l7_h2_frame(&e, &call, &why);
-		if (rc == 0)
+		/* 0: state only; -1: a frame refused (not HTTP/2 after all, or a connection whose
+		 * HPACK state is lost): dropped, counted by the host and in l7_h2_stats, not an
+		 * error of this processor */
+		if (rc <= 0)
 			return BPFDEPOT_DROP;
-		if (rc < 0) {
-			fprintf(stderr, "l7_user: HTTP/2 frame of conn %" PRIu64 " rejected: %s\n",
-				(uint64_t)e.conn, why ? why : "?");
-			return BPFDEPOT_ERROR;
-		}
 		e.protocol = L7_HTTP2;
+		e.req_size = call.req_size;   /* the header blocks, not the frame that ended it */
+		e.resp_size = call.resp_size;
 		put_common(&o, &e, call.role, call.latency_ns);
 		rc = http2(&o, &e, &call);
 	} else if (e.kind == L7_CALL) {

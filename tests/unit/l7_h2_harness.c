@@ -1,6 +1,7 @@
 /* l7_h2_harness.c: drives bpf/l7/l7_http2.h from stdin for tests/unit/test_l7_http2.py.
  *
  * Each input line is one L7_FRAME event:  CONN DIR TS_NS REQ_SIZE HEX
+ * (DIR + 16: the event's `missed` flag is set)
  * (HEX: the bytes the kernel would copy, at most L7_REQ_MAX are used; "-" for none), or the word
  * "stats". Each event prints one JSON line {"rc": 1|0|-1, "why": ..., "call": {...}}; "stats"
  * prints l7_h2_stats. At EOF every connection is freed, so a sanitizer build reports leaks. */
@@ -76,7 +77,8 @@ int main(void)
 		e.kind = L7_FRAME;
 		e.protocol = L7_HTTP2;
 		e.conn = conn;
-		e.dir = (__u8)dir;
+		e.dir = (__u8)(dir & 15);
+		e.missed = (__u8)(dir >> 4);
 		e.ts_ns = ts;
 		e.req_size = size;
 		n = strcmp(hex, "-") ? strlen(hex) / 2 : 0;

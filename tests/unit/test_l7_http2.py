@@ -58,13 +58,14 @@ class Feed:
         self.ts = 1_000_000
 
     def event(self, conn: int, direction: int, raw: bytes, *, size: int | None = None,
-              ts: int | None = None) -> None:
-        """Queue one L7_FRAME event; the kernel copies at most REQ_MAX bytes of it."""
+              ts: int | None = None, missed: bool = False) -> None:
+        """Queue one L7_FRAME event; the kernel copies at most REQ_MAX bytes of it. ``missed``:
+        the kernel side says frames of the connection were missed before this one."""
         if ts is None:
             self.ts += 1_000
             ts = self.ts
         size = len(raw) if size is None else size
-        self.lines.append(f"{conn} {direction} {ts} {size} {raw[:REQ_MAX].hex() or '-'}")
+        self.lines.append(f"{conn} {direction + 16 * missed} {ts} {size} {raw[:REQ_MAX].hex() or '-'}")
 
     def stats(self) -> None:
         """Queue a stats line."""
@@ -360,6 +361,28 @@ def test_truncated_frame_poisons_until_the_next_preface(harness: Path) -> None:
     assert results[2]["rc"] == -1 and "truncated" in results[2]["why"] and "next preface" in results[2]["why"]
     assert [r["rc"] for r in results[3:]] == [0, 0, 1]
     assert results[5]["call"]["path"] == "/shop.Cart/Add"
+
+
+def test_frames_missed_by_the_kernel_side_lose_the_connection(harness: Path) -> None:
+    """An event marked `missed` (the ring was full, or frames were past the kernel's walk) means
+    a HEADERS frame may be gone: the tables are out of step, so that connection is lost until
+    its next preface, and nothing is decoded with a shifted index."""
+    feed, enc = Feed(), hpack.Encoder()
+    feed.event(5, EGRESS, PREFACE)
+    feed.event(5, EGRESS, frame(HEADERS, END_HEADERS, 1, enc.encode(GRPC_REQ)))
+    enc.encode(GRPC_REQ)  # a request the kernel side never sent: the tables move on without us
+    feed.event(5, EGRESS, frame(HEADERS, END_HEADERS, 5, enc.encode(GRPC_REQ)), missed=True)
+    feed.event(5, INGRESS, frame(HEADERS, END_HEADERS | END_STREAM, 1,
+                                 hpack.Encoder().encode([(":status", "200"), ("grpc-status", "0")])))
+    feed.event(5, EGRESS, PREFACE)
+    enc = hpack.Encoder()
+    feed.event(5, EGRESS, frame(HEADERS, END_HEADERS, 1, enc.encode(GRPC_REQ)))
+    feed.event(5, INGRESS, frame(HEADERS, END_HEADERS | END_STREAM, 1,
+                                 hpack.Encoder().encode([(":status", "200"), ("grpc-status", "0")])))
+    results = feed.run(harness)
+    assert [r["rc"] for r in results] == [0, 0, -1, -1, 0, 0, 1]
+    assert "missed frames" in results[2]["why"] and "next preface" in results[3]["why"]
+    assert results[6]["call"]["path"] == "/shop.Cart/Add"
 
 
 @pytest.mark.parametrize("hdrs,why", [
