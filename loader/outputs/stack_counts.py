@@ -14,6 +14,11 @@ value is the count (samples, ns or bytes: ``unit:``)::
         interval: 5s          # read (and empty) the counts this often (default 5s)
         peek: 250ms           # how often new pids are looked for, to snapshot their
                               # /proc/PID/maps while they live (default 250ms; 0: never)
+        reset: true           # false: read without deleting (entries and stack ids stay):
+                              # for what is still outstanding (bpf/memleak), not per interval
+        value: bytes          # a struct value: the member that weighs (record "value")
+        age: ts_ms_sum        # a member summing CLOCK_MONOTONIC ms per counted item
+        top: 20               # only the 20 heaviest records per read, plus one "[other]"
 
 Each read deletes what it read (lookup-and-delete, atomic per bucket), resolves every stack id
 in the stack map, then deletes those ids there too, so neither map fills however long the run.
@@ -31,6 +36,17 @@ kernel thread no user stack): that list is empty. -ENOMEM (the stack map was ful
 hash bucket held another stack) and an id whose stack is gone are lost stacks: the list is
 ``["[lost stack]"]`` and the channel's ``lost`` counts such records (shown in the run summary),
 with the program's own ``<channel>_lost`` per-CPU counter (entries it could not add) on top.
+
+The value may be a struct of integers (``struct {__u64 count, bytes, ts_ms_sum;}``): each
+member becomes a record field, ``value:`` names the one that is the record's ``value`` (the
+flame graph's weight, labelled by ``unit``), and ``age:`` names a member holding the sum of the
+counted items' times (ms of CLOCK_MONOTONIC, bpf_ktime_get_ns() / 1e6) next to a ``count``
+member: the record shows ``age_ms`` = now − sum / count (the mean age) instead of the sum.
+Records with the same names merge member by member. With ``top: N`` each read emits the N
+records with the largest ``value`` (largest first) and, when some were left out, one more,
+``{"stack": "[other]", "left_out": K, ...}``, summing those K, so totals stay whole. With
+``reset: false`` every read is a snapshot of everything still counted: a flame graph of the
+run (``--flamegraph``) adds the snapshots up; draw one read's records for one picture.
 
 User frames are named by the symbolizer (loader/symbols/) from a snapshot of the process's
 ``/proc/PID/maps`` taken while it lived: the pids in the counts map are looked for every
@@ -52,9 +68,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from loader.decoders.btf import encoder_for, record_decoder
 from loader.errors import ManifestError
-from loader.libbpf.readers import MAP_RESET, MapReader, StackMap, map_max_entries
+from loader.libbpf.readers import MAP_RESET, MapReader, Span, StackMap, map_max_entries
 from loader.outputs import ChannelContext, ChannelStats, OutputKind, register
-from loader.outputs.hash_map import int_spans, parse_interval
+from loader.outputs.hash_map import int_spans, parse_interval, positive_int
 from loader.outputs.ring_buffer import kernel_lost
 
 if TYPE_CHECKING:
@@ -72,6 +88,10 @@ LOST_FRAME = "[lost stack]"
 LOST_IDS = (-errno.ENOMEM, -errno.EEXIST)  # bpf_get_stackid: stack map full, bucket taken
 DEFAULT_INTERVAL = 5.0
 DEFAULT_PEEK = 0.25
+OTHER_STACK = "[other]"
+RESERVED = frozenset(("kernel", "user", "stack", "value", "unit", "age_ms", "left_out"))
+DEFAULTS = {"interval": DEFAULT_INTERVAL, "unit": "samples", "stacks": None, "peek": DEFAULT_PEEK,
+            "reset": True, "value": None, "age": None, "top": 0}
 
 
 class Symbols(Protocol):
@@ -112,6 +132,14 @@ def parse_options(doc: YamlDoc, values: Mapping[str, Node], at: str) -> dict[str
         node = values["peek"]
         off = str(getattr(node, "value", "")).strip() in ("0", "off", "false")
         out["peek"] = 0.0 if off else parse_interval(doc, node, at)
+    # the options added later appear only when written, so old channels parse as they did
+    if "reset" in values:
+        out["reset"] = doc.boolean(values["reset"], "reset", at)
+    for key in ("value", "age"):
+        if key in values:
+            out[key] = doc.c_identifier(values[key], key, at, what="value member")
+    if "top" in values:
+        out["top"] = positive_int(doc, values["top"], "top", at)
     return out
 
 
@@ -129,22 +157,39 @@ def fold(root: str, user: Sequence[str], kernel: Sequence[str]) -> str:
     return ";".join(f.replace(";", ":") for f in frames)
 
 
+def monotonic_ms() -> int:
+    """Now on bpf_ktime_get_ns()'s clock (CLOCK_MONOTONIC), in ms."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1_000_000
+
+
+Value = int | Mapping[str, int]
+
+
 class StackFolder:
     """Entries of a counts map (key as a dict, value) into records: stack ids resolved through
-    ``lookup``, names from ``symbols``; what each read made is counted."""
+    ``lookup``, names from ``symbols``; what each read made is counted.
+
+    A value is an int, or (a struct value) a dict of ``members`` with ``weight`` naming the
+    one that is the record's ``value`` and ``age`` the one summing ms timestamps (see the
+    module docstring); ``top`` keeps the N heaviest records and sums the rest into one."""
 
     def __init__(self, symbols: Symbols, lookup: Callable[[int], list[int] | None],
-                 unit: str) -> None:
+                 unit: str, *, weight: str | None = None, age: str | None = None,
+                 members: Sequence[str] = (), top: int = 0,
+                 clock: Callable[[], int] = monotonic_ms) -> None:
         self.symbols = symbols
         self.lookup = lookup
         self.unit = unit
+        self.weight, self.age, self.top, self.clock = weight, age, top, clock
+        self.members = tuple(members)  # a struct value's member names, in order
         self.lost = 0          # entries whose stack was lost, over the run
         self.records = 0
+        self.left_out = 0      # records folded into "[other]" by top, over the run
 
-    def records_of(self, entries: Iterable[tuple[dict[str, Any], int]]) -> tuple[list[bytes], set[int]]:
+    def records_of(self, entries: Iterable[tuple[dict[str, Any], Value]]) -> tuple[list[bytes], set[int]]:
         """JSON lines, one per distinct key and named stack with a non-zero value, and the
         stack ids they used (for the caller to delete from the stack map)."""
-        entries = [(k, v) for k, v in entries if v]
+        entries = [(k, v) for k, v in entries if (any(v.values()) if isinstance(v, Mapping) else v)]
         ids = {k[f] for k, _ in entries for f in STACK_FIELDS if k.get(f, -1) >= 0}
         stacks = {i: self.lookup(i) for i in sorted(ids)}
         kernel_names: dict[int, list[str]] = {}
@@ -163,14 +208,46 @@ class StackFolder:
             # instructions): the same names and key are one record
             same = (json.dumps(key, sort_keys=True), stack)
             self.lost += lost_k or lost_u
+            members = dict(value) if isinstance(value, Mapping) else {"value": value}
             if same in merged:
-                merged[same]["value"] += value
+                for name, n in members.items():
+                    merged[same][name] += n
                 continue
-            merged[same] = {**key, "kernel": kernel, "user": user, "stack": stack,
-                            "value": value, "unit": self.unit}
-        out = [json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in merged.values()]
+            merged[same] = {**key, "kernel": kernel, "user": user, "stack": stack, **members}
+        records = list(merged.values())
+        if self.top:
+            records = self._top(records)
+        now = self.clock() if self.age else 0
+        out = [json.dumps(self._finish(r, now), separators=(",", ":")).encode() + b"\n"
+               for r in records]
         self.records += len(out)
         return out, ids
+
+    def _top(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The ``top`` heaviest, largest first, then one record summing the others (if any)."""
+        weight = self.weight or "value"
+        records.sort(key=lambda r: r[weight], reverse=True)
+        kept, rest = records[:self.top], records[self.top:]
+        if not rest:
+            return kept
+        other: dict[str, Any] = {"stack": OTHER_STACK, "kernel": [], "user": [],
+                                 "left_out": len(rest)}
+        for name in self.members or ("value",):
+            other[name] = sum(r[name] for r in rest)
+        self.left_out += len(rest)
+        return [*kept, other]
+
+    def _finish(self, record: dict[str, Any], now_ms: int) -> dict[str, Any]:
+        """The record as emitted: ``value`` and ``unit`` last, ``age_ms`` for the time sum."""
+        if self.weight is None:
+            value = record.pop("value")
+        else:
+            value = record[self.weight]
+        if self.age and self.age in record:
+            total, count = record.pop(self.age), record.get("count", 0)
+            record["age_ms"] = max(0, now_ms - total // count) if count > 0 else None
+        record["value"], record["unit"] = value, self.unit
+        return record
 
     @staticmethod
     def _frames(stack_id: int | None, stacks: Mapping[int, list[int] | None],
@@ -208,11 +285,45 @@ def counts_map(ctx: ChannelContext) -> MapDef:
                             "kern_stack_id or user_stack_id member",
                             hint="key the counts by a struct holding __s32 kern_stack_id and/or "
                                  "__s32 user_stack_id from bpf_get_stackid(), plus pid and comm")
-    if len(int_spans(btf, found.value_type_id)) != 1:
-        raise ManifestError(f"channel '{ctx.name}' of '{ctx.program}': the map's value is not "
-                            "one integer count", hint="declare __type(value, __u64): samples, "
-                                                      "ns or bytes")
     return found
+
+
+def value_layout(ctx: ChannelContext, mdef: MapDef,
+                 options: Mapping[str, Any]) -> list[tuple[str, Span]] | None:
+    """None for one integer count (read as ``value``), else the members of a struct of
+    integers as (name, span), checked against ``value:`` and ``age:``."""
+    btf, where = ctx.info.btf, f"channel '{ctx.name}' of '{ctx.program}'"
+    spans = int_spans(btf, mdef.value_type_id)
+    t = btf.strip(mdef.value_type_id)
+    if len(spans) == 1 and options["value"] is None and options["age"] is None:
+        return None
+    if t.kind != "struct" or len(spans) != len(t.members) or not spans:
+        raise ManifestError(f"{where}: the map's value is neither one integer count nor a "
+                            "struct of integers",
+                            hint="declare __type(value, __u64) (samples, ns or bytes), or a "
+                                 "struct of __u64 members with value: MEMBER naming the weight")
+    members = [(m.name, span) for m, span in zip(t.members, spans)]
+    names = [n for n, _ in members]
+    key = btf.strip(mdef.key_type_id)
+    clash = sorted(set(names) & (RESERVED | {m.name for m in key.members}))
+    if clash:
+        raise ManifestError(f"{where}: value member {clash[0]!r} has the name of a key field "
+                            "or of a record field the channel adds",
+                            hint=f"rename it; records already hold {', '.join(sorted(RESERVED))} "
+                                 "and the key's fields")
+    if options["value"] is None:
+        raise ManifestError(f"{where}: the map's value is a struct of {len(names)} integers and "
+                            "the channel does not say which one weighs",
+                            hint=f"add value: MEMBER, one of {', '.join(names)}")
+    for opt in ("value", "age"):
+        if options[opt] is not None and options[opt] not in names:
+            raise ManifestError(f"{where}: {opt}: {options[opt]} is not a member of the map's "
+                                "value", hint=f"its members: {', '.join(names)}")
+    if options["age"] is not None and ("count" not in names or options["age"] == "count"):
+        raise ManifestError(f"{where}: age: {options['age']} needs a count member beside it "
+                            "(the age is now - sum / count)",
+                            hint="add __u64 count to the value: the items the sum adds up")
+    return members
 
 
 def stack_map_name(ctx: ChannelContext, wanted: str | None) -> str:
@@ -248,15 +359,16 @@ class StackCountsReader:
     def __init__(self, ctx: ChannelContext, symbols: Symbols | None = None) -> None:
         self.ctx = ctx
         self.mdef = mdef = counts_map(ctx)
-        self.options = {"interval": DEFAULT_INTERVAL, "unit": "samples", "stacks": None,
-                        "peek": DEFAULT_PEEK, **ctx.options}
+        self.options = {**DEFAULTS, **ctx.options}
         self.stacks_name = stack_map_name(ctx, self.options["stacks"])
+        self.members = value_layout(ctx, mdef, self.options)
         btf = ctx.info.btf
         spec = ctx.spec
         self.keys = encoder_for(record_decoder(
             btf, (("key", mdef.key_type_id, 0),), name=f"key of map {ctx.name}",
             overrides=dict(spec.decoders) if spec else None, enums=ctx.enums, channel=ctx.name))
-        self.span = int_spans(btf, mdef.value_type_id)[0]
+        self.spans = ([span for _, span in self.members] if self.members is not None
+                      else int_spans(btf, mdef.value_type_id)[:1])
         self.pid_at = pid_offset(btf, mdef)
         self.symbols = symbols if symbols is not None else shared_symbolizer()
         self.symbols.warm()  # kallsyms parsed before attach, not inside the profile
@@ -278,13 +390,17 @@ class StackCountsReader:
         self.reader = MapReader(ctx.obj.map_fd(ctx.name), label=f"{ctx.program}/{ctx.name}",
                                 key_size=m.key_size, value_size=m.value_size,
                                 max_entries=max_entries, percpu=percpu, array=False,
-                                flags=MAP_RESET, spans=[self.span])
+                                flags=MAP_RESET if self.options["reset"] else 0,
+                                spans=self.spans)
         if self.pid_at is not None and self.options["peek"]:
             self.peeker = MapReader(ctx.obj.map_fd(ctx.name), label=f"{ctx.program}/{ctx.name}",
                                     key_size=m.key_size, value_size=m.value_size,
                                     max_entries=max_entries, percpu=percpu, array=False)
         self.stack_map = StackMap(ctx.obj, self.stacks_name)
-        self.folder = StackFolder(self.symbols, self.stack_map.lookup, self.options["unit"])
+        o = self.options
+        self.folder = StackFolder(self.symbols, self.stack_map.lookup, o["unit"],
+                                  weight=o["value"], age=o["age"], top=o["top"],
+                                  members=[n for n, _ in self.members or ()])
         now = time.monotonic()
         self.next_read = now + self.options["interval"]
         self.next_peek = now + self.options["peek"] if self.peeker is not None else None
@@ -332,15 +448,15 @@ class StackCountsReader:
         n = len(raw) // size
         self.keys.encode(b"".join(raw[i * size:i * size + ks] for i in range(n)), ks)
         keys = [json.loads(line) for line in self.keys.take().splitlines()]
-        off, width = ks + self.span.offset, self.span.size
-        values = [int.from_bytes(raw[i * size + off:i * size + off + width], "little")
-                  for i in range(n)]
+        values = [self._value(raw[i * size + ks:(i + 1) * size]) for i in range(n)]
         pids = {next((k[f] for f in PID_FIELDS if isinstance(k.get(f), int)), 0) for k in keys}
         exited = {pid for pid in pids if pid and not os.path.exists(f"/proc/{pid}")}
         for pid in pids - exited - {0}:
             self._seen(pid)  # also re-reads the maps of known ones: new mmaps since
         lines, ids = self.folder.records_of(zip(keys, values))
-        for stack_id in ids:  # resolved: free the slots (records_of looked them all up)
+        # resolved: free the slots (records_of looked them all up); entries kept (reset:
+        # false) still point at theirs
+        for stack_id in ids if self.options["reset"] else ():
             self.stacks_freed += self.stack_map.delete(stack_id)
         if lines:
             self.deliver(b"".join(lines), len(lines))
@@ -349,6 +465,15 @@ class StackCountsReader:
             self.symbols.forget(pid)
             self.known.discard(pid)
         self.gone = (self.gone & pids) | exited
+
+    def _value(self, data: bytes) -> Value:
+        """One entry's value (per-CPU values already summed in C): an int, or by member."""
+        def get(span: Span, signed: bool) -> int:
+            return int.from_bytes(data[span.offset:span.offset + span.size], "little",
+                                  signed=signed)
+        if self.members is None:
+            return get(self.spans[0], False)  # as read before struct values came
+        return {name: get(span, span.signed) for name, span in self.members}
 
     def stats(self) -> ChannelStats:
         r, f = self.reader, self.folder
@@ -364,4 +489,5 @@ class StackCountsReader:
 register(OutputKind(type="stack_counts", summary="counts keyed by kernel/user stack ids, read "
                     "every interval into symbolized, folded stacks", map_types=MAP_TYPES,
                     open=StackCountsReader, events=False,
-                    options=("interval", "unit", "stacks", "peek"), parse=parse_options))
+                    options=("interval", "unit", "stacks", "peek", "reset", "value", "age",
+                             "top"), parse=parse_options))
