@@ -22,13 +22,19 @@ import harness
 from harness import BENCH, Row
 
 SCRIPTS = ("bench_build", "bench_attach", "bench_flood", "bench_perf", "bench_maps", "bench_probes",
-           "bench_iter", "bench_symbols", "bench_stacks", "bench_flamegraph", "bench_farm")
+           "bench_iter", "bench_symbols", "bench_stacks", "bench_flamegraph", "bench_uprobe_follow",
+           "bench_topology", "bench_l7", "bench_l7_http2", "bench_filelat", "bench_locks",
+           "bench_cpustate", "bench_memory", "bench_memleak", "bench_farm")
 QUICK = {"bench_build": ["--reps", "3"], "bench_attach": ["--reps", "3"],
          "bench_flood": ["--reps", "1", "--no-naive"], "bench_perf": ["--reps", "1"],
          "bench_maps": ["--reps", "3", "--seconds", "10"], "bench_probes": ["--reps", "1"],
          "bench_iter": ["--reps", "3"], "bench_symbols": ["--reps", "1"],
          "bench_stacks": ["--reps", "1"], "bench_flamegraph": ["--reps", "3"],
-         "bench_farm": ["--reps", "1"]}
+         "bench_uprobe_follow": ["--reps", "1"], "bench_topology": ["--reps", "1", "--seconds", "15"],
+         "bench_l7": ["--reps", "1"], "bench_l7_http2": ["--reps", "1"],
+         "bench_filelat": ["--reps", "1"], "bench_locks": ["--reps", "1"],
+         "bench_cpustate": ["--reps", "1"], "bench_memory": ["--reps", "1"],
+         "bench_memleak": ["--reps", "1", "--calls", "50000"], "bench_farm": ["--reps", "1"]}
 
 
 def main() -> int:
