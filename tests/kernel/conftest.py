@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,3 +89,43 @@ def prog_names() -> set[str]:
 def link_prog_ids() -> set[int]:
     out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True, check=True)
     return {link["prog_id"] for link in json.loads(out.stdout or "[]") if "prog_id" in link}
+
+
+def records(out: Path) -> list[dict]:
+    """The complete JSON lines a run has written to ``out`` so far."""
+    if not out.exists():
+        return []
+    return [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
+
+
+def wait_for(out: Path, test, what: str, timeout: float = 10.0) -> list[dict]:
+    """Poll a run's output file until ``test(records)`` holds; the records then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = records(out)
+        if test(found):
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}: {records(out)[-10:]}")
+
+
+@contextlib.contextmanager
+def cgroup2_dirs(tag: str, count: int = 1) -> Iterator[list[Path]]:
+    """``count`` fresh cgroup2 directories under the cgroup2 mount (found in /proc/self/mounts;
+    /sys/fs/cgroup/unified on a hybrid host); at the end their processes go back to the root
+    and the directories are removed. Skips the test on a host without cgroup2."""
+    from loader.attach.cgroup import cgroup2_mounts
+
+    mounts = cgroup2_mounts()
+    if not mounts:
+        pytest.skip("no cgroup2 mount on this host")
+    paths = [mounts[0] / f"bpfdepot-{tag}-{os.getpid()}-{i}" for i in range(count)]
+    for path in paths:
+        path.mkdir()
+    try:
+        yield paths
+    finally:
+        for path in paths:
+            for pid in (path / "cgroup.procs").read_text().split():
+                (mounts[0] / "cgroup.procs").write_text(pid)
+            path.rmdir()

@@ -6,7 +6,6 @@ result; a non-blocking attempt meanwhile fails EAGAIN; POSIX (lockf), OFD and fl
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import struct
 import subprocess
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.kernel.conftest import Finished, Running
+from tests.kernel.conftest import wait_for as _wait
 
 HOLD = 0.3            # s the child keeps the lock after saying so
 MIN_WAIT_NS = 200_000_000  # what this process must have waited at least: the hold minus the
@@ -38,20 +38,8 @@ time.sleep(hold)
 """
 
 
-def _records(out: Path) -> list[dict]:
-    if not out.exists():
-        return []
-    return [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
 
 
-def _wait(out: Path, test: Callable[[list[dict]], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll the run's output file until ``test(records)`` holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if test(_records(out)):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: {_records(out)[-10:]}")
 
 
 def _lost(stderr: str, channel: str) -> int:

@@ -4,16 +4,14 @@ allocations it cannot track are counted lost, not dropped silently."""
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from tests.kernel.conftest import ROOT, Running
+from tests.kernel.conftest import records as _records, wait_for as _wait
 from tests.kernel.test_pagefault import prog_ids
 
 N = 1000
@@ -45,19 +43,8 @@ def _bundle(tmp: Path, maps: str | None = None) -> Path:
     return out
 
 
-def _records(out: Path) -> list[dict]:
-    if not out.exists():
-        return []
-    return [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
 
 
-def _wait(out: Path, test: Callable[[list[dict]], bool], what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if test(_records(out)):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: {_records(out)[-10:]}")
 
 
 def _pid_records(records: list[dict], pid: int) -> list[dict]:

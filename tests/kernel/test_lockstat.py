@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.conftest import Finished, Running
+from tests.kernel.conftest import wait_for as _wait
 
 HOLD = 0.3                 # s the holder thread keeps the lock
 MIN_WAIT_NS = 200_000_000  # the waiter sat through at least this much of it
@@ -92,20 +93,8 @@ int main(void)
 """
 
 
-def _records(out: Path) -> list[dict]:
-    if not out.exists():
-        return []
-    return [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
 
 
-def _wait(out: Path, test: Callable[[list[dict]], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll the run's output file until ``test(records)`` holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if test(_records(out)):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: {_records(out)[-10:]}")
 
 
 def _lost(stderr: str, channel: str) -> int:

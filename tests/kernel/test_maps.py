@@ -4,7 +4,6 @@ test_skb_drops.py. Each test triggers its events itself and filters on its own p
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -17,26 +16,14 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.conftest import ROOT, Running, prog_names
+from tests.kernel.conftest import records as _records, wait_for as _wait
 
 GETPPID = 110  # x86_64 <asm/unistd_64.h> __NR_getppid
 N = 1000
 
 
-def _records(out: Path) -> list[dict]:
-    if not out.exists():
-        return []
-    return [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
 
 
-def _wait(out: Path, test, what: str, timeout: float = 10.0) -> list[dict]:
-    """Poll the run's output file until ``test(records)`` holds; the records then."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        records = _records(out)
-        if test(records):
-            return records
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}: {_records(out)[-10:]}")
 
 
 def _getppid_records(out: Path) -> list[dict]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from loader.attach.cgroup import cgroup2_mounts
-from tests.kernel.conftest import ROOT, Running, bpfdepot, prog_names
+from tests.kernel.conftest import ROOT, Running, bpfdepot, cgroup2_dirs, prog_names
 
 UP, DOWN = 3000, 5000  # payload bytes the child sends and receives
 
@@ -42,22 +42,26 @@ print(got, flush=True)
 """
 
 
+def _answer(conn: socket.socket) -> None:
+    """The server's side of one exchange: read UP bytes, answer DOWN, close after the peer."""
+    with conn:
+        got = 0
+        while got < UP:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            got += len(chunk)
+        conn.sendall(b"d" * DOWN)
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(65536):
+            pass
+
+
 def _serve(server: socket.socket, clients: int) -> threading.Thread:
-    """Accept ``clients`` connections one after the other: read UP bytes, answer DOWN, close."""
+    """Accept ``clients`` connections one after the other and answer each (``_answer``)."""
     def run() -> None:
         for _ in range(clients):
-            conn, _ = server.accept()
-            with conn:
-                got = 0
-                while got < UP:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    got += len(chunk)
-                conn.sendall(b"d" * DOWN)
-                conn.shutdown(socket.SHUT_WR)
-                while conn.recv(65536):
-                    pass
+            _answer(server.accept()[0])
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
@@ -66,17 +70,8 @@ def _serve(server: socket.socket, clients: int) -> threading.Thread:
 @pytest.fixture
 def cgroup() -> Iterator[Path]:
     """A fresh cgroup2 directory under the cgroup2 mount; removed at the end."""
-    mounts = cgroup2_mounts()
-    if not mounts:
-        pytest.skip("no cgroup2 mount on this host")
-    path = mounts[0] / f"bpfdepot-test-{os.getpid()}"
-    path.mkdir()
-    try:
+    with cgroup2_dirs("test") as (path,):
         yield path
-    finally:
-        for pid in (path / "cgroup.procs").read_text().split():  # back to the root
-            (mounts[0] / "cgroup.procs").write_text(pid)
-        path.rmdir()
 
 
 def _bundle(tmp_path: Path, name: str, manifest: str) -> Path:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from loader.attach.cgroup import cgroup2_mounts
-from tests.kernel.conftest import Running
+from tests.kernel.conftest import Running, cgroup2_dirs
 
 SLEEPS = 300
 BUSY = "import os; os.sched_setaffinity(0, {0}); os.read(0, 1)\nwhile True: pass\n"
@@ -30,17 +29,8 @@ SLEEPER = ("import os, sys, time\nif sys.argv[1] == 'pinned': os.sched_setaffini
 
 @pytest.fixture
 def cgroup() -> Iterator[Path]:
-    mounts = cgroup2_mounts()
-    if not mounts:
-        pytest.skip("no cgroup2 mount on this host")
-    path = mounts[0] / f"bpfdepot-runqlat-{os.getpid()}"
-    path.mkdir()
-    try:
+    with cgroup2_dirs("runqlat") as (path,):
         yield path
-    finally:
-        for pid in (path / "cgroup.procs").read_text().split():
-            (mounts[0] / "cgroup.procs").write_text(pid)
-        path.rmdir()
 
 
 @pytest.mark.skipif(os.cpu_count() < 2, reason="the unpinned case needs a second CPU")

@@ -5,35 +5,22 @@ the records of that port."""
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from loader.decoders.names import enum_table
 from loader.kernel.btf import Btf
 from tests.kernel.conftest import Running
+from tests.kernel.conftest import wait_for as _wait
 
 KSYM = re.compile(r"^[A-Za-z_][\w.]*\+0x[0-9a-f]+$")  # "symbol+0xoff", never a bare address
 NOT_DROPS = {"SKB_NOT_DROPPED_YET", "SKB_CONSUMED", "SKB_DROP_REASON_NOT_SPECIFIED"}
 
 
-def _records(out: Path) -> list[dict]:
-    if not out.exists():
-        return []
-    return [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
 
 
-def _wait(out: Path, test: Callable[[list[dict]], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll the run's output file until ``test(records)`` holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if test(_records(out)):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: {_records(out)[-10:]}")
 
 
 def _last_read(records: list[dict]) -> dict[tuple, dict]:

@@ -6,7 +6,6 @@ that never answers (state SYN_RECV, kind SYNACK); a healthy connection gives non
 from __future__ import annotations
 
 import errno
-import json
 import os
 import socket
 import subprocess
@@ -15,16 +14,13 @@ import time
 from pathlib import Path
 
 from tests.kernel.conftest import Running, prog_names
+from tests.kernel.conftest import wait_for as _wait
 
 EVENT_FIELDS = {"ts_ns", "pid", "state", "kind", "sport", "dport", "family", "saddr", "daddr", "comm"}
 COUNT_FIELDS = {"daddr", "dport", "family", "state", "count"}
 COMM = Path("/proc/self/comm").read_text().strip()
 
 
-def _records(out: Path) -> list[dict]:
-    if not out.exists():
-        return []
-    return [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
 
 
 def _events(records: list[dict], dport: int) -> list[dict]:
@@ -32,14 +28,6 @@ def _events(records: list[dict], dport: int) -> list[dict]:
     return [r for r in records if "count" not in r and r["dport"] == dport]
 
 
-def _wait(out: Path, test, what: str, timeout: float) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        records = _records(out)
-        if test(records):
-            return records
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: {_records(out)[-10:]}")
 
 
 def _lost(stderr: str, channel: str) -> int:

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from loader.attach.cgroup import cgroup2_mounts
-from tests.kernel.conftest import ROOT, Running, prog_names
+from tests.kernel.conftest import ROOT, Running, cgroup2_dirs, prog_names
+from tests.kernel.test_net_attach import CHILD, DOWN, UP, _answer, _serve
 
-UP, DOWN = 3000, 5000  # payload bytes each client sends and receives
 COMM = Path("/proc/self/comm").read_text().strip()
 PROGRAMS = {"topology_state", "topology_destroy", "topology_accept4", "topology_accept",
             "topology_send", "topology_recv", "topology_egress", "topology_ingress",
@@ -32,49 +32,6 @@ EDGE_KEY = ("cgroup", "pid", "direction", "protocol", "family", "lport", "rport"
 
 # A client: waits until the test has moved it into its cgroup (a socket belongs to the cgroup
 # of the process that creates it), then one exchange of exactly UP / DOWN bytes and a close.
-CHILD = r"""
-import socket, sys
-port, up, down = (int(a) for a in sys.argv[1:4])
-sys.stdin.readline()
-with socket.create_connection(("127.0.0.1", port)) as s:
-    print(s.getsockname()[1], flush=True)
-    s.sendall(b"u" * up)
-    got = 0
-    while got < down:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        got += len(chunk)
-    s.shutdown(socket.SHUT_WR)
-    s.recv(1)
-print(got, flush=True)
-"""
-
-
-def _answer(conn: socket.socket) -> None:
-    """The server's side of one exchange: read UP bytes, answer DOWN, close after the peer."""
-    with conn:
-        got = 0
-        while got < UP:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            got += len(chunk)
-        conn.sendall(b"d" * DOWN)
-        conn.shutdown(socket.SHUT_WR)
-        while conn.recv(65536):
-            pass
-
-
-def _serve(server: socket.socket, clients: int) -> threading.Thread:
-    def run() -> None:
-        for _ in range(clients):
-            _answer(server.accept()[0])
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def _own_cgroup() -> int:
     """The cgroup2 id (directory inode) of this test process."""
     line = next(x for x in Path("/proc/self/cgroup").read_text().splitlines() if x.startswith("0::"))
@@ -84,19 +41,8 @@ def _own_cgroup() -> int:
 @pytest.fixture
 def cgroups() -> Iterator[list[Path]]:
     """Two fresh cgroup2 directories; their processes go back to the root and they are removed."""
-    mounts = cgroup2_mounts()
-    if not mounts:
-        pytest.skip("no cgroup2 mount on this host")
-    paths = [mounts[0] / f"bpfdepot-topology-{os.getpid()}-{i}" for i in (1, 2)]
-    for path in paths:
-        path.mkdir()
-    try:
+    with cgroup2_dirs("topology", 2) as paths:
         yield paths
-    finally:
-        for path in paths:
-            for pid in (path / "cgroup.procs").read_text().split():
-                (mounts[0] / "cgroup.procs").write_text(pid)
-            path.rmdir()
 
 
 def _client(port: int, cgroup: Path) -> dict:
