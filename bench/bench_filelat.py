@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import harness
@@ -56,14 +53,8 @@ def loop(exe: Path, data: Path) -> float:
 
 
 def with_bpftrace(exe: Path, data: Path, script: Path) -> float:
-    p = subprocess.Popen(["bpftrace", str(script)], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
-    harness.wait_for_line(p, p.stdout, "Attaching", "bpftrace")
-    time.sleep(0.5)  # bpftrace prints the line before its probes are all attached
-    seconds = loop(exe, data)
-    p.send_signal(signal.SIGINT)
-    p.communicate(timeout=60)
-    return seconds
+    with harness.bpftrace(script):
+        return loop(exe, data)
 
 
 def measure(args: argparse.Namespace) -> list[Row]:

@@ -13,7 +13,6 @@ import contextlib
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -118,19 +117,13 @@ def with_memleak(home: Path, tmp: Path, exe: Path, calls: int, after: After = la
 
 def with_bpftrace(exe: Path, calls: int, script: Path, after: After = lambda: None) -> float:
     loop = launch(exe, calls)
-    p = subprocess.Popen(["bpftrace", "-p", str(loop.pid), str(script)], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
     try:
-        harness.wait_for_line(p, p.stdout, "Attaching", "bpftrace")
-        time.sleep(0.5)  # bpftrace prints the line before its probes are all attached
-        seconds = go(loop)
-        after()
-        p.send_signal(signal.SIGINT)
-        p.communicate(timeout=60)
+        with harness.bpftrace(script, "-p", str(loop.pid)):
+            seconds = go(loop)
+            after()
         return seconds
     finally:
         loop.kill()
-        p.kill()
 
 
 @contextlib.contextmanager

@@ -11,10 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import harness
@@ -85,18 +82,8 @@ def loop(exe: Path) -> float:
 
 
 def with_bpftrace(exe: Path, script: Path) -> float:
-    env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX="131072")
-    p = subprocess.Popen(["bpftrace", str(script)], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True, env=env)
-    harness.wait_for_line(p, p.stdout, "Attaching", "bpftrace")
-    time.sleep(0.5)
-    # drain its stdout (pagefault printf) in the background, or it blocks on a full pipe
-    sink = subprocess.Popen(["cat"], stdin=p.stdout, stdout=subprocess.DEVNULL)
-    seconds = loop(exe)
-    p.send_signal(signal.SIGINT)
-    p.wait(timeout=120)
-    sink.wait(timeout=60)
-    return seconds
+    with harness.bpftrace(script, env=dict(os.environ, BPFTRACE_MAP_KEYS_MAX="131072")):
+        return loop(exe)
 
 
 def case(tmp: Path, home: Path, name: str, src: str, bt: str, reps: int, what: str) -> list[Row]:

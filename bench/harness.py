@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -199,3 +200,23 @@ def main(name: str, measure: Callable[[argparse.Namespace], list[Row]], *, reps:
         print(f"bench/{name}: pins left in bpffs: {', '.join(pins)}", file=sys.stderr)
         return 1
     return 0
+
+
+@contextlib.contextmanager
+def bpftrace(script: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """bpftrace running ``script`` (the anchor most benchmarks compare with), its probes
+    attached when the block starts, stopped with SIGINT after it; its output is drained in the
+    background so a printf-heavy script never blocks on a full pipe."""
+    p = subprocess.Popen(["bpftrace", *args, str(script)], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        wait_for_line(p, p.stdout, "Attaching", "bpftrace")
+        time.sleep(0.5)  # bpftrace prints the line before its probes are all attached
+        sink = subprocess.Popen(["cat"], stdin=p.stdout, stdout=subprocess.DEVNULL)
+        yield p
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=120)
+        sink.wait(timeout=60)
+    finally:
+        p.kill()
+        p.wait()

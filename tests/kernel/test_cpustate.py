@@ -5,7 +5,6 @@ least 100 ms off CPU; two busy loops sharing CPU 0 preempt each other (involunta
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys

@@ -6,7 +6,6 @@ after the run started (the uprobe attach kind's ``follow``). Certificates are ma
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket

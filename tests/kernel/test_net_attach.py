@@ -3,7 +3,6 @@ bytes and DNS ids back, and bad input refused by name with nothing left attached
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import socket
