@@ -6,13 +6,14 @@
 
 #define OOMKILL_COMM_LEN 16
 
-/* 104 bytes, 8-aligned, no implicit padding. Sizes are kB, as the tracepoint records them. */
+/* 112 bytes, 8-aligned, no implicit padding. Sizes are kB, as the tracepoint records them. */
 struct oomkill_event {
 	__u64 total_vm_kb;          /* victim's virtual memory */
 	__u64 anon_rss_kb;          /* victim's resident anonymous memory */
 	__u64 file_rss_kb;          /* ... file-backed */
 	__u64 shmem_rss_kb;         /* ... shared memory */
 	__u64 pgtables_kb;          /* its page tables */
+	__u64 victim_cgroup;        /* cgroup2 id of the victim (its directory's inode) */
 	__u64 trigger_cgroup;       /* cgroup2 id of the task whose allocation hit the limit */
 	__u32 victim_pid;           /* the task the OOM killer chose */
 	__u32 victim_uid;
@@ -24,6 +25,6 @@ struct oomkill_event {
 	char trigger_comm[OOMKILL_COMM_LEN];
 };
 
-_Static_assert(sizeof(struct oomkill_event) == 104, "oomkill_event layout changed");
+_Static_assert(sizeof(struct oomkill_event) == 112, "oomkill_event layout changed");
 
 #endif /* __OOMKILL_H */

@@ -32,8 +32,12 @@ def reference_kernels() -> list[Path]:
 
 
 def catalog_bundles() -> list[Path]:
-    """Every bundle under bpf/ (a folder with a manifest.yaml): discovered, not listed."""
-    return sorted(p.parent for p in CATALOG.glob("*/manifest.yaml"))
+    """Every bundle under bpf/ (a folder with a manifest.yaml), and every other manifest beside
+    one (bpf/l7/tls.yaml, bpf/tcp_connlat/processor.yaml...): discovered, not listed."""
+    folders = sorted(p.parent for p in CATALOG.glob("*/manifest.yaml"))
+    others = sorted(p for folder in folders for p in folder.glob("*.yaml")
+                    if p.name != "manifest.yaml" and p.read_text().startswith("kind: ebpfprogram"))
+    return folders + others
 
 
 def _target(btf: Path) -> Target:
@@ -56,7 +60,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("store")
 
 
-@pytest.mark.parametrize("bundle", catalog_bundles(), ids=lambda p: p.name)
+@pytest.mark.parametrize("bundle", catalog_bundles(),
+                         ids=lambda p: p.name if p.is_dir() else f"{p.parent.name}/{p.name}")
 @pytest.mark.parametrize("btf", reference_kernels() or [None], ids=lambda p: p.name if p else "none")
 def test_every_catalog_program_builds_for_each_reference_kernel(home: Path, bundle: Path,
                                                                 btf: Path | None) -> None:

@@ -131,11 +131,12 @@ def test_runqlat_histogram_and_its_prometheus_exposition(home: Path, tmp_path: P
     assert sum(b["count"] for b in last["buckets"]) == last["count"]
     assert last["buckets"][-1]["count"] > 0  # listed through the last non-empty slot only
     assert [b["le"] for b in last["buckets"]] == [2 ** (i + 1) - 1 for i in range(len(last["buckets"]))]
-    # Each sleep ends in exactly one wakeup; the thread's start (sched_wakeup_new) is usually
-    # one more, but not always (a CI run counted exactly 200; why the start was missed there
-    # is not known). Anything above that is the thread waiting for the GIL,
-    # which the main thread (blocked in join) does not hold, so it is rare: allow a few.
-    assert Sleeper.SLEEPS <= last["count"] <= Sleeper.SLEEPS + 5, last
+    # Each sleep ends in one wakeup, plus the thread's start (sched_wakeup_new), plus rarely a
+    # wait for the GIL (the main thread, blocked in join, does not hold it): a few more at most.
+    # A few fewer happen too: a sleep whose timer fires before the thread has switched out is
+    # woken while still on its CPU (ttwu_runnable fires sched_wakeup, no switch-in follows), and
+    # its wakeup merges with the next one; a CI run counted 197 of 200.
+    assert Sleeper.SLEEPS - 10 <= last["count"] <= Sleeper.SLEEPS + 5, last
     assert last["p50"] <= last["p90"] <= last["p99"]
 
     # Prometheus: the same histogram, cumulative, and the exposition passes promtool

@@ -67,6 +67,14 @@ def memcg(limit: int) -> Iterator[Path]:
                 time.sleep(0.1)
 
 
+def _own_cgroup2() -> int:
+    """The cgroup2 id (directory inode) of this test process on the unified hierarchy."""
+    from loader.attach.cgroup import cgroup2_mounts
+
+    line = next(x for x in Path("/proc/self/cgroup").read_text().splitlines() if x.startswith("0::"))
+    return os.stat(str(cgroup2_mounts()[0]) + line[3:].rstrip("/")).st_ino
+
+
 def test_oom_kill_in_a_limited_memcg_is_one_event(home: Path, tmp_path: Path) -> None:
     with memcg(LIMIT) as cg:
         hog = subprocess.Popen([sys.executable, "-c", HOG], stdin=subprocess.PIPE,
@@ -98,9 +106,14 @@ def test_oom_kill_in_a_limited_memcg_is_one_event(home: Path, tmp_path: Path) ->
     # (v1 leaves earlier charges with the old cgroup); far from the 512 MiB asked for
     assert 32 << 10 <= e["anon_rss_kb"] <= 2 * LIMIT >> 10
     assert e["oom_score_adj"] == 0 and e["total_vm_kb"] >= e["anon_rss_kb"]
-    assert e["trigger_cgroup"] > 0
+    # cgroup2 ids, read from the victim's task and from current: both the hog's, which is
+    # where this test runs on the unified hierarchy (the memcg is v1 here; on a v2-only host
+    # the hog's directory is the memcg itself)
+    kind, _ = _own_memcg()
+    expected = cg.stat().st_ino if kind == "v2" else _own_cgroup2()
+    assert e["victim_cgroup"] == e["trigger_cgroup"] == expected, (e, expected)
     assert set(e) == {"total_vm_kb", "anon_rss_kb", "file_rss_kb", "shmem_rss_kb", "pgtables_kb",
-                      "trigger_cgroup", "victim_pid", "victim_uid", "trigger_pid", "trigger_tid",
+                      "victim_cgroup", "trigger_cgroup", "victim_pid", "victim_uid", "trigger_pid", "trigger_tid",
                       "oom_score_adj", "victim_comm", "trigger_comm"}
     # Negative: nothing else in the run was killed by this test's cgroup
     assert not [x for x in done.events if x["victim_pid"] != hog.pid and x["trigger_pid"] == hog.pid]

@@ -62,8 +62,9 @@ def test_wakeup_latency_per_task_and_per_cgroup(home: Path, tmp_path: Path, cgro
     per_cgroup = [e for e in done.events if e.get("cgroup") == cgroup.stat().st_ino]
     assert per_task and per_cgroup, done.events[-3:]
     task, group = per_task[-1], per_cgroup[-1]  # cumulative: the last read holds every wait
-    # each sleep ends in one wakeup; reading its stdin byte was one more
-    assert SLEEPS - 3 <= task["count"] <= SLEEPS + 3, task
+    # each sleep ends in one wakeup, reading its stdin byte was one more; a sleep whose timer
+    # fires before the sleeper has switched out merges with the next wakeup (see test_maps)
+    assert SLEEPS - 15 <= task["count"] <= SLEEPS + 3, task
     assert group["count"] == task["count"] and group["buckets"] == task["buckets"]
     assert {e["cgroup"] for e in done.events if "cgroup" in e} == {cgroup.stat().st_ino}
     if placement == "pinned":
