@@ -112,7 +112,7 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
         session.start(loadables, open_channel, dict(options.knobs), before_attach=pipeline.start,
                       attach=_attach_plans(manifest), autoload_off=off,
                       maps={p.name: p.maps for p in manifest.kernel_programs} if manifest else {})
-        programs = sum(len(o.autoloaded()) for _, o in session.objects)
+        programs = session.attached
 
         def attached() -> None:
             ms = (time.perf_counter() - started) * 1000

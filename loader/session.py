@@ -117,6 +117,7 @@ class Session:
     def __init__(self) -> None:
         self.objects: list[tuple[Loadable, BpfObject]] = []
         self.readers: list[Reader] = []
+        self.attached = 0  # programs attached (tail-call targets load without attaching)
 
     def start(self, loadables: Sequence[Loadable], open_channel: ChannelOpener,
               knobs: Mapping[str, int | str] | None = None,
@@ -161,9 +162,13 @@ class Session:
                 obj.load()
             if before_attach is not None:
                 before_attach()
-            for item, obj in self.objects:
+            for (item, obj), info in zip(self.objects, infos):
                 how = attach.get(item.meta.name, {})
-                obj.attach([(name, how.get(name)) for name in obj.autoloaded()])
+                loaded_only = {p.name for p in info.programs if p.section in NO_TARGET}
+                plan = [(name, how.get(name)) for name in obj.autoloaded()
+                        if name not in loaded_only or name in how]
+                obj.attach(plan)
+                self.attached += len(plan)
             for reader in self.readers:
                 reader.start()
         except BaseException:
@@ -191,6 +196,10 @@ class Session:
 
 
 # SEC() names libbpf cannot auto-attach, and the manifest entry that says how to attach them.
+# Sections that name no attach point: loaded but not attached (as libbpf's skeletons do), for
+# programs reached through a BPF_MAP_TYPE_PROG_ARRAY tail call from an attached one.
+NO_TARGET = frozenset({"tp", "tracepoint", "raw_tp", "raw_tracepoint"})
+
 NEEDS_ATTACH = {
     "perf_event": "say how to sample it in the manifest: attach: {{{name}: {{perf_event: "
                   "{{frequency: 99}}}}}}",

@@ -165,10 +165,36 @@ int enter_recvmmsg(struct l7_sys_enter *ctx) { l7_enter_msg(ARG(0), ARG(1), ARG(
 SEC("tracepoint/syscalls/sys_enter_sendmmsg")
 int enter_sendmmsg(struct l7_sys_enter *ctx) { l7_enter_msg(ARG(0), ARG(1), ARG(1), L7_EGRESS); return 0; }
 
-/* One exit program per syscall (a tracepoint program attaches to one tracepoint). */
+/* The capture, once: every exit program tail-calls this one, so the verifier checks the
+ * capture a single time instead of once per syscall (it is most of the object; ten copies took
+ * seconds to load). Its bare section names no tracepoint: the loader loads it, attaches nothing,
+ * and the prog array below reaches it. */
+SEC("tracepoint")
+int l7_exit_capture(struct l7_sys_exit *ctx)
+{
+	l7_exit(ctx->ret);
+	return 0;
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, int(struct l7_sys_exit *));
+} l7_tail SEC(".maps") = {
+	.values = {[0] = (void *)&l7_exit_capture},
+};
+
+/* One exit program per syscall (a tracepoint program attaches to one tracepoint). The tail call
+ * cannot fail here (libbpf fills the array at load); if it did, the thread's entry in l7_active
+ * would wait for its next call to replace it. */
 #define L7_EXIT(name)                                                    \
 	SEC("tracepoint/syscalls/sys_exit_" #name)                       \
-	int exit_##name(struct l7_sys_exit *ctx) { l7_exit(ctx->ret); return 0; }
+	int exit_##name(struct l7_sys_exit *ctx)                          \
+	{                                                                \
+		bpf_tail_call(ctx, &l7_tail, 0);                         \
+		return 0;                                                \
+	}
 
 L7_EXIT(read)
 L7_EXIT(write)

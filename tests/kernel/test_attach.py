@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from loader.attach import attach_kinds
 from loader.libbpf.core import BpfObject
 from loader.model.manifest import load_bundle
-from tests.kernel.conftest import ROOT, Running, bpfdepot
+from tests.kernel.conftest import ROOT, Running, bpfdepot, prog_names
 
 CPU_SAMPLE = ROOT / "bpf" / "cpu_sample"
 UFUNC = ROOT / "bpf" / "ufunc"
@@ -221,3 +222,31 @@ def test_uprobe_on_a_function_not_in_the_binary(home: Path, tmp_path: Path,
     assert (f"cannot attach uprobe 'on_call' of 'ufunc': function no_such_function is not in "
             f"{target_binary}") in done.stderr
     assert link_progs_named("on_call") == 0 and link_progs_named("on_return") == 0
+
+
+def test_a_tail_call_target_with_no_attach_point_loads_without_attaching(home: Path,
+                                                                         tmp_path: Path) -> None:
+    """SEC("tracepoint") names no tracepoint: the program loads (the prog array libbpf fills
+    at load points to it), is not attached, and counts exactly the calls tail-called to it."""
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import os, sys\nsys.stdin.read(1)\nfor _ in range(7): os.getppid()\n"
+                              "sys.stdin.read(1)\n"], stdin=subprocess.PIPE, text=True)
+    try:
+        run = Running(home, "tests/kernel/bundles/tailcall", tmp_path / "calls.jsonl",
+                      extra=["--set", f"targ_tgid={child.pid}"])
+        child.stdin.write("x")
+        child.stdin.flush()
+        time.sleep(1.5)  # one read of the map at least
+        done = run.stop()
+    finally:
+        child.kill()
+        child.wait()
+    assert done.rc == 0, done.stderr
+    assert "tailcall: 1 program(s) attached" in done.stderr  # on_getppid; count_call loads only
+    assert done.events and done.events[-1] == {"key": child.pid, "value": 7}, done.events
+    # the kernel empties a prog array in a work item once its last user is gone: the two
+    # programs are freed a moment after the run has exited, not at once
+    deadline = time.monotonic() + 5
+    while {"on_getppid", "count_call"} & prog_names() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not {"on_getppid", "count_call"} & prog_names()
