@@ -5,6 +5,7 @@ refused at manifest time (exit 2) with the reason, never parsed and ignored.
 
     ebpf_object.py   a kernel object: .bpf.c source (built per kernel) or a built .bpf.o / .o
     user_so.py       a user-space processor library: .c or .go source, or a built .so
+    bpftrace.py      a bpftrace script (.bt), checked per kernel and run by bpftrace on the node
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from loader.registry import Registry
 
 # Types of the talk's manifest format without a module yet, and why.
-NOT_YET = {"bpftrace_object": "bpftrace files do not run in bpfdepot yet"}
+NOT_YET: dict[str, str] = {}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

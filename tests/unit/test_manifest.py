@@ -152,15 +152,15 @@ spec:
     )
 
 
-def test_a_kind_bpfdepot_does_not_run_yet_is_refused_not_ignored(tmp_path: Path) -> None:
-    """A bpftrace_object used to be parsed and then silently skipped."""
-    text = GOOD.replace("path: file://./tcp_connlat_user.c # C or Go source, or a prebuilt .so\n"
-                        "      type: user_so", "path: file://./t.bt\n      type: bpftrace_object")
-    manifest = bundle(tmp_path, text, files=(*FILES, "t.bt"))
-    err = fails(manifest)
-    assert err.message == (f"{manifest}:13: type bpftrace_object of program 'tcp_connlat_user': "
-                           "bpftrace files do not run in bpfdepot yet")
-    assert err.exit_code == 2
+def test_a_bpftrace_object_is_a_program_of_its_own_kind(tmp_path: Path) -> None:
+    """A bpftrace_object used to be parsed and then silently skipped; now it runs (and a .bt
+    given another type is refused by its suffix)."""
+    text = ("kind: ebpfprogram\nname: bt\nspec:\n  programs:\n"
+            "    - {name: t, path: file://./t.bt, type: bpftrace_object}\n")
+    program = parse_manifest(bundle(tmp_path, text, files=("t.bt",))).program("t")
+    assert (program.type, program.is_source) == ("bpftrace_object", True)
+    wrong = bundle(tmp_path / "wrong", text.replace("bpftrace_object", "user_so"), files=("t.bt",))
+    assert "type user_so takes .c, .go or .so" in fails(wrong).message
 
 
 def test_program_lookup_names_the_known_programs(tmp_path: Path) -> None:
@@ -216,7 +216,7 @@ def test_unknown_program_type(tmp_path: Path) -> None:
     err = fails(manifest)
     assert err.message == (
         f"{manifest}:10: unknown type 'ebpf_objekt' in spec.programs[0]; "
-        "expected one of: ebpf_object, user_so"
+        "expected one of: bpftrace_object, ebpf_object, user_so"
     )
     assert err.hint == "did you mean 'ebpf_object'?"
 
@@ -348,7 +348,7 @@ def test_unknown_suffix(tmp_path: Path) -> None:
     err = fails(manifest)
     assert err.message == (
         f"{manifest}:12: program 'tcp_connlat_user': cannot tell from its suffix what "
-        "'file://./user.txt' is; accepted: .bpf.c .c .go (sources), .bpf.o .o .so (built)"
+        "'file://./user.txt' is; accepted: .bt .bpf.c .c .go (sources), .bpf.o .o .so (built)"
     )
     assert err.hint == "type user_so takes .c, .go or .so"
 

@@ -1,0 +1,73 @@
+"""The farm's policy and probe list for bpftrace scripts (builder/bpftrace.py), on script text."""
+
+from __future__ import annotations
+
+import pytest
+
+from builder.bpftrace import Probe, blank, check_policy, hook_of_probe, probes_of
+from loader.errors import BuildError
+from loader.kernel.hooks import Hook
+
+SCRIPT = '''// count getppid; system("x") in a comment is fine
+tracepoint:syscalls:sys_enter_getppid,
+tracepoint:sched:sched_switch
+/comm == "cat(" /
+{
+  /* signal(9) in a block comment */
+  @calls[pid] = count();
+  printf("{\\"s\\": \\"system(\\"}\\n");
+}
+
+t:tcp:tcp_sendmsg_locked { @g = max(args->size_goal); }
+END { clear(@g); }
+'''
+
+
+def refused(text: str) -> BuildError:
+    with pytest.raises(BuildError) as caught:
+        check_policy(text, "x.bt")
+    assert caught.value.exit_code == 8
+    return caught.value
+
+
+def test_comments_and_strings_are_blanked_keeping_lines_and_columns() -> None:
+    code = blank(SCRIPT)
+    assert len(code) == len(SCRIPT) and code.count("\n") == SCRIPT.count("\n")
+    assert "system" not in code and "signal" not in code and "cat(" not in code
+    assert "@calls[pid] = count();" in code
+
+
+def test_names_only_in_comments_and_strings_pass() -> None:
+    check_policy(SCRIPT, "x.bt")
+
+
+@pytest.mark.parametrize("call", ["system", "cat", "signal", "override"])
+def test_each_forbidden_call_is_refused_with_its_line(call: str) -> None:
+    err = refused(SCRIPT.replace("END { clear(@g); }", f'END {{ {call} ("/etc/passwd"); }}'))
+    assert err.message == (f"x.bt:12: {call}() is not allowed in a bpftrace program bpfdepot "
+                           "runs: it acts on every node as root")
+
+
+def test_unsafe_mode_is_refused_in_the_shebang_and_in_code() -> None:
+    assert refused("#!/usr/bin/bpftrace --unsafe\nBEGIN { exit(); }\n").message.startswith(
+        "x.bt:1: the script asks for bpftrace's unsafe mode")
+    assert refused("BEGIN {\n unsafe\n}\n").message.startswith("x.bt:2: the script asks")
+
+
+def test_a_name_that_merely_contains_a_forbidden_one_passes() -> None:
+    check_policy("BEGIN { @concat = 1; @syscat = 2; }\n", "x.bt")
+
+
+def test_probes_are_listed_with_their_lines_predicates_left_out() -> None:
+    assert probes_of(SCRIPT) == [Probe("tracepoint:syscalls:sys_enter_getppid", 2),
+                                 Probe("tracepoint:sched:sched_switch", 2),
+                                 Probe("t:tcp:tcp_sendmsg_locked", 11), Probe("END", 12)]
+
+
+def test_probes_map_to_hooks_the_kernel_btf_can_answer() -> None:
+    assert hook_of_probe("tracepoint:tcp:tcp_sendmsg_locked") == Hook("tracepoint",
+                                                                      "tcp_sendmsg_locked", "tcp")
+    assert hook_of_probe("rawtracepoint:sched_switch") == Hook("raw_tracepoint", "sched_switch")
+    assert hook_of_probe("tracepoint:syscalls:sys_enter_*") is None  # wildcards: bpftrace expands
+    assert hook_of_probe("interval:s:1") is None
+    assert not Hook("tracepoint", "sys_enter_getppid", "syscalls").in_btf
