@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* execsnoop: every execve with its pid, parent, uid, comm and argv, sent through a perf
  * buffer with only the argv bytes used (variable length), the way libbpf-tools' execsnoop is
- * written: plain SEC() programs and maps, a const volatile knob, nothing from bpfdepot.h. The
- * event struct is only ever reached through a pointer, so the manifest names it (`event:`).
+ * written: plain SEC() programs and maps, a const volatile knob; from bpfdepot.h only the
+ * process filter (bpfdepot_monitored: `bpfdepot run --unit/--cgroup/--pid`). The event struct
+ * is only ever reached through a pointer, so the manifest names it (`event:`).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#define BPFDEPOT_FILTER
+#include "bpfdepot.h"
 #include "execsnoop.h"
 
 const volatile __s32 targ_ppid = 0; /* only children of this process; 0: every process */
@@ -46,10 +49,13 @@ int tracepoint__syscalls__sys_enter_execve(struct execve_args *ctx)
 	__u32 zero = 0, args_size;
 	__u64 size;
 	__s32 ppid;
+	__u32 label;
 	int i, ret;
 
 	ppid = BPF_CORE_READ(task, real_parent, tgid);
 	if (targ_ppid && ppid != targ_ppid)
+		return 0;
+	if (!bpfdepot_monitored(&label))
 		return 0;
 	e = bpf_map_lookup_elem(&heap, &zero);
 	if (!e)
@@ -60,6 +66,7 @@ int tracepoint__syscalls__sys_enter_execve(struct execve_args *ctx)
 	e->uid = (__u32)bpf_get_current_uid_gid();
 	e->args_count = 0;
 	e->args_size = 0;
+	e->label = label;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 
 	for (i = 0; i < TOTAL_MAX_ARGS; i++) {

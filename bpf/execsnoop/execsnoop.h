@@ -16,6 +16,7 @@ struct event {
 	__u32 uid;
 	__s32 args_count;               /* arguments read into args */
 	__u32 args_size;                /* bytes of args used */
+	__u32 label;                    /* label id of the filter target that matched (0: none) */
 	char comm[TASK_COMM_LEN];       /* before the exec: the caller's name */
 	char args[FULL_MAX_ARGS_ARR];   /* argv[0], argv[1], ... each ending in NUL */
 };

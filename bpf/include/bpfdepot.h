@@ -9,6 +9,14 @@
  *
  * bpfdepot_reserve(events) reserves one event (NULL, and counted, when the ring is full);
  * bpf_ringbuf_submit(e, 0) sends it.
+ *
+ * bpfdepot_monitored(&label) is the in-kernel process filter (`bpfdepot run --unit/--cgroup/
+ * --pid/--filter-file`): false when the current task is outside what the run monitors,
+ * else true with `label` set to the label id of what matched (0 when no filter is on), which the
+ * program stamps into its event. A program asks for it with `#define BPFDEPOT_FILTER` before
+ * the include (so the others get no monitor maps). Its mode knob is `static`, so clang keeps it
+ * only when a program calls the helper: that is how the loader knows an object honours the
+ * filter (and refuses, naming it, one that does not).
  */
 #ifndef __BPFDEPOT_H
 #define __BPFDEPOT_H
@@ -52,4 +60,74 @@ static __always_inline void *bpfdepot__reserve(void *ring, void *lost, __u64 siz
 	((typeof(bpfdepot_event__##_name))bpfdepot__reserve(                     \
 		&_name, &_name##_lost, sizeof(*bpfdepot_event__##_name)))
 
+#ifdef BPFDEPOT_FILTER /* #define it before including this header to use bpfdepot_monitored() */
+
+/* The monitor maps: one pair per run, created and filled by the loader (loader/monitor.py)
+ * and handed to every object of the run with bpf_map__reuse_fd() before load. Not pinned: a
+ * pinned map outlives a crashed run and would be shared by concurrent runs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);   /* cgroup2 id: the inode of the cgroup2 directory */
+	__type(value, __u32); /* label id */
+} bpfdepot_monitor_cgroups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);   /* tgid */
+	__type(value, __u32); /* label id */
+} bpfdepot_monitor_pids SEC(".maps");
+
+#define BPFDEPOT_FILTER_OFF 0
+#define BPFDEPOT_FILTER_PIDS 1
+#define BPFDEPOT_FILTER_CGROUPS 2
+#define BPFDEPOT_FILTER_EITHER 3 /* pids | cgroups */
+#define BPFDEPOT_CGROUP_LEVELS 8 /* ancestors looked up, from the cgroup2 root's child down */
+
+/* Set by the loader from what the run asks for; 0 costs one branch per event. */
+static const volatile __u8 bpfdepot_filter_mode = BPFDEPOT_FILTER_OFF;
+
+static __always_inline bool bpfdepot_monitored(__u32 *label)
+{
+	__u8 mode = bpfdepot_filter_mode;
+	__u32 *found;
+
+	*label = 0;
+	if (mode == BPFDEPOT_FILTER_OFF)
+		return true;
+	if (mode & BPFDEPOT_FILTER_CGROUPS) {
+		/* Level 1 is the child of the cgroup2 root (e.g. system.slice): a unit or pod and every
+		 * cgroup below it match in at most 8 lookups, with no array of cgroup fds to keep.
+		 * Past the task's own level the helper returns 0, which is never a key. The deepest
+		 * match wins, so a worker cgroup can carry its own label under its unit's. */
+		__u32 *best = NULL;
+
+		for (int level = 1; level <= BPFDEPOT_CGROUP_LEVELS; level++) {
+			__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+
+			if (!id)
+				break;
+			found = bpf_map_lookup_elem(&bpfdepot_monitor_cgroups, &id);
+			if (found)
+				best = found;
+		}
+		if (best) {
+			*label = *best;
+			return true;
+		}
+	}
+	if (mode & BPFDEPOT_FILTER_PIDS) {
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+		found = bpf_map_lookup_elem(&bpfdepot_monitor_pids, &tgid);
+		if (found) {
+			*label = *found;
+			return true;
+		}
+	}
+	return false;
+}
+
+#endif /* BPFDEPOT_FILTER */
 #endif /* __BPFDEPOT_H */

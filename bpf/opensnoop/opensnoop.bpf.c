@@ -15,6 +15,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#define BPFDEPOT_FILTER /* honours bpfdepot run --unit/--cgroup/--pid */
 #include "bpfdepot.h"
 #include "opensnoop.h"
 
@@ -22,13 +23,17 @@ const volatile __u32 targ_tgid = 0; /* trace only this process; 0: every process
 
 BPFDEPOT_CHANNEL(opensnoop_events, struct opensnoop_event, 256 * 1024);
 
-static __always_inline bool traced(__u64 pid_tgid)
+/* This process is traced: the knob and the run's filter agree; `label` gets the filter's. */
+static __always_inline bool traced(__u64 pid_tgid, __u32 *label)
 {
-	return !targ_tgid || (__u32)(pid_tgid >> 32) == targ_tgid;
+	if (targ_tgid && (__u32)(pid_tgid >> 32) != targ_tgid)
+		return false;
+	return bpfdepot_monitored(label);
 }
 
 /* One event, sent when the open returns, in the context of the task that called it. */
-static __always_inline void emit(const char *filename, __s32 flags, __u32 mode, long ret)
+static __always_inline void emit(const char *filename, __s32 flags, __u32 mode, long ret,
+				 __u32 label)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct opensnoop_event *e;
@@ -44,6 +49,8 @@ static __always_inline void emit(const char *filename, __s32 flags, __u32 mode, 
 	e->ret = (__s32)ret; /* fd or -errno: fits in an int even where the function returns long */
 	e->flags = flags;
 	e->mode = mode;
+	e->label = label; /* decided at entry: the task may have moved since */
+	e->__pad = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	/* Read on return: the kernel has just copied the name (getname()), so its page is resident
 	 * and this cannot fault. On failure the helper zeroes the buffer; after the NUL it does
@@ -57,8 +64,10 @@ static __always_inline void emit(const char *filename, __s32 flags, __u32 mode, 
 SEC("fexit/do_sys_openat2")
 int BPF_PROG(openat2_fexit, int dfd, const char *filename, struct open_how *how, long ret)
 {
-	if (traced(bpf_get_current_pid_tgid()))
-		emit(filename, (__s32)how->flags, (__u32)how->mode, ret);
+	__u32 label;
+
+	if (traced(bpf_get_current_pid_tgid(), &label))
+		emit(filename, (__s32)how->flags, (__u32)how->mode, ret, label);
 	return 0;
 }
 
@@ -68,6 +77,8 @@ struct args {
 	const char *filename;     /* user pointer, read when the call returns */
 	__s32 flags;
 	__u32 mode;
+	__u32 label;              /* the filter's, at entry */
+	__u32 __pad;
 };
 
 struct {
@@ -82,7 +93,7 @@ static __always_inline void stash(const char *filename, __s32 flags, __u32 mode)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct args a = { .filename = filename, .flags = flags, .mode = mode };
 
-	if (traced(pid_tgid))
+	if (traced(pid_tgid, &a.label))
 		bpf_map_update_elem(&start, &pid_tgid, &a, BPF_ANY);
 }
 
@@ -94,7 +105,7 @@ static __always_inline void finish(long ret)
 
 	if (!a)
 		return;
-	emit(a->filename, a->flags, a->mode, ret);
+	emit(a->filename, a->flags, a->mode, ret, a->label);
 	bpf_map_delete_elem(&start, &pid_tgid);
 }
 

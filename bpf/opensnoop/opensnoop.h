@@ -6,7 +6,7 @@
 
 #define OPENSNOOP_NAME_LEN 256
 
-/* 304 bytes, 8-aligned, no implicit padding: every byte is a named field.
+/* 312 bytes, 8-aligned, no implicit padding: every byte is a named field.
  * flags and mode depend on the form the program was built in (see opensnoop.bpf.c):
  * the tracepoint form reports the syscall's arguments as the caller passed them; the kprobe
  * and fexit forms report the kernel's struct open_how, where a 64-bit openat()/open() has
@@ -19,10 +19,12 @@ struct opensnoop_event {
 	__s32 ret;              /* fd, or -errno */
 	__s32 flags;            /* O_* flags */
 	__u32 mode;             /* permission bits for O_CREAT / O_TMPFILE */
+	__u32 label;            /* label id of the filter target that matched (0: no filter) */
+	__u32 __pad;
 	char comm[16];          /* TASK_COMM_LEN */
 	char filename[OPENSNOOP_NAME_LEN]; /* as passed by the caller (relative paths stay relative) */
 };
 
-_Static_assert(sizeof(struct opensnoop_event) == 304, "opensnoop_event layout changed");
+_Static_assert(sizeof(struct opensnoop_event) == 312, "opensnoop_event layout changed");
 
 #endif /* __OPENSNOOP_H */

@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* syscount: system calls per (process, syscall number), counted in a hash map that the
  * loader reads whole every interval (channel type hash_map). Written the plain libbpf way
- * (libbpf-tools syscount.bpf.c), with no bpfdepot header: any program's maps can be read. */
+ * (libbpf-tools syscount.bpf.c); the bpfdepot header only for the process filter
+ * (bpfdepot_monitored: `bpfdepot run --unit/--cgroup/--pid`). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#define BPFDEPOT_FILTER
+#include "bpfdepot.h"
 #include "syscount.h"
 
 /* Only this process (tgid) when non-zero; set in .rodata before load. */
@@ -32,6 +35,8 @@ int syscount_enter(struct syscount_sys_enter *ctx)
 
 	key.tgid = bpf_get_current_pid_tgid() >> 32;
 	if (targ_tgid && key.tgid != targ_tgid)
+		return 0;
+	if (!bpfdepot_monitored(&key.label))
 		return 0;
 	key.nr = (__u32)ctx->id;
 	v = bpf_map_lookup_elem(&counts, &key);

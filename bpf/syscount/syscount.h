@@ -7,6 +7,7 @@
 struct syscount_key {
 	__u32 tgid;   /* the calling process */
 	__u32 nr;     /* syscall number (x86_64: 110 is getppid) */
+	__u32 label;  /* label id of the filter target the caller matched (0: no filter) */
 };
 
 struct syscount_value {

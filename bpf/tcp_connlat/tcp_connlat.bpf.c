@@ -8,6 +8,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include "bits.bpf.h"
+#define BPFDEPOT_FILTER /* honours bpfdepot run --unit/--cgroup/--pid */
 #include "bpfdepot.h"
 #include "tcp_connlat.h"
 
@@ -23,7 +24,7 @@
 struct piddata {
 	__u64 ts;                 /* bpf_ktime_get_ns() at SYN_SENT */
 	__u32 pid;                /* tgid */
-	__u32 __pad;
+	__u32 label;              /* the process filter's, decided in connect()'s context */
 	char comm[TASK_COMM_LEN];
 };
 
@@ -119,7 +120,8 @@ static __always_inline int emit(struct trace_event_raw_inet_sock_set_state *ctx,
 	e->family = ctx->family;
 	e->sport = ctx->sport; /* the tracepoint already converted both ports to host order */
 	e->dport = ctx->dport;
-	__builtin_memset(e->__pad, 0, sizeof(e->__pad));
+	e->__pad = 0;
+	e->label = pd->label;
 	__builtin_memcpy(e->comm, pd->comm, sizeof(e->comm));
 
 	read_addrs(ctx, e->saddr, e->daddr);
@@ -167,6 +169,10 @@ int tcp_connlat(struct trace_event_raw_inet_sock_set_state *ctx)
 	if (newstate == TCP_SYN_SENT) {
 		struct piddata new = {};
 
+		/* outside the filter: no stash, so neither its event nor its failure nor its
+		 * histogram count is made (ESTABLISHED runs in softirq, where current is not it) */
+		if (!bpfdepot_monitored(&new.label))
+			return 0;
 		new.ts = bpf_ktime_get_ns();
 		new.pid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(&new.comm, sizeof(new.comm));

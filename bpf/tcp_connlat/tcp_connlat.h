@@ -13,7 +13,8 @@ struct connlat_event {
 	__u16 family;           /* AF_INET or AF_INET6 */
 	__u16 sport;            /* host byte order */
 	__u16 dport;            /* host byte order */
-	__u8 __pad[6];          /* zero; keeps the addresses 8-aligned */
+	__u16 __pad;            /* zero */
+	__u32 label;            /* label id of the filter target the caller matched (0: no filter) */
 	char comm[16];          /* of the connecting task (TASK_COMM_LEN) */
 	bpfdepot_ip saddr;      /* AF_INET: first 4 bytes, rest zero */
 	bpfdepot_ip daddr;

@@ -92,7 +92,7 @@ def test_tcp_connlat_layout_on_each_reference_kernel(home: Path, btf: Path | Non
     events = meta.channels["tcp_connlat_events"]
     assert (events["event"], events["event_size"]) == ("connlat_event", 72)
     assert [f["name"] for f in events["layout"]] == [
-        "delta_ns", "pid", "family", "sport", "dport", "comm", "saddr", "daddr"]
+        "delta_ns", "pid", "family", "sport", "dport", "label", "comm", "saddr", "daddr"]
     assert meta.license == "Dual BSD/GPL"
 
 

@@ -54,7 +54,8 @@ def test_syscount_reset_gives_each_interval_its_own_count(home: Path, tmp_path: 
     assert done.rc == 0, done.stderr
     mine = [r for r in done.events if r["nr"] == GETPPID]
     assert [r["count"] for r in mine] == [N, N]  # not 2N: the first read deleted the entry
-    assert all(set(r) == {"tgid", "nr", "count"} for r in done.events)  # nothing hidden
+    assert all(set(r) == {"tgid", "nr", "label", "count"} for r in done.events)  # nothing hidden
+    assert {r["label"] for r in done.events} == {0}  # no filter asked
     assert {r["tgid"] for r in done.events} == {os.getpid()}  # targ_tgid: no other process
     received, lost = _summary(done.stderr, "syscount/counts")
     assert received == len(done.events) and lost == 0  # reset: every entry read once, a record each

@@ -30,7 +30,7 @@ RUNNING_BTF = Path("/sys/kernel/btf/vmlinux")
 BPF_PROG_TYPE_KPROBE = 2
 ATTEMPTS = 3
 FLAGS = ("-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall")
-EVENT_FIELDS = ["ts_ns", "pid", "tid", "uid", "ret", "flags", "mode", "comm", "filename"]
+EVENT_FIELDS = ["ts_ns", "pid", "tid", "uid", "ret", "flags", "mode", "label", "comm", "filename"]
 
 TRACEPOINTS = {f"tp/syscalls/sys_{edge}_{call}" for edge in ("enter", "exit")
                for call in ("openat", "openat2", "open")}
@@ -108,6 +108,7 @@ def test_opens_give_exact_events(home: Path, tmp_path: Path) -> None:
         assert (e["tid"], e["uid"], e["flags"], e["comm"]) == (seen["tid"], 0, seen["flags"],
                                                                seen["comm"])
         assert e["mode"] == 0  # glibc passes no mode without O_CREAT/O_TMPFILE
+        assert e["label"] == 0  # no process filter asked
     assert mine[0]["ts_ns"] < mine[1]["ts_ns"]
     assert not PROGRAM_NAMES & prog_names()
 
@@ -149,7 +150,7 @@ def test_each_form_builds_for_each_reference_kernel(form: str, btf: Path | None,
     assert {p.section for p in info.programs} == sections
     assert check_object(info, "opensnoop", {"opensnoop_events": ("ring_buffer", None)}) == []
     decoder = info.decoder("opensnoop_events")
-    assert (decoder.struct, decoder.size) == ("opensnoop_event", 304)
+    assert (decoder.struct, decoder.size) == ("opensnoop_event", 312)
     assert [f.name for f in decoder.fields] == EVENT_FIELDS
     assert info.license == "Dual BSD/GPL"
     if form != "tracepoint":

@@ -49,6 +49,7 @@ def test_execsnoop_gives_each_exec_of_this_process_with_its_argv(home: Path, tmp
     assert first["ppid"] == os.getpid() and first["pid"] != os.getpid()
     assert first["comm"] == _own_comm()  # before the exec the child still has our name
     assert first["uid"] == os.getuid()
+    assert first["label"] == 0  # no process filter asked
     # variable length: each argument cut at ARGSIZE - 1 bytes, at most TOTAL_MAX_ARGS of them
     second = mine[("/bin/true",)]
     assert second["pid"] == many.pid and second["ppid"] == os.getpid()

@@ -63,7 +63,9 @@ def test_connections_give_exact_events(home: Path, tmp_path: Path) -> None:
         loop = "127.0.0.1" if e["family"] == socket.AF_INET else "::1"
         assert (e["saddr"], e["daddr"], e["comm"]) == (loop, loop, comm)
         assert e["delta_ns"] > 0
-        assert set(e) == {"delta_ns", "pid", "family", "sport", "dport", "comm", "saddr", "daddr"}
+        assert set(e) == {"delta_ns", "pid", "family", "sport", "dport", "label", "comm", "saddr",
+                          "daddr"}
+        assert e["label"] == 0  # no process filter asked
     assert "tcp_connlat/tcp_connlat_events" in done.stderr
     summary = next(line for line in done.stderr.splitlines() if "tcp_connlat/tcp_connlat_events" in line)
     received, lost = (int(x) for x in summary.split()[1:3])
