@@ -104,7 +104,31 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{program.name:<16} {str(target.identity):<30} {built.meta.digest} "
                   f"{built.meta.size:>7} B  {how:<15} meta {built.meta_digest}")
     _build_processors(manifest, store, toolchain, settings)
+    _check_bpftrace(manifest, store, targets)
     return 0
+
+
+def _check_bpftrace(manifest, store, targets: list) -> None:
+    """bpftrace_object scripts: checked for every target; the refused kernels fail the build
+    after the others are stored (builder/bpftrace.py)."""
+    from builder.bpftrace import check_for_targets
+
+    refused = []
+    for program in manifest.programs:
+        if program.type != "bpftrace_object" or program.local_path is None:
+            continue
+        built, errors = check_for_targets(store, manifest, program, targets)
+        for item in built:
+            how = "cached" if item.cached else f"checked in {item.seconds:.2f} s"
+            print(f"{program.name:<16} {str(item.meta.target):<30} {item.meta.digest} "
+                  f"{item.meta.size:>7} B  {how:<15} meta {item.meta_digest}")
+        refused += errors
+    if len(refused) == 1:
+        raise refused[0]
+    if refused:
+        from loader.errors import BuildError
+
+        raise BuildError("; ".join(e.message for e in refused), hint=refused[0].hint)
 
 
 def _build_processors(manifest, store, toolchain, settings: Settings) -> None:
@@ -130,13 +154,22 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     stacks = run_collector(args)  # --flamegraph/--folded/--speedscope: a tap on the records
     options = RunOptions(locked=args.locked, duration=args.duration, knobs=_knobs(args.set),
                          processor_timeout=args.processor_timeout, metrics=args.metrics,
-                         taps=(stacks.tap,) if stacks else ())
+                         taps=(stacks.tap,) if stacks else (), filter=_filter(args))
     report = run(settings, args.bundle, options, _storage(args, settings),
-                 compilers=None if args.no_build else host_compilers(settings), say=_err)
+                 compilers=None if args.no_build else host_compilers(settings), say=_err,
+                 check_bpftrace=None if args.no_build else host_bpftrace_check(settings))
     _report(report)
     if stacks:
         write_run_outputs(args, stacks, _err)
     return 0
+
+
+def _filter(args: argparse.Namespace):
+    from loader.monitor import filter_request
+
+    return filter_request(units=args.unit or (), cgroups=args.cgroup or (), pids=args.pid or (),
+                          containers=args.container or (), pods=args.pod or (),
+                          file=args.filter_file)
 
 
 def host_compilers(settings: Settings):
@@ -158,6 +191,20 @@ def host_compilers(settings: Settings):
                                settings.cache).meta
 
     return Compilers(kernel=kernel, processor=processor)
+
+
+def host_bpftrace_check(settings: Settings):
+    """The on-host check of a bpftrace script for this kernel (builder/bpftrace.py)."""
+    from builder.bpftrace import check_script
+    from builder.compile import Target
+
+    store = open_store(settings)
+
+    def check(manifest, program, identity):
+        return check_script(store, manifest, program,
+                            Target(identity=identity, btf=settings.kernel_btf)).meta
+
+    return check
 
 
 def _report(report) -> None:
@@ -296,6 +343,14 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
     from builder.flamecli import add_run_flags
 
     add_run_flags(run)
+    for flag, meta, what in (
+            ("--unit", "NAME.service", "only this systemd unit and everything below it (repeat)"),
+            ("--cgroup", "PATH", "only this cgroup2 directory and below it (repeat)"),
+            ("--pid", "N", "only this process (repeat)"),
+            ("--container", "ID", "not available yet"), ("--pod", "NS/NAME", "not available yet")):
+        run.add_argument(flag, action="append", metavar=meta, help=f"in-kernel filter: {what}")
+    run.add_argument("--filter-file", metavar="FILE", help="in-kernel filter read from this YAML "
+                     "({units: [...], cgroups: [...], pids: [...]}) and re-read when it changes")
     run.set_defaults(func=cmd_run)
 
     build = sub.add_parser("build", help="build a bundle's kernel programs")

@@ -34,8 +34,10 @@ from loader.libbpf.core import BpfObject
 from loader.model.manifest import ChannelSpec, Manifest, load_bundle
 from loader.model.settings import Settings
 from loader.model.storage import StorageSettings
+from loader.monitor import FilterRequest, open_monitor
 from loader.outputs import ChannelContext, ChannelStats, Reader, output_kinds
 from loader.pipeline import Pipeline
+from loader.programs.bpftrace import CheckedScript, resolve_scripts, start_children
 from loader.processors.workers import RouteCounts
 from loader.session import (Loadable, Session, check_fits, check_privileges, choose_forms,
                             ensure_filesystems)
@@ -56,6 +58,8 @@ class RunOptions:
     metrics: str | None = None            # HOST:PORT for /metrics
     # called with (stream, lines, count) for every batch of records, before the sinks
     taps: tuple[Callable[[str, bytes, int], None], ...] = ()
+    # the in-kernel process filter (--unit/--cgroup/--pid/--filter-file); none: everything
+    filter: FilterRequest = field(default_factory=FilterRequest)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -70,8 +74,11 @@ class RunReport:
 
 
 def run(settings: Settings, target: str, options: RunOptions, storage: StorageSettings, *,
-        compilers: Compilers | None, say: Say) -> RunReport:
-    """Run ``target`` (a bundle folder, a manifest, or ``sha256:…``) and return its counts."""
+        compilers: Compilers | None, say: Say,
+        check_bpftrace: Callable | None = None) -> RunReport:
+    """Run ``target`` (a bundle folder, a manifest, or ``sha256:…``) and return its counts.
+    ``check_bpftrace(manifest, program, kernel)``: the builder's check of a bpftrace script on
+    this host, for one the store does not hold checked (loader/programs/bpftrace.py)."""
     started = time.perf_counter()
     store = open_store(settings)
     manifest = None
@@ -87,11 +94,23 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
         kernel = node_identity(settings, store)
         loadables = resolve(settings, store, manifest, kernel, locked=options.locked,
                             compilers=None if options.locked else compilers)
+    scripts = (resolve_scripts(store, manifest, kernel,
+                               check=None if options.locked else check_bpftrace)
+               if manifest else [])
+    if scripts and options.filter.active:
+        # bpftrace programs cannot read the filter's maps: never run one unfiltered silently
+        raise ManifestError(
+            f"'{name}' has bpftrace program(s) {', '.join(repr(s.name) for s in scripts)}, "
+            "which the in-kernel process filter (--unit/--cgroup/--pid) cannot reach",
+            hint="run the filter without the .bt programs, or filter inside the script "
+                 "(e.g. /cgroup == cgroupid(\"/sys/fs/cgroup/unified/...\")/)")
     processors = (resolve_processors(settings, store, manifest, kernel.arch,
                                      compilers=None if options.locked else compilers)
                   if manifest else {})
     features = probe_features(kernel, settings.cache)
-    off = _programs_off(manifest, loadables, features, kernel_btf(str(settings.kernel_btf)), say)
+    # parsing the node's BTF costs ~0.1 s: only kernel objects need it (a .bt-only run does not)
+    off = _programs_off(manifest, loadables, features,
+                        kernel_btf(str(settings.kernel_btf)) if loadables else None, say)
     for item in loadables:
         check_fits(item.meta, kernel, features, off.get(item.meta.name, ()))
     needs_tracefs = any(p["feature"] == "tracepoint" for i in loadables for p in i.meta.programs)
@@ -106,13 +125,20 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
     open_channel = partial(_open_channel, manifest, pipeline, node_enums(str(settings.kernel_btf)))
     session = Session()
     server = None
+    monitor = None
     try:
+        # the filter's maps are filled before anything loads: no event escapes it at attach
+        monitor = open_monitor(options.filter, say=say)
         if options.metrics:  # first: a port in use fails before anything loads
             server = _serve_metrics(options.metrics, pipeline, session, say)
         session.start(loadables, open_channel, dict(options.knobs), before_attach=pipeline.start,
                       attach=_attach_plans(manifest), autoload_off=off,
-                      maps={p.name: p.maps for p in manifest.kernel_programs} if manifest else {})
+                      maps={p.name: p.maps for p in manifest.kernel_programs} if manifest else {},
+                      prepare=partial(_prepare_filter, monitor) if monitor else None)
+        if monitor is not None:
+            monitor.start()  # units started later, pids added to the filter file
         programs = session.attached
+        programs += _start_bpftrace(scripts, pipeline, session, say)
 
         def attached() -> None:
             ms = (time.perf_counter() - started) * 1000
@@ -130,11 +156,23 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
         for pool in pipeline.pools.values():
             pool.stop(kill=True)
         session.close()
+        if monitor is not None:
+            monitor.close()
         sink_stats = pipeline.outlets.close()
     say(f"bpfdepot: {name}: detached after {seconds:.1f} s")
     routes = [(s.name, pool.name, c, pool.restarts, pool.violations)
               for s, pool, c in pipeline.route_counts()]
     return RunReport(name=name, seconds=seconds, channels=stats, routes=routes, sinks=sink_stats)
+
+
+def _start_bpftrace(scripts: list[CheckedScript], pipeline: Pipeline, session: Session,
+                    say: Say) -> int:
+    """Launch the bpftrace children (after the kernel objects attached); their output joins the
+    run as readers, so the loop moves it and stop ends them. Returns the probes attached."""
+    children = start_children(scripts, pipeline.records, say)
+    for child in children:
+        session.readers += [child, child.maps_view()]
+    return sum(child.probes for child in children)
 
 
 def _open_channel(manifest: Manifest | None, pipeline: Pipeline, enums, item: Loadable, name: str,
@@ -151,6 +189,10 @@ def _open_channel(manifest: Manifest | None, pipeline: Pipeline, enums, item: Lo
     ctx = ChannelContext(program=item.meta.name, name=name, spec=spec, obj=obj, info=info,
                          pipeline=pipeline, enums=enums, options=spec.options if spec else {})
     return kind.open(ctx)
+
+
+def _prepare_filter(monitor, item: Loadable, obj: BpfObject, info: ObjectInfo) -> None:
+    monitor.prepare(item.meta.name, item.path, obj, info)
 
 
 def _attach_plans(manifest: Manifest | None) -> dict[str, dict[str, Callable]]:

@@ -124,14 +124,16 @@ class Session:
               before_attach: Callable[[], None] | None = None,
               attach: Mapping[str, AttachPlan] | None = None,
               autoload_off: Mapping[str, Sequence[str]] | None = None,
-              maps: Mapping[str, Sequence[MapSize]] | None = None) -> None:
+              maps: Mapping[str, Sequence[MapSize]] | None = None,
+              prepare: Callable[[Loadable, BpfObject, ObjectInfo], None] | None = None) -> None:
         """Open, set knobs, load and attach every object, then start each channel's reader.
 
         ``open_channel`` opens a channel's reader (before load: processor routes must exist
         when the processors start); ``before_attach`` runs once all is loaded (processors start
         there: no event comes before they are ready, and if they fail nothing was attached);
         ``attach`` maps an object's name to how its programs attach, ``autoload_off`` to the
-        programs not to load at all, ``maps`` to the map sizes to set before load."""
+        programs not to load at all, ``maps`` to the map sizes to set before load; ``prepare``
+        runs on each opened object before it loads (the process filter's shared maps)."""
         knobs = knobs or {}
         attach = attach or {}
         maps = maps or {}
@@ -152,6 +154,8 @@ class Session:
                 for name in (autoload_off or {}).get(item.meta.name, ()):
                     obj.set_autoload(name, False)
                 _size_maps(obj, maps.get(item.meta.name, ()))
+                if prepare is not None:
+                    prepare(item, obj, info)
                 for name in item.meta.channels:
                     # an iterator channel names a program (checked at build), the rest a map
                     is_program = item.meta.channels[name].get("type") == "iterator"
