@@ -129,3 +129,16 @@ def cgroup2_dirs(tag: str, count: int = 1) -> Iterator[list[Path]]:
             for pid in (path / "cgroup.procs").read_text().split():
                 (mounts[0] / "cgroup.procs").write_text(pid)
             path.rmdir()
+
+
+def held_prog_ids(pid: int) -> set[int]:
+    """Ids of the BPF programs (and links' programs) process ``pid`` holds open now, from the
+    prog_id lines of its fds' fdinfo: a run's own programs, whatever other runs load."""
+    ids = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = info.read_text()
+        except OSError:
+            continue  # closed meanwhile
+        ids |= {int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:")}
+    return ids

@@ -6,7 +6,6 @@ getppid() a known number of times."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.conftest import ROOT, Running, bpfdepot, records, wait_for
+from tests.kernel.conftest import ROOT, Running, bpfdepot, held_prog_ids, records, wait_for
 
 if not shutil.which("bpftrace"):
     pytest.skip("bpftrace is not installed (apt-get install -y bpftrace)", allow_module_level=True)
@@ -44,19 +43,6 @@ def bpftrace_child(run: Running) -> int:
     return found[0]
 
 
-def progs_of(pid: int) -> set[int]:
-    """Ids of the BPF programs process ``pid`` holds open (prog_id in its fds' fdinfo)."""
-    ids = set()
-    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-        try:
-            text = info.read_text()
-        except OSError:
-            continue  # closed meanwhile
-        ids.update(int(line.split()[1]) for line in text.splitlines()
-                   if line.startswith("prog_id:"))
-    return ids
-
-
 def all_prog_ids() -> set[int]:
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
                          check=True)
@@ -76,7 +62,7 @@ def test_getppid_script_gives_three_events_and_the_final_count(home: Path, tmp_p
 
 def check_run(run: Running, out: Path) -> None:
     bt = bpftrace_child(run)
-    progs = progs_of(bt)
+    progs = held_prog_ids(bt)
     assert progs, f"bpftrace {bt} holds no BPF program once the run says attached"
     other = call_getppid("bt_other", 5)  # another comm: filtered out by the script
     pid = call_getppid("bt_getppid", 3)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.conftest import Finished, Running
-from tests.kernel.test_filelat import held_prog_ids, still_loaded
+from tests.kernel.conftest import Finished, Running, held_prog_ids
+from tests.kernel.test_filelat import still_loaded
 
 COMM = "fileerr-trig"  # the child names itself (prctl PR_SET_NAME) once the program is attached
 

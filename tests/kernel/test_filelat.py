@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.kernel.conftest import Finished, Running
+from tests.kernel.conftest import Finished, Running, held_prog_ids
 
 MIB = 1 << 20
 
@@ -57,18 +57,6 @@ def _wait_in_syscall(pid: int, nr: int) -> None:
     while Path(f"/proc/{pid}/syscall").read_text().split()[0] != str(nr):
         assert time.monotonic() < deadline, f"pid {pid} never reached syscall {nr}"
         time.sleep(0.01)
-
-
-def held_prog_ids(pid: int) -> set[int]:
-    """IDs of the BPF programs (and links' programs) process ``pid`` holds open now."""
-    ids = set()
-    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-        try:
-            text = info.read_text()
-        except OSError:
-            continue  # closed meanwhile
-        ids |= {int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:")}
-    return ids
 
 
 def still_loaded(ids: set[int]) -> set[int]:
