@@ -90,16 +90,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
     rows = [Row(metric=f"{ROUNDS:,} pipe round trips, cpustate attached",
                 value=f"{median(ours) * 1e3:.0f} ms", baseline=f"{median(plain) * 1e3:.0f} ms untraced",
                 ratio=paired(ours, plain))]
-    if theirs:
-        ours_cost, their_cost = paired(ours, plain) - 1, paired(theirs, plain) - 1
-        rows.append(Row(metric="same, bpftrace equivalent script", value=f"{median(theirs) * 1e3:.0f} ms",
-                        baseline=f"{median(plain) * 1e3:.0f} ms untraced", ratio=paired(theirs, plain)))
-        rows.append(Row(metric="cpustate overhead / bpftrace overhead",
-                        value=f"{ours_cost * 100:.1f}% vs {their_cost * 100:.1f}%",
-                        ratio=ours_cost / their_cost if their_cost > 0 else None,
-                        goal="≤ 1× (aim 0.5×)", met=ours_cost <= their_cost))
-    else:
-        rows.append(Row(metric="bpftrace equivalent", value="skipped: bpftrace not installed"))
+    rows += harness.anchor_rows("cpustate", plain, ours, theirs)
     return rows
 
 

@@ -86,17 +86,8 @@ def measure(args: argparse.Namespace) -> list[Row]:
     rows = [Row(metric=f"{CALLS:,} × pread 4 KiB (cached), filelat attached",
                 value=f"{median(ours) * 1e3:.0f} ms (+{per_call(ours):.0f} ns/call)",
                 baseline=f"{median(plain) * 1e3:.0f} ms untraced", ratio=paired(ours, plain))]
-    if theirs:
-        ours_cost, their_cost = paired(ours, plain) - 1, paired(theirs, plain) - 1
-        rows.append(Row(metric="same, bpftrace equivalent script",
-                        value=f"{median(theirs) * 1e3:.0f} ms (+{per_call(theirs):.0f} ns/call)",
-                        baseline=f"{median(plain) * 1e3:.0f} ms untraced", ratio=paired(theirs, plain)))
-        rows.append(Row(metric="filelat overhead / bpftrace overhead",
-                        value=f"{ours_cost * 100:.1f}% vs {their_cost * 100:.1f}%",
-                        ratio=ours_cost / their_cost if their_cost > 0 else None,
-                        goal="≤ 1× (aim 0.5×)", met=ours_cost <= their_cost))
-    else:
-        rows.append(Row(metric="bpftrace equivalent", value="skipped: bpftrace not installed"))
+    rows += harness.anchor_rows("filelat", plain, ours, theirs,
+                                lambda xs: f" (+{per_call(xs):.0f} ns/call)")
     return rows
 
 

@@ -220,3 +220,21 @@ def bpftrace(script: Path, *args: str, env: dict[str, str] | None = None) -> Ite
     finally:
         p.kill()
         p.wait()
+
+
+def anchor_rows(program: str, plain: Sequence[float], ours: Sequence[float],
+                theirs: Sequence[float], detail: Callable[[Sequence[float]], str] = lambda xs: ""
+                ) -> list[Row]:
+    """The rows comparing a program's overhead with bpftrace's on the same workload (all times
+    in seconds, per repetition): bpftrace's slowdown against untraced, then our overhead over
+    its overhead, the catalog's goal (no worse; aim half). ``theirs`` empty: bpftrace missing."""
+    if not theirs:
+        return [Row(metric="bpftrace equivalent", value="skipped: bpftrace not installed")]
+    ours_cost, their_cost = paired(ours, plain) - 1, paired(theirs, plain) - 1
+    return [Row(metric="same, bpftrace equivalent script",
+                value=f"{median(theirs) * 1e3:.0f} ms{detail(theirs)}",
+                baseline=f"{median(plain) * 1e3:.0f} ms untraced", ratio=paired(theirs, plain)),
+            Row(metric=f"{program} overhead / bpftrace overhead",
+                value=f"{ours_cost * 100:.1f}% vs {their_cost * 100:.1f}%",
+                ratio=ours_cost / their_cost if their_cost > 0 else None,
+                goal="≤ 1× (aim 0.5×)", met=ours_cost <= their_cost)]
