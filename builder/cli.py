@@ -154,7 +154,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     stacks = run_collector(args)  # --flamegraph/--folded/--speedscope: a tap on the records
     options = RunOptions(locked=args.locked, duration=args.duration, knobs=_knobs(args.set),
                          processor_timeout=args.processor_timeout, metrics=args.metrics,
-                         taps=(stacks.tap,) if stacks else (), filter=_filter(args))
+                         taps=(stacks.tap,) if stacks else (), filter=_filter(args),
+                         labels=args.labels)
     report = run(settings, args.bundle, options, _storage(args, settings),
                  compilers=None if args.no_build else host_compilers(settings), say=_err,
                  check_bpftrace=None if args.no_build else host_bpftrace_check(settings))
@@ -349,6 +350,10 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
             ("--pid", "N", "only this process (repeat)"),
             ("--container", "ID", "not available yet"), ("--pod", "NS/NAME", "not available yet")):
         run.add_argument(flag, action="append", metavar=meta, help=f"in-kernel filter: {what}")
+    run.add_argument("--labels", nargs="?", const="/", metavar="ROOT",
+                     help="add each record's labels (systemd unit, or pod, namespace, container, "
+                          "image) from its cgroup or pid, read from the node's cgroup2 tree and "
+                          "files under ROOT (default /: var/log/pods, run/containerd)")
     run.add_argument("--filter-file", metavar="FILE", help="in-kernel filter read from this YAML "
                      "({units: [...], cgroups: [...], pids: [...]}) and re-read when it changes")
     run.set_defaults(func=cmd_run)

@@ -58,6 +58,7 @@ class RunOptions:
     metrics: str | None = None            # HOST:PORT for /metrics
     # called with (stream, lines, count) for every batch of records, before the sinks
     taps: tuple[Callable[[str, bytes, int], None], ...] = ()
+    labels: str | None = None             # --labels: label records from the node's files under it
     # the in-kernel process filter (--unit/--cgroup/--pid/--filter-file); none: everything
     filter: FilterRequest = field(default_factory=FilterRequest)
 
@@ -126,7 +127,13 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
     session = Session()
     server = None
     monitor = None
+    labels = None
     try:
+        if options.labels is not None:
+            from loader.labels.run import open_labels
+
+            labels = open_labels(options.labels, say=say)
+            pipeline.outlets.stamp = labels.stamp
         # the filter's maps are filled before anything loads: no event escapes it at attach
         monitor = open_monitor(options.filter, say=say)
         if options.metrics:  # first: a port in use fails before anything loads
@@ -158,8 +165,12 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
         session.close()
         if monitor is not None:
             monitor.close()
+        if labels is not None:
+            labels.close()
         sink_stats = pipeline.outlets.close()
     say(f"bpfdepot: {name}: detached after {seconds:.1f} s")
+    if labels is not None:
+        say(f"bpfdepot: {name}: {labels.summary()}")
     routes = [(s.name, pool.name, c, pool.restarts, pool.violations)
               for s, pool, c in pipeline.route_counts()]
     return RunReport(name=name, seconds=seconds, channels=stats, routes=routes, sinks=sink_stats)

@@ -61,6 +61,9 @@ class Outlets:
         # see every batch before its sinks do: (stream, lines, count); e.g. the stack collector
         # of ``bpfdepot run --flamegraph`` (loader/flamegraph/)
         self.taps: list[Callable[[str, bytes, int], None]] = []
+        # applied to every batch before taps and sinks: ``--labels`` adds each record's labels
+        # (loader/labels/run.py); it keeps the line count, so keys stay aligned
+        self.stamp: Callable[[bytes], bytes] | None = None
 
     def add(self, stream: str, sinks: Sequence[Sink], program: str, channel: str) -> None:
         for sink in sinks:
@@ -72,6 +75,8 @@ class Outlets:
         return any(not hasattr(s, "write_lines") for s in self.streams.get(stream, ()))
 
     def deliver(self, stream: str, lines: bytes, keys: bytes | None, count: int) -> None:
+        if self.stamp is not None:
+            lines = self.stamp(lines)
         for tap in self.taps:
             tap(stream, lines, count)
         records: list[Record] | None = None

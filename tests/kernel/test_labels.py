@@ -161,3 +161,35 @@ def test_kernel_events_get_the_labels_of_the_cgroup_they_came_from(
     assert [r["labels"] for r in records] == [unit] * 5 + [CART_LABELS] * 7
     assert records[0]["cgroup_id"] == os.stat(base / UNIT).st_ino
     assert (stamper.labelled, stamper.unlabelled) == (12, 0)
+
+
+def test_run_with_labels_writes_them_into_every_record(home: Path, tmp_path: Path,
+                                                        cg2: tuple[Path, Path]) -> None:
+    """``bpfdepot run --labels ROOT`` stamps each record in the run itself: a process makes 5
+    calls in a unit's worker cgroup and 7 in a pod's container scope (kubelet and containerd
+    files under ROOT), moved between them mid-run; the output file holds the unit's labels on
+    the first 5 records and the pod's on the next 7, and the run says how many it labelled."""
+    _mount, base = cg2
+    root = tmp_path / "root"
+    shutil.copytree(TREE, root)
+    mkcg(base, UNIT)
+    mkcg(base, SCOPE)
+    caller = subprocess.Popen([sys.executable, "-c", CALLER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        run = Running(home, "tests/kernel/bundles/cgroup_events", tmp_path / "events.jsonl",
+                      extra=["--set", f"target_tgid={caller.pid}", "--labels", str(root)])
+        for where, calls in ((UNIT, 5), (SCOPE, 7)):
+            (base / where / "cgroup.procs").write_text(str(caller.pid))
+            caller.stdin.write(f"{calls}\n")
+            caller.stdin.flush()
+            assert caller.stdout.readline() == "ok\n"
+        done = run.stop()
+    finally:
+        caller.kill()
+        caller.wait()
+    assert done.rc == 0, done.stderr
+    assert [r["seq"] for r in done.events] == list(range(12))
+    unit = {"unit": "shop-api.service", "slice": "system.slice"}
+    assert [r["labels"] for r in done.events] == [unit] * 5 + [CART_LABELS] * 7
+    assert "labels: 12 record(s) labelled, 0 without a cgroup, unit or pod" in done.stderr
