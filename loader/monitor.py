@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -102,6 +102,17 @@ def parse_filter_doc(doc: object, where: str) -> FilterRequest:
         _check_unit(unit, where)
     return FilterRequest(units=units, cgroups=tuple(str(c) for c in doc.get("cgroups") or ()),
                          pids=tuple(_pid(p, where) for p in doc.get("pids") or ()))
+
+
+def with_manifest(request: FilterRequest, wanted: Mapping[str, Sequence[str]],
+                  where: str) -> FilterRequest:
+    """The command line's request plus the manifest's ``spec.filter`` (checked here, where a
+    unit's name and a pid are checked for the command line too)."""
+    if not wanted:
+        return request
+    extra = parse_filter_doc({key: list(values) for key, values in wanted.items()}, where)
+    return replace(request, units=request.units + extra.units,
+                   cgroups=request.cgroups + extra.cgroups, pids=request.pids + extra.pids)
 
 
 def _pid(value: object, where: str) -> int:

@@ -34,7 +34,7 @@ from loader.libbpf.core import BpfObject
 from loader.model.manifest import ChannelSpec, Manifest, load_bundle
 from loader.model.settings import Settings
 from loader.model.storage import StorageSettings
-from loader.monitor import FilterRequest, open_monitor
+from loader.monitor import FilterRequest, open_monitor, with_manifest
 from loader.outputs import ChannelContext, ChannelStats, Reader, output_kinds
 from loader.pipeline import Pipeline
 from loader.programs.bpftrace import CheckedScript, resolve_scripts, start_children
@@ -98,7 +98,9 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
     scripts = (resolve_scripts(store, manifest, kernel,
                                check=None if options.locked else check_bpftrace)
                if manifest else [])
-    if scripts and options.filter.active:
+    wanted = (with_manifest(options.filter, manifest.filter, f"{manifest.path}: spec.filter")
+              if manifest else options.filter)
+    if scripts and wanted.active:
         # bpftrace programs cannot read the filter's maps: never run one unfiltered silently
         raise ManifestError(
             f"'{name}' has bpftrace program(s) {', '.join(repr(s.name) for s in scripts)}, "
@@ -135,7 +137,7 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
             labels = open_labels(options.labels, say=say)
             pipeline.outlets.stamp = labels.stamp
         # the filter's maps are filled before anything loads: no event escapes it at attach
-        monitor = open_monitor(options.filter, say=say)
+        monitor = open_monitor(wanted, say=say)
         if options.metrics:  # first: a port in use fails before anything loads
             server = _serve_metrics(options.metrics, pipeline, session, say)
         session.start(loadables, open_channel, dict(options.knobs), before_attach=pipeline.start,

@@ -139,6 +139,9 @@ class Manifest:
     path: Path  # the manifest file, absolute and resolved
     root: Path  # its folder
     raw: bytes = field(repr=False)  # the file's bytes as parsed
+    # spec.filter: the in-kernel process filter the bundle asks for ({"units": (...), ...});
+    # checked and applied by the run (loader/monitor.py), added to the command line's
+    filter: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def program(self, name: str) -> ProgramSpec:
         """The program called ``name``; a ManifestError naming the known ones if there is none."""
@@ -165,6 +168,29 @@ class Manifest:
     def text_digest(self) -> str:
         """sha256 (hex) of the manifest file's bytes."""
         return hashlib.sha256(self.raw).hexdigest()
+
+
+FILTER_KEYS = ("units", "cgroups", "pids")
+
+
+def _parse_filter(doc: YamlDoc, node: Node) -> dict[str, tuple[str, ...]]:
+    """``spec.filter: {units: [...], cgroups: [...], pids: [...]}`` as text; the run checks the
+    values (a unit's name, a cgroup2 directory, a pid) where it fills the filter."""
+    fields = doc.fields(node, "spec.filter", required=(), optional=FILTER_KEYS)
+    out = {}
+    for key in FILTER_KEYS:
+        if key not in fields:
+            continue
+        items = doc.sequence(fields[key], key, "spec.filter")
+        if key == "pids":
+            for item in items:
+                if not (isinstance(item, ScalarNode) and item.tag == TAG + "int"):
+                    raise doc.error(item, f"spec.filter.pids holds process ids, got {kind_of(item)}",
+                                    hint="pids: [4242]")
+            out[key] = tuple(str(item.value) for item in items)
+        else:
+            out[key] = tuple(doc.string(item, key, "spec.filter") for item in items)
+    return out
 
 
 def load_bundle(path: str | Path) -> Manifest:
@@ -219,7 +245,7 @@ def parse_manifest(path: Path) -> Manifest:
         for key in ("description", "version", "author")
     }
     spec = doc.fields(
-        top["spec"], "spec", required=("programs",), optional=("properties", "channels")
+        top["spec"], "spec", required=("programs",), optional=("properties", "channels", "filter")
     )
     programs = _parse_programs(doc, spec["programs"])
     properties = (
@@ -242,6 +268,7 @@ def parse_manifest(path: Path) -> Manifest:
         path=real,
         root=real.parent,
         raw=raw,
+        filter=_parse_filter(doc, spec["filter"]) if "filter" in spec else {},
     )
 
 

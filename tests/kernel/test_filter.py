@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.conftest import Finished, Running, bpfdepot, prog_names
+from tests.kernel.conftest import ROOT, Finished, Running, bpfdepot, prog_names
 
 GETPPID = 110  # x86_64
 # A process that waits for orders on stdin: "open N", "getppid N", answers "done" after each.
@@ -283,3 +284,27 @@ def test_a_bpftrace_program_is_refused_under_a_filter(home: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "'getppid_bt' has bpftrace program(s) 'getppid'" in result.stderr
     assert "filter inside the script" in result.stderr
+
+
+def test_the_manifest_can_ask_for_the_filter(home: Path, tmp_path: Path,
+                                             tree: dict[str, Path]) -> None:
+    """``spec.filter: {units: [...]}`` in a bundle's manifest filters as ``--unit`` does."""
+    bundle = tmp_path / "opensnoop"
+    shutil.copytree(ROOT / "bpf" / "opensnoop", bundle)
+    manifest = bundle / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace(
+        "spec:\n", f"spec:\n  filter:\n    units: [{tree['unit'].name}]\n", 1))
+    target = tmp_path / "target"
+    target.write_text("x")
+    with workers(target, 2) as (a, c):
+        a.move(tree["unit"])
+        c.move(tree["other"])
+        run = Running(home, str(bundle), tmp_path / "events.jsonl")
+        try:
+            a.do("open", 4)
+            c.do("open", 6)
+        finally:
+            done = run.stop()
+    assert done.rc == 0, done.stderr
+    assert _opens(done, target) == {a.pid: [1] * 4}
+    assert _received(done, "opensnoop/opensnoop_events") == (4, 0)

@@ -459,3 +459,18 @@ def test_a_manifest_that_is_not_a_regular_file_is_refused(tmp_path: Path, specia
     with pytest.raises(ManifestError) as caught:
         load_bundle(path)
     assert caught.value.message == f"{path}: the manifest is not a regular file ({kind})"
+
+
+def test_spec_filter_is_kept_as_text_for_the_run_to_check(tmp_path: Path) -> None:
+    (tmp_path / "p.bpf.c").write_text("")
+    path = tmp_path / "manifest.yaml"
+    path.write_text("kind: ebpfprogram\nname: f\nspec:\n  filter:\n    units: [shop-api.service]\n"
+                    "    pids: [4242]\n  programs:\n    - name: p\n      path: file://./p.bpf.c\n"
+                    "      type: ebpf_object\n")
+    assert load_bundle(path).filter == {"units": ("shop-api.service",), "pids": ("4242",)}
+    path.write_text(path.read_text().replace("pids: [4242]", "pids: [me]"))
+    with pytest.raises(ManifestError, match=r"manifest.yaml:6: spec.filter.pids holds process ids"):
+        load_bundle(path)
+    path.write_text(path.read_text().replace("pids: [me]", "pod: [x]"))
+    with pytest.raises(ManifestError, match="unknown key 'pod' in spec.filter"):
+        load_bundle(path)
