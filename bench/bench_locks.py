@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import harness
+from bench_probes import start, stop
 from harness import ROOT, Row, median, paired
 
 ROUNDS = 100_000
@@ -117,22 +118,6 @@ def with_bpftrace(cmd: list[str], script: Path, out: Path) -> float:
     return seconds
 
 
-def start(home: Path, bundle: Path, out: Path) -> subprocess.Popen:
-    p = subprocess.Popen([*harness.bpfdepot_exe(), "run", str(bundle), "-o", str(out)],
-                         stderr=subprocess.PIPE, text=True, env=harness.env_for(home), cwd=ROOT)
-    harness.wait_for_line(p, p.stderr, "attached", "bpfdepot run")
-    return p
-
-
-def stop(p: subprocess.Popen) -> str:
-    time.sleep(0.3)
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
-    if p.returncode != 0:
-        raise SystemExit(f"bench: bpfdepot run failed ({p.returncode}):\n{err}")
-    return err
-
-
 def one(name: str, cmd: list[str], bundle: Path, bt: str, calls: int, tmp: Path, reps: int,
         home: Path) -> list[Row]:
     script = tmp / f"{name}.bt"
@@ -148,19 +133,11 @@ def one(name: str, cmd: list[str], bundle: Path, bt: str, calls: int, tmp: Path,
                         if x.strip().startswith(f"{bundle.name}/")))
         theirs.append(with_bpftrace(cmd, script, tmp / f"{name}-{i}.bt.out"))
     ns = lambda xs: (median(xs) - median(plain)) / calls * 1e9  # noqa: E731
-    ours_cost, their_cost = paired(ours, plain) - 1, paired(theirs, plain) - 1
-    return [
-        Row(metric=f"{name}: {bundle.name} attached", value=f"{median(ours) * 1e3:.0f} ms "
-            f"(+{ns(ours):.0f} ns/call, lost {max(lost)})",
-            baseline=f"{median(plain) * 1e3:.0f} ms untraced", ratio=paired(ours, plain)),
-        Row(metric=f"{name}: bpftrace equivalent", value=f"{median(theirs) * 1e3:.0f} ms "
-            f"(+{ns(theirs):.0f} ns/call)",
-            baseline=f"{median(plain) * 1e3:.0f} ms untraced", ratio=paired(theirs, plain)),
-        Row(metric=f"{name}: overhead ours / bpftrace's",
-            value=f"{ours_cost * 100:.1f}% vs {their_cost * 100:.1f}%",
-            ratio=ours_cost / their_cost if their_cost > 0 else None,
-            goal="≤ 1× (aim 0.5×)", met=ours_cost <= their_cost),
-    ]
+    return [Row(metric=f"{name}: {bundle.name} attached", value=f"{median(ours) * 1e3:.0f} ms "
+                f"(+{ns(ours):.0f} ns/call, lost {max(lost)})",
+                baseline=f"{median(plain) * 1e3:.0f} ms untraced", ratio=paired(ours, plain)),
+            *harness.anchor_rows(bundle.name, plain, ours, theirs,
+                                 lambda xs: f" (+{ns(xs):.0f} ns/call)")]
 
 
 def measure(args: argparse.Namespace) -> list[Row]:

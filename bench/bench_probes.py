@@ -74,12 +74,14 @@ def start(home: Path, bundle: Path, out: Path) -> subprocess.Popen:
     return p
 
 
-def stop(p: subprocess.Popen) -> None:
+def stop(p: subprocess.Popen) -> str:
+    """SIGINT the run and wait; its stderr (the summary with each channel's lost count)."""
     time.sleep(0.3)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     if p.returncode != 0:
         raise SystemExit(f"bench: bpfdepot run failed ({p.returncode}):\n{err}")
+    return err
 
 
 def calls_once(exe: Path) -> tuple[float, int]:
