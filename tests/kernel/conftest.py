@@ -142,3 +142,29 @@ def held_prog_ids(pid: int) -> set[int]:
             continue  # closed meanwhile
         ids |= {int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:")}
     return ids
+
+
+@pytest.fixture
+def tree() -> Iterator[dict[str, Path]]:
+    """<cgroup2>/bpfdepot-mon-PID.slice/{shop-api-PID.service/worker, other-PID.service}; the
+    names carry this test's pid so a unit name matches nothing another run made."""
+    from loader.attach.cgroup import cgroup2_mounts
+
+    mounts = cgroup2_mounts()
+    if not mounts:
+        pytest.skip("no cgroup2 mount on this host")
+    tag = f"{os.getpid()}-{time.monotonic_ns() % 100000}"
+    slice_ = mounts[0] / f"bpfdepot-mon-{tag}.slice"
+    paths = {"unit": slice_ / f"shop-api-{tag}.service", "other": slice_ / f"other-{tag}.service"}
+    paths["child"] = paths["unit"] / "worker"
+    made = [slice_, paths["unit"], paths["child"], paths["other"]]
+    for path in made:
+        path.mkdir()
+    try:
+        yield paths
+    finally:
+        for path in reversed(made):
+            for pid in (path / "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError):  # it may have exited meanwhile
+                    (mounts[0] / "cgroup.procs").write_text(pid)
+            path.rmdir()

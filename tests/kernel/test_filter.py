@@ -7,110 +7,18 @@ space. Labels are ids until the label resolver names them: the unit asked first 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import select
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.kernel.conftest import ROOT, Finished, Running, bpfdepot, prog_names
+from tests.kernel.monitor import received, said, workers
 
 GETPPID = 110  # x86_64
-# A process that waits for orders on stdin: "open N", "getppid N", answers "done" after each.
-# It says "ready" once Python has started, so the opens of its own start-up happen before the
-# test moves it into a cgroup and are never counted.
-WORKER = """
-import os, sys
-path = sys.argv[1]
-print("ready", flush=True)
-for line in sys.stdin:
-    op, n = line.split()
-    for _ in range(int(n)):
-        if op == "open":
-            os.close(os.open(path, os.O_RDONLY))
-        else:
-            os.getppid()
-    print("done", flush=True)
-"""
-
-
-class Worker:
-    def __init__(self, path: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(path)], text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert self.proc.stdout.readline().strip() == "ready"
-        self.pid = self.proc.pid
-
-    def do(self, op: str, n: int) -> None:
-        self.proc.stdin.write(f"{op} {n}\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().strip() == "done"
-
-    def move(self, cgroup: Path) -> None:
-        (cgroup / "cgroup.procs").write_text(str(self.pid))
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def tree() -> Iterator[dict[str, Path]]:
-    """<cgroup2>/bpfdepot-mon-PID.slice/{shop-api-PID.service/worker, other-PID.service}; the
-    names carry this test's pid so a unit name matches nothing another run made."""
-    from loader.attach.cgroup import cgroup2_mounts
-
-    mounts = cgroup2_mounts()
-    if not mounts:
-        pytest.skip("no cgroup2 mount on this host")
-    tag = os.getpid()
-    slice_ = mounts[0] / f"bpfdepot-mon-{tag}.slice"
-    paths = {"unit": slice_ / f"shop-api-{tag}.service", "other": slice_ / f"other-{tag}.service"}
-    paths["child"] = paths["unit"] / "worker"
-    made = [slice_, paths["unit"], paths["child"], paths["other"]]
-    for path in made:
-        path.mkdir()
-    try:
-        yield paths
-    finally:
-        for path in reversed(made):
-            for pid in (path / "cgroup.procs").read_text().split():
-                with contextlib.suppress(OSError):  # it may have exited meanwhile
-                    (mounts[0] / "cgroup.procs").write_text(pid)
-            path.rmdir()
-
-
-@contextlib.contextmanager
-def workers(path: Path, count: int) -> Iterator[list[Worker]]:
-    made = [Worker(path) for _ in range(count)]
-    try:
-        yield made
-    finally:
-        for w in made:
-            w.close()
-
-
-def _received(done: Finished, channel: str) -> tuple[int, int]:
-    line = next(x for x in done.stderr.splitlines() if channel in x)
-    received, lost = (int(x) for x in line.split()[1:3])
-    return received, lost
-
-
-def _said(run: Running, text: str, timeout: float = 10.0) -> None:
-    """Read the run's stderr until a line holds ``text`` (the filter says each change)."""
-    deadline = time.monotonic() + timeout
-    while text not in run.stderr:
-        assert time.monotonic() < deadline, f"the run never said {text!r}:\n{run.stderr}"
-        ready, _, _ = select.select([run.proc.stderr], [], [], 0.5)
-        if ready:
-            run.stderr += run.proc.stderr.readline()
 
 
 def _opens(done: Finished, path: Path) -> dict[int, list[int]]:
@@ -143,7 +51,7 @@ def test_unit_filter_passes_the_unit_and_its_child_only(home: Path, tmp_path: Pa
         in done.stderr
     assert _opens(done, target) == {a.pid: [1] * 5, b.pid: [1] * 11}
     # the other service's 13 never left the kernel: the channel received exactly 16
-    assert _received(done, "opensnoop/opensnoop_events") == (16, 0)
+    assert received(done, "opensnoop/opensnoop_events") == (16, 0)
     assert not {"enter_openat", "exit_openat"} & prog_names()
 
 
@@ -192,7 +100,7 @@ def test_moving_a_process_changes_what_is_counted_from_its_next_call(
             done = run.stop()
     assert done.rc == 0, done.stderr
     assert _opens(done, target) == {a.pid: [1] * 2, c.pid: [1] * 4}
-    assert _received(done, "opensnoop/opensnoop_events") == (6, 0)
+    assert received(done, "opensnoop/opensnoop_events") == (6, 0)
 
 
 def test_pid_filter_and_a_pid_added_while_running(home: Path, tmp_path: Path) -> None:
@@ -208,19 +116,21 @@ def test_pid_filter_and_a_pid_added_while_running(home: Path, tmp_path: Path) ->
             b.do("open", 2)
             c.do("open", 5)          # not asked for yet
             rules.write_text(f"pids: [{b.pid}, {c.pid}]\n")
-            _said(run, f"label 3 = pid {c.pid}: monitored")
+            said(run, f"label 3 = pid {c.pid}: monitored")
             c.do("open", 7)
         finally:
             done = run.stop()
     assert done.rc == 0, done.stderr
     assert _opens(done, target) == {a.pid: [1] * 3, b.pid: [2] * 2, c.pid: [3] * 7}
-    assert _received(done, "opensnoop/opensnoop_events") == (12, 0)
+    assert received(done, "opensnoop/opensnoop_events") == (12, 0)
 
 
 def test_a_program_without_the_filter_is_refused_by_name(home: Path) -> None:
-    out = bpfdepot(home, "run", "bpf/runqlat", "--duration", "1", "--pid", str(os.getpid()))
+    """A user's own libbpf program (no bpfdepot.h) cannot be limited to a unit: refused."""
+    out = bpfdepot(home, "run", "tests/kernel/bundles/perf_lost", "--duration", "1",
+                   "--pid", str(os.getpid()))
     assert out.returncode == 2, out.stderr
-    assert "'runqlat' does not honour the process filter this run asks for" in out.stderr
+    assert "'perf_lost' does not honour the process filter this run asks for" in out.stderr
     assert "bpfdepot_monitored" in out.stderr
     assert "attached" not in out.stderr  # refused before load: nothing ever reached the kernel
 
@@ -250,7 +160,7 @@ def test_execsnoop_passes_only_execs_inside_the_cgroup(home: Path, tmp_path: Pat
         done = run.stop()
     assert done.rc == 0, done.stderr
     assert [(e["args"], e["label"]) for e in done.events] == [(["/bin/echo", marker, "in"], 1)]
-    assert _received(done, "execsnoop/events") == (1, 0)
+    assert received(done, "execsnoop/events") == (1, 0)
 
 
 def test_tcp_connlat_passes_only_the_pid_asked(home: Path, tmp_path: Path) -> None:
@@ -274,7 +184,7 @@ def test_tcp_connlat_passes_only_the_pid_asked(home: Path, tmp_path: Path) -> No
     events = [e for e in done.events if "delta_ns" in e]
     assert [(e["pid"], e["sport"], e["dport"], e["label"]) for e in events] == \
         [(os.getpid(), sport, port, 1)]
-    assert _received(done, "tcp_connlat/tcp_connlat_events") == (1, 0)
+    assert received(done, "tcp_connlat/tcp_connlat_events") == (1, 0)
 
 
 def test_a_bpftrace_program_is_refused_under_a_filter(home: Path) -> None:
@@ -307,4 +217,4 @@ def test_the_manifest_can_ask_for_the_filter(home: Path, tmp_path: Path,
             done = run.stop()
     assert done.rc == 0, done.stderr
     assert _opens(done, target) == {a.pid: [1] * 4}
-    assert _received(done, "opensnoop/opensnoop_events") == (4, 0)
+    assert received(done, "opensnoop/opensnoop_events") == (4, 0)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from tests.kernel.conftest import Running, prog_names
+from tests.kernel.monitor import received, workers
 
 N = 5             # sleeps, each one wakeup + switch-in of the sleeper
 SLEEP_S = 0.010
@@ -81,7 +82,7 @@ def test_sleeps_give_wakeup_events(home: Path, tmp_path: Path) -> None:
         assert 0 < e["delta_ns"] < 1_000_000_000
         assert e["cpu"] < os.cpu_count()
         assert e["prev_pid"] != sleeper.tid
-        assert set(e) == {"delta_ns", "pid", "tgid", "prev_pid", "cpu", "comm", "prev_comm"}
+        assert set(e) == {"delta_ns", "pid", "tgid", "prev_pid", "cpu", "comm", "prev_comm", "label"}
 
     # Negative: a task asleep the whole window is never woken, so never measured.
     assert not [e for e in done.events if e["pid"] == blocked.tid or e["comm"] == "rqlt-idle"]
@@ -90,3 +91,25 @@ def test_sleeps_give_wakeup_events(home: Path, tmp_path: Path) -> None:
     received, lost = (int(x) for x in summary.split()[1:3])
     assert received == len(done.events) and lost == 0
     assert not {n for n in prog_names() if n.startswith("runqlat")}
+
+
+def test_the_filter_follows_the_woken_task_not_the_waker(home: Path, tmp_path: Path,
+                                                          tree: dict[str, Path]) -> None:
+    """sched_wakeup runs in the waker's context: the filter must judge the woken task by its own
+    cgroup, so a sleeper in the unit passes and one in the other service never reaches the ring."""
+    with workers("/dev/null", 2) as (inside, outside):
+        inside.move(tree["child"])
+        outside.move(tree["other"])
+        run = Running(home, "bpf/runqlat", tmp_path / "events.jsonl",
+                      extra=["--unit", tree["unit"].name])
+        try:
+            inside.do("sleep", N)
+            outside.do("sleep", N)
+        finally:
+            done = run.stop()
+    assert done.rc == 0, done.stderr
+    mine = [e for e in done.events if e["tgid"] == inside.pid]
+    assert len(mine) >= N, done.stderr
+    assert {e["label"] for e in done.events} == {1}
+    assert {e["tgid"] for e in done.events} == {inside.pid}
+    assert received(done, "runqlat/runqlat_events")[0] == len(done.events)
