@@ -152,7 +152,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from builder.flamecli import run_collector, write_run_outputs
 
     stacks = run_collector(args)  # --flamegraph/--folded/--speedscope: a tap on the records
-    options = RunOptions(locked=args.locked, duration=args.duration, knobs=_knobs(args.set),
+    options = RunOptions(locked=args.locked, duration=args.duration,
+                         knobs=knob_pairs(args.set),
                          processor_timeout=args.processor_timeout, metrics=args.metrics,
                          taps=(stacks.tap,) if stacks else (), filter=_filter(args),
                          labels=args.labels)
@@ -247,7 +248,7 @@ def _storage(args: argparse.Namespace, settings: Settings):
     return storage
 
 
-def _knobs(pairs: list[str] | None) -> dict[str, str]:
+def knob_pairs(pairs: list[str] | None) -> dict[str, str]:
     """``--set NAME=VALUE`` pairs; the value is read by the knob's own type at load (an
     integer, text for a ``char x[N]``, or ``1,2,3`` for an integer array)."""
     out = {}
@@ -289,7 +290,8 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
 # Command groups kept in their own modules, imported only when the command line names one of
 # their commands (or asks for help): `bpfdepot run` should not pay for Celery or the catalog.
 GROUPS = {("kernels",): "kernels", ("worker", "submit", "builds"): "farm", ("query",): "query",
-          ("flamegraph",): "flamegraph"}
+          ("flamegraph",): "flamegraph",
+          ("agent", "load", "unload", "replace", "ps", "logs"): "agent"}
 
 
 def _register_group(sub: argparse._SubParsersAction, group: str) -> None:
@@ -303,6 +305,10 @@ def _register_group(sub: argparse._SubParsersAction, group: str) -> None:
         register_commands(sub)
     elif group == "flamegraph":
         from builder.flamecli import register_commands
+
+        register_commands(sub)
+    elif group == "agent":
+        from builder.agentcli import register_commands
 
         register_commands(sub)
     else:

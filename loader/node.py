@@ -36,7 +36,7 @@ from loader.model.settings import Settings
 from loader.model.storage import StorageSettings
 from loader.monitor import FilterRequest, open_monitor, with_manifest
 from loader.outputs import ChannelContext, ChannelStats, Reader, output_kinds
-from loader.pipeline import Pipeline
+from loader.pipeline import Pipeline, StopSignal
 from loader.programs.bpftrace import CheckedScript, resolve_scripts, start_children
 from loader.processors.workers import RouteCounts
 from loader.session import (Loadable, Session, check_fits, check_privileges, choose_forms,
@@ -61,6 +61,19 @@ class RunOptions:
     labels: str | None = None             # --labels: label records from the node's files under it
     # the in-kernel process filter (--unit/--cgroup/--pid/--filter-file); none: everything
     filter: FilterRequest = field(default_factory=FilterRequest)
+    # the agent's: stops the run from another thread; told the live run once attached
+    stop: StopSignal | None = None
+    on_attached: Callable[[LiveRun], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRun:
+    """A run once attached, for those watching it from another thread (the agent's ``ps``)."""
+
+    session: Session
+    pipeline: Pipeline
+    programs: int
+    attach_ms: float
 
 
 @dataclass(slots=True, kw_only=True)
@@ -153,9 +166,13 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
             ms = (time.perf_counter() - started) * 1000
             pools = f", {len(pipeline.pools)} processor(s)" if pipeline.pools else ""
             say(f"bpfdepot: {name}: {programs} program(s) attached, {len(session.readers)} "
-                f"channel(s){pools}, in {ms:.1f} ms; Ctrl-C to stop")
+                f"channel(s){pools}, in {ms:.1f} ms"
+                + ("" if options.stop is not None else "; Ctrl-C to stop"))
+            if options.on_attached is not None:
+                options.on_attached(LiveRun(session, pipeline, programs, ms))
 
-        seconds = pipeline.run(session.readers, duration=options.duration, on_attached=attached)
+        seconds = pipeline.run(session.readers, duration=options.duration, on_attached=attached,
+                               stop=options.stop)
         session.detach()
         pipeline.drain()
         stats = session.stats()

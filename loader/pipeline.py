@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -278,28 +279,33 @@ class Pipeline:
                     pool.reap(w)
 
     def run(self, readers: Sequence[Reader], *, duration: float | None,
-            on_attached: Callable[[], None] | None = None) -> float:
-        """Move events until Ctrl-C, SIGTERM or ``duration`` seconds; return the seconds run."""
-        stop = False
+            on_attached: Callable[[], None] | None = None,
+            stop: StopSignal | None = None) -> float:
+        """Move events until ``duration`` seconds, ``stop`` (the agent's unload: it wakes the
+        poll at once) or, on the main thread, Ctrl-C or SIGTERM; return the seconds run."""
+        stopped = False
 
         def _stop(signum: int, frame: object) -> None:
-            nonlocal stop
-            stop = True
+            nonlocal stopped
+            stopped = True
 
-        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        waker = [stop] if stop is not None else []
         started = time.monotonic()
         deadline = started + duration if duration is not None else None
         try:
             if on_attached:
                 on_attached()
-            while not stop:
-                wait_ms = 100
+            while not stopped and not (stop is not None and stop.is_set()):
+                wait_ms = 100 if stop is None else 1000  # the stop signal wakes the poll
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     wait_ms = max(1, min(wait_ms, int(left * 1000)))
-                self.pump(readers, wait_ms)
+                self.pump([*readers, *waker], wait_ms)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -384,3 +390,41 @@ def route_key(decoder: EventDecoder, route: EventRoute, channel: str) -> RouteKe
     size = 16 if op.kind == 8 else op.size  # ip by family: hash the 16 address bytes
     return RouteKey(op=Op(kind=op.kind, offset=op.offset, size=op.size, aux=op.aux,
                           aux_size=op.aux_size), size=size)
+
+
+class StopSignal:
+    """Stops a run from another thread and wakes its poll at once: a pipe whose read end the
+    loop polls like a reader's fd (``set`` writes one byte). Looks like a Reader with nothing
+    to read, so ``pump`` needs no special case."""
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            try:
+                os.write(self._w, b"x")
+            except OSError:
+                pass  # closed: the run is over anyway
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def fds(self) -> Sequence[int]:
+        return (self._r,)
+
+    def due(self) -> float | None:
+        return None
+
+    def read(self, now: float) -> None:
+        pass  # the byte stays: the fd stays readable until the loop sees is_set()
+
+    def close(self) -> None:
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._r = self._w = -1

@@ -1,0 +1,201 @@
+"""``bpfdepot agent | load | unload | replace | ps | logs``: the node agent and its clients.
+
+The agent (loader/agent/) keeps many instances loaded in one process, so a load pays no Python
+start-up, imports or BTF parsing; the clients are thin: one request over the agent's socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+from builder.cli import knob_pairs
+from loader.model.settings import Settings
+
+DEFAULT_STATE = Path("/var/lib/bpfdepot/agent")
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
+    from builder.cli import host_bpftrace_check, host_compilers
+    from loader.agent.instances import Instances
+    from loader.agent.protocol import socket_path
+    from loader.agent.server import AgentServer
+    from loader.model.storage import load_storage
+    from loader.node import RunOptions, run
+
+    state = Path(args.state)
+    storage = load_storage(os.environ, settings.home, Path(args.config) if args.config else None)
+    storage = dataclasses.replace(storage, stdout=dataclasses.replace(storage.stdout, enabled=False))
+    compilers = None if args.no_build else host_compilers(settings)
+    check = None if args.no_build else host_bpftrace_check(settings)
+
+    def runner(instance):
+        """One instance's run: its events to <state>/instances/NAME/events.jsonl (rotated as
+        the file sink is configured; a replacement, which runs beside the one it replaces for a
+        moment, to events-GENERATION.jsonl) besides whatever Kafka/TSDB the config turns on."""
+        folder = state / "instances" / instance.name
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        gen = instance.generation
+        path = folder / ("events.jsonl" if gen == 1 else f"events-{gen}.jsonl")
+        instance.output = str(path)
+        mine = dataclasses.replace(storage, file=dataclasses.replace(
+            storage.file, enabled=True, path=path))
+        options = RunOptions(stop=instance.stop, on_attached=instance.attached,
+                             labels=args.labels, knobs=instance.knobs)
+        return run(settings, instance.target, options, mine, compilers=compilers,
+                   say=instance.say, check_bpftrace=check)
+
+    def name_of(target: str) -> str:
+        if target.startswith("sha256:"):
+            from loader.artifacts.resolve import artifact
+            from loader.artifacts.store import open_store
+
+            return artifact(settings, open_store(settings), target).meta.name
+        from loader.model.manifest import load_bundle
+
+        return load_bundle(target).name
+
+    server = AgentServer(Instances(runner), socket_path(args.socket),
+                         manifests=Path(args.manifests) if args.manifests else None,
+                         name_of=name_of, say=_err)
+    server.serve()
+    return 0
+
+
+def _call(args: argparse.Namespace, request: dict) -> dict:
+    from loader.agent.protocol import AgentError, call, socket_path
+    from loader.errors import BpfDepotError
+
+    answer = call(socket_path(args.socket), request)
+    if not answer.get("ok"):
+        error = BpfDepotError(answer.get("error", "the agent refused"),
+                              hint=answer.get("hint", ""), detail=answer.get("detail", ""))
+        error.exit_code = int(answer.get("exit_code", AgentError.exit_code))
+        raise error
+    return answer
+
+
+def _target(text: str) -> str:
+    """A local path made absolute for the agent (its working folder is not ours)."""
+    if text.startswith(("sha256:", "http://", "https://", "s3://")):
+        return text
+    return str(Path(text).resolve())
+
+
+def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
+    answer = _call(args, {"op": "load", "target": _target(args.target), "name": args.name,
+                          "set": knob_pairs(args.set)})
+    _err(f"bpfdepot: loaded {answer['name']}: {answer['programs']} program(s) attached in "
+         f"{answer['ms']:.1f} ms")
+    return 0
+
+
+def cmd_replace(args: argparse.Namespace, settings: Settings) -> int:
+    answer = _call(args, {"op": "replace", "name": args.name, "target": _target(args.target),
+                          "set": knob_pairs(args.set)})
+    _err(f"bpfdepot: replaced {answer['name']}: new one attached in {answer['ms']:.1f} ms, old "
+         f"one stopped in {answer['old_stopped_ms']:.1f} ms")
+    return 0
+
+
+def cmd_unload(args: argparse.Namespace, settings: Settings) -> int:
+    for name in args.names:
+        answer = _call(args, {"op": "unload", "name": name})
+        _err(f"bpfdepot: unloaded {name} in {answer['ms']:.1f} ms")
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    rows = _call(args, {"op": "ps"})["instances"]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'NAME':<20} {'STATE':<8} {'UP':>8} {'PROGS':>5} {'RECEIVED':>10} {'LOST':>8}  TARGET")
+    now = time.time()
+    for row in rows:
+        channels = row.get("channels", [])
+        received = sum(c["received"] for c in channels)
+        lost = sum(c["lost"] for c in channels)
+        up = _age(now - row["since"])
+        print(f"{row['name']:<20} {row['state']:<8} {up:>8} {row.get('programs', 0):>5} "
+              f"{received:>10} {lost:>8}  {row['target']}")
+        if row.get("error"):
+            print(f"{'':<20} error: {row['error']}")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
+
+
+def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
+    answer = _call(args, {"op": "logs", "name": args.name, "lines": args.lines})
+    for line in answer["lines"]:
+        print(line)
+    return 0
+
+
+def register_commands(sub: argparse._SubParsersAction) -> None:
+    def socket_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--socket", metavar="PATH", help="the agent's socket (default "
+                       "$BPFDEPOT_AGENT_SOCKET, else /run/bpfdepot/agent.sock)")
+
+    agent = sub.add_parser("agent", help="the node daemon: keep instances loaded, controlled by "
+                           "load/unload/replace/ps/logs and a watched manifests folder")
+    socket_flag(agent)
+    agent.add_argument("--manifests", metavar="DIR", help="load every manifest in DIR "
+                       "(NAME.yaml or NAME/manifest.yaml), unload removed ones, replace changed "
+                       "ones (e.g. /etc/bpfdepot/manifests.d)")
+    agent.add_argument("--state", default=str(DEFAULT_STATE), metavar="DIR",
+                       help=f"instance events and state (default {DEFAULT_STATE})")
+    agent.add_argument("--config", metavar="FILE", help="storage settings, as for run")
+    agent.add_argument("--labels", nargs="?", const="/", metavar="ROOT",
+                       help="label every instance's records, as bpfdepot run --labels")
+    agent.add_argument("--no-build", action="store_true", help="never compile on this host")
+    agent.set_defaults(func=cmd_agent)
+
+    load = sub.add_parser("load", help="load a manifest, bundle or artifact digest into the agent")
+    socket_flag(load)
+    load.add_argument("target", help="a bundle folder, a manifest file or sha256:DIGEST")
+    load.add_argument("--name", help="the instance's name (default: the manifest's name)")
+    load.add_argument("--set", action="append", metavar="NAME=VALUE",
+                      help="set a program knob before load, as for run (repeatable)")
+    load.set_defaults(func=cmd_load)
+
+    replace = sub.add_parser("replace", help="load a new version of an instance, then stop the old")
+    socket_flag(replace)
+    replace.add_argument("name")
+    replace.add_argument("target")
+    replace.add_argument("--set", action="append", metavar="NAME=VALUE",
+                         help="the new instance's knobs, as for load")
+    replace.set_defaults(func=cmd_replace)
+
+    unload = sub.add_parser("unload", help="stop instances: detach, drain, unload")
+    socket_flag(unload)
+    unload.add_argument("names", nargs="+", metavar="NAME")
+    unload.set_defaults(func=cmd_unload)
+
+    ps = sub.add_parser("ps", help="the agent's instances with programs, channels and counts")
+    socket_flag(ps)
+    ps.add_argument("--json", action="store_true")
+    ps.set_defaults(func=cmd_ps)
+
+    logs = sub.add_parser("logs", help="an instance's recent log lines")
+    socket_flag(logs)
+    logs.add_argument("name")
+    logs.add_argument("--lines", "-n", type=int, default=0, help="only the last N")
+    logs.set_defaults(func=cmd_logs)
