@@ -171,7 +171,7 @@ def _filter(args: argparse.Namespace):
 
     return filter_request(units=args.unit or (), cgroups=args.cgroup or (), pids=args.pid or (),
                           containers=args.container or (), pods=args.pod or (),
-                          file=args.filter_file)
+                          file=args.filter_file, labels_root=args.labels)
 
 
 def host_compilers(settings: Settings):
@@ -354,14 +354,17 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
             ("--unit", "NAME.service", "only this systemd unit and everything below it (repeat)"),
             ("--cgroup", "PATH", "only this cgroup2 directory and below it (repeat)"),
             ("--pid", "N", "only this process (repeat)"),
-            ("--container", "ID", "not available yet"), ("--pod", "NS/NAME", "not available yet")):
+            ("--container", "ID", ("only this container (its id, or the first 12+ hex digits; "
+                                   "files read under the --labels ROOT) (repeat)")),
+            ("--pod", "NS/NAME", "only this pod, every container of it (repeat)")):
         run.add_argument(flag, action="append", metavar=meta, help=f"in-kernel filter: {what}")
     run.add_argument("--labels", nargs="?", const="/", metavar="ROOT",
                      help="add each record's labels (systemd unit, or pod, namespace, container, "
                           "image) from its cgroup or pid, read from the node's cgroup2 tree and "
                           "files under ROOT (default /: var/log/pods, run/containerd)")
     run.add_argument("--filter-file", metavar="FILE", help="in-kernel filter read from this YAML "
-                     "({units: [...], cgroups: [...], pids: [...]}) and re-read when it changes")
+                     "({units: [...], cgroups: [...], pids: [...], containers: [...], "
+                     "pods: [...]}) and re-read when it changes")
     run.set_defaults(func=cmd_run)
 
     build = sub.add_parser("build", help="build a bundle's kernel programs")

@@ -6,6 +6,9 @@
     resolver.py  CgroupIndex (cgroup id ↔ path), LabelResolver (cached by cgroup id, bounded)
     updater.py   CgroupWatcher: inotify on the cgroup2 tree, full rescans as fallback
     stamp.py     Stamper: ``"labels": {...}`` spliced into batches of encoded JSON records
+    pods.py      container ids and ``ns/name`` pods → their cgroup ids (``--container``/``--pod``)
+    procs.py     ProcTracker: pid → cgroup from exec/exit, kept 30 s after a process exited
+    run.py       one run's labels, filter names and the stamp the pipeline applies
     inotify.py   the ctypes inotify binding
 
 Use::

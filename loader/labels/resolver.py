@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Protocol
 
 from loader.labels.cgpath import parse_cgroup_path
 from loader.labels.sources import ContainerdBundles, ContainerSource, KubeletLogs
@@ -40,6 +41,12 @@ def find_cgroup2_mount(mounts: str) -> Path | None:
     return min(found, key=lambda p: (len(p.parts), str(p))) if found else None
 
 
+class PidSource(Protocol):
+    """Where a process's cgroup id is remembered past its exit (loader/labels/procs.py)."""
+
+    def cgroup_id(self, pid: int) -> int | None: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LabelSettings:
     """Where the node's files are and how much to keep; parsed once, passed in."""
@@ -51,6 +58,10 @@ class LabelSettings:
     min_rescan: float = 0.5  # s between on-demand rescans (unknown id, unknown pod)
     retry_incomplete: float = 2.0  # s before a container with no names yet is resolved again
     rescan_interval: float = 60.0  # s between the updater's full rescans (inotify fallback)
+    # the updater also tracks processes from exec/exit (loader/labels/procs.py: two programs in
+    # the kernel), so a pid that exited before its record was read keeps its labels
+    track_processes: bool = True
+    exited_grace: float = 30.0  # s an exited process keeps its cgroup for records in flight
     extra_sources: Sequence[ContainerSource] = field(default_factory=tuple)
 
 
@@ -169,6 +180,8 @@ class LabelResolver:
         self._cache: OrderedDict[int, tuple[Mapping[str, str], float | None]] = OrderedDict()
         self._lock = threading.Lock()
         self._rescanned_at = float("-inf")
+        self.procs: PidSource | None = None  # set by the updater when it tracks exec/exit
+        self.by_exit = 0  # pids labelled from the exec/exit table (gone from /proc)
         self.hits = self.misses = self.unresolved = self.evicted = 0
 
     def labels_for_path(self, rel: str) -> Mapping[str, str]:
@@ -209,8 +222,10 @@ class LabelResolver:
                 self.unresolved += 1
             return EMPTY
         labels = self.labels_for_path(rel)
-        # A container whose names are not on disk yet (bundle written late) is asked again.
-        final = "container_id" not in labels or "container" in labels
+        # A container whose names are not on disk yet (bundle written late), or a pod whose
+        # log directory is not there yet, is asked again: a --pod filter matches by the names.
+        final = (("container_id" not in labels or "container" in labels)
+                 and ("pod_uid" not in labels or "pod" in labels))
         with self._lock:
             if self.index.path(cgroup_id) != rel:  # removed meanwhile: do not cache a gone id
                 return labels
@@ -222,17 +237,34 @@ class LabelResolver:
         return labels
 
     def cgroup_of_pid(self, pid: int) -> str | None:
-        """The cgroup2 path of a process from ``/proc/PID/cgroup`` (read now: processes move)."""
+        """The cgroup2 path of a process: from ``/proc/PID/cgroup`` while it lives (read now:
+        processes move), else where the exec/exit table saw it last (``procs``), for a
+        process that exited less than ``exited_grace`` seconds ago; None when neither knows."""
         try:
             text = (self.settings.proc / str(pid) / "cgroup").read_text()
         except OSError:
-            return None
+            return self._cgroup_of_exited(pid)
         for line in text.splitlines():
             if line.startswith("0::"):
                 rel = line[3:].removesuffix(" (deleted)") or "/"
                 # "/../x" is what a reader inside a cgroup namespace sees: not under our mount
-                return None if ".." in rel.split("/") else rel
+                return self._cgroup_of_exited(pid) if ".." in rel.split("/") else rel
         return None
+
+    def _cgroup_of_exited(self, pid: int) -> str | None:
+        cg = self.procs.cgroup_id(pid) if self.procs is not None else None
+        if cg is None:
+            return None
+        rel = self.index.path(cg)
+        now = time.monotonic()
+        if rel is None and now - self._rescanned_at >= self.settings.min_rescan:
+            self._rescanned_at = now  # made and left before a watch saw it
+            self.forget(self.index.rescan()[1])
+            rel = self.index.path(cg)
+        if rel is not None:
+            with self._lock:
+                self.by_exit += 1
+        return rel
 
     def labels_for_pid(self, pid: int) -> Mapping[str, str]:
         """Labels of a process's current cgroup; ``{}`` when the process is gone."""
@@ -278,4 +310,5 @@ class LabelResolver:
         """Counters for the run summary."""
         return {"cached": len(self._cache), "indexed": len(self.index), "hits": self.hits,
                 "misses": self.misses, "unresolved": self.unresolved, "evicted": self.evicted,
+                "by_exit": self.by_exit,
                 "untracked": self.index.untracked, "refused_files": self.bundles.refused}

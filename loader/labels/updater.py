@@ -7,6 +7,10 @@ watch, and its subtree is walked right after, because children made before the w
 send no event. When events are lost (``IN_Q_OVERFLOW``), a watch cannot be added (ENOSPC:
 ``fs.inotify.max_user_watches``) or inotify is unavailable, the index is rebuilt from the tree
 every ``rescan_interval`` seconds (and on overflow at once); ``degraded`` says so.
+
+With ``LabelSettings.track_processes`` the watcher also starts the exec/exit process table
+(loader/labels/procs.py) and hands it to the resolver, so a pid that exited before its record
+was read is still labelled; when BPF is not allowed, ``degraded`` says that too.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class CgroupWatcher:
         self.degraded = ""  # why the watcher fell back to rescans only ("" when it did not)
         self.rescans = 0
         self.events = 0
+        self.procs = None  # the exec/exit tracker (loader/labels/procs.py) while started
         self._ino: inotify.Inotify | None = None
         self._wd_path: dict[int, str] = {}
         self._path_wd: dict[str, int] = {}
@@ -51,12 +56,32 @@ class CgroupWatcher:
         except OSError as exc:
             self.degraded = f"inotify unavailable ({exc.strerror}); rescanning every {self.interval} s"
         self._full_rescan()
+        if self.resolver.settings.track_processes:
+            self._track_processes()
         self._thread = threading.Thread(target=self._run, name="bpfdepot-labels", daemon=True)
         self._thread.start()
 
+    def _track_processes(self) -> None:
+        from loader.errors import BpfDepotError
+        from loader.labels.procs import track_processes
+
+        settings = self.resolver.settings
+        try:
+            self.procs = track_processes(grace=settings.exited_grace)
+        except BpfDepotError as exc:
+            note = (f"exec/exit tracking off ({exc.message}): a process that exits before its "
+                    "record is read gets no labels")
+            self.degraded = f"{self.degraded}; {note}" if self.degraded else note
+            return
+        self.resolver.procs = self.procs
+
     def stop(self) -> None:
-        """Stop the thread and drop every watch; idempotent."""
+        """Stop the thread, the process tracker and drop every watch; idempotent."""
         self._stop.set()
+        if self.procs is not None:
+            self.resolver.procs = None
+            self.procs.close()
+            self.procs = None
         try:
             os.write(self._wake_w, b"x")
         except OSError:

@@ -170,12 +170,13 @@ class Manifest:
         return hashlib.sha256(self.raw).hexdigest()
 
 
-FILTER_KEYS = ("units", "cgroups", "pids")
+FILTER_KEYS = ("units", "cgroups", "pids", "containers", "pods")
 
 
 def _parse_filter(doc: YamlDoc, node: Node) -> dict[str, tuple[str, ...]]:
-    """``spec.filter: {units: [...], cgroups: [...], pids: [...]}`` as text; the run checks the
-    values (a unit's name, a cgroup2 directory, a pid) where it fills the filter."""
+    """``spec.filter: {units: [...], cgroups: [...], pids: [...], containers: [...], pods:
+    [...]}`` as text; the run checks the values (a unit's name, a cgroup2 directory, a pid, a
+    container id, a namespace/name) where it fills the filter."""
     fields = doc.fields(node, "spec.filter", required=(), optional=FILTER_KEYS)
     out = {}
     for key in FILTER_KEYS:

@@ -135,15 +135,6 @@ def test_a_program_without_the_filter_is_refused_by_name(home: Path) -> None:
     assert "attached" not in out.stderr  # refused before load: nothing ever reached the kernel
 
 
-def test_containers_and_pods_are_not_yet_filters(home: Path) -> None:
-    out = bpfdepot(home, "run", "bpf/opensnoop", "--duration", "1", "--pod", "shop/api-0")
-    assert out.returncode == 2
-    assert "--pod shop/api-0: filtering by pod is not available yet" in out.stderr
-    out = bpfdepot(home, "run", "bpf/opensnoop", "--duration", "1", "--cgroup", "/tmp")
-    assert out.returncode == 2
-    assert "--cgroup /tmp: not under the cgroup2 mount" in out.stderr
-
-
 def test_execsnoop_passes_only_execs_inside_the_cgroup(home: Path, tmp_path: Path,
                                                        tree: dict[str, Path]) -> None:
     marker = f"bpfdepot-filter-{os.getpid()}"

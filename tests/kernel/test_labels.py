@@ -25,7 +25,7 @@ from loader.labels import (
     Stamper,
     find_cgroup2_mount,
 )
-from tests.kernel.conftest import Running
+from tests.kernel.conftest import Running, held_prog_ids
 
 TREE = Path(__file__).resolve().parents[1] / "unit" / "labels_tree"
 CART = "a1" * 32
@@ -193,3 +193,71 @@ def test_run_with_labels_writes_them_into_every_record(home: Path, tmp_path: Pat
     unit = {"unit": "shop-api.service", "slice": "system.slice"}
     assert [r["labels"] for r in done.events] == [unit] * 5 + [CART_LABELS] * 7
     assert "labels: 12 record(s) labelled, 0 without a cgroup, unit or pod" in done.stderr
+
+
+def _short_lived(cgroup: Path, marker: Path) -> int:
+    """A shell that moves itself into ``cgroup`` and execs ``cat marker``: one open of the
+    marker, then it exits; returns its pid once it has exited and been reaped."""
+    script = f"echo $$ > {cgroup}/cgroup.procs && exec cat {marker}"
+    proc = subprocess.Popen(["/bin/sh", "-c", script], stdout=subprocess.DEVNULL)
+    assert proc.wait(timeout=10) == 0
+    assert not Path(f"/proc/{proc.pid}").exists()
+    return proc.pid
+
+
+def test_a_process_that_exited_before_its_record_was_read_keeps_its_labels(
+        home: Path, tmp_path: Path, cg2: tuple[Path, Path]) -> None:
+    """A short-lived process in a unit's cgroup opens a file and exits; its record (opensnoop:
+    a pid, no cgroup id) is stamped after the process was reaped, so /proc knows nothing: the
+    exec/exit table the watcher keeps in the kernel still gives the unit, for 30 s. Without the
+    table the same record gets no labels. Stopping the watcher detaches the table's programs."""
+    mount, base = cg2
+    mkcg(base, UNIT)
+    marker = tmp_path / "marker"
+    marker.write_text("x")
+    settings = {"root": tmp_path, "cgroup2": mount, "min_rescan": 3600.0}
+    tracked = LabelResolver(LabelSettings(**settings))
+    untracked = LabelResolver(LabelSettings(**settings, track_processes=False))
+    out = tmp_path / "events.jsonl"
+    before = held_prog_ids(os.getpid())
+    with CgroupWatcher(tracked) as watcher, CgroupWatcher(untracked):
+        assert watcher.procs is not None and not watcher.degraded
+        mine = held_prog_ids(os.getpid()) - before
+        assert len(mine) == 2  # sched_process_exec and sched_process_exit
+        run = Running(home, "bpf/opensnoop", out)
+        try:
+            pid = _short_lived(base / UNIT, marker)
+        finally:
+            done = run.stop()
+        assert done.rc == 0, done.stderr
+        lines = b"".join(line + b"\n" for line in out.read_bytes().splitlines()
+                         if str(marker).encode() in line)
+        stamped = [json.loads(x) for x in Stamper(tracked).stamp(lines).splitlines()]
+        bare = [json.loads(x) for x in Stamper(untracked).stamp(lines).splitlines()]
+    assert [(r["pid"], r["filename"]) for r in stamped] == [(pid, str(marker))]
+    assert stamped[0]["labels"] == {"unit": "shop-api.service", "slice": "system.slice"}
+    assert tracked.stats()["by_exit"] == 1
+    assert "labels" not in bare[0]  # /proc alone: the process is gone
+    assert not mine & held_prog_ids(os.getpid())
+
+
+def test_run_with_labels_labels_a_short_lived_process(home: Path, tmp_path: Path,
+                                                      cg2: tuple[Path, Path]) -> None:
+    """The same through ``bpfdepot run --labels``: the run starts the exec/exit table itself,
+    and the record of a process that exited right after its open carries its unit."""
+    _mount, base = cg2
+    root = tmp_path / "root"
+    shutil.copytree(TREE, root)
+    mkcg(base, UNIT)
+    marker = tmp_path / "marker"
+    marker.write_text("x")
+    run = Running(home, "bpf/opensnoop", tmp_path / "events.jsonl", extra=["--labels", str(root)])
+    try:
+        pid = _short_lived(base / UNIT, marker)
+    finally:
+        done = run.stop()
+    assert done.rc == 0, done.stderr
+    assert "exec/exit tracking off" not in done.stderr
+    mine = [e for e in done.events if e["filename"] == str(marker)]
+    assert [(e["pid"], e["labels"]) for e in mine] == \
+        [(pid, {"unit": "shop-api.service", "slice": "system.slice"})]

@@ -42,6 +42,8 @@ def node(tmp_path: Path) -> Path:
 
 
 def settings(node: Path, **kw: object) -> LabelSettings:
+    # no exec/exit table here (that is BPF: tests/kernel/test_labels.py)
+    kw.setdefault("track_processes", False)
     return LabelSettings(root=node / "root", cgroup2=node / "cg", proc=node / "proc", **kw)
 
 

@@ -57,13 +57,23 @@ def test_mode_follows_what_is_asked() -> None:
     assert FilterRequest(file=Path("f.yaml")).mode == FILTER_CGROUPS | FILTER_PIDS
 
 
-def test_containers_and_pods_are_not_yet() -> None:
-    with pytest.raises(ManifestError, match=r"--pod shop/api-0: filtering by pod is not "
-                                            r"available yet") as err:
-        filter_request(pods=["shop/api-0"])
-    assert "--cgroup" in err.value.hint
-    with pytest.raises(ManifestError, match="--container abc: filtering by container"):
-        filter_request(containers=["abc"])
+def test_container_ids_and_pods_are_checked() -> None:
+    full = "ab" * 32
+    request = filter_request(containers=[f"containerd://{full}", "0123456789ab"],
+                             pods=["shop/api-0"], labels_root="/srv/node")
+    assert request.containers == (full, "0123456789ab") and request.pods == ("shop/api-0",)
+    assert request.files_root == Path("/srv/node") and request.mode == FILTER_CGROUPS
+    assert filter_request(pods=["a/b"]).files_root == Path("/")  # no --labels: the node's /
+    with pytest.raises(ManifestError, match=r"--container: 'abc' is not a container id") as err:
+        filter_request(containers=["abc"])  # shorter than 12
+    assert "first 12 or more digits" in err.value.hint
+    for bad in ("0123456789AB", "0123456789xyz", "a" * 65):
+        with pytest.raises(ManifestError, match="is not a container id"):
+            filter_request(containers=[bad])
+    for bad in ("shop", "shop/api/0", "Shop/api-0", "shop/-api", "/api-0"):
+        with pytest.raises(ManifestError, match=rf"--pod: '{bad}' is not a pod as "
+                                                r"namespace/name"):
+            filter_request(pods=[bad])
 
 
 def test_bad_units_and_pids_are_refused() -> None:
@@ -84,8 +94,13 @@ def test_filter_file_documents() -> None:
     with pytest.raises(ManifestError, match="f: unknown filter key 'unit'") as err:
         parse_filter_doc({"unit": ["a.service"]}, "f")
     assert err.value.hint == "did you mean 'units'?"
-    with pytest.raises(ManifestError, match="f: filtering by pods is not available yet"):
-        parse_filter_doc({"pods": ["ns/p"]}, "f")
+    assert parse_filter_doc({"pods": ["ns/p"], "containers": ["a" * 12]}, "f") == \
+        FilterRequest(pods=("ns/p",), containers=("a" * 12,))
+    with pytest.raises(ManifestError, match="f: 'ns' is not a pod as namespace/name"):
+        parse_filter_doc({"pods": ["ns"]}, "f")
+    with pytest.raises(ManifestError, match="f: unknown filter key 'pod'") as err:
+        parse_filter_doc({"pod": ["ns/p"]}, "f")
+    assert err.value.hint == "did you mean 'pods'?"
     with pytest.raises(ManifestError, match="f: 'pids' is a list"):
         parse_filter_doc({"pids": 3}, "f")
     with pytest.raises(ManifestError, match="f: a filter is a mapping"):
@@ -204,3 +219,121 @@ def test_a_filter_file_problem_is_said_once(tmp_path: Path) -> None:
     monitor.refresh()
     monitor.refresh()
     assert len([s for s in said if "not applied" in s]) == 1
+
+
+# --- containers and pods (loader/labels/pods.py), on a kubepods tree of plain directories ----
+
+CART, LATE = "a1" * 32, "a1" * 6 + "f0" * 26   # LATE shares CART's first 12 digits
+SHOP_UID = "7d3f1c2a-1b2c-4d5e-8f90-0123456789ab"
+POD = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" \
+    + SHOP_UID.replace("-", "_") + ".slice"
+
+
+def _pod_monitor(tmp_path: Path, request: FilterRequest):
+    """A monitor over ``tmp_path/cg`` whose finder reads ``tmp_path/root`` (kubelet's
+    var/log/pods); the test rescans the index itself (no inotify thread: deterministic)."""
+    from loader.labels import LabelResolver, LabelSettings
+    from loader.labels.pods import PodFinder
+
+    (tmp_path / "cg").mkdir()
+    (tmp_path / "root" / "var/log/pods" / f"shop_cart-0_{SHOP_UID}" / "cart").mkdir(parents=True)
+    resolver = LabelResolver(LabelSettings(root=tmp_path / "root", cgroup2=tmp_path / "cg",
+                                           track_processes=False, min_rescan=3600.0))
+    said: list[str] = []
+    cg, pids = FakeMap(), FakeMap()
+    monitor = Monitor(request, (cg, pids), root=tmp_path / "cg", say=said.append,
+                      pods=PodFinder(resolver))
+    return monitor, resolver, cg, said
+
+
+def _mk(tmp_path: Path, rel: str) -> int:
+    (tmp_path / "cg" / rel).mkdir(parents=True)
+    return (tmp_path / "cg" / rel).stat().st_ino
+
+
+def test_a_container_by_prefix_is_its_scope_and_waits_until_it_exists(tmp_path: Path) -> None:
+    monitor, resolver, cg, said = _pod_monitor(
+        tmp_path, FilterRequest(containers=(CART[:12],), pods=("shop/cart-0",)))
+    monitor.check()  # neither exists yet: not an error
+    monitor.refresh()
+    assert cg.data == {}
+    assert said == [(f"bpfdepot: filter: label 1 = container {CART[:12]}: no container "
+                     f"{CART[:12]} on this node yet; waiting"),
+                    ("bpfdepot: filter: label 2 = pod shop/cart-0: no pod shop/cart-0 on this "
+                     "node yet; waiting")]
+    pod = _mk(tmp_path, POD)
+    scope = _mk(tmp_path, f"{POD}/cri-containerd-{CART}.scope")
+    _mk(tmp_path, f"{POD}/cri-containerd-{CART}.scope/inner")  # below it: the ancestor walk
+    _mk(tmp_path, "system.slice/other.service")
+    resolver.index.rescan()
+    monitor.refresh()
+    assert cg.data == {scope: 1, pod: 2}
+    assert said[2:] == [f"bpfdepot: filter: label 1 = container {CART[:12]}: cgroup id {scope}",
+                        f"bpfdepot: filter: label 2 = pod shop/cart-0: cgroup id {pod}"]
+    assert monitor.pinned == {monitor.targets()[0]: CART}
+    # another container with the same 12 digits: the prefix stays the container it found
+    _mk(tmp_path, f"{POD}/cri-containerd-{LATE}.scope")
+    resolver.index.rescan()
+    monitor.refresh()
+    assert cg.data == {scope: 1, pod: 2} and len(said) == 4
+
+
+def test_an_ambiguous_container_prefix_is_an_error_before_load(tmp_path: Path) -> None:
+    monitor, resolver, _, _ = _pod_monitor(tmp_path, FilterRequest(containers=(CART[:12],)))
+    _mk(tmp_path, f"{POD}/cri-containerd-{CART}.scope")
+    _mk(tmp_path, f"{POD}/cri-containerd-{LATE}.scope")
+    resolver.index.rescan()
+    with pytest.raises(ManifestError, match=rf"--container {CART[:12]} matches 2 containers "
+                                            rf"\({CART[:16]}…, {LATE[:16]}…\)") as err:
+        monitor.check()
+    assert "crictl ps --no-trunc" in err.value.hint
+    # the whole id is not ambiguous
+    (tmp_path / "b").mkdir()
+    monitor, resolver, cg, _ = _pod_monitor(tmp_path / "b", FilterRequest(containers=(CART,)))
+    scope = _mk(tmp_path / "b", f"{POD}/cri-containerd-{CART}.scope")
+    _mk(tmp_path / "b", f"{POD}/cri-containerd-{LATE}.scope")
+    resolver.index.rescan()
+    monitor.check()
+    monitor.refresh()
+    assert cg.data == {scope: 1}
+
+
+def test_a_prefix_that_becomes_ambiguous_while_waiting_is_said_once(tmp_path: Path) -> None:
+    monitor, resolver, cg, said = _pod_monitor(tmp_path, FilterRequest(containers=(CART[:12],)))
+    monitor.refresh()
+    _mk(tmp_path, f"{POD}/cri-containerd-{CART}.scope")
+    _mk(tmp_path, f"{POD}/cri-containerd-{LATE}.scope")
+    resolver.index.rescan()
+    monitor.refresh()
+    monitor.refresh()
+    assert cg.data == {}
+    assert said[1:] == [(f"bpfdepot: filter: label 1 = container {CART[:12]}: {CART[:12]} "
+                         f"matches 2 containers ({CART[:16]}…, {LATE[:16]}…): none monitored; "
+                         "give more digits")]
+
+
+def test_the_filter_file_and_the_manifest_add_containers_and_pods(tmp_path: Path) -> None:
+    from loader.monitor import with_manifest
+
+    rules = tmp_path / "filter.yaml"
+    rules.write_text("pods: [shop/cart-0]\n")
+    monitor, resolver, cg, _ = _pod_monitor(tmp_path, FilterRequest(file=rules))
+    pod = _mk(tmp_path, POD)
+    resolver.index.rescan()
+    monitor.check()
+    monitor.refresh()
+    assert cg.data == {pod: 1}
+    request = with_manifest(FilterRequest(pods=("a/b",)), {"containers": (CART,)}, "m.yaml")
+    assert request.pods == ("a/b",) and request.containers == (CART,)
+    with pytest.raises(ManifestError, match="m.yaml: 'nope' is not a container id"):
+        with_manifest(FilterRequest(), {"containers": ("nope",)}, "m.yaml")
+
+
+def test_a_label_names_the_cgroups_it_stands_for(tmp_path: Path) -> None:
+    monitor, _, _, _ = _pod_monitor(tmp_path, FilterRequest(pods=("shop/cart-0",),
+                                                            pids=(os.getpid(),)))
+    pod = _mk(tmp_path, POD)
+    monitor.pods.resolver.index.rescan()
+    monitor.refresh()
+    assert monitor.cgroup_ids(2) == (pod,)  # pids come first in the targets
+    assert monitor.cgroup_ids(1) == () and monitor.cgroup_ids(9) == ()
