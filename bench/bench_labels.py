@@ -9,7 +9,12 @@ under a temp root, then measures:
 - a lookup by pid (``/proc/PID/cgroup`` read each time, since processes move), against cached;
 - the watcher: mkdir of a cgroup until the index knows it (inotify), median;
 - stamping labels into a batch of 10,000 encoded JSON records (one regex + splice a line),
-  against the naive way (json.loads, add the dict, json.dumps each record).
+  against the naive way (json.loads, add the dict, json.dumps each record);
+- per sink, what labels cost there, against the same records without them (as a run without
+  --labels hands them over): the tsdb (write + commit of 20,000 records), Kafka (``write()``:
+  headers made and handed to librdkafka, what the run's thread pays, for 20,000 records to a
+  local Tansu broker, when confluent-kafka and tansu are installed; else the row says why not) and a Prometheus scrape of 1,000 series keyed
+  by cgroup id (with unit/pod labels looked up per series, against the same series without).
 """
 
 from __future__ import annotations
@@ -127,12 +132,13 @@ def measure(args: argparse.Namespace) -> list[Row]:
                     out.append(json.dumps(rec, separators=(",", ":")))
                 naive.append((time.perf_counter() - t0) / 10_000)
             assert r.labels_for_cgroup_id(ids[-1])["pod"] == f"web-{N - 1}"
+            sinks = measure_sinks(args, r, ids, tmp)
         finally:
             (mount / "cgroup.procs").write_text(str(os.getpid()))
             if base.exists():
                 remove_tree(mount, base)
     us = lambda s: f"{s * 1e6:.2f} µs"
-    return [
+    return sinks + [
         Row(metric=f"cached lookup by cgroup id ({2 * N} cgroups)",
             value=f"{us(median(cached))} ({1 / median(cached) / 1e6:.2f} M/s)",
             baseline=f"{us(median(floor))} bare dict.get", ratio=paired(cached, floor)),
@@ -149,6 +155,91 @@ def measure(args: argparse.Namespace) -> list[Row]:
             value=f"{us(median(stamp))}/record ({1 / median(stamp):,.0f}/s)",
             baseline=f"{us(median(naive))} json.loads + dumps", ratio=paired(stamp, naive)),
     ]
+
+
+SINK_RECORDS = 20_000
+
+
+def measure_sinks(args: argparse.Namespace, resolver, ids: list[int], tmp: Path) -> list[Row]:
+    """Per-sink cost of labels: each sink fed the same records stamped and unstamped, back to
+    back per repetition (seconds per record, medians; ratios paired)."""
+    from loader.labels import Stamper
+    from loader.sinks import Record
+    from loader.sinks.prometheus import Metrics, SeriesLabels
+    from loader.sinks.tsdb import TsdbSink
+
+    plain = "".join(f'{{"ts_ns":{i},"pid":{i % 97},"comm":"web","ret":0,"cgroup_id":'
+                    f'{ids[i % len(ids)]}}}\n' for i in range(SINK_RECORDS)).encode()
+    stamped = Stamper(resolver).stamp(plain)
+    batches = {name: [Record(None, v) for v in data.splitlines()]
+               for name, data in (("plain", plain), ("labels", stamped))}
+    per = {"tsdb": {"plain": [], "labels": []}, "kafka": {"plain": [], "labels": []},
+           "prom": {"plain": [], "labels": []}}
+    kafka, why = _tansu(tmp)
+    try:
+        for rep in range(args.reps):
+            for name, records in batches.items():
+                sink = TsdbSink(tmp / f"tsdb-{rep}-{name}.sqlite", retention_s=None, max_bytes=None)
+                t0 = time.perf_counter()
+                for i in range(0, len(records), 1024):
+                    sink.write("bench.events", records[i:i + 1024])
+                assert sink.close().delivered == len(records)
+                per["tsdb"][name].append((time.perf_counter() - t0) / len(records))
+                if kafka is not None:
+                    from loader.sinks.kafka import KafkaSink
+
+                    with KafkaSink(kafka.url, topic_template=f"bench.{rep}.{name}.{{channel}}") as k:
+                        t0 = time.perf_counter()
+                        for i in range(0, len(records), 1024):
+                            k.write("bench.events", records[i:i + 1024])
+                        # the run's thread pays write() only; delivery time is the broker's
+                        # (Tansu's varied 4-50 µs/record between identical runs here)
+                        per["kafka"][name].append((time.perf_counter() - t0) / len(records))
+                        assert k.flush(60).delivered == len(records)
+                m = Metrics(series_labels=SeriesLabels(
+                    lambda cg: dict(resolver.labels_for_cgroup_id(cg)))
+                    if name == "labels" else None)
+                fam = m.counter("bpfdepot_bench_c_n_total", "n", ("cgroup", "pid"))
+                for i in range(1000):
+                    fam.labels(cgroup=str(ids[i % len(ids)]), pid=str(i)).set(i)
+                t0 = time.perf_counter()
+                for _ in range(5):
+                    m.render()
+                per["prom"][name].append((time.perf_counter() - t0) / 5)
+    finally:
+        if kafka is not None:
+            kafka.stop()
+    us = lambda s: f"{s * 1e6:.2f} µs"
+    ms = lambda s: f"{s * 1e3:.2f} ms"
+    t, p = per["tsdb"], per["prom"]
+    rows = [
+        Row(metric=f"tsdb: write + commit, {SINK_RECORDS:,} records with labels",
+            value=f"{us(median(t['labels']))}/record", baseline=f"{us(median(t['plain']))} "
+            "same records without --labels", ratio=paired(t["labels"], t["plain"])),
+        Row(metric="Prometheus: scrape of 1,000 series keyed by cgroup, unit/pod labels added",
+            value=ms(median(p["labels"])), baseline=f"{ms(median(p['plain']))} without --labels",
+            ratio=paired(p["labels"], p["plain"])),
+    ]
+    k = per["kafka"]
+    if k["labels"]:
+        rows.insert(1, Row(metric=f"Kafka: write() of {SINK_RECORDS:,} records with label "
+                           "headers", value=f"{us(median(k['labels']))}/record",
+                           baseline=f"{us(median(k['plain']))} same records without --labels",
+                           ratio=paired(k["labels"], k["plain"])))
+    else:
+        rows.insert(1, Row(metric="Kafka: label headers", value=f"not measured: {why}"))
+    return rows
+
+
+def _tansu(tmp: Path):
+    """A local Tansu broker for the Kafka rows, or (None, why not)."""
+    try:
+        import confluent_kafka  # noqa: F401
+
+        from tests.services import start_tansu
+        return start_tansu(tmp / "tansu"), ""
+    except Exception as exc:  # noqa: BLE001 - the row says why and the others still run
+        return None, str(exc) or type(exc).__name__
 
 
 if __name__ == "__main__":

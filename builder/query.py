@@ -2,6 +2,11 @@
 
     bpfdepot query tcp_connlat --since 10m --where comm=curl
     bpfdepot query tcp_connlat --group-by comm --stat delta_ns --json
+    bpfdepot query opensnoop --group-by unit --where namespace=shop   # labels (run --labels)
+
+A label a record carries (``run --labels``: unit, namespace, pod, container, image…) is queried
+by its name like a field, or as ``labels.NAME``; a field of the record itself wins over a label
+of the same name.
 
 A table (plain aligned text) or, with --json, one JSON document with the rows. The store is
 read while ``bpfdepot run`` writes it (loader/sinks/tsdb.py says why that holds).
@@ -115,8 +120,10 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("program", help="a program name (all its channels) or PROGRAM.CHANNEL")
     q.add_argument("--since", metavar="DURATION", help="only events newer than this: 30s, 10m, 2h, 1d")
     q.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
-                   help="keep events whose field equals the value (repeatable; all must hold)")
-    q.add_argument("--group-by", metavar="FIELD", help="one row per value of this field, with a count")
+                   help="keep events whose field (or label: unit, pod, ...) equals the value "
+                        "(repeatable; all must hold)")
+    q.add_argument("--group-by", metavar="FIELD", help="one row per value of this field or label (unit, namespace, pod, "
+                        "container, image, filter), with a count")
     q.add_argument("--stat", metavar="FIELD",
                    help="min, avg, max, p50, p90, p99 of this numeric field (per group with --group-by)")
     q.add_argument("--json", action="store_true", help="one JSON document instead of a table")

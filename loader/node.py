@@ -148,11 +148,15 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
             from loader.labels.run import open_labels
 
             labels = open_labels(options.labels, say=say)
-            pipeline.outlets.stamp = labels.stamp
         # the filter's maps are filled before anything loads: no event escapes it at attach
         monitor = open_monitor(wanted, say=say)
+        if labels is not None or monitor is not None:
+            # records: filter label ids named, then labels (loader/labels/run.py)
+            from loader.labels.run import run_stamp
+
+            pipeline.outlets.stamp = run_stamp(labels, monitor)
         if options.metrics:  # first: a port in use fails before anything loads
-            server = _serve_metrics(options.metrics, pipeline, session, say)
+            server = _serve_metrics(options.metrics, pipeline, session, say, labels)
         session.start(loadables, open_channel, dict(options.knobs), before_attach=pipeline.start,
                       attach=_attach_plans(manifest), autoload_off=off,
                       maps={p.name: p.maps for p in manifest.kernel_programs} if manifest else {},
@@ -270,10 +274,11 @@ def _programs_off(manifest: Manifest | None, loadables: list[Loadable],
     return out
 
 
-def _serve_metrics(address: str, pipeline: Pipeline, session: Session, say: Say):
+def _serve_metrics(address: str, pipeline: Pipeline, session: Session, say: Say, labels=None):
     from loader.sinks.prometheus import Metrics, loader_families, serve
 
-    metrics = Metrics()
+    # --labels: series keyed by a cgroup id gain its unit/pod labels (loader/labels/run.py)
+    metrics = Metrics(series_labels=labels.series_labels() if labels is not None else None)
     families = loader_families(metrics)
 
     def refresh() -> None:

@@ -10,6 +10,10 @@ encoded fragment is cached per cgroup id and rebuilt when the resolver's labels 
 
 A line with no such field, or whose cgroup has no labels, is passed on unchanged (and counted
 in ``unlabelled``); a line that already has ``"labels"`` is left alone.
+
+:class:`FilterStamper` does the same for the process filter, with or without ``--labels``: a
+record whose ``label`` is a filter label id (1, 2, …) gets ``"filter":"unit:NAME"`` (or
+``cgroup:PATH``, ``pid:N``), the target it matched, so a reader needs no table of label ids.
 """
 
 from __future__ import annotations
@@ -77,3 +81,36 @@ class Stamper:
                 out.append(line)
                 self.unlabelled += 1
         return b"\n".join(out) + (b"\n" if lines.endswith(b"\n") else b"")
+
+
+class FilterStamper:
+    """Adds ``"filter":"<kind>:<value>"`` to records carrying a filter label id; ``names`` maps
+    the id to that text (None: unknown id, the line is left alone)."""
+
+    def __init__(self, names: Callable[[int], str | None]) -> None:
+        self.names = names
+        self._fragments: dict[int, bytes] = {}
+        self.named = 0
+
+    def _fragment(self, label: int) -> bytes:
+        frag = self._fragments.get(label)
+        if frag is None:
+            name = self.names(label)
+            if name is None:
+                return b""  # not cached: a target added later by a filter file gets its name
+            frag = self._fragments[label] = b',"filter":' + json.dumps(name).encode()
+        return frag
+
+    def stamp(self, lines: bytes) -> bytes:
+        """The batch with ``,"filter":"…"`` before the closing brace of each filtered record."""
+        if b'"label":' not in lines:
+            return lines
+        out = []
+        for line in lines.split(b"\n"):
+            m = _LABEL.search(line) if b'"filter":' not in line else None
+            frag = self._fragment(int(m[1])) if m and int(m[1]) else b""
+            if frag and line.endswith(b"}"):
+                line = line[:-1] + frag + b"}"
+                self.named += 1
+            out.append(line)
+        return b"\n".join(out)

@@ -11,6 +11,14 @@ retries). Every record ends in exactly one of two counts:
   stayed full for ``queue_full_timeout_s`` (backpressure: ``write`` blocks that long first), its
   topic could not be named, or ``close()`` found it still unreported.
 
+Labels (``bpfdepot run --labels``) also travel as record headers, so a consumer can route by
+unit or pod without parsing the value: the labels in ``HEADER_LABELS`` (``unit``,
+``namespace``, ``pod``, ``container``, ``image``, ``pod_uid``; those the record has) become
+headers of the same name, their values in UTF-8, and a filtered record's ``filter`` text the
+header ``filter``. The value keeps every label (``slice``, ``container_id``, ``runtime``…):
+headers are for routing, and each one costs librdkafka an allocation per message. Headers
+need record batches v2 (Kafka 0.11+), which librdkafka writes to any broker that has them.
+
 ``pending`` is what was handed to librdkafka and not yet reported. A broker that does not answer
 at start is an error within ``connect_timeout_s``. Delivery reports are served by ``write``,
 ``flush`` and ``close`` (librdkafka calls back only from ``poll``); use one sink per thread.
@@ -22,6 +30,7 @@ accepts topic names Kafka would refuse (so names are checked here).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -39,6 +48,39 @@ _rdkafka_log.setLevel(logging.CRITICAL)
 
 MiB = 1024 * 1024
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's own rule (clients/.../Topic.java)
+
+
+_LABELS = b',"labels":{'
+_FILTER = re.compile(rb',"filter":("(?:[^"\\]|\\.)*")')
+HEADER_CACHE = 4096  # distinct label objects whose headers are kept ready
+HEADER_LABELS = ("unit", "namespace", "pod", "container", "image", "pod_uid")
+
+
+def label_headers(value: bytes, cache: dict[bytes, list[tuple[str, bytes]]] | None = None
+                  ) -> list[tuple[str, bytes]] | None:
+    """The Kafka headers of one record: the :data:`HEADER_LABELS` of its ``labels`` object
+    (as the Stamper spliced it, the record's last member), in that order, and its ``filter``
+    text; None without them."""
+    headers: list[tuple[str, bytes]] = []
+    at = value.rfind(_LABELS)
+    if at >= 0 and value.endswith(b"}}"):
+        frag = value[at + len(_LABELS) - 1:-1]
+        found = cache.get(frag) if cache is not None else None
+        if found is None:
+            try:
+                labels = json.loads(frag)
+            except ValueError:
+                labels = {}
+            labels = labels if isinstance(labels, dict) else {}
+            found = [(k, str(labels[k]).encode()) for k in HEADER_LABELS if k in labels]
+            if cache is not None:
+                if len(cache) >= HEADER_CACHE:
+                    cache.clear()
+                cache[frag] = found
+        headers += found
+    if b',"filter":' in value and (m := _FILTER.search(value)):
+        headers.append(("filter", json.loads(m[1]).encode()))
+    return headers or None
 
 
 class KafkaSinkError(BpfDepotError):
@@ -90,6 +132,7 @@ class KafkaSink:
         self._enqueued = self._delivered = self._failed = 0
         self._closed = False
         self._topic_of: dict[str, str | None] = {}
+        self._headers: dict[bytes, list[tuple[str, bytes]]] = {}  # labels object → its headers
 
         topic_name(topic_template, "program.channel")  # a bad template fails at start, not per record
         # librdkafka's own log lines repeat what error_cb reports (each connection failure came
@@ -185,9 +228,14 @@ class KafkaSink:
         produce, poll = self._producer.produce, self._producer.poll
         for i, record in enumerate(records):
             deadline = 0.0
+            headers = (label_headers(record.value, self._headers)
+                       if b'"labels":' in record.value or b'"filter":' in record.value else None)
             while True:
                 try:
-                    produce(topic, record.value, record.key)
+                    if headers is None:
+                        produce(topic, record.value, record.key)
+                    else:
+                        produce(topic, record.value, record.key, headers=headers)
                     self._enqueued += 1
                     break
                 except BufferError:

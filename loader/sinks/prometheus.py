@@ -1,9 +1,10 @@
 """Prometheus metrics for the loader process (``bpfdepot run --metrics HOST:PORT``).
 
-Dependency-free: counters and gauges by label set, rendered in the text exposition format
+Dependency-free: counters, gauges and histograms by label set, rendered in the text exposition format
 0.0.4 and served by ``http.server`` in a daemon thread. One lock guards every value, so the
 HTTP thread renders a consistent snapshot while the loader updates them. Hooks registered with
 ``on_scrape`` run right before each render (e.g. to sum per-CPU kernel counters).
+With ``--labels`` a :class:`SeriesLabels` adds unit/pod labels to series keyed by a cgroup id.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 
 from loader.errors import BpfDepotError
+from loader.sinks.prometheus_labels import SeriesLabels, with_series_labels
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -91,10 +93,14 @@ class Family:
     """One metric name, its help and type, and a child per label values."""
 
     def __init__(self, name: str, help: str, kind: Literal["counter", "gauge"],
-                 labelnames: tuple[str, ...], lock: threading.Lock) -> None:
+                 labelnames: tuple[str, ...], lock: threading.Lock,
+                 series: SeriesLabels | None = None) -> None:
         self.name, self.help, self.kind, self.labelnames = name, help, kind, labelnames
         self._lock = lock
         self._children: dict[tuple[str, ...], Child] = {}
+        self._series = series
+        self._plan = series.plan(name, labelnames) if series is not None else None
+        self._admitted: set[tuple[str, ...]] = set()
         if not labelnames:  # an unlabelled metric exists (as 0) from the start
             self._children[()] = Child(lock, kind == "counter")
 
@@ -107,13 +113,17 @@ class Family:
             child = self._children.get(key)
             if child is None:
                 child = self._children[key] = Child(self._lock, self.kind == "counter")
+                if self._plan is not None and self._series.admit(self.name):
+                    self._admitted.add(key)
         return child
 
     def _render(self, out: list[str]) -> None:
         """Append this family's lines; the caller holds the lock."""
         out.append(f"# HELP {self.name} {_escape_help(self.help)}\n# TYPE {self.name} {self.kind}\n")
         for key, child in self._children.items():
-            pairs = ",".join(f'{k}="{_escape_label(v)}"' for k, v in zip(self.labelnames, key))
+            pairs = ",".join(with_series_labels(
+                [f'{k}="{_escape_label(v)}"' for k, v in zip(self.labelnames, key)], key,
+                self._plan, self._series, self._admitted))
             out.append(f"{self.name}{{{pairs}}} " if pairs else f"{self.name} ")
             out.append(_format_value(child._value) + "\n")
 
@@ -125,9 +135,13 @@ class HistogramFamily:
     kind = "histogram"
 
     def __init__(self, name: str, help: str, labelnames: tuple[str, ...],
-                 bounds: tuple[float, ...], lock: threading.Lock) -> None:
+                 bounds: tuple[float, ...], lock: threading.Lock,
+                 series: SeriesLabels | None = None) -> None:
         self.name, self.help, self.labelnames, self.bounds = name, help, labelnames, bounds
         self._lock = lock
+        self._series = series
+        self._plan = series.plan(name, labelnames) if series is not None else None
+        self._admitted: set[tuple[str, ...]] = set()
         # label values → [per-bucket counts (not cumulative), count, sum or None]
         self._children: dict[tuple[str, ...], list] = {}
 
@@ -140,6 +154,8 @@ class HistogramFamily:
         counts = (list(counts) + [0] * len(self.bounds))[:len(self.bounds)]
         with self._lock:
             child = self._children.get(key)
+            if child is None and self._plan is not None and self._series.admit(self.name):
+                self._admitted.add(key)
             if child is None or not add:
                 self._children[key] = [counts, count, total]
                 return
@@ -150,7 +166,9 @@ class HistogramFamily:
     def _render(self, out: list[str]) -> None:
         out.append(f"# HELP {self.name} {_escape_help(self.help)}\n# TYPE {self.name} histogram\n")
         for key, (counts, count, total) in self._children.items():
-            pairs = [f'{k}="{_escape_label(v)}"' for k, v in zip(self.labelnames, key)]
+            pairs = with_series_labels(
+                [f'{k}="{_escape_label(v)}"' for k, v in zip(self.labelnames, key)], key,
+                self._plan, self._series, self._admitted)
             base = ",".join(pairs)
             running = 0
             for bound, n in zip(self.bounds, counts):
@@ -168,10 +186,12 @@ class HistogramFamily:
 class Metrics:
     """Counters and gauges by label set; thread-safe reads while the loader updates them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, series_labels: SeriesLabels | None = None) -> None:
         self._lock = threading.Lock()
         self._families: dict[str, Family] = {}
         self._hooks: list[Callable[[], None]] = []
+        # --labels: unit/pod labels on series keyed by a cgroup id (rendered last)
+        self.series_labels = series_labels
 
     def counter(self, name: str, help: str, labels: tuple[str, ...]) -> Family:
         return self._add(name, help, "counter", labels)
@@ -186,7 +206,8 @@ class Metrics:
         with self._lock:
             if name in self._families:
                 raise ValueError(f"metric {name} is already defined")
-            family = HistogramFamily(name, help, tuple(labels), tuple(bounds), self._lock)
+            family = HistogramFamily(name, help, tuple(labels), tuple(bounds), self._lock,
+                                     self.series_labels)
             self._families[name] = family  # type: ignore[assignment]
         return family
 
@@ -217,6 +238,8 @@ class Metrics:
         with self._lock:
             for family in self._families.values():
                 family._render(out)
+            if self.series_labels is not None:
+                self.series_labels._render(out)
         return "".join(out).encode()
 
     def _add(self, name: str, help: str, kind: Literal["counter", "gauge"],
@@ -225,7 +248,8 @@ class Metrics:
         with self._lock:
             if name in self._families:
                 raise ValueError(f"metric {name} is already defined")
-            family = self._families[name] = Family(name, help, kind, tuple(labels), self._lock)
+            family = self._families[name] = Family(name, help, kind, tuple(labels), self._lock,
+                                                   self.series_labels)
         return family
 
     def _check(self, name: str, labels: tuple[str, ...]) -> None:

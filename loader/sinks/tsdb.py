@@ -71,6 +71,7 @@ BUSY_S = 5.0              # wait this long for another writer's lock before fail
 MIN_BYTES = 256 * 1024    # smaller than this, the schema and one batch do not fit
 LOW_WATER = 0.9           # size retention deletes down to this share of max_bytes
 PERCENTILES = (50, 90, 99)
+LABELS = "labels"         # the object ``run --labels`` adds; its keys query as plain fields
 STATS = ("min", "avg", "max") + tuple(f"p{p}" for p in PERCENTILES)
 _SAMPLE_ROWS = 500        # rows per stream read to list the fields seen
 
@@ -348,6 +349,10 @@ def _open_writer(path: Path, max_bytes: int | None) -> sqlite3.Connection:
 class QueryResult:
     """What ``query`` found: rows as dicts whose keys are ``columns``.
 
+    A field name the records do not have but their ``labels`` object does (``unit``, ``pod``,
+    ``namespace``, ``container``, ``image``… from ``bpfdepot run --labels``) stands for that
+    label in ``where``, ``group_by`` and ``stat``; ``labels.unit`` names it explicitly.
+
     Without group_by/stat each row is one event: ``ts_ns``, ``stream``, then its fields,
     oldest first (the newest ``limit`` events). With group_by and/or stat each row is one group:
     the group_by field's value, ``count``, and with stat the stat field's min, avg, max, p50,
@@ -375,10 +380,11 @@ def query(path: Path, stream_prefix: str, *, since_s: float | None,
     try:
         sids = _match_streams(db, path, stream_prefix)
         scope = f"stream_id IN ({','.join('?' * len(sids))})"
-        for field in [f for f, _ in where] + [f for f in (group_by, stat) if f]:
-            _check_field(db, scope, list(sids), field, stream_prefix)
+        # a field the records lack may be a label: "unit" means "labels.unit" (run --labels)
+        found = {field: _check_field(db, scope, list(sids), field, stream_prefix)
+                 for field in [f for f, _ in where] + [f for f in (group_by, stat) if f]}
         if stat:
-            _check_numeric(db, scope, list(sids), stat, stream_prefix)
+            _check_numeric(db, scope, list(sids), found[stat], stream_prefix)
         cond, params = [scope], list(sids)
         if since_s is not None:
             cond.append("ts_ns >= ?")
@@ -386,10 +392,11 @@ def query(path: Path, stream_prefix: str, *, since_s: float | None,
         for field, value in where:
             values = _as_json_values(value)
             cond.append(f"json_extract(record, ?) IN ({','.join('?' * len(values))})")
-            params += [_path(field), *values]
+            params += [_path(found[field]), *values]
         sql_where = " AND ".join(cond)
         if group_by or stat:
-            rows, columns = _groups(db, sql_where, params, group_by, stat, limit)
+            rows, columns = _groups(db, sql_where, params, group_by, stat, limit,
+                                    paths=found)
         else:
             rows, columns = _events(db, sql_where, params, sids, limit)
         return QueryResult(streams=tuple(sorted(sids.values())), columns=columns, rows=rows,
@@ -451,17 +458,23 @@ def _path(field: str) -> str:
     return "$" + "".join(f'."{step}"' for step in field.split("."))
 
 
-def _check_field(db: sqlite3.Connection, scope: str, sids: list[int], field: str, prefix: str) -> None:
+def _check_field(db: sqlite3.Connection, scope: str, sids: list[int], field: str, prefix: str) -> str:
+    """The field's path in the records: ``field`` itself when some event has it, else
+    ``labels.FIELD`` when some event has that label (``unit``, ``pod``, ``namespace``…)."""
     if '"' in field or not all(field.split(".")):
         raise BpfDepotError(f"'{field}' is not a field name", hint="for example: comm, or a.b for a nested field")
-    hit = db.execute(f"SELECT 1 FROM events WHERE {scope} AND json_type(record, ?) IS NOT NULL LIMIT 1",
-                     [*sids, _path(field)]).fetchone()
-    if hit:
-        return
+    candidates = [field] + ([f"{LABELS}.{field}"] if "." not in field else [])
+    for path in candidates:
+        hit = db.execute(f"SELECT 1 FROM events WHERE {scope} AND json_type(record, ?) IS NOT NULL "
+                         "LIMIT 1", [*sids, _path(path)]).fetchone()
+        if hit:
+            return path
     seen = _fields_seen(db, sids)
-    close = difflib.get_close_matches(field, seen, n=1)
+    labels = _fields_seen(db, sids, under=LABELS) if LABELS in seen else []
+    close = difflib.get_close_matches(field, seen + labels, n=1)
     raise BpfDepotError(f"no event of '{prefix}' has a field '{field}'; fields seen: "
-                        + (", ".join(seen) or "none (no events are stored now)"),
+                        + (", ".join(seen) or "none (no events are stored now)")
+                        + (f"; labels seen: {', '.join(labels)}" if labels else ""),
                         hint=f"did you mean '{close[0]}'?" if close else "use one of the fields seen")
 
 
@@ -476,14 +489,17 @@ def _check_numeric(db: sqlite3.Connection, scope: str, sids: list[int], field: s
                         "--stat needs a numeric field; use --group-by for text fields")
 
 
-def _fields_seen(db: sqlite3.Connection, sids: list[int], *, numeric: bool = False) -> list[str]:
-    """Top-level fields of the latest rows of each stream (a sample, to name what exists)."""
+def _fields_seen(db: sqlite3.Connection, sids: list[int], *, numeric: bool = False,
+                 under: str | None = None) -> list[str]:
+    """Top-level fields (or those of the object ``under``) of the latest rows of each stream
+    (a sample, to name what exists)."""
     kinds = "AND j.type IN ('integer', 'real')" if numeric else ""
+    each = f"json_each(e.record, '{_path(under)}')" if under else "json_each(e.record)"
     seen: set[str] = set()
     for sid in sids:
         seen.update(k for (k,) in db.execute(
             "SELECT DISTINCT j.key FROM (SELECT record FROM events WHERE stream_id = ? "
-            f"ORDER BY ts_ns DESC LIMIT {_SAMPLE_ROWS}) AS e, json_each(e.record) AS j WHERE 1 {kinds}",
+            f"ORDER BY ts_ns DESC LIMIT {_SAMPLE_ROWS}) AS e, {each} AS j WHERE 1 {kinds}",
             (sid,)))
     return sorted(seen)
 
@@ -521,9 +537,11 @@ def _events(db: sqlite3.Connection, sql_where: str, params: list[Any], sids: dic
 
 
 def _groups(db: sqlite3.Connection, sql_where: str, params: list[Any], group_by: str | None,
-            stat: str | None, limit: int) -> tuple[tuple[dict[str, Any], ...], tuple[str, ...]]:
+            stat: str | None, limit: int, *, paths: dict[str, str] | None = None
+            ) -> tuple[tuple[dict[str, Any], ...], tuple[str, ...]]:
+    paths = paths or {}
     g = "json_extract(record, ?)" if group_by else "NULL"
-    head = [_path(group_by)] if group_by else []
+    head = [_path(paths.get(group_by, group_by))] if group_by else []
     if not stat:
         sql = (f"SELECT {g} AS g, count(*) AS n FROM events WHERE {sql_where} "
                "GROUP BY g ORDER BY n DESC, g LIMIT ?")
@@ -540,7 +558,8 @@ def _groups(db: sqlite3.Connection, sql_where: str, params: list[Any], group_by:
                "count(x) OVER (PARTITION BY g) AS nx FROM m) "
                f"SELECT g, count(*) AS n, min(x), avg(x), max(x), {ranks} FROM r "
                "GROUP BY g ORDER BY n DESC, g LIMIT ?")
-        found = db.execute(sql, [*head, _path(stat), _path(stat), *params, limit]).fetchall()
+        at = _path(paths.get(stat, stat))
+        found = db.execute(sql, [*head, at, at, *params, limit]).fetchall()
         columns = ((group_by,) if group_by else ()) + ("count",) + STATS
     rows = tuple(dict(zip(columns, row if group_by else row[1:])) for row in found)
     if not group_by and rows and rows[0]["count"] == 0:
