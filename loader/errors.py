@@ -8,9 +8,10 @@
      │    └── PrivilegeError      exit 6   not root / no CAP_BPF
      ├── ProcessorError           exit 7   a user processor failed
      ├── BuildError               exit 8   clang or validation of its output failed
-     └── StoreError               exit 9   the artifact store failed or holds bad data
-          ├── BlobNotFound        exit 9   a blob a ref or lock names is not in the store
-          └── BlobCorrupt         exit 9   a blob's bytes no longer match its sha256
+     ├── StoreError               exit 9   the artifact store failed or holds bad data
+     │    ├── BlobNotFound        exit 9   a blob a ref or lock names is not in the store
+     │    └── BlobCorrupt         exit 9   a blob's bytes no longer match its sha256
+     └── TrustError               exit 10  a signature, trust root or signed statement fails
 
 Every error carries ``message`` (what, naming the object) and ``hint`` (the fix); the CLI
 prints both and exits with ``exit_code``.
@@ -77,3 +78,9 @@ class BlobNotFound(StoreError):
 
 class BlobCorrupt(StoreError):
     """A blob's bytes no longer match its name (a rebuild writes them again)."""
+
+
+class TrustError(BpfDepotError):
+    """A signature, trust root or signed statement does not hold (loader/trust)."""
+
+    exit_code = 10

@@ -24,15 +24,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from loader.errors import BpfDepotError
+from loader.errors import TrustError
 
 MAX_DOCUMENT = 4 << 20  # a root, statement or lock signature read from disk or a store
-
-
-class TrustError(BpfDepotError):
-    """A signature, trust root or signed statement does not hold."""
-
-    exit_code = 10
 
 
 def canonical(value: Any) -> bytes:
