@@ -156,8 +156,13 @@ class BpfObject:
         return len(self._links)
 
     def detach(self) -> None:
-        while self._links:
-            self._links.pop().destroy()
+        for link in self.take_links():
+            link.destroy()
+
+    def take_links(self) -> list:
+        """The links, newest first, handed to the caller to destroy (the object forgets them)."""
+        links, self._links = self._links[::-1], []
+        return links
 
     def map_fd(self, name: str) -> int:
         return lib.bpf_map__fd(self._map(name))
