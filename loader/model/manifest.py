@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, Literal, cast, get_args
@@ -246,7 +246,8 @@ def parse_manifest(path: Path) -> Manifest:
         for key in ("description", "version", "author")
     }
     spec = doc.fields(
-        top["spec"], "spec", required=("programs",), optional=("properties", "channels", "filter")
+        top["spec"], "spec", required=("programs",),
+        optional=("properties", "channels", "filter", "events"),
     )
     programs = _parse_programs(doc, spec["programs"])
     properties = (
@@ -257,6 +258,8 @@ def parse_manifest(path: Path) -> Manifest:
     channels = (
         _parse_channels(doc, spec["channels"], programs, properties) if "channels" in spec else ()
     )
+    if "events" in spec:
+        channels = _flat_events(doc, spec["events"], channels, programs, properties)
     return Manifest(
         kind="ebpfprogram",
         name=name,
@@ -408,11 +411,16 @@ def _parse_attach(doc: YamlDoc, node: Node, at: str
     return tuple(attach), tuple(off)
 
 
+def _empty(node: Node) -> bool:
+    """A key written with no value (``initfile:``), or as ``""`` or ``null``."""
+    return isinstance(node, ScalarNode) and (node.tag.endswith(":null") or node.value == "")
+
+
 def _parse_properties(doc: YamlDoc, node: Node) -> Properties:
     at = "spec.properties"
     fields = doc.fields(node, at, required=(), optional=("initfile", "functions"))
     initfile = None
-    if "initfile" in fields:
+    if "initfile" in fields and not _empty(fields["initfile"]):  # `initfile:` left empty: none
         value = doc.string(fields["initfile"], "initfile", at)
         if "://" in value:
             raise doc.error(
@@ -446,6 +454,26 @@ def _parse_properties(doc: YamlDoc, node: Node) -> Properties:
         functions[name] = function
         hooks.setdefault(kind, function)
     return Properties(initfile=initfile, functions=tuple(functions.values()))
+
+
+def _flat_events(doc: YamlDoc, node: Node, channels: tuple[ChannelSpec, ...],
+                 programs: tuple[ProgramSpec, ...], properties: Properties
+                 ) -> tuple[ChannelSpec, ...]:
+    """``spec.events:`` as the talk's manifests write it, beside ``channels:`` instead of under
+    one: it belongs to the one channel that carries events. With none or several, or when that
+    channel has its own ``events:``, where it goes is the writer's to say."""
+    carrying = [c for c in channels if output_kinds()[c.type].events]
+    if len(carrying) != 1 or carrying[0].events:
+        names = ", ".join(c.name for c in carrying) or "none"
+        why = ("its channel has its own events: too" if len(carrying) == 1 else
+               f"this manifest has {len(carrying)} channels that carry events ({names})")
+        raise doc.error(node, f"'events' in spec must belong to one channel, and {why}",
+                        hint="move it under the channel it routes: spec.channels.<name>.events")
+    target = carrying[0]
+    items = doc.sequence(node, "events", "spec")
+    routes = tuple(_parse_route(doc, item, f"spec.events[{index}]", programs, properties)
+                   for index, item in enumerate(items))
+    return tuple(replace(c, events=routes) if c is target else c for c in channels)
 
 
 def _parse_channels(
