@@ -291,8 +291,22 @@ def _signed(btf: Btf | None, var: str) -> bool:
     return base.kind == "int" and base.int_signed
 
 
+_PARSED: dict[tuple, ObjectInfo] = {}  # by (path, inode, size, mtime): the agent loads an
+_PARSED_MAX = 64                      # object again and again; its ELF parse is ~10 ms
+
+
 def read_object_file(path: Path) -> ObjectInfo:
-    return read_object(path.read_bytes(), str(path))
+    """``read_object`` of a file, remembered while the file stays the same (ObjectInfo is
+    immutable, so one parse serves every load of it in a process)."""
+    st = path.stat()
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    info = _PARSED.get(key)
+    if info is None:
+        info = read_object(path.read_bytes(), str(path))
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[key] = info
+    return info
 
 
 def object_channels(info: ObjectInfo, channels: dict[str, tuple[str, str | None]], *,

@@ -51,9 +51,22 @@ class Feature:
     why: str  # how it was decided: "loads", "EPERM", "no kprobe PMU", ...
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
 def file_digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    """sha256 of a file, remembered while its inode, size and mtime stay (the node's BTF, ~6 MB,
+    is hashed once per process rather than once per load)."""
+    st = os.stat(path)
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if len(_DIGESTS) >= 64:
+            _DIGESTS.clear()
+        _DIGESTS[key] = digest
+    return digest
 
 
 def running_kernel(btf: Path = Path("/sys/kernel/btf/vmlinux")) -> KernelIdentity:
