@@ -3,8 +3,9 @@
     python -m loader.processors.host '{"label": ..., "so_path": ..., ...}'   (loader.libbpf.encode.HostArgs)
 
 The loop itself is C (``bpfdepot_host_run`` in loader/native/bpfdepot_route.c); this module only
-makes the process a well-behaved child: Ctrl-C is the loader's to handle, and the host dies
-with its loader, so no processor outlives the programs that feed it.
+makes the process a well-behaved child: Ctrl-C is the loader's to handle, the host dies with
+its loader, so no processor outlives the programs that feed it, and the library runs as an
+unprivileged user in a mount view of its own (loader/processors/confine.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
+CONFINE_FAILED = 70  # loader/processors/workers.py HOST_EXIT names it
 
 
 def main(argv: list[str]) -> int:
@@ -25,6 +27,16 @@ def main(argv: list[str]) -> int:
 
     config = json.loads(argv[1])
     config["routes"] = tuple(tuple(route) for route in config["routes"])
+    run_as = config.pop("run_as", None)
+    if run_as is not None:  # the library runs unprivileged (loader/processors/confine.py)
+        from loader.processors.confine import RunAs, confine
+
+        try:
+            config = confine(config, RunAs(**run_as))
+        except OSError as exc:
+            print(f"{config['label']}: cannot drop to user {run_as['name']}: {exc}",
+                  file=sys.stderr, flush=True)
+            return CONFINE_FAILED
     return host_run(HostArgs(**config))
 
 

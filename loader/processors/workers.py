@@ -34,11 +34,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from loader.errors import ProcessorError
 from loader.libbpf.encode import HostArgs, ResultParser, WorkerBuffer, frames_span
+from loader.processors.confine import processor_user
 
 log = logging.getLogger("bpfdepot.processor")
 
@@ -49,7 +50,7 @@ START_TIMEOUT_S = 30.0          # a worker must finish init within this at start
 _IN_HEADER = struct.Struct("<IHHQ")       # size, route, key_len, ts_ns
 _PROGRESS = struct.Struct("<QIII")        # handled, in_user, ready, abi
 HOST_EXIT = {3: "could not set up (see its message above)", 4: "its init function failed",
-             5: "got a corrupt frame"}
+             5: "got a corrupt frame", 70: "could not drop its privileges (see its message)"}
 
 
 @dataclass(slots=True)
@@ -133,6 +134,8 @@ class Pool:
         self.restarts = 0
         self.violations = 0       # workers killed for writing a corrupt result frame
         self.closing = False
+        # who the library runs as (loader/processors/confine.py); None: root, as asked
+        self.run_as = processor_user()
 
     def add_route(self, route: Route) -> int:
         self.routes.append(route)
@@ -183,8 +186,11 @@ class Pool:
                         initfile=self.initfile, init=self.init, pre=self.pre, post=self.post,
                         routes=tuple((r.channel, r.function) for r in self.routes), abi=self.abi,
                         in_fd=in_r, out_fd=out_w, shm_fd=shm)
+        config = _asdict(args)
+        if self.run_as is not None:
+            config["run_as"] = asdict(self.run_as)
         w.proc = subprocess.Popen(
-            [sys.executable, "-m", "loader.processors.host", json.dumps(_asdict(args))],
+            [sys.executable, "-m", "loader.processors.host", json.dumps(config)],
             stdin=subprocess.DEVNULL, stdout=err_w, stderr=err_w, pass_fds=(in_r, out_w, shm),
             start_new_session=True, cwd="/", env=_host_env())
         for fd in (in_r, out_w, err_w):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
 import shutil
 import signal
@@ -325,3 +326,48 @@ def test_init_that_fails_stops_the_run_with_its_words(home: Path, tmp_path: Path
     assert "processor 'user'" in result.stderr and "its init function failed" in result.stderr
     assert "user.ini: unknown key colour" in result.stderr
     assert "procs" not in prog_names()
+
+
+def test_a_processor_runs_unprivileged_in_a_private_tmp(home: Path, tmp_path: Path,
+                                                         kids_factory) -> None:
+    """A library that tries to read a root-only file, a file in the host's /tmp and to signal
+    the loader gets EACCES, ENOENT and EPERM, as the dedicated user with no capabilities; its
+    initfile still reaches it under its own name."""
+    import errno
+    import pwd
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, folder)
+    secret = Path(f"/var/tmp/bpfdepot-secret-{os.getpid()}")
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    visible = tmp_path / "host-tmp-file"
+    visible.write_text("in the host's /tmp\n")
+    visible.chmod(0o644)
+    (folder / "snoop.ini").write_text(f"{secret}\n{visible}\n")
+    (folder / "snoop.ini").chmod(0o600)  # root's: handed over by the host before it drops
+    user = os.environ.get("BPFDEPOT_PROCESSOR_USER") or next(
+        n for n in ("bpfdepot-processor", "nobody") if _user_exists(n))
+    kids = kids_factory(1, 3)
+    try:
+        run = Run(home, folder / "snoop.yaml", tmp_path / "out.jsonl", kids)
+        kids.go()
+        _, records = run.stop()
+    finally:
+        secret.unlink()
+    assert len(records) == 3, records
+    uid = pwd.getpwnam(user).pw_uid
+    for r in records:
+        assert r == {"uid": uid, "euid": uid, "capeff": "0000000000000000",
+                     "secret_errno": errno.EACCES, "host_tmp_errno": errno.ENOENT,
+                     "kill_errno": errno.EPERM, "initfile": "/tmp/snoop.ini"}, r
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
