@@ -60,7 +60,10 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
 
             return artifact(settings, open_store(settings), target).meta.name
         from loader.model.manifest import load_bundle
+        from loader.remote import is_remote, materialize
 
+        if is_remote(target):
+            target = str(materialize(target, settings.home))
         return load_bundle(target).name
 
     server = AgentServer(Instances(runner), socket_path(args.socket),
@@ -85,7 +88,7 @@ def _call(args: argparse.Namespace, request: dict) -> dict:
 
 def _target(text: str) -> str:
     """A local path made absolute for the agent (its working folder is not ours)."""
-    if text.startswith(("sha256:", "http://", "https://", "s3://")):
+    if text.startswith(("sha256:", "http://", "https://")):
         return text
     return str(Path(text).resolve())
 

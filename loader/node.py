@@ -37,6 +37,7 @@ from loader.model.storage import StorageSettings
 from loader.monitor import FilterRequest, open_monitor, with_manifest
 from loader.outputs import ChannelContext, ChannelStats, Reader, output_kinds
 from loader.pipeline import Pipeline, StopSignal
+from loader.remote import is_remote, materialize
 from loader.programs.bpftrace import CheckedScript, resolve_scripts, start_children
 from loader.processors.workers import RouteCounts
 from loader.session import (Loadable, Session, check_fits, check_privileges, choose_forms,
@@ -94,6 +95,9 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
     ``check_bpftrace(manifest, program, kernel)``: the builder's check of a bpftrace script on
     this host, for one the store does not hold checked (loader/programs/bpftrace.py)."""
     started = time.perf_counter()
+    if is_remote(target):  # fetched (bounded, cached by content) into a local bundle folder
+        url, target = target, str(materialize(target, settings.home))
+        say(f"bpfdepot: {url}: fetched into {target}")
     store = open_store(settings)
     manifest = None
     if target.startswith("sha256:"):

@@ -67,8 +67,13 @@ def resolve(settings: Settings, store: ArtifactStore, manifest: Manifest, kernel
     out = []
     for program in manifest.kernel_programs:
         if not program.is_source:
-            out.append(_prebuilt(program, manifest, kernel))
+            out.append(_prebuilt(program, manifest, kernel, settings.home))
             continue
+        if program.local_path is None:
+            raise ArtifactNotFound(
+                f"program '{program.name}': the source {program.path} is not fetched on its own",
+                hint="name sources relative to the manifest (file://./NAME.bpf.c) and load the "
+                     "manifest by its URL, or point the path at the built .bpf.o")
         pin = lock.pin(program.name, kernel) if lock else None
         if pin is not None:
             out.append(_with_min_btf(settings, store, *load_pin(store, pin)))
@@ -110,12 +115,11 @@ def artifact(settings: Settings, store: ArtifactStore, digest: str) -> Loadable:
     return _with_min_btf(settings, store, meta, store.blob_path(meta.digest))
 
 
-def _prebuilt(program: ProgramSpec, manifest: Manifest, kernel: KernelIdentity) -> Loadable:
-    """A `.bpf.o` named by the manifest: checked like a fresh build, described in memory."""
-    path = program.local_path
-    if path is None:
-        raise ArtifactNotFound(f"program '{program.name}': {program.path} is not a local file",
-                               hint="remote objects arrive with the build farm; use file:// for now")
+def _prebuilt(program: ProgramSpec, manifest: Manifest, kernel: KernelIdentity,
+              home: Path) -> Loadable:
+    """A `.bpf.o` named by the manifest (a file, or an http(s) URL fetched into the cache):
+    checked like a fresh build, described in memory."""
+    path = _local(program, home, "program")
     info = read_object_file(path)
     decls = object_channels(info, manifest.channel_decls,
                             several_objects=len(manifest.kernel_programs) > 1)
@@ -148,10 +152,7 @@ def resolve_processors(settings: Settings, store: ArtifactStore, manifest: Manif
         if program.type != "user_so":
             continue
         if not program.is_source:
-            if program.local_path is None:
-                raise ArtifactNotFound(f"processor '{program.name}': {program.path} is not a local file",
-                                       hint="copy the .so into the bundle and name it file://./NAME.so")
-            path = program.local_path
+            path = _local(program, settings.home, "processor")
         else:
             found = find(store, processor_ref(manifest, program, arch))
             if found is not None and compilers is not None and not store.has_blob(found[0].digest):
@@ -170,3 +171,16 @@ def resolve_processors(settings: Settings, store: ArtifactStore, manifest: Manif
             name=program.name, so_path=str(path), initfile=initfile, init=info.init, pre=info.pre,
             post=info.post, abi=ABI_VERSION, default=info.process[0])
     return out
+
+
+def _local(program: ProgramSpec, home: Path, what: str) -> Path:
+    """A built file's local path: file:// as it is, http(s):// fetched (loader/remote.py)."""
+    if program.local_path is not None:
+        return program.local_path
+    if program.scheme in ("http", "https"):
+        from loader.remote import fetch
+
+        return fetch(program.path, home)
+    raise ArtifactNotFound(f"{what} '{program.name}': {program.path} is not a local file or an "
+                           "http(s) URL", hint="s3:// paths are not fetched yet: copy the file "
+                                              "into the bundle, or serve it over https")
