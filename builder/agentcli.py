@@ -49,7 +49,8 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
         mine = dataclasses.replace(storage, file=dataclasses.replace(
             storage.file, enabled=True, path=path))
         options = RunOptions(stop=instance.stop, on_attached=instance.attached,
-                             labels=args.labels, knobs=instance.knobs)
+                             labels=args.labels, knobs=instance.knobs,
+                             allow_unsigned=args.allow_unsigned)
         return run(settings, instance.target, options, mine, compilers=compilers,
                    say=instance.say, check_bpftrace=check)
 
@@ -169,6 +170,8 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     agent.add_argument("--labels", nargs="?", const="/", metavar="ROOT",
                        help="label every instance's records, as bpfdepot run --labels")
     agent.add_argument("--no-build", action="store_true", help="never compile on this host")
+    agent.add_argument("--allow-unsigned", action="store_true",
+                       help="load what this node's trust root does not vouch for (logged)")
     agent.set_defaults(func=cmd_agent)
 
     load = sub.add_parser("load", help="load a manifest, bundle or artifact digest into the agent")

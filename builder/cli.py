@@ -156,7 +156,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                          knobs=knob_pairs(args.set),
                          processor_timeout=args.processor_timeout, metrics=args.metrics,
                          taps=(stacks.tap,) if stacks else (), filter=_filter(args),
-                         labels=args.labels)
+                         labels=args.labels, allow_unsigned=args.allow_unsigned)
     report = run(settings, args.bundle, options, _storage(args, settings),
                  compilers=None if args.no_build else host_compilers(settings), say=_err,
                  check_bpftrace=None if args.no_build else host_bpftrace_check(settings))
@@ -291,7 +291,8 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
 # their commands (or asks for help): `bpfdepot run` should not pay for Celery or the catalog.
 GROUPS = {("kernels",): "kernels", ("worker", "submit", "builds"): "farm", ("query",): "query",
           ("flamegraph",): "flamegraph",
-          ("agent", "load", "unload", "replace", "ps", "logs"): "agent"}
+          ("agent", "load", "unload", "replace", "ps", "logs"): "agent",
+          ("keys", "sign", "verify"): "keys"}
 
 
 def _register_group(sub: argparse._SubParsersAction, group: str) -> None:
@@ -309,6 +310,10 @@ def _register_group(sub: argparse._SubParsersAction, group: str) -> None:
         register_commands(sub)
     elif group == "agent":
         from builder.agentcli import register_commands
+
+        register_commands(sub)
+    elif group == "keys":
+        from builder.keyscli import register_commands
 
         register_commands(sub)
     else:
@@ -358,6 +363,9 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
                                    "files read under the --labels ROOT) (repeat)")),
             ("--pod", "NS/NAME", "only this pod, every container of it (repeat)")):
         run.add_argument(flag, action="append", metavar=meta, help=f"in-kernel filter: {what}")
+    run.add_argument("--allow-unsigned", action="store_true",
+                     help="with a trust root on this node, load files it does not vouch for "
+                          "anyway (each is named in the log)")
     run.add_argument("--labels", nargs="?", const="/", metavar="ROOT",
                      help="add each record's labels (systemd unit, or pod, namespace, container, "
                           "image) from its cgroup or pid, read from the node's cgroup2 tree and "

@@ -34,6 +34,7 @@ from loader.model.controls import CPUS
 from loader.model.manifest import Manifest, ProgramSpec
 from loader.artifacts.sources import SHARED_INCLUDE, SourceFile, files_digest, source_closure, source_digest
 from loader.artifacts.store import ArtifactStore
+from loader.trust.artifacts import sign_published
 
 ARCH_DEFINES = {"x86_64": "x86", "aarch64": "arm64", "s390x": "s390", "ppc64le": "powerpc",
                 "riscv64": "riscv", "armv7l": "arm", "loongarch64": "loongarch"}
@@ -259,6 +260,7 @@ def find_built(store: ArtifactStore, key: str, index: str) -> Built | None:
     if not all(store.has_blob(b) for b in blobs):
         return None  # lost or damaged: build again, which writes the blob back (heals the store)
     store.put_ref(index, meta_digest)
+    sign_published(store, meta, meta_digest)  # built before a key was set: signed now
     return Built(meta=meta, meta_digest=meta_digest, cached=True, seconds=time.perf_counter() - started)
 
 
@@ -339,6 +341,7 @@ def publish(store: ArtifactStore, meta: ArtifactMeta, index: str) -> str:
     meta_digest = store.put_ref(build_ref(meta.key), store.put_blob(meta.to_json()))
     store.put_ref(index, meta_digest)
     store.put_ref(meta_of_ref(meta.digest), meta_digest)
+    sign_published(store, meta, meta_digest)  # with BPFDEPOT_SIGNING_KEY (loader/trust)
     return meta_digest
 
 

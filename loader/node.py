@@ -16,10 +16,12 @@ returns and says; nothing here prints on its own.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
+from loader.artifacts.lock import lock_path
 from loader.artifacts.resolve import (Compilers, artifact, node_identity, resolve,
                                       resolve_processors)
 from loader.artifacts.store import open_store
@@ -38,6 +40,7 @@ from loader.monitor import FilterRequest, open_monitor, with_manifest
 from loader.outputs import ChannelContext, ChannelStats, Reader, output_kinds
 from loader.pipeline import Pipeline, StopSignal
 from loader.remote import is_remote, materialize
+from loader.trust.artifacts import TrustPolicy
 from loader.programs.bpftrace import CheckedScript, resolve_scripts, start_children
 from loader.processors.workers import RouteCounts
 from loader.session import (Loadable, Session, check_fits, check_privileges, choose_forms,
@@ -62,6 +65,7 @@ class RunOptions:
     labels: str | None = None             # --labels: label records from the node's files under it
     # the in-kernel process filter (--unit/--cgroup/--pid/--filter-file); none: everything
     filter: FilterRequest = field(default_factory=FilterRequest)
+    allow_unsigned: bool = False          # load what a trust root does not vouch for (logged)
     # the agent's: stops the run from another thread; told the live run once attached
     stop: StopSignal | None = None
     on_attached: Callable[[LiveRun], None] | None = None
@@ -110,6 +114,9 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
         name = manifest.name
         check_privileges(name)
         kernel = node_identity(settings, store)
+        trust = TrustPolicy.for_node(settings.home, allow_unsigned=options.allow_unsigned,
+                                     say=say)
+        trust.check_lock(lock_path(manifest), manifest.name)
         loadables = resolve(settings, store, manifest, kernel, locked=options.locked,
                             compilers=None if options.locked else compilers)
     scripts = (resolve_scripts(store, manifest, kernel,
@@ -127,6 +134,13 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
     processors = (resolve_processors(settings, store, manifest, kernel.arch,
                                      compilers=None if options.locked else compilers)
                   if manifest else {})
+    if manifest is None:
+        trust = TrustPolicy.for_node(settings.home, allow_unsigned=options.allow_unsigned,
+                                     say=say)
+    # signatures before anything runs: every object, library and script about to load
+    trust.check(store, [(f"program '{i.meta.name}'", i.path, i.meta) for i in loadables]
+                + [(f"processor '{n}'", Path(p.so_path), None) for n, p in processors.items()]
+                + [(f"bpftrace program '{s.name}'", s.path, s.meta) for s in scripts])
     features = probe_features(kernel, settings.cache)
     # parsing the node's BTF costs ~0.1 s: only kernel objects need it (a .bt-only run does not)
     off = _programs_off(manifest, loadables, features,

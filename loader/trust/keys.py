@@ -170,7 +170,7 @@ def check_signatures(data: bytes, signatures: list, keys: dict[str, PublicKey], 
             why.append(f"signature by key {', '.join(bad)} does not verify (the content changed "
                        "after signing)")
         if unknown:
-            why.append(f"key {', '.join(unknown)} is not a {role} key of the trust root")
+            why.append(f"key {', '.join(unknown)} is not one of the trust root's {role} keys")
         if not signatures:
             why.append("it has no signatures")
         raise TrustError(f"{where}: {len(good)} valid {role} signature(s), {threshold} needed: "

@@ -50,7 +50,7 @@ def test_envelopes_need_the_role_keys_and_the_exact_payload(keys) -> None:
     flipped["payload"] = sign_envelope("t", b"hellp", [keys["evil"]])["payload"]
     with pytest.raises(TrustError, match="does not verify .the content changed after signing"):
         open_envelope(flipped, "t", role, 1, "artifacts", "x")
-    with pytest.raises(TrustError, match=f"key {keys['evil'].keyid[:16]} is not a artifacts key"):
+    with pytest.raises(TrustError, match=f"key {keys['evil'].keyid[:16]} is not one of the trust root.s artifacts keys"):
         open_envelope(sign_envelope("t", b"hello", [keys["evil"]]), "t", role, 1, "artifacts", "x")
     with pytest.raises(TrustError, match="payloadType is 'u'"):
         open_envelope(sign_envelope("u", b"hello", [keys["art"]]), "t", role, 1, "artifacts", "x")
@@ -124,7 +124,7 @@ def test_artifact_statements_bind_files_and_kernel(keys) -> None:
         verify_artifact(env, root, subjects={"script": "a" * 64}, target=TARGET, where="p")
     with pytest.raises(TrustError, match="predicate.target.release"):
         verify_artifact(env, root, subjects=files, target={**TARGET, "release": "6.1"}, where="p")
-    with pytest.raises(TrustError, match="not a artifacts key"):
+    with pytest.raises(TrustError, match="not one of the trust root.s artifacts keys"):
         verify_artifact(sign_statement(_statement(files), [keys["lock"]]), root, subjects=files,
                         target=TARGET, where="p")
 
@@ -144,6 +144,6 @@ def test_locks_are_bound_and_never_roll_back(keys, tmp_path: Path) -> None:
     with pytest.raises(TrustError, match="signed for bundle 'b', not 'c'"):
         verify_lock(sign_lock("b", 3, lock, [keys["lock"]]), root, store, name="c", lock=lock,
                     where="l")
-    with pytest.raises(TrustError, match="not a locks key"):
+    with pytest.raises(TrustError, match="not one of the trust root.s locks keys"):
         verify_lock(sign_lock("b", 3, lock, [keys["art"]]), root, store, name="b", lock=lock,
                     where="l")
