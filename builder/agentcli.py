@@ -67,10 +67,30 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
             target = str(materialize(target, settings.home))
         return load_bundle(target).name
 
-    server = AgentServer(Instances(runner), socket_path(args.socket),
+    instances = Instances(runner)
+    metrics_server = None
+    if args.metrics:  # first: a port in use fails before the agent starts
+        from loader.agent.metrics import AgentMetrics
+        from loader.sinks.prometheus import serve
+
+        metrics = AgentMetrics(instances.registries)
+
+        def count_states() -> None:
+            for state in ("running", "stopped", "failed"):
+                metrics.instances.labels(state=state).set(instances.states().get(state, 0))
+
+        metrics.on_scrape(count_states)
+        metrics_server = serve(metrics, args.metrics)
+        host, port = metrics_server.address
+        _err(f"bpfdepot agent: metrics of every instance on http://{host}:{port}/metrics")
+    server = AgentServer(instances, socket_path(args.socket),
                          manifests=Path(args.manifests) if args.manifests else None,
                          name_of=name_of, say=_err)
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
     return 0
 
 
@@ -169,6 +189,8 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     agent.add_argument("--config", metavar="FILE", help="storage settings, as for run")
     agent.add_argument("--labels", nargs="?", const="/", metavar="ROOT",
                        help="label every instance's records, as bpfdepot run --labels")
+    agent.add_argument("--metrics", metavar="HOST:PORT", help="serve every instance's metrics "
+                       "(labelled instance=NAME) at http://HOST:PORT/metrics")
     agent.add_argument("--no-build", action="store_true", help="never compile on this host")
     agent.add_argument("--allow-unsigned", action="store_true",
                        help="load what this node's trust root does not vouch for (logged)")

@@ -292,8 +292,10 @@ def _programs_off(manifest: Manifest | None, loadables: list[Loadable],
     return out
 
 
-def _serve_metrics(address: str, pipeline: Pipeline, session: Session, say: Say, labels=None):
-    from loader.sinks.prometheus import Metrics, loader_families, serve
+def run_metrics(pipeline: Pipeline, session: Session, labels=None):
+    """A run's Prometheus registry: the loader's families, refreshed from its counts at each
+    scrape (``bpfdepot run --metrics`` serves it; the agent merges its instances')."""
+    from loader.sinks.prometheus import Metrics, loader_families
 
     # --labels: series keyed by a cgroup id gain its unit/pod labels (loader/labels/run.py)
     metrics = Metrics(series_labels=labels.series_labels() if labels is not None else None)
@@ -305,7 +307,13 @@ def _serve_metrics(address: str, pipeline: Pipeline, session: Session, say: Say,
         pipeline.refresh_metrics(families, session.stats())
 
     metrics.on_scrape(refresh)
-    server = serve(metrics, address)
+    return metrics
+
+
+def _serve_metrics(address: str, pipeline: Pipeline, session: Session, say: Say, labels=None):
+    from loader.sinks.prometheus import serve
+
+    server = serve(run_metrics(pipeline, session, labels), address)
     host, port = server.address
     say(f"bpfdepot: metrics on http://{host}:{port}/metrics")
     return server

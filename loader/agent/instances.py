@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from loader.errors import BpfDepotError, ManifestError
-from loader.node import LiveRun
+from loader.node import LiveRun, run_metrics
 from loader.pipeline import StopSignal
 
 LOG_LINES = 500          # kept per instance for `bpfdepot logs`
@@ -54,6 +54,7 @@ class Instance:
         self.state = "loading"
         self.error: BpfDepotError | Exception | None = None
         self.live: LiveRun | None = None
+        self.metrics = None  # its Prometheus registry once attached
         self.report: Any = None
         self.loaded_at = time.time()
         self.log: deque[str] = deque(maxlen=LOG_LINES)
@@ -66,6 +67,10 @@ class Instance:
         self.log.append(f"{time.strftime('%H:%M:%S')} {line}")
 
     def attached(self, live: LiveRun) -> None:
+        # its own registry, merged into the agent's /metrics (loader/agent/metrics.py); one
+        # refresh now hands it to the pipeline, so map channels export from their first read
+        self.metrics = run_metrics(live.pipeline, live.session)
+        self.metrics.refresh()
         self.live = live
         self.state = "running"
         self._ready.set()
@@ -210,6 +215,21 @@ class Instances:
         with self._lock:
             instances = list(self._by_name.values())
         return [i.status() for i in instances]
+
+    def registries(self) -> list[tuple[str, object]]:
+        """(name, registry) of every instance running now, for the agent's /metrics."""
+        with self._lock:
+            instances = list(self._by_name.values())
+        return [(i.name, i.metrics) for i in instances
+                if i.state == "running" and i.metrics is not None]
+
+    def states(self) -> dict[str, int]:
+        with self._lock:
+            instances = list(self._by_name.values())
+        out: dict[str, int] = {}
+        for i in instances:
+            out[i.state] = out.get(i.state, 0) + 1
+        return out
 
     def names(self) -> list[str]:
         with self._lock:

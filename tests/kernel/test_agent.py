@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from tests.kernel.conftest import ROOT, bpfdepot, cli_env, held_prog_ids, records
 from tests.kernel.monitor import Worker, workers
+from tests.services import free_port
 
 CALLS = ROOT / "tests" / "kernel" / "bundles" / "agent_calls"
 BROKEN = ROOT / "tests" / "kernel" / "bundles" / "verifier_reject"
@@ -61,11 +63,13 @@ class Agent:
 @pytest.fixture
 def agent(home: Path, tmp_path: Path) -> Iterator[Agent]:
     sock, state, manifests = tmp_path / "agent.sock", tmp_path / "state", tmp_path / "manifests.d"
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "builder.cli", "agent", "--socket", str(sock), "--state",
-         str(state), "--manifests", str(manifests)],
+         str(state), "--manifests", str(manifests), "--metrics", f"127.0.0.1:{port}"],
         cwd=ROOT, env=cli_env(home), stderr=subprocess.PIPE, text=True)
     made = Agent(home, proc, sock, state, manifests)
+    made.metrics_url = f"http://127.0.0.1:{port}/metrics"
     try:
         made.wait(lambda: sock.exists() or proc.poll() is not None, "the agent's socket")
         assert proc.poll() is None, proc.stderr.read()
@@ -110,6 +114,11 @@ def test_instances_load_and_unload_without_touching_each_other(agent: Agent) -> 
     row = agent.ps()["b"]
     assert row["channels"] == [{"program": "agent_calls", "channel": "events", "received": 10,
                                 "lost": 0}]
+    text = urllib.request.urlopen(agent.metrics_url, timeout=10).read().decode()
+    assert ('bpfdepot_events_received_total{instance="b",program="agent_calls",channel="events"}'
+            ' 10') in text
+    assert 'instance="a"' not in text  # unloaded: its series are gone
+    assert 'bpfdepot_agent_instances{state="running"} 1' in text
     assert "unknown" not in agent.ok("logs", "b")
 
 

@@ -37,9 +37,18 @@ class FakeRun:
 
 
 class _Live:
-    programs, attach_ms, pipeline = 2, 1.5, type("P", (), {"pools": {}})()
+    programs, attach_ms = 2, 1.5
+
+    class pipeline:  # noqa: N801 — a stand-in for loader.pipeline.Pipeline
+        pools: dict = {}
+
+        @staticmethod
+        def refresh_metrics(families, stats) -> None:
+            families.events_received.labels(program="p", channel="c").set(7)
 
     class session:  # noqa: N801 — a stand-in for loader.session.Session
+        objects: list = []
+
         @staticmethod
         def stats():
             return []
@@ -174,3 +183,17 @@ def test_the_folder_follows_files(server) -> None:
 def test_no_agent_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(AgentError, match="no bpfdepot agent listens on"):
         call(tmp_path / "none.sock", {"op": "ps"})
+
+
+def test_metrics_of_every_instance_merge_with_their_names() -> None:
+    from loader.agent.metrics import AgentMetrics
+
+    instances = Instances(FakeRun())
+    instances.load("a", "/x/a")
+    instances.load("b", "/x/b")
+    text = AgentMetrics(instances.registries).render().decode()
+    assert text.count("# TYPE bpfdepot_events_received_total counter") == 1
+    assert 'bpfdepot_events_received_total{instance="a",program="p",channel="c"} 7' in text
+    assert 'bpfdepot_events_received_total{instance="b",program="p",channel="c"} 7' in text
+    instances.close_all()
+    assert "instance=" not in AgentMetrics(instances.registries).render().decode()
