@@ -7,7 +7,9 @@ start-up, imports or BTF parsing; the clients are thin: one request over the age
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -17,6 +19,7 @@ from builder.cli import knob_pairs
 from loader.model.settings import Settings
 
 DEFAULT_STATE = Path("/var/lib/bpfdepot/agent")
+PINS = Path("/sys/fs/bpf/bpfdepot")  # <instance>-<generation>/<program>/{maps,links}/
 
 
 def _err(text: str) -> None:
@@ -25,6 +28,7 @@ def _err(text: str) -> None:
 
 def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     from builder.cli import host_bpftrace_check, host_compilers
+    from loader.libbpf.pins import pin_name
     from loader.agent.instances import Instances
     from loader.agent.protocol import socket_path
     from loader.agent.server import AgentServer
@@ -48,11 +52,21 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
         instance.output = str(path)
         mine = dataclasses.replace(storage, file=dataclasses.replace(
             storage.file, enabled=True, path=path))
+        pins = Path(args.pins) / pin_name(f"{instance.name}-{gen}")
         options = RunOptions(stop=instance.stop, on_attached=instance.attached,
                              labels=args.labels, knobs=instance.knobs,
-                             allow_unsigned=args.allow_unsigned)
-        return run(settings, instance.target, options, mine, compilers=compilers,
-                   say=instance.say, check_bpftrace=check)
+                             allow_unsigned=args.allow_unsigned, pins=pins,
+                             adopt=instance.adopt)
+        # what a restarted agent needs to adopt this run if this agent dies (kill -9)
+        record = folder / f"instance.{gen}.json"
+        record.write_text(json.dumps({"name": instance.name, "target": instance.target,
+                                      "set": instance.knobs, "generation": gen,
+                                      "pins": str(pins)}))
+        try:
+            return run(settings, instance.target, options, mine, compilers=compilers,
+                       say=instance.say, check_bpftrace=check)
+        finally:
+            record.unlink(missing_ok=True)  # stopped on purpose: nothing to adopt
 
     def name_of(target: str) -> str:
         if target.startswith("sha256:"):
@@ -83,6 +97,7 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
         metrics_server = serve(metrics, args.metrics)
         host, port = metrics_server.address
         _err(f"bpfdepot agent: metrics of every instance on http://{host}:{port}/metrics")
+    adopt_or_clean(instances, state, Path(args.pins), adopt=args.orphans == "adopt")
     server = AgentServer(instances, socket_path(args.socket),
                          manifests=Path(args.manifests) if args.manifests else None,
                          name_of=name_of, say=_err)
@@ -91,7 +106,46 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if metrics_server is not None:
             metrics_server.close()
+        with contextlib.suppress(OSError):
+            Path(args.pins).rmdir()  # every instance unpinned at stop: leave no empty folder
     return 0
+
+
+def adopt_or_clean(instances, state: Path, pins_root: Path, *, adopt: bool) -> None:
+    """At start: the runs an earlier agent left pinned (it was killed) are adopted — their
+    programs were never detached, so nothing attaches twice — or, with --orphans clean,
+    detached; pins no record claims are detached either way."""
+    from loader.libbpf.pins import unpin
+
+    claimed: set[str] = set()
+    records = sorted((state / "instances").glob("*/instance.*.json"),
+                     key=lambda p: int(p.name.split(".")[1]), reverse=True)
+    for record in records:
+        try:
+            doc = json.loads(record.read_text())
+            name, pins = doc["name"], Path(doc["pins"])
+        except (OSError, ValueError, KeyError):
+            record.unlink(missing_ok=True)
+            continue
+        record.unlink(missing_ok=True)  # the adopted run writes its own
+        if not adopt or not pins.exists() or name in instances.names():
+            unpin(pins)
+            _err(f"bpfdepot agent: {name}: detached what an earlier agent left pinned at {pins}")
+            continue
+        try:
+            instances.load(name, doc["target"], doc.get("set") or {},
+                           adopt_generation=int(doc["generation"]))
+            claimed.add(pins.name)
+            _err(f"bpfdepot agent: {name}: adopted from {pins} (attached since the earlier agent)")
+        except Exception as exc:  # noqa: BLE001 — one bad record never stops the agent
+            unpin(pins)
+            _err(f"bpfdepot agent: {name}: cannot adopt ({getattr(exc, 'message', exc)}); "
+                 "detached it")
+    if pins_root.is_dir():
+        for orphan in pins_root.iterdir():
+            if orphan.name not in claimed:
+                unpin(orphan)
+                _err(f"bpfdepot agent: detached orphan pins {orphan}")
 
 
 def _call(args: argparse.Namespace, request: dict) -> dict:
@@ -191,6 +245,12 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                        help="label every instance's records, as bpfdepot run --labels")
     agent.add_argument("--metrics", metavar="HOST:PORT", help="serve every instance's metrics "
                        "(labelled instance=NAME) at http://HOST:PORT/metrics")
+    agent.add_argument("--pins", default=str(PINS), metavar="DIR",
+                       help=f"bpffs folder of this agent's pinned instances (default {PINS}; "
+                            "one per agent)")
+    agent.add_argument("--orphans", choices=("adopt", "clean"), default="adopt",
+                       help="at start, what an earlier agent left pinned in --pins: adopt its "
+                            "instances (default) or detach them")
     agent.add_argument("--no-build", action="store_true", help="never compile on this host")
     agent.add_argument("--allow-unsigned", action="store_true",
                        help="load what this node's trust root does not vouch for (logged)")

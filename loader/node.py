@@ -33,6 +33,7 @@ from loader.kernel.elf import ObjectInfo
 from loader.kernel.hooks import kernel_btf, missing_hooks
 from loader.kernel.probe import Feature, probe_features
 from loader.libbpf.core import BpfObject
+from loader.libbpf.pins import unpin
 from loader.model.manifest import ChannelSpec, Manifest, load_bundle
 from loader.model.settings import Settings
 from loader.model.storage import StorageSettings
@@ -66,6 +67,10 @@ class RunOptions:
     # the in-kernel process filter (--unit/--cgroup/--pid/--filter-file); none: everything
     filter: FilterRequest = field(default_factory=FilterRequest)
     allow_unsigned: bool = False          # load what a trust root does not vouch for (logged)
+    # the agent's bpffs folder for this run: pinned once attached (so a killed agent's programs
+    # stay), or with adopt, an earlier agent's pins taken over instead of attaching again
+    pins: Path | None = None
+    adopt: bool = False
     # the agent's: stops the run from another thread; told the live run once attached
     stop: StopSignal | None = None
     on_attached: Callable[[LiveRun], None] | None = None
@@ -178,7 +183,8 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
         session.start(loadables, open_channel, dict(options.knobs), before_attach=pipeline.start,
                       attach=_attach_plans(manifest), autoload_off=off,
                       maps={p.name: p.maps for p in manifest.kernel_programs} if manifest else {},
-                      prepare=partial(_prepare_filter, monitor) if monitor else None)
+                      prepare=partial(_prepare_filter, monitor) if monitor else None,
+                      pins=options.pins, adopt=options.adopt)
         if monitor is not None:
             monitor.start()  # units started later, pids added to the filter file
         programs = session.attached
@@ -195,6 +201,8 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
 
         seconds = pipeline.run(session.readers, duration=options.duration, on_attached=attached,
                                stop=options.stop)
+        if options.pins is not None:
+            unpin(options.pins)  # a stop on purpose: the links go with their last fd
         session.detach()
         pipeline.drain()
         stats = session.stats()
@@ -203,6 +211,8 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
             server.close()  # before the objects it reads go away
         for pool in pipeline.pools.values():
             pool.stop(kill=True)
+        if options.pins is not None:
+            unpin(options.pins)  # any way out but a kill: nothing stays attached
         session.close()
         if monitor is not None:
             monitor.close()

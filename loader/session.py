@@ -23,6 +23,8 @@ from loader.kernel.hooks import Hook
 from loader.errors import KernelUnsupported, LoadError, ManifestError, PrivilegeError
 from loader.kernel.probe import Feature, KernelIdentity
 from loader.libbpf.attach import size_map, write_rodata
+from loader.libbpf.pins import (NotPinnable, adopt_links, pin_name, pin_object, reuse_pins,
+                                 unpin)
 from loader.libbpf.core import BpfObject, num_possible_cpus
 from loader.model.controls import MapSize
 from loader.model.yamldoc import did_you_mean
@@ -119,6 +121,8 @@ class Session:
         self.objects: list[tuple[Loadable, BpfObject]] = []
         self.readers: list[Reader] = []
         self.attached = 0  # programs attached (tail-call targets load without attaching)
+        self.pinned = True  # with start(pins=...): False when an attachment cannot be pinned
+        self.pin_note = ""
 
     def start(self, loadables: Sequence[Loadable], open_channel: ChannelOpener,
               knobs: Mapping[str, int | str] | None = None,
@@ -126,7 +130,8 @@ class Session:
               attach: Mapping[str, AttachPlan] | None = None,
               autoload_off: Mapping[str, Sequence[str]] | None = None,
               maps: Mapping[str, Sequence[MapSize]] | None = None,
-              prepare: Callable[[Loadable, BpfObject, ObjectInfo], None] | None = None) -> None:
+              prepare: Callable[[Loadable, BpfObject, ObjectInfo], None] | None = None,
+              pins: Path | None = None, adopt: bool = False) -> None:
         """Open, set knobs, load and attach every object, then start each channel's reader.
 
         ``open_channel`` opens a channel's reader (before load: processor routes must exist
@@ -134,7 +139,10 @@ class Session:
         there: no event comes before they are ready, and if they fail nothing was attached);
         ``attach`` maps an object's name to how its programs attach, ``autoload_off`` to the
         programs not to load at all, ``maps`` to the map sizes to set before load; ``prepare``
-        runs on each opened object before it loads (the process filter's shared maps)."""
+        runs on each opened object before it loads (the process filter's shared maps).
+        ``pins``: the agent's bpffs folder for this run — maps and links are pinned there once
+        attached, or, with ``adopt``, an earlier agent's pins are taken over: maps reused, no
+        program loaded or attached (loader/libbpf/pins.py)."""
         knobs = knobs or {}
         attach = attach or {}
         maps = maps or {}
@@ -164,16 +172,27 @@ class Session:
                         raise LoadError(f"channel '{name}' is not a map in '{item.meta.name}'",
                                         hint="the manifest and the object disagree: rebuild")
                     self.readers.append(open_channel(item, name, obj, info))
+                if adopt:
+                    reuse_pins(obj, pins / pin_name(item.meta.name))
                 obj.load()
             if before_attach is not None:
                 before_attach()
             for (item, obj), info in zip(self.objects, infos):
+                if adopt:
+                    self.attached += adopt_links(obj, pins / pin_name(item.meta.name))
+                    continue
                 how = attach.get(item.meta.name, {})
                 loaded_only = {p.name for p in info.programs if p.section in NO_TARGET}
                 plan = [(name, how.get(name)) for name in obj.autoloaded()
                         if name not in loaded_only or name in how]
                 obj.attach(plan)
                 self.attached += len(plan)
+                if pins is not None and self.pinned:
+                    try:
+                        pin_object(obj, pins / pin_name(item.meta.name))
+                    except NotPinnable as exc:  # runs, but will not outlive its process
+                        unpin(pins)
+                        self.pinned, self.pin_note = False, exc.message
             for reader in self.readers:
                 reader.start()
         except BaseException:
@@ -181,7 +200,8 @@ class Session:
             raise
 
     def detach(self) -> None:
-        """Stop the programs and read what they left in the channels. Links are destroyed
+        """Stop the programs and read what they left in the channels (a pinned run's pins
+        must be gone first: ``unpin``). Links are destroyed
         side by side: closing a tracepoint's perf event waits for an RCU grace period (tens of
         ms each), and the waits overlap when the closes run on their own threads."""
         links = [link for _, obj in self.objects for link in obj.take_links()]

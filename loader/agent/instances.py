@@ -43,12 +43,14 @@ Runner = Callable[["Instance"], Any]
 
 class Instance:
     def __init__(self, name: str, target: str, runner: Runner,
-                 knobs: dict[str, str] | None = None, generation: int = 1) -> None:
+                 knobs: dict[str, str] | None = None, generation: int = 1,
+                 adopt: bool = False) -> None:
         self.name = name
         # 1, 2, … per name in this agent: a replacement runs beside the one it replaces for a
         # moment, so what it writes (files) is told apart by it
         self.generation = generation
         self.output: str | None = None  # where the runner sends its records, for ps
+        self.adopt = adopt  # take over an earlier agent's pinned run instead of attaching
         self.target = target
         self.knobs = dict(knobs or {})  # --set NAME=VALUE of the load
         self.state = "loading"
@@ -117,6 +119,8 @@ class Instance:
                                "generation": self.generation}
         if self.output:
             row["output"] = self.output
+        if self.adopt:
+            row["adopted"] = True
         live = self.live
         if live is not None:
             row["programs"] = live.programs
@@ -125,6 +129,7 @@ class Instance:
                                 "received": s.received, "lost": s.lost}
                                for s in live.session.stats()]
             row["processors"] = len(live.pipeline.pools)
+            row["pinned"] = getattr(live.session, "pinned", False)
         if self.error is not None:
             row["error"] = getattr(self.error, "message", str(self.error))
         return row
@@ -140,9 +145,9 @@ class Instances:
         self._busy: set[str] = set()  # names being loaded, replaced or unloaded
         self._generations: dict[str, int] = {}
 
-    def _next_generation(self, name: str) -> int:
+    def _next_generation(self, name: str, at_least: int = 0) -> int:
         with self._lock:
-            self._generations[name] = self._generations.get(name, 0) + 1
+            self._generations[name] = max(self._generations.get(name, 0) + 1, at_least)
             return self._generations[name]
 
     def _claim(self, name: str, *, exists: bool) -> Instance | None:
@@ -167,11 +172,15 @@ class Instances:
             self._busy.discard(name)
 
     def load(self, name: str, target: str, knobs: dict[str, str] | None = None,
-             timeout: float = LOAD_TIMEOUT_S) -> Instance:
+             timeout: float = LOAD_TIMEOUT_S, *, adopt_generation: int = 0) -> Instance:
+        """Load ``target`` as instance ``name``; ``adopt_generation``: take over that
+        generation's pins left by an earlier agent instead of attaching."""
         _check_name(name)
         self._claim(name, exists=False)
         try:
-            instance = Instance(name, target, self._runner, knobs, self._next_generation(name))
+            instance = Instance(name, target, self._runner, knobs,
+                                self._next_generation(name, adopt_generation),
+                                adopt=bool(adopt_generation))
             instance.start(timeout)
             with self._lock:
                 self._by_name[name] = instance

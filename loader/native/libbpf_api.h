@@ -54,4 +54,10 @@ int bpf_iter_create(int link_fd);
 /* stack-trace maps read and emptied by the stack_counts output kind (loader/outputs/stack_counts.py) */
 int bpf_map_delete_elem(int fd, const void *key);
 
+/* pinned instances of the agent (loader/libbpf/pins.py): pin, and adopt after a restart */
+int bpf_map__pin(struct bpf_map *map, const char *path);
+int bpf_link__pin(struct bpf_link *link, const char *path);
+int bpf_map__reuse_fd(struct bpf_map *map, int fd);
+int bpf_obj_get(const char *pathname);
+
 #endif

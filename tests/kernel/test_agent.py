@@ -60,26 +60,54 @@ class Agent:
         return time.monotonic() - began
 
 
-@pytest.fixture
-def agent(home: Path, tmp_path: Path) -> Iterator[Agent]:
+def start_agent(home: Path, tmp_path: Path) -> Agent:
+    """An agent on the test's folders (its own bpffs pins folder too); waits for its socket."""
     sock, state, manifests = tmp_path / "agent.sock", tmp_path / "state", tmp_path / "manifests.d"
     port = free_port()
+    pins = f"/sys/fs/bpf/bpfdepot-test-{tmp_path.name.replace('.', '_')}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "builder.cli", "agent", "--socket", str(sock), "--state",
-         str(state), "--manifests", str(manifests), "--metrics", f"127.0.0.1:{port}"],
+         str(state), "--manifests", str(manifests), "--metrics", f"127.0.0.1:{port}",
+         "--pins", pins],
         cwd=ROOT, env=cli_env(home), stderr=subprocess.PIPE, text=True)
     made = Agent(home, proc, sock, state, manifests)
     made.metrics_url = f"http://127.0.0.1:{port}/metrics"
+    made.pins = pins
+    made.wait(lambda: (sock.exists() and _listening(sock)) or proc.poll() is not None,
+              "the agent's socket", timeout=60)
+    assert proc.poll() is None, proc.stderr.read()
+    return made
+
+
+def _listening(sock: Path) -> bool:
+    import socket
+
+    s = socket.socket(socket.AF_UNIX)
     try:
-        made.wait(lambda: sock.exists() or proc.poll() is not None, "the agent's socket")
-        assert proc.poll() is None, proc.stderr.read()
+        s.connect(str(sock))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def stop_agent(made: Agent) -> str:
+    made.proc.send_signal(signal.SIGTERM)
+    _, err = made.proc.communicate(timeout=60)
+    assert made.proc.returncode == 0, err
+    assert "stopped; unloaded" in err
+    return err
+
+
+@pytest.fixture
+def agent(home: Path, tmp_path: Path) -> Iterator[Agent]:
+    made = start_agent(home, tmp_path)
+    try:
         yield made
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    assert "stopped; unloaded" in err
-    assert not held_prog_ids(os.getpid()) - set()  # (this process never held any)
+        stop_agent(made)
+    assert not Path(made.pins).exists()  # nothing left pinned, not even the folder
 
 
 def _calls(events: list[dict], pid: int) -> list[int]:
@@ -202,3 +230,46 @@ def test_clients_without_an_agent_are_told_how_to_start_one(home: Path, tmp_path
     out = bpfdepot(home, "ps", "--socket", str(tmp_path / "none.sock"))
     assert out.returncode == 3
     assert "no bpfdepot agent listens on" in out.stderr and "sudo bpfdepot agent" in out.stderr
+
+
+def _loaded(ids: set[int]) -> set[int]:
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                         check=True)
+    return ids & {p["id"] for p in json.loads(out.stdout or "[]")}
+
+
+def _links_of(ids: set[int]) -> list[int]:
+    out = subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True,
+                         check=True)
+    return sorted(link["prog_id"] for link in json.loads(out.stdout or "[]")
+                  if link.get("prog_id") in ids)
+
+
+def test_a_killed_agent_is_adopted_without_attaching_twice(home: Path, tmp_path: Path) -> None:
+    first = start_agent(home, tmp_path)
+    with workers("/dev/null", 1) as (w,):
+        first.ok("load", str(CALLS), "--name", "a", "--set", f"target_tgid={w.pid}")
+        w.do("getppid", 3)
+        first.wait(lambda: len(first.events("a")) == 3, "events before the kill")
+        progs = held_prog_ids(first.proc.pid)
+        links = _links_of(progs)
+        assert len(progs) == 2 and len(links) == 2
+        first.proc.kill()  # kill -9: no clean-up at all
+        first.proc.wait()
+        assert _loaded(progs) == progs and _links_of(progs) == links  # pinned: still attached
+        w.do("getppid", 4)  # traced while no agent runs: kept in the pinned ring buffer
+        second = start_agent(home, tmp_path)
+        try:
+            row = second.ps()["a"]
+            assert row["state"] == "running" and row.get("adopted") and row["pinned"], row
+            assert row["set"] == {"target_tgid": str(w.pid)}
+            second.wait(lambda: len(second.events("a")) == 7, "the events made meanwhile")
+            assert held_prog_ids(second.proc.pid) == progs  # the same programs, held by link
+            assert _links_of(progs) == links  # and attached once
+            w.do("getppid", 2)
+            second.wait(lambda: len(second.events("a")) == 9, "events after the adoption")
+            assert [e["seq"] for e in second.events("a")] == list(range(9))
+            second.ok("unload", "a")
+            assert _loaded(progs) == set() and _links_of(progs) == []
+        finally:
+            stop_agent(second)
