@@ -98,17 +98,59 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
         host, port = metrics_server.address
         _err(f"bpfdepot agent: metrics of every instance on http://{host}:{port}/metrics")
     adopt_or_clean(instances, state, Path(args.pins), adopt=args.orphans == "adopt")
+    follower = _follower(args, settings, instances, state) if args.fleet else None
     server = AgentServer(instances, socket_path(args.socket),
                          manifests=Path(args.manifests) if args.manifests else None,
                          name_of=name_of, say=_err)
     try:
+        if follower is not None:
+            follower.start()
         server.serve()
     finally:
+        if follower is not None:
+            follower.stop()
         if metrics_server is not None:
             metrics_server.close()
         with contextlib.suppress(OSError):
             Path(args.pins).rmdir()  # every instance unpinned at stop: leave no empty folder
     return 0
+
+
+def _follower(args: argparse.Namespace, settings: Settings, instances, state: Path):
+    """The fleet follower: this node's name, labels, kernel and probed features."""
+    import socket as socketlib
+
+    from builder.bundle import unpack_bundle
+    from loader.agent.fleet import Follower, Node
+    from loader.artifacts.resolve import node_identity
+    from loader.artifacts.store import open_store
+    from loader.kernel.catalog import KernelEntry
+    from loader.kernel.probe import probe_features
+
+    store = open_store(settings)
+    kernel = node_identity(settings, store)
+    features = {name: f.ok for name, f in probe_features(kernel, settings.cache).items()}
+    entry = KernelEntry(release=kernel.release, arch=kernel.arch, btf_digest=kernel.btf_digest,
+                        config_blob=None, features=features, features_from="probed",
+                        btf_on_node=True, source="this node")
+    labels = {}
+    for pair in args.node_label or []:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise BpfDepotError(f"--node-label {pair!r} is not KEY=VALUE",
+                                hint="e.g. --node-label env=prod")
+        labels[key] = value
+
+    def unpack(data: bytes, dest: Path) -> Path:
+        if (dest / "manifest.yaml").exists():
+            return dest  # unpacked before (an agent restart)
+        return unpack_bundle(data, dest)
+
+    node = Node(name=args.node_name or socketlib.gethostname(), labels=labels, kernel=entry)
+    _err(f"bpfdepot agent: following the fleet in {store} as node {node.name} "
+         f"({entry}, labels {labels or 'none'})")
+    return Follower(store=store, node=node, instances=instances, unpack=unpack,
+                    workdir=state / "fleet", say=_err, interval=args.fleet_interval)
 
 
 def adopt_or_clean(instances, state: Path, pins_root: Path, *, adopt: bool) -> None:
@@ -251,6 +293,14 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     agent.add_argument("--orphans", choices=("adopt", "clean"), default="adopt",
                        help="at start, what an earlier agent left pinned in --pins: adopt its "
                             "instances (default) or detach them")
+    agent.add_argument("--fleet", action="store_true",
+                       help="follow the deployments in the store (bpfdepot deploy) and report "
+                            "back (bpfdepot fleet)")
+    agent.add_argument("--node-name", help="this node in the fleet (default the host name)")
+    agent.add_argument("--node-label", action="append", metavar="KEY=VALUE",
+                       help="a label deployments select with label.KEY=VALUE (repeatable)")
+    agent.add_argument("--fleet-interval", type=float, default=2.0, metavar="S",
+                       help="how often the store is read (default 2 s)")
     agent.add_argument("--no-build", action="store_true", help="never compile on this host")
     agent.add_argument("--allow-unsigned", action="store_true",
                        help="load what this node's trust root does not vouch for (logged)")

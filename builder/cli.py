@@ -292,7 +292,7 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
 GROUPS = {("kernels",): "kernels", ("worker", "submit", "builds"): "farm", ("query",): "query",
           ("flamegraph",): "flamegraph",
           ("agent", "load", "unload", "replace", "ps", "logs"): "agent",
-          ("keys", "sign", "verify"): "keys"}
+          ("keys", "sign", "verify"): "keys", ("deploy", "undeploy", "fleet"): "fleet"}
 
 
 def _register_group(sub: argparse._SubParsersAction, group: str) -> None:
@@ -314,6 +314,10 @@ def _register_group(sub: argparse._SubParsersAction, group: str) -> None:
         register_commands(sub)
     elif group == "keys":
         from builder.keyscli import register_commands
+
+        register_commands(sub)
+    elif group == "fleet":
+        from builder.fleetcli import register_commands
 
         register_commands(sub)
     else:
