@@ -3,10 +3,14 @@
  * the manifest), counted per {pid, comm, kernel stack, user stack}: the input of a CPU flame
  * graph. The usual libbpf way (libbpf-tools profile.bpf.c): a SEC("perf_event") program, plain
  * maps, const volatile knobs. The loader reads `counts` every interval with lookup-and-delete,
- * resolves the ids in `stacks` and deletes them there, so neither map fills. */
+ * resolves the ids in `stacks` and deletes them there, so neither map fills.
+ * Honours bpfdepot run --unit/--cgroup/--pid: the interrupted task (current) decides, and its
+ * label is part of the key. The idle task sits in the cgroup2 root: never under a filter. */
+#define BPFDEPOT_FILTER
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include "bpfdepot.h"
 #include "cpu_profile.h"
 
 #define EEXIST 17
@@ -53,6 +57,8 @@ int do_sample(struct bpf_perf_event_data *ctx)
 	if (targ_tgid && tgid != targ_tgid)
 		return 0;
 	if (targ_cgroup && bpf_get_current_cgroup_id() != targ_cgroup)
+		return 0;
+	if (!bpfdepot_monitored(&key.label))
 		return 0;
 
 	key.pid = tgid;

@@ -14,6 +14,10 @@ struct cpu_profile_key {
 	__s32 kern_stack_id;
 	__s32 user_stack_id;
 	char comm[TASK_COMM_LEN];
+	__u32 label;		/* label id of the filter target that matched (0: no filter) */
 };
+
+/* 32 bytes, no implicit padding: the key is hashed whole. */
+_Static_assert(sizeof(struct cpu_profile_key) == 32, "cpu_profile_key layout changed");
 
 #endif

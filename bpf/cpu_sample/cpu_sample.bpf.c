@@ -2,10 +2,14 @@
 /* cpu_sample: who is on each CPU, sampled by a perf event (software cpu-clock, 99 Hz by the
  * manifest), written the usual libbpf way (as libbpf-tools' profile is): a SEC("perf_event")
  * program, plain maps, const volatile knobs. One event per sample, plus a count per process in
- * a hash map sized from user space (max_entries 0 here; the manifest sizes it per CPU). */
+ * a hash map sized from user space (max_entries 0 here; the manifest sizes it per CPU).
+ * Honours bpfdepot run --unit/--cgroup/--pid: the interrupted task (current) decides; the idle
+ * task sits in the cgroup2 root, so a filtered run never samples idle. */
+#define BPFDEPOT_FILTER
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include "bpfdepot.h"
 #include "cpu_sample.h"
 
 /* Only these processes (tgids) when targ_pids[0] is non-zero; set before load. */
@@ -51,11 +55,11 @@ SEC("perf_event")
 int do_sample(struct bpf_perf_event_data *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32, zero = 0;
+	__u32 tgid = id >> 32, zero = 0, label;
 	struct cpu_sample_event *e;
 	__u64 one = 1, *count;
 
-	if (!wanted(tgid))
+	if (!wanted(tgid) || !bpfdepot_monitored(&label))
 		return 0;
 	count = bpf_map_lookup_elem(&samples_by_pid, &tgid);
 	if (count)
@@ -73,7 +77,7 @@ int do_sample(struct bpf_perf_event_data *ctx)
 	e->pid = tgid;
 	e->tid = (__u32)id;
 	e->cpu = bpf_get_smp_processor_id();
-	e->__pad = 0;
+	e->label = label;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, 0);
 	return 0;

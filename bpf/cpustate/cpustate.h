@@ -8,6 +8,13 @@ struct cpustate_key {
 	__u32 pid;      /* tgid: a process, all its threads together */
 };
 
+/* A thread's clock (the `last_switch` map): its last switch, in or out. */
+struct cpustate_clock {
+	__u64 ts;           /* bpf_ktime_get_ns() */
+	__u32 label;        /* the filter's, decided at its switch-out */
+	__u32 __pad;
+};
+
 /* 56 bytes, 8-aligned, no implicit padding. */
 struct cpustate {
 	__u64 on_ns;        /* time its threads ran on a CPU */
@@ -16,7 +23,10 @@ struct cpustate {
 	__u64 voluntary;    /* switch-outs in a sleeping state: the task blocked or slept */
 	__u64 involuntary;  /* switch-outs while still runnable: it was preempted */
 	char comm[16];      /* of the thread last switched out */
-	__u64 __pad;        /* zero */
+	__u32 label;        /* label id of the filter target that matched (0: no filter) */
+	__u32 __pad;        /* zero */
 };
+
+_Static_assert(sizeof(struct cpustate) == 56, "cpustate layout changed");
 
 #endif /* __CPUSTATE_H */

@@ -17,11 +17,18 @@
  * (an mm's mmap_lock, an inode's i_rwsem) still says which function waited for it.
  * The begin/end pairs nest (a mutex waiter contends on the mutex's wait_lock, an interrupt
  * on the same CPU contends while a task spins), so each thread keeps a small stack of
- * pending waits; a mutex fires begin twice (spinning, then sleeping) before its one end. */
+ * pending waits; a mutex fires begin twice (spinning, then sleeping) before its one end.
+ *
+ * Honours bpfdepot run --unit/--cgroup/--pid: the waiting thread decides (current in both
+ * pairs), once, at futex entry / contention_begin, and the end of a wait it passed is counted
+ * under the label it had then. Futex events and the per-process futex histograms carry the
+ * label; the kernel-lock histograms, keyed by lock and caller, are only gated. */
+#define BPFDEPOT_FILTER
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include "bpfdepot.h"
 #include "bits.bpf.h"
 #include "lockstat.h"
 
@@ -45,7 +52,7 @@ struct futex_start {
 	__u64 ts;                 /* bpf_ktime_get_ns() at entry */
 	__u64 uaddr;
 	__u32 op;                 /* enum futex_wait_op */
-	__u32 __pad;
+	__u32 label;              /* the filter's, decided at entry */
 };
 
 struct {
@@ -143,7 +150,7 @@ int lockstat_futex_enter(struct trace_event_raw_sys_enter *ctx)
 	if (op != FUTEX_WAIT && op != FUTEX_WAIT_BITSET && op != FUTEX_LOCK_PI &&
 	    op != FUTEX_LOCK_PI2 && op != FUTEX_WAIT_REQUEUE_PI)
 		return 0;
-	if (!traced(id))
+	if (!traced(id) || !bpfdepot_monitored(&s.label))
 		return 0;
 	s.ts = bpf_ktime_get_ns();
 	s.uaddr = ctx->args[0];
@@ -171,6 +178,7 @@ int lockstat_futex_exit(struct trace_event_raw_sys_exit *ctx)
 	wait_ns = bpf_ktime_get_ns() - s->ts;
 	wait_us = wait_ns / 1000;
 	key.pid = id >> 32;
+	key.label = s->label;
 	key.uaddr = s->uaddr;
 	h = entry(&futex_hists, &key, &zero_futex, &futex_hists_lost);
 	if (h) {
@@ -192,7 +200,7 @@ int lockstat_futex_exit(struct trace_event_raw_sys_exit *ctx)
 	e->pid = id >> 32;
 	e->tid = tid;
 	e->op = s->op;
-	e->__pad = 0;
+	e->label = s->label;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, 0);
 out:
@@ -233,8 +241,10 @@ int BPF_PROG(lockstat_contention_begin, void *lock, unsigned int flags)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id, d;
 	struct lock_stack *st;
+	__u32 label;
 
-	if (!traced(id))
+	/* gated only: the histograms are per lock, not per process */
+	if (!traced(id) || !bpfdepot_monitored(&label))
 		return 0;
 	st = entry(&lock_start, &tid, &zero_stack, &kernel_lock_hists_lost);
 	if (!st)

@@ -26,7 +26,7 @@ struct futex_event {
 	__u32 pid;                /* tgid */
 	__u32 tid;                /* the waiting thread */
 	enum futex_wait_op op;
-	__u32 __pad;
+	__u32 label;              /* label id of the filter target that matched (0: no filter) */
 	char comm[16];            /* of the waiting thread */
 };
 
@@ -34,7 +34,7 @@ _Static_assert(sizeof(struct futex_event) == 48, "futex_event layout changed");
 
 struct futex_hist_key {
 	__u32 pid;                /* tgid */
-	__u32 __pad;
+	__u32 label;              /* label id of the filter target that matched (0: no filter) */
 	__u64 uaddr;              /* the futex word */
 };
 

@@ -4,11 +4,16 @@
  * (libbpf-tools offcputime.bpf.c, tp_btf form): at sched_switch the task going off is the
  * current one, so its stacks are taken then and kept with the time per tid; when it is
  * switched back in, the delta is added to its key. The loader reads `counts` every interval
- * with lookup-and-delete and empties `stacks` of the ids it read. */
+ * with lookup-and-delete and empties `stacks` of the ids it read.
+ * Honours bpfdepot run --unit/--cgroup/--pid: the task going off CPU (current) decides, once,
+ * at switch-out; its label rides in the key to the switch-in, so a task moved to another
+ * cgroup while asleep is counted as it was judged. */
+#define BPFDEPOT_FILTER
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include "bpfdepot.h"
 #include "offcpu.h"
 
 #define EEXIST 17
@@ -82,7 +87,8 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 
 	/* prev is current here: its stacks are the ones it goes off CPU with */
 	if (prev_pid && (!targ_tgid || prev_tgid == targ_tgid) &&
-	    (!targ_cgroup || bpf_get_current_cgroup_id() == targ_cgroup)) {
+	    (!targ_cgroup || bpf_get_current_cgroup_id() == targ_cgroup) &&
+	    bpfdepot_monitored(&st.key.label)) {
 		st.ts = now;
 		st.key.pid = prev_tgid;
 		bpf_get_current_comm(st.key.comm, sizeof(st.key.comm));

@@ -12,7 +12,11 @@ struct offcpu_key {
 	__s32 kern_stack_id;
 	__s32 user_stack_id;
 	char comm[TASK_COMM_LEN];
+	__u32 label;		/* label id of the filter target that matched (0: no filter) */
 };
+
+/* 32 bytes, no implicit padding: the key is hashed whole. */
+_Static_assert(sizeof(struct offcpu_key) == 32, "offcpu_key layout changed");
 
 /* A task off CPU now: when it went, with what stacks. */
 struct offcpu_start {

@@ -1,15 +1,24 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* runqlat_hist: scheduler run-queue latency (wakeup to switch-in) as a log2 histogram of
  * microseconds per task and per cgroup, kept in hash maps the loader reads every interval
- * (channel type histogram). Plain libbpf style (libbpf-tools runqlat.bpf.c with --pids), no bpfdepot header.
+ * (channel type histogram). Plain libbpf style (libbpf-tools runqlat.bpf.c with --pids); the
+ * bpfdepot header only for the process filter.
  *
  * tp_btf rather than tp/sched/...: the classic tracepoints carry only the woken task's pid,
  * not its tgid, so the targ_tgid filter could not be applied. Requeues after preemption are
- * not wakeups and are not measured (as bpf/runqlat). */
+ * not wakeups and are not measured (as bpf/runqlat).
+ *
+ * Honours bpfdepot run --unit/--cgroup/--pid: the woken task decides (as bpf/runqlat), judged
+ * once at its wakeup, which runs in the waker's context. The maps are only gated: their keys
+ * (a tid, a cgroup) already say whose waits they are, and a label in the key would add a
+ * Prometheus label to every series. */
+#define BPFDEPOT_FILTER
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include "bpfdepot.h"
+#include "bpfdepot_core.h"
 #include "bits.bpf.h"
 #include "runqlat_hist.h"
 
@@ -41,12 +50,15 @@ static struct hist zero_hist; /* .bss: the value a new task's histogram starts f
 
 static __always_inline int trace_enqueue(struct task_struct *p)
 {
-	__u32 pid = BPF_CORE_READ(p, pid);
+	__u32 pid = BPF_CORE_READ(p, pid), label;
 	__u64 ts;
 
 	if (!pid)
 		return 0;
 	if (targ_tgid && (__u32)BPF_CORE_READ(p, tgid) != targ_tgid)
+		return 0;
+	/* the woken task, not current (the waker): its cgroup and process decide */
+	if (!bpfdepot_monitored_task(p, &label))
 		return 0;
 	ts = bpf_ktime_get_ns();
 	bpf_map_update_elem(&start, &pid, &ts, BPF_ANY);

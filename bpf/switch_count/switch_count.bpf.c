@@ -2,11 +2,15 @@
 /* switch_count: one event per context switch away from a task whose comm is targ_comm, in two
  * forms of the same hook, written the usual libbpf way: tp_btf/sched_switch (BTF pointers, needs
  * kernel BTF) and raw_tp/sched_switch (CO-RE reads). Loaded together both fire and every switch
- * is seen twice; the manifest's forms: keeps only the first form this kernel offers. */
+ * is seen twice; the manifest's forms: keeps only the first form this kernel offers.
+ * Honours bpfdepot run --unit/--cgroup/--pid: the task switched out decides, which is current
+ * (sched_switch runs in prev's context, before the switch), so the plain current-task filter. */
+#define BPFDEPOT_FILTER
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include "bpfdepot.h"
 #include "switch_count.h"
 
 /* Only tasks with this comm (NUL-padded) when non-empty; set before load. */
@@ -31,8 +35,10 @@ static __always_inline int emit(struct task_struct *prev, unsigned int prev_stat
 {
 	char comm[TASK_COMM_LEN];
 	struct switch_event *e;
-	__u32 zero = 0;
+	__u32 zero = 0, label;
 
+	if (!bpfdepot_monitored(&label))
+		return 0;
 	bpf_core_read(comm, sizeof(comm), &prev->comm);
 	if (targ_comm[0]) {
 		for (int i = 0; i < TASK_COMM_LEN; i++) {
@@ -53,6 +59,7 @@ static __always_inline int emit(struct task_struct *prev, unsigned int prev_stat
 	e->tgid = BPF_CORE_READ(prev, tgid);
 	e->prev_state = prev_state;
 	e->form = form;
+	e->label = label;
 	__builtin_memcpy(e->comm, comm, sizeof(comm));
 	bpf_ringbuf_submit(e, 0);
 	return 0;

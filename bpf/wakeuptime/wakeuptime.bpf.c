@@ -3,11 +3,18 @@
  * CPU (not preempted: it blocks) gets its time; at sched_waking, which runs in the waker's
  * context, the time the woken task was blocked is added to {waker pid, waker comm, woken comm,
  * waker kernel stack, waker user stack}, in ns. The usual libbpf way (libbpf-tools
- * wakeuptime.bpf.c, with tp_btf hooks instead of its kprobe). */
+ * wakeuptime.bpf.c, with tp_btf hooks instead of its kprobe).
+ * Honours bpfdepot run --unit/--cgroup/--pid: the waker decides (current at sched_waking),
+ * since the key and the stacks recorded are the waker's; its label is part of the key. The
+ * woken task may be anywhere (the knobs targ_tgid/targ_cgroup select it). A wakeup from an
+ * interrupt (a timer) runs in whatever task it interrupted, which the filter then judges, as
+ * the key then names that task. */
+#define BPFDEPOT_FILTER
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include "bpfdepot.h"
 #include "wakeuptime.h"
 
 #define EEXIST 17
@@ -79,6 +86,8 @@ int BPF_PROG(sched_waking, struct task_struct *p)
 	delta = bpf_ktime_get_ns() - *ts;
 	bpf_map_delete_elem(&start, &pid);
 	if (delta < min_block_us * 1000 || delta / 1000 > max_block_us)
+		return 0;
+	if (!bpfdepot_monitored(&key.label))
 		return 0;
 
 	key.pid = bpf_get_current_pid_tgid() >> 32;

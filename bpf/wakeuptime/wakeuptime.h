@@ -14,6 +14,10 @@ struct wakeuptime_key {
 	__s32 user_stack_id;
 	char comm[TASK_COMM_LEN];	/* the waker */
 	char target[TASK_COMM_LEN];	/* the woken task */
+	__u32 label;		/* the waker's: label id of the filter target that matched (0: no filter) */
 };
+
+/* 48 bytes, no implicit padding: the key is hashed whole. */
+_Static_assert(sizeof(struct wakeuptime_key) == 48, "wakeuptime_key layout changed");
 
 #endif

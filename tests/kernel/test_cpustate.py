@@ -1,16 +1,19 @@
 """bpf/cpustate: on/off-CPU time and voluntary vs involuntary switches per process.
 
 A child that sleeps 1 ms 100 times switches out voluntarily at least 100 times and spends at
-least 100 ms off CPU; two busy loops sharing CPU 0 preempt each other (involuntary switches)."""
+least 100 ms off CPU; two busy loops sharing CPU 0 preempt each other (involuntary switches);
+under --unit only the unit's processes have entries."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.kernel.conftest import Running
+from tests.kernel.monitor import received, workers
 
 SLEEPER = "import os, time\nos.read(0, 1)\nfor _ in range(100): time.sleep(0.001)\n"
 BUSY = ("import os, time\nos.sched_setaffinity(0, {0})\nos.read(0, 1)\nend = time.monotonic() + 1.5\n"
@@ -60,3 +63,34 @@ def test_two_loops_on_one_cpu_preempt_each_other(home: Path, tmp_path: Path) -> 
         state = _last(done.events, child.pid)
         assert state["involuntary"] >= 10, state  # 1.5 s shared: many time slices each
         assert state["on_ns"] >= 100_000_000, state  # half of 1.5 s each, less other work there
+
+
+def test_the_filter_counts_the_units_processes_only(home: Path, tmp_path: Path,
+                                                    tree: dict[str, Path]) -> None:
+    """The task switched out decides, and its clock carries the label to its switch-in: the
+    unit's sleepers get entries (label 1) with their sleeps counted; the other service's
+    sleeper, and every other process on the host, gets no entry at all."""
+    with workers("/dev/null", 3) as (unit, child, other):
+        unit.move(tree["unit"])
+        child.move(tree["child"])
+        other.move(tree["other"])
+        run = Running(home, "bpf/cpustate", tmp_path / "out.jsonl",
+                      extra=["--unit", tree["unit"].name])
+        try:
+            unit.do("sleep", 20)
+            child.do("sleep", 30)
+            other.do("sleep", 40)
+            time.sleep(1.2)  # one more interval: the map read after the last sleeps
+        finally:
+            done = run.stop()
+    assert done.rc == 0, done.stderr
+    assert {e["pid"] for e in done.events} == {unit.pid, child.pid}
+    assert {e["label"] for e in done.events} == {1}
+    for worker, sleeps in ((unit, 20), (child, 30)):
+        state = _last(done.events, worker.pid)
+        # the sleeps, and the blocks on stdin for the next order (after the run started)
+        assert sleeps <= state["voluntary"] <= sleeps + 2, state
+        # time.sleep(0.002) sleeps to a deadline it takes before the call: off CPU a little
+        # less than 2 ms each
+        assert state["off_ns"] >= sleeps * 1_500_000, state
+    assert received(done, "cpustate/cpustate") == (len(done.events), 0)

@@ -2,7 +2,7 @@
 child where one thread holds a threading.Lock while another waits for it (a futex wait of that
 lock's address, at least the part of the hold it sat through; an uncontended lock never enters
 the kernel), and a C child whose 8 threads mmap and munmap at once (kernel contention on its
-mm's mmap_lock, named by the functions that waited)."""
+mm's mmap_lock, named by the functions that waited). Under --unit, only the unit's futex waits."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 
 from tests.kernel.conftest import Finished, Running
 from tests.kernel.conftest import wait_for as _wait
+from tests.kernel.monitor import received, workers
 
 HOLD = 0.3                 # s the holder thread keeps the lock
 MIN_WAIT_NS = 200_000_000  # the waiter sat through at least this much of it
@@ -136,7 +138,8 @@ def test_a_held_python_lock_is_a_futex_wait_of_its_address(home: Path, tmp_path:
     assert (w["tid"], w["op"], w["comm"]) == (seen["tid"], "FUTEX_WAIT_BITSET", "python3")
     # the kernel's wait lies inside the one the waiter measured around acquire()
     assert MIN_WAIT_NS <= w["wait_ns"] <= seen["measured"], (w, seen)
-    assert set(w) == {"uaddr", "wait_ns", "pid", "tid", "op", "comm"}
+    assert set(w) == {"uaddr", "wait_ns", "pid", "tid", "op", "comm", "label"}
+    assert w["label"] == 0  # no filter asked
     # the histogram of that address has the wait in a slot at or above 2^17 us (131 ms)
     mine = [h for h in hists if h["uaddr"] == seen["sem"]]
     assert sum(b["count"] for h in mine for b in h["buckets"]
@@ -172,3 +175,63 @@ def test_threads_mapping_at_once_contend_on_the_mmap_lock(home: Path, tmp_path: 
         assert ADDR.match(r["lock"]) and KSYM.match(r["caller"]), r
         assert r["flags"] in FLAGS and r["unit"] == "ns", r
         assert r["count"] == sum(b["count"] for b in r["buckets"]) >= 1
+
+
+# contend(n): n times, one thread holds a fresh threading.Lock for 0.2 s while another waits
+# for it; the lock's futex address (as in FUTEX_CHILD) and the waiter's tid are appended to the
+# file SEMS % pid (the tid too: a freed lock's address is soon another's, e.g. a joined thread's)
+CONTEND = """
+import ctypes, io, threading
+
+def contend(n):
+    for _ in range(n):
+        lock, held, out = threading.Lock(), threading.Event(), {}
+        def holder():
+            with lock:
+                held.set()
+                time.sleep(0.2)
+        def waiter():
+            held.wait()
+            out["tid"] = threading.get_native_id()
+            lock.acquire()
+            lock.release()
+        threads = [threading.Thread(target=holder), threading.Thread(target=waiter)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        with io.open(SEMS % os.getpid(), "a") as f:  # open is the worker's own op
+            f.write(f"{ctypes.c_void_p.from_address(id(lock) + 16).value} {out['tid']}\\n")
+"""
+
+
+def test_the_filter_counts_the_units_futex_waits_only(home: Path, tmp_path: Path,
+                                                      tree: dict[str, Path]) -> None:
+    """The waiting thread decides, at futex entry: the unit's and the child's contended locks
+    are one event each (label 1) and in their histograms; the other service's are in neither."""
+    sems = str(tmp_path / "sems-%d")
+    with workers("/dev/null", 3, ops=f"SEMS = {sems!r}\n" + CONTEND) as (unit, child, other):
+        unit.move(tree["unit"])
+        child.move(tree["child"])
+        other.move(tree["other"])
+        run = Running(home, "bpf/lockstat", tmp_path / "out.jsonl",
+                      extra=["--unit", tree["unit"].name])
+        try:
+            unit.do("contend", 2)
+            child.do("contend", 3)
+            other.do("contend", 2)
+            time.sleep(1.2)  # one more interval: the histograms read after the last waits
+        finally:
+            done = run.stop()
+    assert done.rc == 0, done.stderr
+    events = [e for e in done.events if "wait_ns" in e]
+    hists = [h for h in done.events if "buckets" in h and "uaddr" in h]
+    assert {r["pid"] for r in events + hists} == {unit.pid, child.pid}
+    assert {r["label"] for r in events + hists} == {1}
+    for worker, n in ((unit, 2), (child, 3)):
+        mine = {tuple(map(int, line.split()))
+                for line in Path(sems % worker.pid).read_text().splitlines()}
+        waited = [e for e in events if (e["uaddr"], e["tid"]) in mine]
+        assert len(waited) == n, events       # one wait per contended lock, of most of the hold
+        assert all(e["wait_ns"] >= 100_000_000 and e["op"] == "FUTEX_WAIT_BITSET"
+                   for e in waited), waited
+        assert len(mine) == n and all(e["pid"] == worker.pid for e in waited)
+    assert received(done, "lockstat/futex_events") == (len(events), 0)

@@ -3,7 +3,8 @@
 Four busy loops pinned to CPU 0 keep at least three tasks waiting behind the running one
 whenever CPU 0 is sampled (other work on the machine can only add to that). In group mode the
 queue is the sampled task's group's: the loops share this test's group, so the samples that
-land on them see three."""
+land on them see three. It has no process filter (a sample is of a CPU's queue): refused under
+one."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.conftest import Running
+from tests.kernel.conftest import Running, bpfdepot
 
 BUSY = "import os; os.sched_setaffinity(0, {0}); r = os.read(0, 1)\nwhile True: pass\n"
 
@@ -58,3 +59,12 @@ def test_four_busy_loops_on_cpu0_queue_three_behind_the_runner(home: Path, tmp_p
     summary = re.search(r"runqlen/runqlen_hists\s+(\d+)\s+(\d+)", done.stderr)
     assert summary and int(summary[1]) == len(done.events) and summary[2] == "0", done.stderr
     assert {r["cpu"] for r in done.events} == set(range(os.cpu_count()))  # every CPU sampled
+
+
+def test_the_process_filter_is_refused_by_name(home: Path) -> None:
+    """A run-queue sample belongs to a CPU, not to a process: runqlen has no filter to honour,
+    so a run asking for one refuses it before anything loads."""
+    done = bpfdepot(home, "run", "bpf/runqlen", "--duration", "1", "--pid", str(os.getpid()))
+    assert done.returncode == 2, done.stderr
+    assert "'runqlen' does not honour the process filter this run asks for" in done.stderr
+    assert "attached" not in done.stderr

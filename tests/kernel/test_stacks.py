@@ -1,21 +1,25 @@
 """Stack counts in the running kernel: bpf/cpu_profile on a frame-pointer C `burn` program (live
 and exited before the only read), bpf/offcpu on 10 × nanosleep(50 ms), bpf/wakeuptime on pipe
-wakeups made by this test, a tiny stack map whose losses are counted, and a bad `stacks:`."""
+wakeups made by this test, a tiny stack map whose losses are counted, and a bad `stacks:`; the
+three under the process filter (`--unit`), each judged by the task whose stacks it records."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
-import json
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from loader.outputs.stack_counts import LOST_FRAME
 from tests.kernel.conftest import ROOT, Running, bpfdepot
+from tests.kernel.monitor import received, workers
 from tests.kernel.test_attach import link_progs_named
+from tests.kernel.test_cpu_sample import BURN
 
 BURN_C = r"""
 #include <stdlib.h>
@@ -242,3 +246,114 @@ def test_run_writes_a_flame_graph_of_the_burn_stack(home: Path, tmp_path: Path) 
     profile = json.loads(speedscope.read_text())
     assert profile["profiles"][0]["type"] == "sampled"
     assert "burn_leaf" in {f["name"] for f in profile["shared"]["frames"]}
+
+
+# --- under the process filter (bpfdepot run --unit) ---------------------------------------------
+
+# wake(n): a thread of this process, named bdwake (its comm, set by prctl(PR_SET_NAME)), blocks
+# in read() on a pipe; the main thread wakes it n times, 50 ms apart, with a write: n wakeups
+# whose waker is this process (its stack: pipe_write) and whose target is bdwake. (The worker's
+# "done" also wakes the test itself, a python3 blocked reading it: another wakeup.)
+WAKE = """
+import ctypes, threading
+
+def _read(r, n):
+    ctypes.CDLL(None).prctl(15, b"bdwake", 0, 0, 0)
+    for _ in range(n):
+        os.read(r, 1)
+
+def wake(n):
+    r, w = os.pipe()
+    reader = threading.Thread(target=_read, args=(r, n))
+    reader.start()
+    for _ in range(n):
+        time.sleep(0.05)
+        os.write(w, b"x")
+    reader.join()
+    os.close(r)
+    os.close(w)
+"""
+
+
+def _by_pid(events: list[dict], pids: tuple[int, ...]) -> dict[int, list[dict]]:
+    return {pid: [e for e in events if e["pid"] == pid] for pid in pids}
+
+
+def _accounted(done, program: str) -> None:
+    """Every map entry read reached a record (entries whose stacks have the same names merge),
+    and what was lost is a stack-map collision shown as such, never a dropped entry."""
+    got, lost = received(done, f"{program}/counts")
+    assert got >= len(done.events) > 0
+    shown = sum(LOST_FRAME in e["kernel"] + e["user"] for e in done.events)
+    assert (lost > 0) == (shown > 0) and lost >= shown, (lost, shown)
+
+
+def _filtered(home: Path, tmp: Path, tree: dict[str, Path], program: str, channel: str,
+              orders: tuple[tuple[str, int], ...], ops: str = "", extra: tuple[str, ...] = ()):
+    """Workers in the unit, its child and the other service each run one order while
+    ``program`` runs under --unit; (the workers, the finished run)."""
+    with workers("/dev/null", 3, ops=ops) as made:
+        for worker, where in zip(made, ("unit", "child", "other")):
+            worker.move(tree[where])
+        run = Running(home, str(bundle(tmp, program, channel)), tmp / "out.jsonl",
+                      extra=["--unit", tree["unit"].name, *extra])
+        try:
+            for worker, (op, n) in zip(made, orders):
+                worker.do(op, n)
+            time.sleep(0.5)
+        finally:
+            done = run.stop()
+    assert done.rc == 0, done.stderr
+    return made, done
+
+
+def test_cpu_profile_under_a_unit_filter_samples_the_units_processes_only(
+        home: Path, tmp_path: Path, tree: dict[str, Path]) -> None:
+    """The interrupted task decides: busy workers in the unit and its child are sampled (label
+    1); one as busy in the other service, and the idle task, are not."""
+    (unit, child, _other), done = _filtered(
+        home, tmp_path, tree, "cpu_profile", "type: stack_counts\nunit: samples\ninterval: 1s",
+        (("burn", 10), ("burn", 10), ("burn", 10)), ops=BURN)
+    assert {e["pid"] for e in done.events} == {unit.pid, child.pid}
+    assert {e["label"] for e in done.events} == {1}
+    for pid, mine in _by_pid(done.events, (unit.pid, child.pid)).items():
+        # 99 Hz for 1 s with a CPU to itself is ~99; the machine is shared, so a floor
+        assert sum(e["value"] for e in mine) >= 10, (pid, mine)
+        assert all(e["comm"] == "python3" and e["stack"].startswith("python3;") for e in mine)
+    _accounted(done, "cpu_profile")
+
+
+def test_offcpu_under_a_unit_filter_counts_the_units_sleeps_only(
+        home: Path, tmp_path: Path, tree: dict[str, Path]) -> None:
+    """The task going off CPU decides: the unit's and the child's 20 sleeps of 2 ms are counted
+    on a nanosleep stack (label 1); the other service's 40 are not."""
+    (unit, child, _other), done = _filtered(
+        home, tmp_path, tree, "offcpu", "type: stack_counts\nunit: ns\ninterval: 1s",
+        (("sleep", 20), ("sleep", 20), ("sleep", 40)))
+    assert {e["pid"] for e in done.events} == {unit.pid, child.pid}
+    assert {e["label"] for e in done.events} == {1}
+    for pid, mine in _by_pid(done.events, (unit.pid, child.pid)).items():
+        asleep = sum(e["value"] for e in mine
+                     if {"do_nanosleep", "hrtimer_nanosleep"} & names(e["kernel"]))
+        # 20 sleeps of 2 ms: time.sleep sleeps to a deadline taken just before the call (a
+        # little less than 2 ms off CPU each) and wakes late by timer slack and scheduling
+        assert 20 * 1_500_000 <= asleep <= 20 * 2_000_000 + 1_000_000_000, (pid, mine)
+    _accounted(done, "offcpu")
+
+
+def test_wakeuptime_under_a_unit_filter_charges_the_units_wakers_only(
+        home: Path, tmp_path: Path, tree: dict[str, Path]) -> None:
+    """The waker decides (its stacks are the ones recorded): the unit's and the child's 5
+    pipe wakeups, each ending a 50 ms block, are charged to them (label 1); the other service's
+    are not counted at all."""
+    (unit, child, other), done = _filtered(
+        home, tmp_path, tree, "wakeuptime", "type: stack_counts\nunit: ns\ninterval: 1s",
+        (("wake", 5), ("wake", 5), ("wake", 5)), ops=WAKE, extra=("--set", "min_block_us=20000"))
+    assert {e["label"] for e in done.events} == {1}
+    assert other.pid not in {e["pid"] for e in done.events}
+    for pid, mine in _by_pid(done.events, (unit.pid, child.pid)).items():
+        woke = [e for e in mine if e["target"] == "bdwake"]
+        total_ms = sum(e["value"] for e in woke) / 1e6
+        assert 5 * 50 * 0.8 <= total_ms <= 5 * 50 * 1.2, (pid, mine)
+        assert all(any(n.endswith("pipe_write") for n in names(e["kernel"])) for e in woke), woke
+    _accounted(done, "wakeuptime")
