@@ -229,7 +229,9 @@ def cmd_replace(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_unload(args: argparse.Namespace, settings: Settings) -> int:
     for name in args.names:
         answer = _call(args, {"op": "unload", "name": name})
-        _err(f"bpfdepot: unloaded {name} in {answer['ms']:.1f} ms")
+        counts = "; ".join(f"{c['program']}/{c['channel']} received {c['received']} lost "
+                           f"{c['lost']}" for c in answer.get("channels", []))
+        _err(f"bpfdepot: unloaded {name} in {answer['ms']:.1f} ms" + (f": {counts}" if counts else ""))
     return 0
 
 

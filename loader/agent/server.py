@@ -141,9 +141,13 @@ class AgentServer:
                         "old_stopped_ms": round(stopped_ms, 1)}
             if op == "unload":
                 name = _text(request, "name")
+                instance = self.instances.get(name)
                 ms = self.instances.unload(name)
                 self.say(f"bpfdepot agent: unloaded {name} in {ms:.1f} ms")
-                return {"ok": True, "name": name, "ms": round(ms, 1)}
+                report = instance.report  # the run's final counts, read after detach
+                channels = [{"program": c.program, "channel": c.channel, "received": c.received,
+                             "lost": c.lost} for c in (report.channels if report else [])]
+                return {"ok": True, "name": name, "ms": round(ms, 1), "channels": channels}
             raise ManifestError(f"unknown request op {op!r}",
                                 hint="ping, load, unload, replace, ps or logs")
         except BaseException as exc:  # noqa: BLE001 — every failure is an answer

@@ -6,6 +6,7 @@ event per getppid()/getpgrp() of the process its `target_tgid` knob names)."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -273,3 +274,40 @@ def test_a_killed_agent_is_adopted_without_attaching_twice(home: Path, tmp_path:
             assert _loaded(progs) == set() and _links_of(progs) == []
         finally:
             stop_agent(second)
+
+
+FLOOD = ROOT / "tests" / "kernel" / "bundles" / "perf_lost"  # a 1-page perf buffer: it overflows
+
+
+def test_a_flooding_instance_loses_nothing_uncounted_across_anothers_load_and_unload(
+        agent: Agent) -> None:
+    """B floods (getppid in a tight loop through a 1-page perf buffer, for longer than A's lives)
+    while A is loaded and unloaded beside it: every call of B's is either delivered or counted
+    lost by the kernel at B's channel — A's coming and going costs B nothing uncounted."""
+    import threading
+
+    calls = 1_000_000
+    out_b = agent.state / "instances" / "b" / "events.jsonl"
+    with workers("/dev/null", 2) as (a, b):
+        agent.ok("load", str(FLOOD), "--name", "b", "--set", f"target_tgid={b.pid}")
+        flood = threading.Thread(target=b.do, args=("getppid", calls))
+        flood.start()
+        rounds = 0
+        while flood.is_alive() or rounds == 0:
+            agent.ok("load", str(CALLS), "--name", "a", "--set", f"target_tgid={a.pid}")
+            a.do("getppid", 5)
+            agent.ok("unload", "a")
+            rounds += 1
+        flood.join()
+
+        time.sleep(0.5)
+        out = agent.ok("unload", "b")  # its final counts, read after detach
+    received, lost = (int(x) for x in re.search(
+        r"perf_lost/perf_lost_events received (\d+) lost (\d+)", out).groups())
+    print(f"flood: {received} delivered, {lost} lost of {calls}; A loaded and unloaded "
+          f"{rounds} time(s) meanwhile")
+    assert received + lost == calls and lost > 0
+    lines = out_b.read_text().splitlines()
+    assert len(lines) == received
+    assert {json.loads(line)["pid"] for line in lines[:1000]} == {b.pid}
+    assert len(agent.events("a")) == 5 * rounds  # each of A's lives got its own 5
