@@ -9,7 +9,12 @@
  * mkdirat, newfstatat, statx. Counting needs only the exit (ret < 0). For events the entry
  * keeps the fd and the user pointers of the paths per thread; the exit reads the strings,
  * when the kernel has just copied them itself (getname()), so their pages are resident.
+ *
+ * Under the process filter (bpfdepot run --unit/--cgroup/--pid) only the caller's failures
+ * are counted, keyed with the label of what matched; with events the entry decides and the
+ * exit uses that verdict, so a task moved between cgroups mid-call is judged once.
  */
+#define BPFDEPOT_FILTER /* honours bpfdepot run --unit/--cgroup/--pid: the caller's */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "bpfdepot.h"
@@ -58,7 +63,7 @@ struct args {
 	const char *path;       /* user pointers, read at exit */
 	const char *path2;
 	__s32 fd;
-	__u32 __pad;
+	__u32 label;            /* the filter's verdict at entry */
 };
 
 struct {
@@ -92,6 +97,8 @@ static __always_inline int stash(__s64 fd, __u64 path, __u64 path2)
 
 	if (!emit_events || !traced(id))
 		return 0;
+	if (!bpfdepot_monitored(&a.label))
+		return 0; /* no stash: the exit then ignores the call */
 	if (bpf_map_update_elem(&args, &tid, &a, BPF_ANY))
 		count_lost();
 	return 0;
@@ -108,6 +115,8 @@ static __always_inline void emit(const struct fileerr_key *key, __u64 id, const 
 	e->tid = (__u32)id;
 	e->error = key->error;
 	e->fd = a->fd;
+	e->label = key->label;
+	e->__pad = 0;
 	__builtin_memcpy(e->comm, key->comm, sizeof(e->comm));
 	__builtin_memcpy(e->syscall, key->syscall, sizeof(e->syscall));
 	/* ring memory is not zeroed; the helper fills only up to the NUL (or zeroes on failure) */
@@ -134,6 +143,10 @@ static __always_inline int on_exit(struct fileerr_sys_exit *ctx, struct fileerr_
 			return 0; /* entered before attach, or another process */
 	}
 	if (ret >= 0 || !traced(id))
+		goto out;
+	if (a)
+		key->label = a->label;
+	else if (!bpfdepot_monitored(&key->label))
 		goto out;
 	key->error = (__s32)ret;
 	bpf_get_current_comm(key->comm, sizeof(key->comm));

@@ -9,7 +9,11 @@
  * The entry resolves the fd to its struct file through current->files (CO-RE reads), keeps
  * regular files (sockets, pipes, FIFOs and devices too with all_types) and stashes the start
  * time in the thread's task storage; the exit adds the latency to the histogram.
+ *
+ * Under the process filter (bpfdepot run --unit/--cgroup/--pid) the entry decides, for the
+ * histogram and the event alike, and the event carries the label of what matched.
  */
+#define BPFDEPOT_FILTER /* honours bpfdepot run --unit/--cgroup/--pid: the caller's */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -71,7 +75,7 @@ struct start {
 	__u32 ftype;            /* enum filelat_ftype */
 	struct super_block *sb; /* the last call's superblock, */
 	__u32 dev;              /* its s_dev */
-	__u32 __pad;
+	__u32 label;            /* the filter's verdict at entry, for the event */
 	char fs[16];            /* and its type's name */
 };
 
@@ -149,9 +153,11 @@ static __always_inline int on_enter(struct filelat_sys_enter *ctx)
 	struct inode *inode;
 	struct file *file;
 	struct start *s;
-	__u32 ftype;
+	__u32 ftype, label;
 
 	if (targ_pid && (id >> 32) != targ_pid)
+		return 0;
+	if (!bpfdepot_monitored(&label))
 		return 0;
 	file = fd_file(ctx->fd);
 	if (!file)
@@ -170,6 +176,7 @@ static __always_inline int on_enter(struct filelat_sys_enter *ctx)
 	s->inode = inode;
 	s->fd = (__s32)ctx->fd;
 	s->ftype = ftype;
+	s->label = label;
 	s->ts = bpf_ktime_get_ns();
 	return 0;
 }
@@ -207,7 +214,7 @@ static __always_inline void emit(const struct start *s, const struct filelat_his
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
 	e->fd = s->fd;
-	e->__pad = 0;
+	e->label = s->label;
 	e->dev_major = key->dev_major;
 	e->dev_minor = key->dev_minor;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));

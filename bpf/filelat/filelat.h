@@ -36,7 +36,7 @@ struct filelat_event {
 	__u32 pid;              /* tgid of the caller */
 	__u32 tid;              /* its thread id */
 	__s32 fd;               /* the file descriptor the call was given */
-	__u32 __pad;            /* zero */
+	__u32 label;            /* label id of the filter target that matched (0: no filter) */
 	__u32 dev_major;        /* the filesystem's device (s_dev) */
 	__u32 dev_minor;
 	char comm[16];          /* of the calling thread (TASK_COMM_LEN) */

@@ -13,12 +13,18 @@
  * file_lock through CO-RE: its fields moved into `struct file_lock_core c` in 6.9 (commit
  * a69ce85ec9af: fl_type -> c.flc_type, fl_blocker -> c.flc_blocker, fl_pid -> c.flc_pid),
  * so 6.1 reads the ___old flavor and 6.12/6.18 the ___new one, one object for all three.
- * (The tracepoints' records were renamed the same way: fl_type -> type, ...) */
+ * (The tracepoints' records were renamed the same way: fl_type -> type, ...)
+ *
+ * Under the process filter (bpfdepot run --unit/--cgroup/--pid) the syscall entry decides
+ * (bpfdepot.h is included for that helper alone): a call it rejects is never tracked, so
+ * neither its event nor its wait is recorded, and an event carries the label that matched. */
+#define BPFDEPOT_FILTER /* honours bpfdepot run --unit/--cgroup/--pid: the caller's */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "bits.bpf.h"
+#include "bpfdepot.h"
 #include "filelock.h"
 
 /* uapi fcntl/flock values (macros, so not in vmlinux.h); the same on every arch but alpha,
@@ -32,8 +38,8 @@
 #define FLOCK_EX 2
 #define FLOCK_UN 8
 #define FILE_LOCK_DEFERRED 1 /* include/linux/filelock.h: the request was queued to wait */
-#define MINORBITS 20
-#define WAKEUP_BYTES (64 * 1024) /* a quarter of filelock_events */         /* the kernel's dev_t is major << 20 | minor */
+#define MINORBITS 20 /* the kernel's dev_t is major << 20 | minor */
+#define WAKEUP_BYTES (64 * 1024) /* a quarter of filelock_events */
 
 /* struct file_lock before 6.9 ... */
 struct file_lock___old {
@@ -67,7 +73,8 @@ struct inflight {
 	__u8 kind;                /* enum filelock_kind */
 	__u8 type;                /* enum filelock_type */
 	__u8 blocking;
-	__u8 __pad[5];
+	__u8 __pad;
+	__u32 label;              /* the filter's verdict at entry */
 };
 
 struct {
@@ -135,6 +142,8 @@ static __always_inline void start(__u64 fd, __u8 kind, __u8 type, bool blocking)
 	struct inflight s = {};
 
 	if (targ_tgid && (id >> 32) != targ_tgid)
+		return;
+	if (!bpfdepot_monitored(&s.label))
 		return;
 	task = bpf_get_current_task_btf();
 	fdt = BPF_CORE_READ(task, files, fdt);
@@ -286,6 +295,8 @@ static __always_inline void finish(long ret)
 	e->type = s->type;
 	e->blocking = s->blocking;
 	__builtin_memset(e->__pad, 0, sizeof(e->__pad));
+	e->label = s->label;
+	e->__pad2 = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	/* Wake the reader only once a quarter of the ring is waiting: a lock/unlock loop makes
 	 * hundreds of thousands of calls a second, and a wakeup per event costs the traced

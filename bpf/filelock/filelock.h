@@ -25,7 +25,7 @@ enum filelock_type {
 	TYPE_UNKNOWN = 255, /* the call failed before the kernel read a request (bad fd, bad pointer) */
 };
 
-/* One lock or unlock call, sent when it returns. 64 bytes, no implicit padding. */
+/* One lock or unlock call, sent when it returns. 72 bytes, no implicit padding. */
 struct filelock_event {
 	__u64 ino;                /* inode number of the locked file (os.stat().st_ino) */
 	__u64 wait_ns;            /* time inside the call: the wait for a blocking request */
@@ -40,9 +40,11 @@ struct filelock_event {
 	bool blocking;            /* F_SETLKW / F_OFD_SETLKW / flock without LOCK_NB */
 	__u8 __pad[3];
 	char comm[16];
+	__u32 label;              /* label id of the filter target that matched (0: no filter) */
+	__u32 __pad2;
 };
 
-_Static_assert(sizeof(struct filelock_event) == 64, "filelock_event layout changed");
+_Static_assert(sizeof(struct filelock_event) == 72, "filelock_event layout changed");
 
 struct filelock_hist_key {
 	enum filelock_kind kind;

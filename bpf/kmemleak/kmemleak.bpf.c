@@ -7,10 +7,17 @@
  *
  * Only allocations made after load are seen; frees of older objects are ignored. `allocs` is
  * bounded (max_entries, sizeable in the manifest): an allocation that does not fit is not
- * tracked and counted in both channels' <map>_lost. */
+ * tracked and counted in both channels' <map>_lost.
+ *
+ * Under the process filter (bpfdepot run --unit/--cgroup/--pid) the allocating task decides,
+ * at the allocation: only its allocations are tracked, with the label that matched in their
+ * owner. A free counts only for an address that was tracked, whoever frees it (an object made
+ * in a monitored service and freed by an RCU callback or a kworker still leaves the totals). */
+#define BPFDEPOT_FILTER /* honours bpfdepot run --unit/--cgroup/--pid: the allocating task's */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include "bpfdepot.h"
 #include "kmemleak.h"
 
 /* The records, read with CO-RE: field offsets come from the node's BTF. kmem_cache_alloc
@@ -114,28 +121,41 @@ static __always_inline void account(struct kmemleak_alloc *a, int sign)
 	add(&outstanding_by_pid, &a->owner, a->bytes, sign, &outstanding_by_pid_lost);
 }
 
+/* Whether this allocation is to be tracked: the knobs, then the run's filter (sets @label). */
+static __always_inline bool wanted(__u64 id, __u64 cgroup, __u32 *label)
+{
+	if (targ_tgid && (id >> 32) != targ_tgid)
+		return false;
+	if (targ_cgroup && cgroup != targ_cgroup)
+		return false;
+	return bpfdepot_monitored(label);
+}
+
 static __always_inline void on_alloc(__u64 ptr, __u64 bytes, __u64 call_site)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct kmemleak_alloc a = {}, *stale, old;
+	bool tracked;
 
-	if (!ptr || (targ_tgid && (id >> 32) != targ_tgid))
+	if (!ptr)
 		return;
 	a.owner.cgroup = bpf_get_current_cgroup_id();
-	if (targ_cgroup && a.owner.cgroup != targ_cgroup)
-		return;
-	a.bytes = bytes;
-	a.call_site = call_site;
-	a.owner.pid = id >> 32;
-	bpf_get_current_comm(a.owner.comm, sizeof(a.owner.comm));
+	tracked = wanted(id, a.owner.cgroup, &a.owner.label);
 
-	/* Still there: its free had no tracepoint (bulk frees), so it is gone; take it out. */
+	/* Still there: its free had no tracepoint (bulk frees), so it is gone; take it out,
+	 * even when the new object at this address is not ours to track. */
 	stale = bpf_map_lookup_elem(&allocs, &ptr);
 	if (stale) {
 		old = *stale;
 		if (!bpf_map_delete_elem(&allocs, &ptr))
 			account(&old, -1);
 	}
+	if (!tracked)
+		return;
+	a.bytes = bytes;
+	a.call_site = call_site;
+	a.owner.pid = id >> 32;
+	bpf_get_current_comm(a.owner.comm, sizeof(a.owner.comm));
 	if (bpf_map_update_elem(&allocs, &ptr, &a, BPF_ANY)) {
 		count_lost(&outstanding_by_site_lost);
 		count_lost(&outstanding_by_pid_lost);

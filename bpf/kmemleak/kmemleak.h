@@ -12,7 +12,7 @@ struct kmemleak_owner {
 	__u64 cgroup;                   /* cgroup2 id of the allocating task */
 	__u32 pid;                      /* its tgid (0: an interrupt on the idle task) */
 	char comm[KMEMLEAK_COMM_LEN];
-	__u32 __pad;
+	__u32 label;                    /* label id of the filter target that matched (0: no filter) */
 };
 
 /* allocs value, keyed by the object's address: one allocation not freed yet. */

@@ -5,11 +5,19 @@
  * {pid, address} with the caller's user stack and add it to `outstanding`; free() takes it off.
  * The loader reads `outstanding` every interval without deleting it (stack_counts, reset: false):
  * what is outstanding stays so until freed. Every insert that fails because a map is full is
- * counted in `outstanding_lost`. */
+ * counted in `outstanding_lost`.
+ *
+ * Under the process filter (bpfdepot run --unit/--cgroup/--pid) the allocator's entry decides
+ * (bpfdepot.h is included for that helper alone) and its return records the block with the
+ * label that matched in its key; free() needs no verdict: it takes off only blocks that were
+ * recorded, so a block allocated in a monitored service is released even if its process moved
+ * out meanwhile. */
+#define BPFDEPOT_FILTER /* honours bpfdepot run --unit/--cgroup/--pid: the allocating process's */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include "bpfdepot.h"
 #include "memleak.h"
 
 /* Only this process (tgid) when non-zero. */
@@ -77,6 +85,8 @@ static __always_inline int enter(enum memleak_fn fn, __u64 size, __u64 ptr)
 		return 0;
 	if (size < min_size || size > max_size)
 		return 0;
+	if (!bpfdepot_monitored(&new.label))
+		return 0;
 	/* a thread's entry is written in place after its first call: a lookup instead of an
 	 * update (a new element) at entry and a delete at return */
 	p = bpf_map_lookup_elem(&pending, &key);
@@ -124,16 +134,17 @@ static __always_inline void release(__u32 pid, __u64 addr)
 	__sync_fetch_and_add(&v->ts_ms_sum, -info.ts_ms);
 }
 
-static __always_inline void track(void *ctx, __u64 addr, __u64 size)
+static __always_inline void track(void *ctx, __u64 addr, const struct memleak_pending *p)
 {
 	__u32 pid = bpf_get_current_pid_tgid() >> 32;
 	struct memleak_addr a = {.addr = addr, .pid = pid};
 	struct memleak_alloc info = {};
 	struct memleak_value zero = {}, *v;
 
-	info.size = size;
+	info.size = p->size;
 	info.ts_ms = bpf_ktime_get_ns() / 1000000;
 	info.key.pid = pid;
+	info.key.label = p->label;
 	info.key.user_stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
 	bpf_get_current_comm(info.key.comm, sizeof(info.key.comm));
 
@@ -156,7 +167,7 @@ static __always_inline void track(void *ctx, __u64 addr, __u64 size)
 		}
 	}
 	__sync_fetch_and_add(&v->count, 1);
-	__sync_fetch_and_add(&v->bytes, size);
+	__sync_fetch_and_add(&v->bytes, p->size);
 	__sync_fetch_and_add(&v->ts_ms_sum, info.ts_ms);
 }
 
@@ -172,7 +183,7 @@ int BPF_KRETPROBE(malloc_exit, void *ret)
 	struct memleak_pending p;
 
 	if (leave(FN_MALLOC, &p) && ret)
-		track(ctx, (__u64)ret, p.size);
+		track(ctx, (__u64)ret, &p);
 	return 0;
 }
 
@@ -188,7 +199,7 @@ int BPF_KRETPROBE(calloc_exit, void *ret)
 	struct memleak_pending p;
 
 	if (leave(FN_CALLOC, &p) && ret)
-		track(ctx, (__u64)ret, p.size);
+		track(ctx, (__u64)ret, &p);
 	return 0;
 }
 
@@ -211,7 +222,7 @@ int BPF_KRETPROBE(realloc_exit, void *ret)
 	if (p.ptr && (ret || !p.size))
 		release(pid, p.ptr);
 	if (ret)
-		track(ctx, (__u64)ret, p.size);
+		track(ctx, (__u64)ret, &p);
 	return 0;
 }
 
@@ -232,7 +243,7 @@ int BPF_KRETPROBE(posix_memalign_exit, int ret)
 		return 0;
 	if (bpf_probe_read_user(&addr, sizeof(addr), (void *)p.ptr) || !addr)
 		return 0;
-	track(ctx, addr, p.size);
+	track(ctx, addr, &p);
 	return 0;
 }
 
@@ -248,7 +259,7 @@ int BPF_KRETPROBE(aligned_alloc_exit, void *ret)
 	struct memleak_pending p;
 
 	if (leave(FN_ALIGNED, &p) && ret)
-		track(ctx, (__u64)ret, p.size);
+		track(ctx, (__u64)ret, &p);
 	return 0;
 }
 

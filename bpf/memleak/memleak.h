@@ -11,6 +11,8 @@ struct memleak_key {
 	__u32 pid;		/* tgid */
 	__s32 user_stack_id;	/* taken at the allocator's return: the caller's stack */
 	char comm[TASK_COMM_LEN];
+	__u32 label;		/* label id of the filter target that matched (0: no filter) */
+	__u32 __pad;		/* zero: the hash compares every byte */
 };
 
 /* What is still allocated on one key. ts_ms_sum is the sum of the allocation times (ms of
@@ -40,7 +42,8 @@ struct memleak_alloc {
 struct memleak_pending {
 	__u64 size;
 	__u64 ptr;		/* realloc: the old block; posix_memalign: void **memptr */
-	__u64 armed;		/* 1 from entry to return */
+	__u32 armed;		/* 1 from entry to return */
+	__u32 label;		/* the filter's verdict at entry */
 };
 
 #endif

@@ -7,12 +7,18 @@
  * tp_btf, not the tp/ record: its first argument is the victim's task_struct on 6.1, 6.12 and
  * 6.18 (checked in their BTF's btf_trace_mark_victim), so the victim's own cgroup can be read,
  * which the record does not carry. The record's other fields are read from the task the way
- * the tracepoint computes them (get_mm_counter, mm_pgtables_bytes), in kB. */
+ * the tracepoint computes them (get_mm_counter, mm_pgtables_bytes), in kB.
+ *
+ * Under the process filter (bpfdepot run --unit/--cgroup/--pid) the victim decides, by its own
+ * cgroup2 and process: an OOM in a monitored service is reported even when a task outside it
+ * (sharing the memcg) triggered it, and one outside is not, whoever triggered it. */
+#define BPFDEPOT_FILTER /* honours bpfdepot run --unit/--cgroup/--pid: the victim's */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "bpfdepot.h"
+#include "bpfdepot_core.h"
 #include "oomkill.h"
 
 /* include/linux/mm_types_task.h: the counters' order, the same on every kernel here */
@@ -60,7 +66,10 @@ int BPF_PROG(oomkill, struct task_struct *victim, uid_t uid)
 	__u64 id = bpf_get_current_pid_tgid();
 	struct mm_struct *mm = BPF_CORE_READ(victim, mm);
 	struct oomkill_event *e;
+	__u32 label;
 
+	if (!bpfdepot_monitored_task(victim, &label))
+		return 0;
 	e = bpfdepot_reserve(oomkill_events);
 	if (!e)
 		return 0;
@@ -76,7 +85,8 @@ int BPF_PROG(oomkill, struct task_struct *victim, uid_t uid)
 	e->trigger_pid = id >> 32;
 	e->trigger_tid = (__u32)id;
 	e->oom_score_adj = BPF_CORE_READ(victim, signal, oom_score_adj);
-	e->__pad[0] = e->__pad[1] = e->__pad[2] = 0;
+	e->__pad = 0;
+	e->label = label;
 	BPF_CORE_READ_STR_INTO(&e->victim_comm, victim, comm);
 	bpf_get_current_comm(e->trigger_comm, sizeof(e->trigger_comm));
 	bpf_ringbuf_submit(e, 0);

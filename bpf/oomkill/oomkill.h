@@ -20,7 +20,8 @@ struct oomkill_event {
 	__u32 trigger_pid;          /* tgid of the allocating task (current) */
 	__u32 trigger_tid;
 	__s16 oom_score_adj;        /* victim's, -1000..1000 */
-	__u16 __pad[3];
+	__u16 __pad;
+	__u32 label;                /* label id of the filter target that matched (0: no filter) */
 	char victim_comm[OOMKILL_COMM_LEN];
 	char trigger_comm[OOMKILL_COMM_LEN];
 };

@@ -5,7 +5,12 @@
  *   fault_counts      faults per process and cgroup: user, kernel, file-backed (6.12+:
  *                     filemap:mm_filemap_fault; 6.1, which lacks it: page-cache fills);
  *   fault_addrs       where user faults land: per process and 1 GiB window, 64 slots of 16 MiB;
- *   fault_stacks      user stacks of user faults (knob user_stacks=0 turns them off). */
+ *   fault_stacks      user stacks of user faults (knob user_stacks=0 turns them off).
+ *
+ * Under the process filter (bpfdepot run --unit/--cgroup/--pid) only the faulting task's own
+ * faults count (every hook runs in it); the event and the per-process keys of fault_counts and
+ * fault_addrs carry the label that matched, fault_stacks is only gated. */
+#define BPFDEPOT_FILTER /* honours bpfdepot run --unit/--cgroup/--pid: the faulting task's */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "bpfdepot.h"
@@ -100,16 +105,19 @@ static __always_inline void *lookup_or_init(void *map, void *key, void *init, vo
 	return v;
 }
 
-static __always_inline bool wanted(__u64 id)
+/* The knobs first (cheap), then the run's filter, which sets @label. */
+static __always_inline bool wanted(__u64 id, __u32 *label)
 {
 	if (targ_tgid && (id >> 32) != targ_tgid)
 		return false;
-	return !targ_cgroup || bpf_get_current_cgroup_id() == targ_cgroup;
+	if (targ_cgroup && bpf_get_current_cgroup_id() != targ_cgroup)
+		return false;
+	return bpfdepot_monitored(label);
 }
 
 enum pagefault_kind { PF_USER, PF_KERNEL, PF_FILE, PF_CACHE_FILL };
 
-static __always_inline void count(__u64 id, enum pagefault_kind kind)
+static __always_inline void count(__u64 id, __u32 label, enum pagefault_kind kind)
 {
 	static const struct pagefault_counts zero;
 	struct pagefault_key key = {};
@@ -117,6 +125,7 @@ static __always_inline void count(__u64 id, enum pagefault_kind kind)
 
 	key.cgroup = bpf_get_current_cgroup_id();
 	key.pid = id >> 32;
+	key.label = label;
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	c = lookup_or_init(&fault_counts, &key, (void *)&zero, &fault_counts_lost);
 	if (!c)
@@ -129,7 +138,7 @@ static __always_inline void count(__u64 id, enum pagefault_kind kind)
 	}
 }
 
-static __always_inline void place(__u64 id, unsigned long address)
+static __always_inline void place(__u64 id, __u32 label, unsigned long address)
 {
 	static const struct pagefault_hist zero;
 	struct pagefault_window key = {};
@@ -138,6 +147,7 @@ static __always_inline void place(__u64 id, unsigned long address)
 
 	key.window = address & ~((1UL << PAGEFAULT_WINDOW_SHIFT) - 1);
 	key.pid = id >> 32;
+	key.label = label;
 	h = lookup_or_init(&fault_addrs, &key, (void *)&zero, &fault_addrs_lost);
 	if (!h)
 		return;
@@ -172,11 +182,12 @@ int pagefault(struct pagefault_tp_args *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid(); /* the faulting task is current */
 	struct pagefault_event *e;
+	__u32 label;
 
-	if (!wanted(id))
+	if (!wanted(id, &label))
 		return 0;
-	count(id, PF_USER);
-	place(id, ctx->address);
+	count(id, label, PF_USER);
+	place(id, label, ctx->address);
 	if (user_stacks)
 		stack(ctx, id);
 
@@ -188,6 +199,8 @@ int pagefault(struct pagefault_tp_args *ctx)
 	e->error_code = ctx->error_code;
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
+	e->label = label;
+	e->__pad = 0;
 	bpf_get_current_comm(&e->comm, sizeof(e->comm)); /* fills all 16 bytes */
 	bpf_ringbuf_submit(e, 0);
 	return 0;
@@ -197,9 +210,10 @@ SEC("tp/exceptions/page_fault_kernel")
 int pagefault_kernel(struct pagefault_tp_args *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
+	__u32 label;
 
-	if (wanted(id))
-		count(id, PF_KERNEL);
+	if (wanted(id, &label))
+		count(id, label, PF_KERNEL);
 	return 0;
 }
 
@@ -209,9 +223,10 @@ SEC("tp/filemap/mm_filemap_fault")
 int pagefault_file(void *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
+	__u32 label;
 
-	if (wanted(id))
-		count(id, PF_FILE);
+	if (wanted(id, &label))
+		count(id, label, PF_FILE);
 	return 0;
 }
 
@@ -219,9 +234,10 @@ SEC("tp/filemap/mm_filemap_add_to_page_cache")
 int pagefault_cache_fill(void *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
+	__u32 label;
 
-	if (wanted(id))
-		count(id, PF_CACHE_FILL);
+	if (wanted(id, &label))
+		count(id, label, PF_CACHE_FILL);
 	return 0;
 }
 

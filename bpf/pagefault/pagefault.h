@@ -13,7 +13,7 @@
 #define PAGEFAULT_SLOT_SHIFT 24
 #define PAGEFAULT_SLOTS 64
 
-/* 48 bytes, 8-aligned, no implicit padding: every byte is a named field. */
+/* 56 bytes, 8-aligned, no implicit padding: every byte is a named field. */
 struct pagefault_event {
 	__u64 address;          /* faulting user address (CR2) */
 	__u64 ip;               /* user instruction pointer at the fault */
@@ -21,16 +21,19 @@ struct pagefault_event {
 	__u32 pid;              /* tgid of the faulting task */
 	__u32 tid;              /* its thread id */
 	char comm[16];          /* of the faulting thread (TASK_COMM_LEN) */
+	__u32 label;            /* label id of the filter target that matched (0: no filter) */
+	__u32 __pad;
 };
 
-_Static_assert(sizeof(struct pagefault_event) == 48, "pagefault_event layout changed");
+_Static_assert(sizeof(struct pagefault_event) == 56, "pagefault_event layout changed");
 
 /* fault_counts key: per process and cgroup (cgroup2 id of the faulting task). */
 struct pagefault_key {
 	__u64 cgroup;
 	__u32 pid;              /* tgid */
 	char comm[PAGEFAULT_COMM_LEN];
-	__u32 __pad;            /* explicit, so a key built on the stack hashes the same */
+	__u32 label;            /* label id of the filter target that matched (0: no filter);
+				 * explicit, so a key built on the stack hashes the same */
 };
 
 /* fault_counts value: faults since load (the loader reads the map cumulatively). */
@@ -47,7 +50,7 @@ struct pagefault_counts {
 struct pagefault_window {
 	__u64 window;           /* the window's first address: A & ~(1 GiB - 1) */
 	__u32 pid;
-	__u32 __pad;
+	__u32 label;            /* label id of the filter target that matched (0: no filter) */
 };
 
 struct pagefault_hist {

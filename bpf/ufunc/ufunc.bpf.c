@@ -2,10 +2,17 @@
 /* ufunc: a user-space function's first argument at entry and its result at return, written the
  * usual libbpf way: SEC("uprobe")/SEC("uretprobe") with no target in the section name, so the
  * binary and function come from the manifest's attach: (libbpf-tools' funclatency does the same
- * with bpf_program__attach_uprobe_opts). */
+ * with bpf_program__attach_uprobe_opts).
+ *
+ * It honours the process filter (bpfdepot run --unit/--cgroup/--pid) through bpfdepot.h's
+ * bpfdepot_monitored() alone; its maps stay plain. The entry and the return are separate
+ * events, each judged by the task it happens in: no per-thread state is kept between them,
+ * so a recursive function's calls and returns are all reported. */
+#define BPFDEPOT_FILTER /* honours bpfdepot run --unit/--cgroup/--pid: the caller's */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include "bpfdepot.h"
 #include "ufunc.h"
 
 /* Only this process when non-zero; set before load. */
@@ -31,8 +38,11 @@ static __always_inline int emit(__u32 is_return, __s64 value)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 zero = 0;
 	struct ufunc_event *e;
+	__u32 label;
 
 	if (targ_tgid && (id >> 32) != targ_tgid)
+		return 0;
+	if (!bpfdepot_monitored(&label))
 		return 0;
 	e = bpf_ringbuf_reserve(&ufunc_events, sizeof(*e), 0);
 	if (!e) {
@@ -44,7 +54,7 @@ static __always_inline int emit(__u32 is_return, __s64 value)
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
 	e->is_return = is_return;
-	e->__pad = 0;
+	e->label = label;
 	e->value = value;
 	bpf_ringbuf_submit(e, 0);
 	return 0;

@@ -7,8 +7,10 @@ struct ufunc_event {
 	__u32 pid;          /* process (tgid) */
 	__u32 tid;          /* thread */
 	__u32 is_return;    /* 0: at entry (value = 1st argument), 1: at return (value = result) */
-	__u32 __pad;
+	__u32 label;        /* label id of the filter target that matched (0: no filter) */
 	__s64 value;
 };
+
+_Static_assert(sizeof(struct ufunc_event) == 24, "ufunc_event layout changed");
 
 #endif /* __UFUNC_H */

@@ -4,6 +4,7 @@ and path; nothing is left attached."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.conftest import Finished, Running, held_prog_ids
+from tests.kernel.monitor import received, workers
 from tests.kernel.test_filelat import still_loaded
 
 COMM = "fileerr-trig"  # the child names itself (prctl PR_SET_NAME) once the program is attached
@@ -88,7 +90,9 @@ def _run(home: Path, tmp_path: Path, mnt: Path, *knobs: str) -> tuple[Finished, 
 
 
 def _counts(records: list[dict]) -> dict[tuple[str, str, str], int]:
-    """The last read of each {syscall, error, comm} (cumulative: later reads hold earlier)."""
+    """The last read of each {syscall, error, comm} (cumulative: later reads hold earlier);
+    every key has label 0 (no filter in these runs)."""
+    assert {r["label"] for r in records if "count" in r} <= {0}
     return {(r["syscall"], r["error"], r["comm"]): r["count"] for r in records if "count" in r}
 
 
@@ -105,7 +109,7 @@ def test_failures_are_counted_by_syscall_errno_and_comm(home: Path, tmp_path: Pa
     assert counts == {("openat", "ENOENT", COMM): 1, ("read", "EBADF", COMM): 1,
                       ("rename", "ENOENT", COMM): 1, ("write", "ENOSPC", COMM): 1}
     for r in done.events:
-        assert set(r) == {"syscall", "error", "comm", "count"}
+        assert set(r) == {"syscall", "error", "comm", "label", "count"}
     # the counter mode sends no events
     assert _lost(done.stderr, "fileerr_counts") == 0
     line = next(x for x in done.stderr.splitlines() if "fileerr/fileerr_events" in x)
@@ -119,14 +123,52 @@ def test_event_mode_gives_each_failure_with_its_fd_and_path(home: Path, tmp_path
     missing = str(tmp_path / "missing")
     assert events == [
         {"pid": pid, "tid": pid, "error": "ENOENT", "fd": -100, "comm": COMM,
-         "syscall": "openat", "path": missing, "path2": ""},
+         "syscall": "openat", "path": missing, "path2": "", "label": 0},
         {"pid": pid, "tid": pid, "error": "EBADF", "fd": 12345, "comm": COMM,
-         "syscall": "read", "path": "", "path2": ""},
+         "syscall": "read", "path": "", "path2": "", "label": 0},
         {"pid": pid, "tid": pid, "error": "ENOENT", "fd": -100, "comm": COMM,  # AT_FDCWD
-         "syscall": "rename", "path": missing, "path2": missing + ".new"},
+         "syscall": "rename", "path": missing, "path2": missing + ".new", "label": 0},
         {"pid": pid, "tid": pid, "error": "ENOSPC", "fd": int(fd), "comm": COMM,
-         "syscall": "write", "path": "", "path2": ""},
+         "syscall": "write", "path": "", "path2": "", "label": 0},
     ]
     # the counters agree with the events
     assert sum(_counts(done.events).values()) == 4
     assert _lost(done.stderr, "fileerr_counts") == 0 and _lost(done.stderr, "fileerr_events") == 0
+
+
+# A worker operation: N opens of a path that does not exist (ENOENT each).
+FAIL_OPS = """
+def fail(n):
+    for _ in range(n):
+        try:
+            os.close(os.open(path + ".missing", os.O_RDONLY))
+        except FileNotFoundError:
+            pass
+"""
+
+
+def test_the_filter_counts_and_sends_only_the_units_failures(home: Path, tmp_path: Path,
+                                                             tree: dict[str, Path]) -> None:
+    """Two processes of the same comm fail the same way, one in the unit's child cgroup and one
+    in another service: only the first's failures are counted (keyed with label 1) and sent."""
+    with workers(tmp_path / "absent", 2, ops=FAIL_OPS) as (inside, outside):
+        inside.move(tree["child"])
+        outside.move(tree["other"])
+        run = Running(home, "bpf/fileerr", tmp_path / "events.jsonl",
+                      extra=["--unit", tree["unit"].name, "--set", "emit_events=1"])
+        try:
+            inside.do("fail", 3)
+            outside.do("fail", 2)
+            time.sleep(1.2)  # one counter read while the program still runs
+        finally:
+            done = run.stop()
+    assert done.rc == 0, done.stderr
+    comm = Path(f"/proc/{os.getpid()}/comm").read_text().strip()  # the workers' too: python3
+    events = [r for r in done.events if "path" in r]
+    assert [(e["pid"], e["syscall"], e["error"], e["path"], e["label"]) for e in events] == \
+        [(inside.pid, "openat", "ENOENT", str(tmp_path / "absent.missing"), 1)] * 3
+    counts = {(r["syscall"], r["error"], r["comm"], r["label"]): r["count"]
+              for r in done.events if "count" in r}
+    assert counts == {("openat", "ENOENT", comm, 1): 3}
+    assert received(done, "fileerr/fileerr_events") == (3, 0)
+    assert _lost(done.stderr, "fileerr_counts") == 0

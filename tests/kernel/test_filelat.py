@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.kernel.conftest import Finished, Running, held_prog_ids
+from tests.kernel.monitor import received, workers
 
 MIB = 1 << 20
 
@@ -161,6 +162,7 @@ def test_a_read_on_a_fifo_whose_writer_sleeps_is_one_slow_event(home: Path, tmp_
     assert {k: slow[k] for k in ("pid", "tid", "op", "ftype", "fs", "file", "bytes", "comm")} == {
         "pid": reader.pid, "tid": reader.pid, "op": "read", "ftype": "fifo",
         "fs": _fs_of(tmp_path), "file": "slow.fifo", "bytes": 5, "comm": comm}
+    assert slow["label"] == 0  # no filter in this run
     # the FIFO's two reads are in the histogram with the fifo type; the second took no time
     [h] = [h for h in _last_per_key(done.events) if (h["op"], h["ftype"]) == ("read", "fifo")]
     assert h["count"] == 2 and h["sum"] >= 100_000
@@ -174,3 +176,37 @@ def test_without_all_types_the_fifo_read_is_not_measured(home: Path, tmp_path: P
     assert not [r for r in done.events if "latency_us" in r]
     assert not [h for h in _last_per_key(done.events) if h["ftype"] == "fifo"]
     assert _lost(done.stderr, "filelat_hists") == 0 and _lost(done.stderr, "filelat_events") == 0
+
+
+# A worker operation: N writes of 4 KiB to the worker's file (a regular file: measured).
+WRITE_OPS = """
+def write(n):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    for _ in range(n):
+        os.write(fd, b"x" * 4096)
+    os.close(fd)
+"""
+
+
+def test_the_filter_measures_only_the_units_calls(home: Path, tmp_path: Path,
+                                                  tree: dict[str, Path]) -> None:
+    """Writes from the unit's child cgroup and from another service to the same file, every
+    call an event (min_us 0): only the unit's are in the histogram and the events, label 1."""
+    with workers(tmp_path / "data.bin", 2, ops=WRITE_OPS) as (inside, outside):
+        inside.move(tree["child"])
+        outside.move(tree["other"])
+        run = Running(home, "bpf/filelat", tmp_path / "events.jsonl",
+                      extra=["--unit", tree["unit"].name, "--set", "min_us=0"])
+        try:
+            inside.do("write", 3)
+            outside.do("write", 2)
+            time.sleep(1.2)  # one histogram read while the program still runs
+        finally:
+            done = run.stop()
+    assert done.rc == 0, done.stderr
+    events = [r for r in done.events if "latency_us" in r]
+    assert [(e["pid"], e["op"], e["file"], e["bytes"], e["label"]) for e in events] == \
+        [(inside.pid, "write", "data.bin", 4096, 1)] * 3
+    assert {h["op"]: h["count"] for h in _last_per_key(done.events)} == {"write": 3}
+    assert received(done, "filelat/filelat_events") == (3, 0)
+    assert _lost(done.stderr, "filelat_hists") == 0

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tests.kernel.conftest import Finished, Running
 from tests.kernel.conftest import wait_for as _wait
+from tests.kernel.monitor import received, workers
 
 HOLD = 0.3            # s the child keeps the lock after saying so
 MIN_WAIT_NS = 200_000_000  # what this process must have waited at least: the hold minus the
@@ -100,7 +101,7 @@ def _check(done: Finished, how: str, child: int, measured: int, st: os.stat_resu
     assert len(mine) == 3, mine  # F_GETFL made none
     refused, waited, unlocked = mine
     common = {"pid": me, "tid": tid, "ino": st.st_ino, "dev": st.st_dev, "kind": kind,
-              "comm": Path("/proc/self/comm").read_text().strip()[:15]}
+              "comm": Path("/proc/self/comm").read_text().strip()[:15], "label": 0}
     assert {k: refused[k] for k in common} == common
     assert {k: waited[k] for k in common} == common
     assert {k: unlocked[k] for k in common} == common
@@ -161,3 +162,42 @@ def test_flock_waits_for_the_holder(home: Path, tmp_path: Path) -> None:
                                          lambda f: fcntl.flock(f, fcntl.LOCK_UN))
     _check(done, "flock", child, measured, st, "LOCK_EX", "LOCK_UN", blocker=child,
            unlock_blocking=False)
+
+
+# A worker operation: N uncontended flock(LOCK_EX) + flock(LOCK_UN) pairs on the worker's file.
+LOCK_OPS = """
+import fcntl
+def lock(n):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    for _ in range(n):
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+"""
+
+
+def test_the_filter_reports_only_the_units_lock_calls(home: Path, tmp_path: Path,
+                                                      tree: dict[str, Path]) -> None:
+    """The same flock pairs from the unit's child cgroup and from another service: only the
+    unit's calls are events (label 1) and only its blocking locks are in the histogram."""
+    path = tmp_path / "locked"
+    with workers(path, 2, ops=LOCK_OPS) as (inside, outside):
+        inside.move(tree["child"])
+        outside.move(tree["other"])
+        run = Running(home, "bpf/filelock", tmp_path / "filelock.jsonl",
+                      extra=["--unit", tree["unit"].name])
+        try:
+            inside.do("lock", 3)
+            outside.do("lock", 2)
+            time.sleep(1.2)  # one histogram read while the program still runs
+        finally:
+            done = run.stop()
+    assert done.rc == 0, done.stderr
+    ino = path.stat().st_ino
+    events = [r for r in done.events if "wait_ns" in r]
+    assert [(e["pid"], e["ino"], e["kind"], e["type"], e["ret"], e["label"]) for e in events] == \
+        [(inside.pid, ino, "FLOCK", "LOCK_EX", 0, 1), (inside.pid, ino, "FLOCK", "LOCK_UN", 0, 1)] * 3
+    hists = [h for h in done.events if "buckets" in h]
+    assert {h["kind"] for h in hists} == {"FLOCK"} and hists[-1]["count"] == 3
+    assert received(done, "filelock/filelock_events") == (6, 0)
+    assert _lost(done.stderr, "filelock_hists") == 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tests.kernel.conftest import ROOT, Running
 from tests.kernel.conftest import records as _records, wait_for as _wait
+from tests.kernel.monitor import workers
 from tests.kernel.test_pagefault import prog_ids
 
 N = 1000
@@ -99,6 +100,7 @@ def test_held_eventfds_are_outstanding_until_closed(home: Path, tmp_path: Path) 
 
     mine = _pid_records(done.events, pid)
     assert {r["comm"] for r in mine} == {"python3"} and all(r["cgroup"] > 0 for r in mine)
+    assert {r["label"] for r in mine} == {0}   # no filter in this run
     held = max(mine, key=lambda r: r["count"])
     assert held["count"] >= N and held["bytes"] >= N * 64
     # by call site, while held: eventfd's context is a kmalloc in do_eventfd (64 bytes each on
@@ -136,3 +138,52 @@ def test_allocations_that_do_not_fit_are_counted_lost(home: Path, tmp_path: Path
     assert max(r["count"] for r in _pid_records(done.events, pid)) <= 100
     assert _lost(done.stderr, "outstanding_by_pid") >= 2 * N - 100
     assert _lost(done.stderr, "outstanding_by_site") >= 2 * N - 100
+
+
+# Worker operations: "hold N" makes N eventfds and keeps them, "release N" closes them all.
+EVENTFD_OPS = """
+fds = []
+def hold(n):
+    fds.extend(os.eventfd(0) for _ in range(n))
+def release(n):
+    while fds:
+        os.close(fds.pop())
+"""
+
+
+def _site(records: list[dict], name: str) -> list[dict]:
+    return [r for r in records if re.sub(r"\+0x[0-9a-f]+$", "", r.get("call_site", "")) == name]
+
+
+def test_the_filter_tracks_only_the_units_allocations(home: Path, tmp_path: Path,
+                                                      tree: dict[str, Path]) -> None:
+    """Two processes hold N eventfds each, one in the unit's child cgroup and one in another
+    service: only the first's allocations are outstanding (by pid, label 1, and by site), and
+    its close takes them out again."""
+    out = tmp_path / "kmem.jsonl"
+    with workers("/dev/null", 2, ops=EVENTFD_OPS) as (inside, outside):
+        inside.move(tree["child"])
+        outside.move(tree["other"])
+        run = Running(home, str(_bundle(tmp_path)), out, extra=["--unit", tree["unit"].name])
+        try:
+            inside.do("hold", N)
+            outside.do("hold", N)
+            seen = len(_wait(out, lambda rs: any(r["count"] >= N for r in _pid_records(rs, inside.pid)),
+                             "the unit's held eventfds"))
+            # the second read after that one was made after both held theirs
+            _wait(out, lambda rs: len(_site(rs[seen:], "do_eventfd")) >= 2, "two later reads")
+            held = _site(_records(out)[seen:], "do_eventfd")[-1]
+            inside.do("release", N)
+            _wait(out, lambda rs: any(r["count"] <= SLACK for r in _pid_records(rs[seen:], inside.pid)),
+                  "the unit's close")
+        finally:
+            done = run.stop()
+    assert done.rc == 0, done.stderr
+    # by site: the unit's eventfd contexts, exactly (64 bytes each on x86_64)
+    assert (held["count"], held["bytes"]) == (N, N * 64), held
+    owners = [r for r in done.events if "pid" in r]
+    assert {(r["pid"], r["label"], r["cgroup"]) for r in owners} == \
+        {(inside.pid, 1, tree["child"].stat().st_ino)}
+    assert max(r["count"] for r in owners) >= N
+    assert _lost(done.stderr, "outstanding_by_site") == 0
+    assert _lost(done.stderr, "outstanding_by_pid") == 0

@@ -163,6 +163,7 @@ def test_leaky_keeps_100_allocations_of_1024_bytes_and_clean_none(home: Path,
     [leaky] = on(mine, "leaky")
     assert (leaky["count"], leaky["bytes"], leaky["value"]) == (100, 102_400, 102_400)
     assert leaky["unit"] == "bytes" and leaky["comm"] == "leak"
+    assert leaky["label"] == 0 and "__pad" not in leaky          # no filter in this run
     assert leaky["user"][:2] == ["leaky", "main"]                  # the caller's stack
     assert leaky["stack"].startswith("leak;") and leaky["stack"].endswith(";main;leaky")
     assert 0 <= leaky["age_ms"] < 60_000 and "ts_ms_sum" not in leaky
@@ -262,3 +263,49 @@ def test_a_value_member_the_map_lacks_is_refused_before_anything_attaches(
             "map's value") in done.stderr
     assert "its members: count, bytes, ts_ms_sum" in done.stderr
     assert "malloc_enter" not in prog_names()
+
+
+def test_the_filter_records_only_the_units_allocations(home: Path, tmp_path: Path,
+                                                       tree: dict[str, Path]) -> None:
+    """Two copies of the subject run leaky(), one in the unit's child cgroup and one in another
+    service, under libc uprobes of every process: only the first's blocks are recorded, with
+    label 1, and its clean() frees take its own blocks off."""
+    out = tmp_path / "bundle-memleak"
+    shutil.copytree(ROOT / "bpf" / "memleak", out)
+    text = (out / "manifest.yaml").read_text()
+    for key, value in (("interval", "3600s"), ("top", "1000")):
+        text, n = re.subn(rf"(?m)^(      {key}:) .*$", rf"\1 {value}", text)
+        assert n == 1, key
+    (out / "manifest.yaml").write_text(text)
+    leak = compile_leak(tmp_path)
+    subjects = [subprocess.Popen([str(leak), "leaky"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE) for _ in range(2)]
+    inside, outside = subjects
+    try:
+        (tree["child"] / "cgroup.procs").write_text(str(inside.pid))
+        (tree["other"] / "cgroup.procs").write_text(str(outside.pid))
+        run = Running(home, str(out), tmp_path / "memleak.jsonl",
+                      extra=["--unit", tree["unit"].name])
+        try:
+            for s in subjects:
+                s.stdin.write(b"x")
+                s.stdin.flush()
+                ready, _, _ = select.select([s.stdout], [], [], 30)
+                assert ready and s.stdout.readline() == b"done\n"
+        finally:
+            done = run.stop()          # the only read, after detach; both still alive
+        for s in subjects:
+            assert s.poll() is None
+            s.stdin.write(b"x")
+            s.stdin.close()
+            assert s.wait(timeout=30) == 0
+    finally:
+        for s in subjects:
+            s.kill()
+    assert done.rc == 0, done.stderr
+    assert {(r["pid"], r["label"]) for r in done.events} == {(inside.pid, 1)}
+    [leaky] = on(done.events, "leaky")
+    assert (leaky["count"], leaky["bytes"], leaky["comm"]) == (100, 102_400, "leak")
+    assert on(done.events, "clean") == []
+    # received counts entries, clean()'s emptied one too (a zero value makes no record)
+    assert channel_counts(done.stderr)[1] == 0

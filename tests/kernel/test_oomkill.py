@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.conftest import Running
+from tests.kernel.monitor import received, workers
 from tests.kernel.test_pagefault import prog_ids
 
 LIMIT = 64 << 20
@@ -114,10 +115,61 @@ def test_oom_kill_in_a_limited_memcg_is_one_event(home: Path, tmp_path: Path) ->
     assert e["victim_cgroup"] == e["trigger_cgroup"] == expected, (e, expected)
     assert set(e) == {"total_vm_kb", "anon_rss_kb", "file_rss_kb", "shmem_rss_kb", "pgtables_kb",
                       "victim_cgroup", "trigger_cgroup", "victim_pid", "victim_uid", "trigger_pid", "trigger_tid",
-                      "oom_score_adj", "victim_comm", "trigger_comm"}
+                      "oom_score_adj", "victim_comm", "trigger_comm", "label"}
+    assert e["label"] == 0   # no filter in this run
     # Negative: nothing else in the run was killed by this test's cgroup
     assert not [x for x in done.events if x["victim_pid"] != hog.pid and x["trigger_pid"] == hog.pid]
     summary = next(line for line in done.stderr.splitlines() if "oomkill/oomkill_events" in line)
     received, lost = (int(x) for x in summary.split()[1:3])
     assert received == len(done.events) and lost == 0
     assert ours and not ours & prog_ids("oomkill")   # unloaded at stop
+
+
+# Worker operations for the filter test: "hold N" keeps N MiB (every byte written, so charged to
+# the memcg it is in now); "alloc N" writes N MiB and lets them go.
+MEM_OPS = """
+kept = []
+def hold(n):
+    kept.append(b'\\x01' * (n << 20))
+def alloc(n):
+    len(b'\\x02' * (n << 20))
+"""
+SHARE = 40   # MiB each: two of them do not fit in LIMIT (64 MiB), one does
+
+
+def _oom_between(victim, trigger, memory: Path) -> None:
+    """``victim`` holds SHARE MiB in ``memory``; ``trigger`` (same memcg) then asks for SHARE
+    more: the memcg OOM killer picks the victim (oom_score_adj 1000) and the trigger's
+    allocation completes once the victim's memory is freed."""
+    victim.move(memory)
+    trigger.move(memory)
+    Path(f"/proc/{victim.pid}/oom_score_adj").write_text("1000")
+    victim.do("hold", SHARE)
+    trigger.do("alloc", SHARE)
+    assert victim.proc.wait(timeout=30) == -signal.SIGKILL
+
+
+def test_the_filter_follows_the_oom_victim_not_the_trigger(home: Path, tmp_path: Path,
+                                                          tree: dict[str, Path]) -> None:
+    """mark_victim runs in the task whose allocation failed: the filter must judge the victim
+    by its own cgroup2. A victim in the unit killed by an outsider's allocation is reported
+    (label 1); a victim outside killed by an allocation in the unit is not."""
+    run = Running(home, "bpf/oomkill", tmp_path / "oom.jsonl", extra=["--unit", tree["unit"].name])
+    try:
+        with memcg(LIMIT) as mem, workers("/dev/null", 2, ops=MEM_OPS) as (inside, outsider):
+            inside.move(tree["child"])
+            outsider.move(tree["other"])
+            _oom_between(inside, outsider, mem)
+        with memcg(LIMIT) as mem, workers("/dev/null", 2, ops=MEM_OPS) as (insider, outside):
+            insider.move(tree["child"])
+            outside.move(tree["other"])
+            _oom_between(outside, insider, mem)
+    finally:
+        done = run.stop()
+    assert done.rc == 0, done.stderr
+    [e] = done.events   # the outside victim never reached the ring
+    assert (e["victim_pid"], e["trigger_pid"], e["label"]) == (inside.pid, outsider.pid, 1)
+    assert e["victim_cgroup"] == tree["child"].stat().st_ino
+    assert e["trigger_cgroup"] == tree["other"].stat().st_ino
+    assert e["oom_score_adj"] == 1000
+    assert received(done, "oomkill/oomkill_events") == (1, 0)

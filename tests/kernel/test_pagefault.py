@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from tests.kernel.conftest import Running
+from tests.kernel.monitor import received, workers
 
 PAGE = mmap.PAGESIZE
 NPAGES = 64
@@ -72,7 +73,8 @@ def test_written_pages_fault_once_each(home: Path, tmp_path: Path) -> None:
         assert e["error_code"] & X86_PF_WRITE and e["error_code"] & X86_PF_USER, e
         assert (e["tid"], e["comm"]) == (tid, comm)
         assert e["ip"] != 0
-        assert set(e) == {"address", "ip", "error_code", "pid", "tid", "comm"}
+        assert set(e) == {"address", "ip", "error_code", "pid", "tid", "comm", "label"}
+        assert e["label"] == 0   # no filter in this run
 
     # Negative: mapped but never touched, so never faulted.
     assert not _pages_in(mine, quiet_base, NPAGES)
@@ -203,3 +205,50 @@ def _cgroup2_dir() -> Path:
         if fstype == "cgroup2":
             return Path(mnt) / path.lstrip("/")
     raise AssertionError("no cgroup2 mount")
+
+
+# A worker operation: map N anonymous pages (no huge pages), write each once, and leave the
+# mapping's address range in <path>.<pid> for the test.
+TOUCH_OPS = """
+import builtins, ctypes, mmap  # builtins: the worker's own `open` op shadows open()
+def touch(n):
+    m = mmap.mmap(-1, n * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m.madvise(mmap.MADV_NOHUGEPAGE)
+    v = ctypes.c_char.from_buffer(m); base = ctypes.addressof(v); del v
+    for i in range(n):
+        m[i * mmap.PAGESIZE] = 1
+    m.close()
+    with builtins.open(f"{path}.{os.getpid()}", "w") as f:
+        f.write(str(base))
+"""
+
+
+def test_the_filter_counts_only_the_units_faults(home: Path, tmp_path: Path,
+                                                  tree: dict[str, Path]) -> None:
+    """Two processes fault the same number of fresh pages, one in the unit's child cgroup and
+    one in another service: every event, count key, address window and stack is the first's,
+    with label 1 where the record carries one."""
+    where = tmp_path / "base"
+    with workers(where, 2, ops=TOUCH_OPS) as (inside, outside):
+        inside.move(tree["child"])
+        outside.move(tree["other"])
+        run = Running(home, "bpf/pagefault", tmp_path / "faults.jsonl",
+                      extra=["--unit", tree["unit"].name])
+        try:
+            inside.do("touch", NPAGES)
+            outside.do("touch", NPAGES)
+        finally:
+            done = run.stop()
+    assert done.rc == 0, done.stderr
+    base = int(Path(f"{where}.{inside.pid}").read_text())
+    events = _events(done.events)
+    assert {(e["pid"], e["label"]) for e in events} == {(inside.pid, 1)}
+    hits = _pages_in(events, base, NPAGES)
+    assert {e["address"] & ~(PAGE - 1) for e in hits} == {base + i * PAGE for i in range(NPAGES)}
+    counts = [r for r in done.events if "user_faults" in r]
+    assert {(r["pid"], r["label"], r["cgroup"]) for r in counts} == \
+        {(inside.pid, 1, tree["child"].stat().st_ino)}
+    assert counts[-1]["user_faults"] >= NPAGES
+    assert {(r["pid"], r["label"]) for r in done.events if "buckets" in r} == {(inside.pid, 1)}
+    assert {r["pid"] for r in done.events if "stack" in r} == {inside.pid}
+    assert received(done, "pagefault/pagefault_events") == (len(events), 0)
