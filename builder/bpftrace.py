@@ -174,40 +174,70 @@ def check_types(binary: str, data: bytes, btf: Path, path: str, kernel: str) -> 
                               "family), or use one every target has")
 
 
-def check_script(store, manifest: Manifest, program: ProgramSpec, target: Target,
-                 binary: str | None = None) -> Built:
-    """Check ``program`` for ``target`` (or find it checked) and store it; BuildError naming the
-    file:line and the kernel when the policy, a probe or a field refuses it."""
-    started = time.perf_counter()
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckPlan:
+    """One script for one target: what its check is stored under (key and index)."""
+
+    program: ProgramSpec
+    target: Target
+    binary: str
+    data: bytes
+    version: str   # bpftrace's: the key changes when bpftrace does
+    source: str    # script_digest(data)
+    key: str
+    index: str
+
+
+def plan_check(program: ProgramSpec, target: Target, binary: str | None = None) -> CheckPlan:
+    """The key of checking ``program`` for ``target``: the script, bpftrace's version, the
+    target's BTF and arch (the farm takes a lock on it, as on a compile's key)."""
     binary = binary or find_bpftrace()
     data = read_script(program)
-    path = str(program.local_path)
     version = bpftrace_version(binary)
     source = script_digest(data)
     body = {"kind": "bpftrace_object", "program": program.name, "script": source,
             "bpftrace": version, "btf": target.identity.btf_digest, "arch": target.identity.arch}
     key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    index = index_ref(program.name, source, target.identity)
-    cached = find_built(store, key, index)
-    if cached is not None:
-        return cached
+    return CheckPlan(program=program, target=target, binary=binary, data=data, version=version,
+                     source=source, key=key, index=index_ref(program.name, source, target.identity))
+
+
+def cached_check(store, plan: CheckPlan) -> Built | None:
+    """The stored check of ``plan``, or None."""
+    return find_built(store, plan.key, plan.index)
+
+
+def execute_check(store, plan: CheckPlan) -> Built:
+    """Check the script (policy, probes, types) and store it with its meta; BuildError naming
+    the file:line and the kernel when one refuses it."""
+    started = time.perf_counter()
+    program, target, data = plan.program, plan.target, plan.data
+    path = str(program.local_path)
     text = data.decode(errors="replace")
     check_policy(text, path)
     probes = probes_of(text)
     kernel = str(target.identity)
     check_probes(probes, kernel_btf(str(target.btf)), path, kernel)
-    check_types(binary, data, target.btf, path, kernel)
+    check_types(plan.binary, data, target.btf, path, kernel)
     digest = store.put_blob(data)
     meta = ArtifactMeta(
-        name=program.name, kind="bpftrace_object", key=key, digest=digest, size=len(data),
-        source_digest=source, target=target.identity, toolchain={"bpftrace": version}, flags=(),
-        inputs={program.local_path.name: hashlib.sha256(data).hexdigest()},
+        name=program.name, kind="bpftrace_object", key=plan.key, digest=digest, size=len(data),
+        source_digest=plan.source, target=target.identity, toolchain={"bpftrace": plan.version},
+        flags=(), inputs={program.local_path.name: hashlib.sha256(data).hexdigest()},
         programs=tuple({"name": p.spec, "line": p.line} for p in probes), maps=(), channels={},
         required_features=(), license="",
         extra={"verdict": "ok", "checks": ["policy", "probes", "types"]})
-    meta_digest = publish(store, meta, index)
+    meta_digest = publish(store, meta, plan.index)
     return Built(meta=meta, meta_digest=meta_digest, cached=False,
                  seconds=time.perf_counter() - started)
+
+
+def check_script(store, manifest: Manifest, program: ProgramSpec, target: Target,
+                 binary: str | None = None) -> Built:
+    """Check ``program`` for ``target`` (or find it checked) and store it; BuildError naming the
+    file:line and the kernel when the policy, a probe or a field refuses it."""
+    plan = plan_check(program, target, binary)
+    return cached_check(store, plan) or execute_check(store, plan)
 
 
 def check_for_targets(store, manifest: Manifest, program: ProgramSpec,

@@ -2,7 +2,8 @@
 builder/jobs.py.
 
     bpfdepot.build(build_id)                     fan out: one compile per (program × kernel)
-    bpfdepot.compile(build_id, program, target)  compile one, or find it built, record the result
+    bpfdepot.compile(build_id, program, target)  compile one (or check a .bt script), or find
+                                                 it done, record the result
 
 Messages are acknowledged after the task ends (``acks_late``) and put back when a worker dies
 under them (``reject_on_worker_lost``), so a build survives ``kill -9``; each task is idempotent

@@ -39,7 +39,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def submit(settings: Settings, bundle: str, selector: str) -> Build:
-    """Pack the bundle, store it, record one job per (program × kernel), enqueue the build."""
+    """Pack the bundle, store it, record one job per (program × kernel), enqueue the build:
+    a compile for each ebpf_object source, a check for each bpftrace_object script."""
     from builder.bundle import pack_bundle
     from builder.farm import QUEUE, build_task, configure
     from loader.kernel.catalog import list_kernels, parse_selector, select
@@ -50,10 +51,13 @@ def submit(settings: Settings, bundle: str, selector: str) -> Build:
     manifest = load_bundle(bundle)
     store = open_store(settings)
     kernels = select(list_kernels(store), parse_selector(selector))
-    programs = [p for p in manifest.kernel_programs if p.is_source]
+    # .bpf.c sources are compiled per kernel, .bt scripts checked per kernel (builder/jobs.py)
+    programs = [p for p in manifest.programs if p.is_source and p.local_path is not None
+                and p.type in ("ebpf_object", "bpftrace_object")]
     if not programs:
         raise BuildError(f"bundle '{manifest.name}' has no kernel program sources to build",
-                         hint="the farm builds .bpf.c programs; prebuilt objects need no build")
+                         hint="the farm builds .bpf.c programs and checks .bt scripts; prebuilt "
+                              "objects need no build")
     digest = store.put_blob(pack_bundle(manifest, [SHARED_INCLUDE]))
     jobs = [Job(program=p.name, target=f"{k.arch}-{k.btf_digest}", release=k.release)
             for p in programs for k in kernels]

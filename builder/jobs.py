@@ -1,6 +1,7 @@
 """What the farm's tasks do (builder/farm.py holds only the Celery wrappers).
 
-A compile job is idempotent: it plans the build (its key comes from content), returns at once
+A job compiles an ebpf_object source or checks a bpftrace_object script for one kernel
+(``steps``); either is idempotent: it plans the build (its key comes from content), returns at once
 when the store has that key, and otherwise compiles under a Redis lock named by the key, held
 with a heartbeat. A redelivered or duplicate job that finds the lock taken does not compile: it
 comes back later and finds the result in the store. So identical submissions compile once, a
@@ -16,11 +17,11 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import redis
@@ -73,10 +74,8 @@ def fan_out(ctx: Context, build_id: str) -> Iterator[tuple[str, str]]:
     if build is None or not ctx.records.claim_fanout(build_id):
         return iter(())
     def check(job: Job) -> tuple[Job, Built | None]:
-        manifest = unpacked(ctx, build.bundle)
-        plan = plan_build(manifest, manifest.program(job.program), target_of(ctx, job.target),
-                          toolchain(ctx.settings.cache), [bundle_include_dir(manifest.root)])
-        return job, cached_build(ctx.store, plan)
+        _, find, _ = steps(ctx, unpacked(ctx, build.bundle), job.program, job.target)
+        return job, find()
 
     try:
         unpacked(ctx, build.bundle)  # once, before the threads race to unpack it
@@ -175,6 +174,24 @@ class _Heartbeat:
         self.thread.join()
 
 
+def steps(ctx: Context, manifest: Manifest, program: str, target: str
+          ) -> tuple[str, Callable[[], Built | None], Callable[[], Built]]:
+    """One job's key (what its Redis lock is named by), how to find it done in the store and how
+    to do it: a compile of an ebpf_object source, or the check of a bpftrace_object script
+    (builder/bpftrace.py: policy, probes and fields against the target's BTF)."""
+    spec = manifest.program(program)
+    if getattr(spec, "type", None) == "bpftrace_object":  # anything else is planned as a compile
+        from builder.bpftrace import cached_check, execute_check, plan_check
+
+        check = plan_check(spec, target_of(ctx, target))
+        return (check.key, partial(cached_check, ctx.store, check),
+                partial(execute_check, ctx.store, check))
+    plan = plan_build(manifest, spec, target_of(ctx, target), toolchain(ctx.settings.cache),
+                      [bundle_include_dir(manifest.root)])
+    return (plan.key, partial(cached_build, ctx.store, plan),
+            partial(execute_build, ctx.store, plan, ctx.settings.cache))
+
+
 def compile_job(ctx: Context, build_id: str, program: str, target: str, *, delivery: str,
                 attempt: int, worker: str) -> float | None:
     """Run one compile job; return seconds after which to try again, or None when done."""
@@ -191,22 +208,20 @@ def compile_job(ctx: Context, build_id: str, program: str, target: str, *, deliv
         return None
     started = time.perf_counter()
     try:
-        manifest = unpacked(ctx, build.bundle)
-        plan = plan_build(manifest, manifest.program(program), target_of(ctx, target),
-                          toolchain(ctx.settings.cache), [bundle_include_dir(manifest.root)])
-        done = cached_build(ctx.store, plan)
+        key, find, make = steps(ctx, unpacked(ctx, build.bundle), program, target)
+        done = find()
         if done is None:
-            lock = ctx.redis.lock(f"bpfdepot:compiling:{plan.key}", timeout=LOCK_TTL_S,
+            lock = ctx.redis.lock(f"bpfdepot:compiling:{key}", timeout=LOCK_TTL_S,
                                   blocking=False, thread_local=False)
             if not lock.acquire():
                 ctx.records.update(build_id, replace(job, state="waiting", worker=worker))
                 return min(0.05 * 2 ** min(attempt, 6), 2.0)
             try:
-                done = cached_build(ctx.store, plan)  # finished while we took the lock?
+                done = find()  # finished while we took the lock?
                 if done is None:
                     ctx.records.update(build_id, replace(job, state="compiling", worker=worker))
                     with _Heartbeat(lock):
-                        done = execute_build(ctx.store, plan, ctx.settings.cache)
+                        done = make()
             finally:
                 try:
                     lock.release()

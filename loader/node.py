@@ -42,7 +42,8 @@ from loader.outputs import ChannelContext, ChannelStats, Reader, output_kinds
 from loader.pipeline import Pipeline, StopSignal
 from loader.remote import is_remote, materialize
 from loader.trust.artifacts import TrustPolicy
-from loader.programs.bpftrace import CheckedScript, resolve_scripts, start_children
+from loader.programs.bpftrace import (CheckedScript, resolve_scripts, start_children,
+                                      stored_script)
 from loader.processors.workers import RouteCounts
 from loader.session import (Loadable, Session, check_fits, check_privileges, choose_forms,
                             ensure_filesystems)
@@ -109,11 +110,14 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
         say(f"bpfdepot: {url}: fetched into {target}")
     store = open_store(settings)
     manifest = None
+    scripts: list[CheckedScript] = []
     if target.startswith("sha256:"):
         loadables = [artifact(settings, store, target)]
         name = loadables[0].meta.name
         check_privileges(name)
         kernel = node_identity(settings, store)
+        if loadables[0].meta.kind == "bpftrace_object":  # a checked script, run by bpftrace
+            scripts, loadables = [stored_script(store, loadables[0].meta, target, kernel)], []
     else:
         manifest = load_bundle(target)
         name = manifest.name
@@ -124,9 +128,9 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
         trust.check_lock(lock_path(manifest), manifest.name)
         loadables = resolve(settings, store, manifest, kernel, locked=options.locked,
                             compilers=None if options.locked else compilers)
-    scripts = (resolve_scripts(store, manifest, kernel,
-                               check=None if options.locked else check_bpftrace)
-               if manifest else [])
+    if manifest:
+        scripts = resolve_scripts(store, manifest, kernel, locked=options.locked,
+                                  check=None if options.locked else check_bpftrace)
     wanted = (with_manifest(options.filter, manifest.filter, f"{manifest.path}: spec.filter")
               if manifest else options.filter)
     if scripts and wanted.active:

@@ -18,6 +18,7 @@ from loader.errors import ArtifactNotFound, BlobNotFound, ManifestError, StoreEr
 from loader.kernel.probe import KernelIdentity
 from loader.model.manifest import Manifest
 from loader.artifacts.sources import program_source_digest
+from loader.programs.bpftrace_scripts import read_script, script_digest
 from loader.artifacts.store import ArtifactStore
 from loader.model.yamldoc import read_bounded
 
@@ -51,12 +52,17 @@ def lock_path(manifest: Manifest) -> Path:
 
 def make_lock(store: ArtifactStore, manifest: Manifest, kernels: list[KernelIdentity],
               releases: dict[str, str]) -> Lock:
-    """Pin what the store holds for every (program × kernel); raise naming all that is missing."""
+    """Pin what the store holds for every (program × kernel): the build of each ebpf_object
+    source and the check of each bpftrace_object script; raise naming all that is missing."""
     pins, missing = [], []
-    for program in manifest.kernel_programs:
-        if not program.is_source:
+    for program in manifest.programs:
+        if program.type == "ebpf_object" and program.is_source:
+            src = program_source_digest(manifest, program.name)
+        elif program.type == "bpftrace_object" and program.local_path is not None:
+            # a script is pinned like an object: its check for each kernel (blob = the script)
+            src = script_digest(read_script(program))
+        else:
             continue
-        src = program_source_digest(manifest, program.name)
         for kernel in kernels:
             found = lookup(store, index_ref(program.name, src, kernel))
             release = releases.get(f"{kernel.arch}-{kernel.btf_digest}", kernel.release)

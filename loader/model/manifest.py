@@ -63,6 +63,9 @@ class ProgramSpec:
     forms: tuple[tuple[str, ...], ...] = ()
     maps: tuple[MapSize, ...] = ()
     cpu: str | None = None
+    # bpftrace_object: names for the whitespace-separated words of a printed line that is not
+    # JSON (the last takes the rest of the line; loader/programs/bpftrace.py)
+    fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -299,7 +302,7 @@ def _parse_programs(doc: YamlDoc, node: Node) -> tuple[ProgramSpec, ...]:
 
 def _parse_program(doc: YamlDoc, node: Node, at: str) -> ProgramSpec:
     fields = doc.fields(node, at, required=("name", "path", "type"),
-                        optional=("attach", *CONTROL_KEYS))
+                        optional=("attach", "fields", *CONTROL_KEYS))
     name = doc.name(fields["name"], "name", at, what="program name")
     written = doc.string(fields["type"], "type", at)
     kinds = program_kinds()
@@ -317,6 +320,8 @@ def _parse_program(doc: YamlDoc, node: Node, at: str) -> ProgramSpec:
         if key in fields and kind != "ebpf_object":
             raise doc.error(fields[key], f"'{key}' in {at}: only an ebpf_object has BPF programs "
                             "and maps to control", hint="move it to the kernel program")
+    printed = _parse_printf_fields(doc, fields["fields"], f"{at}.fields", kind) \
+        if "fields" in fields else ()
     forms = parse_forms(doc, fields["forms"], at) if "forms" in fields else ()
     maps = parse_maps(doc, fields["maps"], at) if "maps" in fields else ()
     cpu = parse_cpu(doc, fields["cpu"], at) if "cpu" in fields else None
@@ -379,7 +384,31 @@ def _parse_program(doc: YamlDoc, node: Node, at: str) -> ProgramSpec:
         forms=forms,
         maps=maps,
         cpu=cpu,
+        fields=printed,
     )
+
+
+def _parse_printf_fields(doc: YamlDoc, node: Node, at: str, kind: str) -> tuple[str, ...]:
+    """``fields: [pid, comm, rest]`` of a bpftrace_object: distinct C identifiers."""
+    if kind != "bpftrace_object":
+        raise doc.error(node, f"'fields' in {at.rsplit('.', 1)[0]}: only a bpftrace_object's "
+                        "printed lines are split into fields",
+                        hint="a kernel program's events take their fields from its event struct")
+    items = doc.sequence(node, "fields", at.rsplit(".", 1)[0])
+    if not items:
+        raise doc.error(node, f"{at} is empty", hint="name the printed words, e.g. "
+                        "fields: [pid, comm, latency_ns]")
+    names: list[str] = []
+    for item in items:
+        name = doc.string(item, "fields", at)
+        if not C_IDENT_RE.fullmatch(name):
+            raise doc.error(item, f"{at}: {name!r} is not a field name (letters, digits, _)",
+                            hint="use names such as pid, comm, latency_ns")
+        if name in names:
+            raise doc.error(item, f"{at}: field {name!r} is named twice",
+                            hint="give every printed word its own name")
+        names.append(name)
+    return tuple(names)
 
 
 def _parse_attach(doc: YamlDoc, node: Node, at: str

@@ -8,7 +8,10 @@ process group of its own; its stdout (one JSON message a line) is drained by a t
 into the run's pipeline:
 
     printf            → stream "<program>.events": each printed line that is a JSON object is the
-                        record; any other line becomes {"text": LINE} (nothing is dropped)
+                        record; with ``fields:`` in the manifest any other line is split on
+                        whitespace into those names (the last takes the rest; integers become
+                        numbers); a line that fits neither becomes {"text": LINE}, nothing is
+                        dropped, and the lines that missed ``fields:`` are counted in the summary
     map, hist, stats  → stream "<program>.maps": one record per map entry,
                         {"map": "@name", "key": K, "value": V} (no "key" for a map without one),
                         hist entries carry "buckets": [{"min", "max", "count"}], stats entries
@@ -23,9 +26,9 @@ SIGKILL if it is still there after ``STOP_GRACE_S``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -41,10 +44,19 @@ from loader.errors import LoadError
 from loader.outputs import ChannelStats
 from loader.programs import ProgramKind, register
 
+# the resolve side, re-exported: node.py, builder/ and the lock import it from here
+from loader.programs.bpftrace_scripts import (  # noqa: F401
+    MAX_SCRIPT_BYTES,
+    CheckedScript,
+    read_script,
+    resolve_scripts,
+    script_digest,
+    stored_script,
+)
+
 register(ProgramKind(type="bpftrace_object", summary="a bpftrace script, run by bpftrace",
                      sources=(".bt",), built=()))
 
-MAX_SCRIPT_BYTES = 256 << 10   # a .bt larger than this is refused at build (untrusted input)
 ATTACH_TIMEOUT_S = 60.0        # bpftrace compiles with LLVM before it attaches: seconds, not ms
 STOP_GRACE_S = 1.0             # SIGINT → SIGKILL
 HARMLESS = ("RLIMIT_MEMLOCK",)  # bpftrace 0.17 warns on every start on kernels ≥ 5.11 (memcg)
@@ -53,11 +65,8 @@ HARMLESS = ("RLIMIT_MEMLOCK",)  # bpftrace 0.17 warns on every start on kernels 
 # to stderr once every probe is attached, which is what the run's "attached" line must mean.
 NOTIFY = "__BPFTRACE_NOTIFY_PROBES_ATTACHED"
 _STATS_KEYS = {"count", "average", "total"}
-
-
-def script_digest(data: bytes) -> str:
-    """The source digest of a script: what the build is stored under and the node looks up."""
-    return hashlib.sha256(b"bpftrace_object\0" + data).hexdigest()
+_INT_RE = re.compile(r"-?[0-9]+")
+UNMATCHED_MEANS = "line(s) did not match fields: (kept as {\"text\": LINE})"
 
 
 def find_bpftrace() -> str:
@@ -100,35 +109,61 @@ def map_records(kind: str, data: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def printf_records(text: str) -> list[dict[str, Any]]:
-    """One record per printed line: the JSON object the script printed, else {"text": line}."""
+def _value(word: str) -> int | str:
+    """A printed word: an integer when it is one (pids, ns, counts), else the text."""
+    return int(word) if _INT_RE.fullmatch(word) else word
+
+
+def split_fields(line: str, fields: Sequence[str]) -> dict[str, Any] | None:
+    """``line`` split on whitespace into ``fields`` (the last takes the rest of the line), or
+    None when it has fewer words than there are fields."""
+    words = line.split(None, len(fields) - 1)
+    if len(words) < len(fields):
+        return None
+    return {name: _value(word.rstrip() if name == fields[-1] else word)
+            for name, word in zip(fields, words)}
+
+
+def printf_records(text: str, fields: Sequence[str] = ()) -> tuple[list[dict[str, Any]], int]:
+    """One record per printed line: the JSON object the script printed, else the line split
+    into ``fields``, else {"text": line}; and how many lines did not fit ``fields``."""
     out: list[dict[str, Any]] = []
+    unmatched = 0
     for line in text.splitlines():
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)
-        except ValueError:
-            value = None
+        value = None
+        if line.lstrip().startswith("{"):  # only an object can be a record: no failed decode
+            try:
+                value = json.loads(line)
+            except ValueError:
+                pass
+        if not isinstance(value, dict) and fields:
+            value = split_fields(line, fields)
+            unmatched += value is None
         out.append(value if isinstance(value, dict) else {"text": line})
-    return out
+    return out, unmatched
 
 
 @dataclass(slots=True)
 class Routed:
-    """Where one message goes: event records, map records, lost events, attached probes."""
+    """Where one message goes: event records, map records, lost events, attached probes, and
+    the printed lines that did not fit ``fields:``."""
 
     events: list[dict[str, Any]]
     maps: list[dict[str, Any]]
     lost: int = 0
     probes: int | None = None
+    unmatched: int = 0
 
 
-def route(message: dict[str, Any]) -> Routed:
-    """Map one ``bpftrace -f json`` message into the pipeline's terms."""
+def route(message: dict[str, Any], fields: Sequence[str] = ()) -> Routed:
+    """Map one ``bpftrace -f json`` message into the pipeline's terms (``fields``: the names
+    the manifest gives a printed line's words)."""
     kind, data = message.get("type"), message.get("data")
     if kind == "printf":
-        return Routed(printf_records(str(data)), [])
+        events, unmatched = printf_records(str(data), fields)
+        return Routed(events, [], unmatched=unmatched)
     if kind in ("map", "hist", "stats") and isinstance(data, dict):
         return Routed([], map_records(kind, data))
     if kind == "lost_events" and isinstance(data, dict):
@@ -153,9 +188,12 @@ class BpftraceChild:
     stats are channel "events"; ``maps_view`` reports channel "maps")."""
 
     def __init__(self, program: str, script: Path, events: Deliver, maps: Deliver,
-                 log: Callable[[str], None], binary: str | None = None) -> None:
+                 log: Callable[[str], None], binary: str | None = None,
+                 fields: Sequence[str] = ()) -> None:
         self.program = program
         self.script = script
+        self.fields = tuple(fields)
+        self.unmatched = 0  # printed lines that did not fit ``fields`` (kept as {"text": …})
         self._events, self._maps, self._log = events, maps, log
         self._binary = binary or find_bpftrace()
         self._queue: deque[dict[str, Any]] = deque()
@@ -252,10 +290,11 @@ class BpftraceChild:
         events: list[dict[str, Any]] = []
         maps: list[dict[str, Any]] = []
         while self._queue:
-            routed = route(self._queue.popleft())
+            routed = route(self._queue.popleft(), self.fields)
             events.extend(routed.events)
             maps.extend(routed.maps)
             self.lost += routed.lost
+            self.unmatched += routed.unmatched
         if events:
             self.received += len(events)
             self._events(*_lines(events))
@@ -282,12 +321,16 @@ class BpftraceChild:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            # what it had not printed yet (its maps' dump at exit) is gone: say so
+            self._log(f"bpfdepot: {self.program} (bpftrace) did not exit within "
+                      f"{STOP_GRACE_S:.0f} s of SIGINT and was killed: the maps it prints at "
+                      "exit are missing from this run")
         except ProcessLookupError:
             proc.wait()
 
     def stats(self) -> ChannelStats:
         return ChannelStats(program=self.program, channel="events", received=self.received,
-                            lost=self.lost)
+                            lost=self.lost, short=self.unmatched, short_means=UNMATCHED_MEANS)
 
     def close(self) -> None:
         self._stopping = True
@@ -324,59 +367,6 @@ class MapsView:
                             received=self.child.map_records, short_means="")
 
 
-# -- resolve: the checked script for this kernel ------------------------------------------------
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CheckedScript:
-    """A bpftrace program of the bundle, checked for this kernel: its stored script and meta."""
-
-    name: str
-    path: Path
-    meta: Any  # loader.artifacts.meta.ArtifactMeta (imported late: no import cycle)
-
-
-def read_script(program: Any) -> bytes:
-    """The bytes of a bpftrace_object's local file, bounded (untrusted input)."""
-    from loader.errors import ArtifactNotFound, ManifestError
-
-    if program.local_path is None:
-        raise ArtifactNotFound(f"bpftrace program '{program.name}': {program.path} is not a local "
-                               "file", hint="copy the .bt into the bundle: path: file://./NAME.bt")
-    size = program.local_path.stat().st_size
-    if size > MAX_SCRIPT_BYTES:
-        raise ManifestError(f"bpftrace program '{program.name}': {program.local_path} is {size} B, "
-                            f"more than the {MAX_SCRIPT_BYTES} B a script may have",
-                            hint="split it into several programs")
-    return program.local_path.read_bytes()
-
-
-def resolve_scripts(store: Any, manifest: Any, kernel: Any, *,
-                    check: Callable[[Any, Any, Any], Any] | None = None) -> list[CheckedScript]:
-    """Each bpftrace_object of ``manifest``, as the store holds it checked for ``kernel``; when
-    the store has none, ``check(manifest, program, kernel)`` (the builder's, on this host) makes
-    it, else ArtifactNotFound names the build command."""
-    from loader.artifacts.meta import index_ref, lookup
-    from loader.errors import ArtifactNotFound
-
-    out = []
-    for program in manifest.programs:
-        if program.type != "bpftrace_object":
-            continue
-        ref = index_ref(program.name, script_digest(read_script(program)), kernel)
-        found = lookup(store, ref)
-        if found is not None and not store.has_blob(found[0].digest):
-            found = None  # lost or damaged: checking again writes it back
-        if found is not None:
-            meta = found[0]
-        elif check is None:
-            raise ArtifactNotFound(f"bpftrace program '{program.name}' was never checked for "
-                                   f"{kernel}", hint=f"run: bpfdepot build {manifest.root}")
-        else:
-            meta = check(manifest, program, kernel)
-        out.append(CheckedScript(name=program.name, path=store.blob_path(meta.digest), meta=meta))
-    return out
-
-
 def start_children(scripts: Sequence[CheckedScript], records: Callable[[str, str], Deliver],
                    log: Callable[[str], None]) -> list[BpftraceChild]:
     """Launch one child per script, each attached before the next starts; on a failure the ones
@@ -385,7 +375,7 @@ def start_children(scripts: Sequence[CheckedScript], records: Callable[[str, str
     try:
         for script in scripts:
             child = BpftraceChild(script.name, script.path, records(script.name, "events"),
-                                  records(script.name, "maps"), log)
+                                  records(script.name, "maps"), log, fields=script.fields)
             child.launch()
             children.append(child)
     except BaseException:

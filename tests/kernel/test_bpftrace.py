@@ -6,6 +6,7 @@ getppid() a known number of times."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.conftest import ROOT, Running, bpfdepot, held_prog_ids, records, wait_for
+from loader.artifacts.store import open_store
+from loader.model.settings import Settings
+from tests.kernel.conftest import (
+    ROOT,
+    Running,
+    bpfdepot,
+    cli_env,
+    held_prog_ids,
+    records,
+    wait_for,
+)
 
 if not shutil.which("bpftrace"):
     pytest.skip("bpftrace is not installed (apt-get install -y bpftrace)", allow_module_level=True)
@@ -131,3 +142,78 @@ def test_run_refuses_a_script_calling_system_before_starting_anything(home: Path
     assert done.returncode == 8, done.stderr
     assert f"{folder / 'x.bt'}:3: system() is not allowed" in done.stderr
     assert "attached" not in done.stderr and not marker.exists()
+
+
+def _locked_bundle(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """getppid_bt checked for this kernel in a store of its own, and locked for it."""
+    home = tmp_path / "home"
+    env = cli_env(home)
+    folder = tmp_path / "getppid_bt"
+    shutil.copytree(BUNDLE, folder)
+    for step in (("kernels", "register"), ("build", str(folder)),
+                 ("lock", str(folder), "--kernels", "all")):
+        done = bpfdepot(home, *step, env=env)
+        assert done.returncode == 0, (step, done.stderr)
+    return folder, env
+
+
+def test_a_locked_run_and_a_run_by_digest_run_the_pinned_script(home: Path, tmp_path: Path) -> None:
+    folder, env = _locked_bundle(tmp_path)
+    [pin] = json.loads((folder / "bpfdepot.lock").read_text())["pins"]
+    assert (pin["program"], pin["release"]) == ("getppid", os.uname().release)
+    for target, extra in ((str(folder), ["--locked"]), (pin["meta"], [])):
+        out = tmp_path / f"out-{len(extra)}.json"
+        run = Running(home, target, out, env=env, extra=extra)
+        try:
+            pid = call_getppid("bt_getppid", 3)
+            wait_for(out, lambda rs, pid=pid: sum(r.get("pid") == pid for r in rs) == 3,
+                     "3 events")
+        finally:
+            done = run.stop()
+        assert done.rc == 0, done.stderr
+        assert "building" not in done.stderr and "1 program(s) attached" in done.stderr
+        assert [e for e in done.events if e.get("pid") == pid and "map" not in e] == [
+            {"pid": pid, "tid": pid, "comm": "bt_getppid"}] * 3
+
+
+def test_a_tampered_stored_script_is_refused_and_nothing_starts(home: Path,
+                                                               tmp_path: Path) -> None:
+    folder, env = _locked_bundle(tmp_path)
+    [pin] = json.loads((folder / "bpfdepot.lock").read_text())["pins"]
+    blob = open_store(Settings.from_env(env)).blob_path(pin["artifact"])
+    blob.chmod(0o644)
+    blob.write_text('BEGIN\n{\n  printf("tampered\\n");\n}\n')
+    for target, extra in ((str(folder), ["--locked"]), (pin["meta"], [])):
+        done = bpfdepot(home, "run", target, *extra, "--duration", "1", env=env)
+        assert done.returncode == 9, done.stderr
+        assert f"bpfdepot: error: blob {pin['artifact']} in " in done.stderr
+        assert "is corrupt" in done.stderr and "attached" not in done.stderr
+        assert "tampered" not in done.stdout
+
+
+FIELDS_BT = ('BEGIN\n{\n  printf("started\\n");\n}\n'
+             'tracepoint:syscalls:sys_enter_getppid\n/comm == "bt_fields"/\n{\n'
+             '  printf("%d %s getppid by %s\\n", pid, comm, comm);\n}\n')
+
+
+def test_fields_split_printed_lines_and_the_misses_are_counted(home: Path,
+                                                               tmp_path: Path) -> None:
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    (folder / "f.bt").write_text(FIELDS_BT)
+    (folder / "manifest.yaml").write_text(
+        "kind: ebpfprogram\nname: fields\nspec:\n  programs:\n"
+        "    - {name: f, path: file://./f.bt, type: bpftrace_object,\n"
+        "       fields: [pid, comm, what]}\n")
+    out = tmp_path / "out.json"
+    run = Running(home, str(folder), out)
+    try:
+        pid = call_getppid("bt_fields", 2)
+        wait_for(out, lambda rs: sum(r.get("pid") == pid for r in rs) == 2, "2 events")
+    finally:
+        done = run.stop()
+    assert done.rc == 0, done.stderr
+    assert [e for e in done.events if e.get("pid") == pid] == [
+        {"pid": pid, "comm": "bt_fields", "what": "getppid by bt_fields"}] * 2
+    assert {"text": "started"} in done.events  # one word: it does not fit three fields
+    assert "(1 line(s) did not match fields: (kept as {\"text\": LINE}))" in done.stderr

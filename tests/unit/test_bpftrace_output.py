@@ -102,12 +102,14 @@ echo '{"type": "attached_probes", "data": {"probes": 1}}'
 echo __BPFTRACE_NOTIFY_PROBES_ATTACHED >&2
 while :; do sleep 0.05; done
 """
-    child, _, _, _ = run_child(tmp_path, body)
+    child, _, _, log = run_child(tmp_path, body)
     pid = child.proc.pid
     started = time.monotonic()
     child.final()
     assert 0.9 < time.monotonic() - started < 2.5
     child.close()
+    assert log == ["bpfdepot: t (bpftrace) did not exit within 1 s of SIGINT and was killed: the "
+                   "maps it prints at exit are missing from this run"]
     deadline = time.monotonic() + 2  # its sleep, killed too, is reaped by init
     while time.monotonic() < deadline:
         try:
