@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import harness
 from bench_cpustate import PINGPONG_C, ROUNDS
-from bench_probes import stop
+from bench_probes import start, stop
 from harness import ROOT, Row, median, paired
 
 PROGRAMS = ("cpustate", "offcpu")
@@ -27,14 +26,6 @@ def pingpong(exe: Path) -> float:
     """Both ends pinned to one CPU: every hop is a switch there, and the time does not swing
     with where the scheduler happens to place the two (same CPU or not)."""
     return float(harness.run(["taskset", "-c", "1", str(exe)]).stdout)
-
-
-def start(home: Path, program: str, out: Path, *extra: str) -> subprocess.Popen:
-    p = subprocess.Popen([*harness.bpfdepot_exe(), "run", str(ROOT / "bpf" / program),
-                          "-o", str(out), *extra],
-                         stderr=subprocess.PIPE, text=True, env=harness.env_for(home), cwd=ROOT)
-    harness.wait_for_line(p, p.stderr, "attached", "bpfdepot run")
-    return p
 
 
 def measure(args: argparse.Namespace) -> list[Row]:
@@ -61,11 +52,11 @@ def measure(args: argparse.Namespace) -> list[Row]:
             for i in range(args.reps):
                 plain.append(pingpong(exe))
                 for program in PROGRAMS:
-                    p = start(home, program, tmp / f"{program}-all-{i}.jsonl")
+                    p = start(home, ROOT / "bpf" / program, tmp / f"{program}-all-{i}.jsonl")
                     every[program].append(pingpong(exe))
                     stop(p)
                     out = tmp / f"{program}-filtered-{i}.jsonl"
-                    p = start(home, program, out, "--unit", unit.name)
+                    p = start(home, ROOT / "bpf" / program, out, "--unit", unit.name)
                     filtered[program].append(pingpong(exe))
                     stop(p)
                     kept = out.read_text().count("\n") if out.exists() else 0

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import harness
-from bench_probes import stop
+from bench_probes import start, stop
 from harness import ROOT, Row, median, paired
 
 CALLS = 200_000
@@ -40,16 +39,11 @@ int main(int argc, char **argv) {
 """.replace("@CALLS@", str(CALLS))
 
 
+OPENSNOOP = ROOT / "bpf" / "opensnoop"
+
+
 def loop(exe: Path, data: Path) -> float:
     return float(harness.run([str(exe), str(data)]).stdout)
-
-
-def start(home: Path, out: Path, *extra: str) -> subprocess.Popen:
-    p = subprocess.Popen([*harness.bpfdepot_exe(), "run", str(ROOT / "bpf" / "opensnoop"),
-                          "-o", str(out), *extra],
-                         stderr=subprocess.PIPE, text=True, env=harness.env_for(home), cwd=ROOT)
-    harness.wait_for_line(p, p.stderr, "attached", "bpfdepot run")
-    return p
 
 
 def measure(args: argparse.Namespace) -> list[Row]:
@@ -74,10 +68,10 @@ def measure(args: argparse.Namespace) -> list[Row]:
             plain, emitting, filtered = [], [], []
             for i in range(args.reps):
                 plain.append(loop(exe, data))
-                p = start(home, tmp / f"all-{i}.jsonl")
+                p = start(home, OPENSNOOP, tmp / f"all-{i}.jsonl")
                 emitting.append(loop(exe, data))
                 stop(p)
-                p = start(home, tmp / f"filtered-{i}.jsonl", "--unit", unit.name)
+                p = start(home, OPENSNOOP, tmp / f"filtered-{i}.jsonl", "--unit", unit.name)
                 filtered.append(loop(exe, data))
                 stop(p)
                 kept = (tmp / f"filtered-{i}.jsonl").read_text().count("\n")

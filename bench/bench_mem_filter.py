@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import harness
 from bench_filelat import PREAD_C
 from bench_memory import EFD_C, FAULT_C
-from bench_probes import stop
+from bench_probes import start, stop
 from harness import ROOT, Row, median, paired
 
 # Each program's tracepoints that the loop hits (for filelat all eight syscall pairs, as it
@@ -72,13 +71,6 @@ def loop(exe: Path, cgroup: Path, *args: str) -> float:
         (cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
     return float(harness.run([str(exe), *args], preexec_fn=enter).stdout)
-
-
-def start(home: Path, bundle: Path, out: Path, *extra: str) -> subprocess.Popen:
-    p = subprocess.Popen([*harness.bpfdepot_exe(), "run", str(bundle), "-o", str(out), *extra],
-                         stderr=subprocess.PIPE, text=True, env=harness.env_for(home), cwd=ROOT)
-    harness.wait_for_line(p, p.stderr, "attached", "bpfdepot run")
-    return p
 
 
 def case(tmp: Path, home: Path, cgroup: Path, unit: str, name: str, src: str, args: list[str],

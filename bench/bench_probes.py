@@ -67,8 +67,9 @@ spec:
 """
 
 
-def start(home: Path, bundle: Path, out: Path) -> subprocess.Popen:
-    p = subprocess.Popen([*harness.bpfdepot_exe(), "run", str(bundle), "-o", str(out)],
+def start(home: Path, bundle: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """``bpfdepot run BUNDLE -o OUT EXTRA...`` in the background, once it has attached."""
+    p = subprocess.Popen([*harness.bpfdepot_exe(), "run", str(bundle), "-o", str(out), *extra],
                          stderr=subprocess.PIPE, text=True, env=harness.env_for(home), cwd=ROOT)
     harness.wait_for_line(p, p.stderr, "attached", "bpfdepot run")
     return p
