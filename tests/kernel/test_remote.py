@@ -6,6 +6,7 @@ nothing loaded."""
 from __future__ import annotations
 
 import functools
+import re
 import hashlib
 import http.server
 import shutil
@@ -18,37 +19,20 @@ import pytest
 from tests.kernel.conftest import ROOT, Running, bpfdepot, prog_names
 from tests.kernel.test_agent import agent  # noqa: F401 (the fixture)
 from tests.kernel.test_tcp_connlat_sinks import _check, _connect, _mine
+from tests.unit.test_manifest_talk import FLAT
 
 CONNLAT = ROOT / "bpf" / "tcp_connlat"
 
-# The talk's manifest (DESIGN.md), with events: flattened beside channels: as the talk writes it.
-TALK = """\
-kind: ebpfprogram
-name: tcp_connlat
-description: TCP connect latency
-version: "0.1"
-author: someone
-spec:
-  programs:
-    - name: tcp_connlat
-      path: file://./tcp_connlat.bpf.c
-      type: ebpf_object
-    - name: tcp_connlat_user
-      path: {processor}
-      type: user_so
-  properties:
-    initfile: ./connlat.ini
-    functions:
-      - name: process
-        type: default
-  channels:
-    tcp_connlat_events:
-      type: ring_buffer
-  events:
-    - name: tcp_connlat_user
-      hash: pid
-      target_processor: process
-"""
+
+
+def _talk(processor: str) -> str:
+    """The talk's manifest (DESIGN.md), events: flattened beside channels: as the talk writes
+    it (tests/unit/test_manifest_talk.py), its processor at ``processor``."""
+    old = "path: file://./tcp_connlat_user.c"
+    assert old in FLAT
+    text = FLAT.replace(old, f"path: {processor}")
+    # its route sends to Kafka, file and TSDB: the run's own sinks suffice here
+    return re.sub(r"\n *storage:\n( +\w+: true.*\n)+", "\n", text)
 
 
 @pytest.fixture
@@ -74,7 +58,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 def _publish(folder: Path, processor: str) -> None:
     for name in ("tcp_connlat.bpf.c", "tcp_connlat.h", "tcp_connlat_user.c", "connlat.ini"):
         shutil.copy(CONNLAT / name, folder / name)
-    (folder / "manifest.yaml").write_text(TALK.format(processor=processor))
+    (folder / "manifest.yaml").write_text(_talk(processor))
 
 
 def test_the_talks_manifest_runs_from_a_url(home: Path, tmp_path: Path, served) -> None:
@@ -99,7 +83,7 @@ def test_a_pinned_library_with_other_bytes_is_refused(home: Path, tmp_path: Path
         "sha256:")[2:]
     shutil.copy(blob, folder / "user.so")
     good = hashlib.sha256((folder / "user.so").read_bytes()).hexdigest()
-    (folder / "manifest.yaml").write_text(TALK.format(processor=f"{url}/user.so#sha256={good}"))
+    (folder / "manifest.yaml").write_text(_talk(f"{url}/user.so#sha256={good}"))
     run = Running(home, f"{url}/manifest.yaml", tmp_path / "out.jsonl")
     ports = _connect(2)
     done = run.stop()
@@ -109,7 +93,7 @@ def test_a_pinned_library_with_other_bytes_is_refused(home: Path, tmp_path: Path
     with (folder / "user.so").open("ab") as f:
         f.write(b"\0")  # the server now serves other bytes under the pinned URL
     bad = "1" * 64
-    (folder / "manifest.yaml").write_text(TALK.format(processor=f"{url}/user.so#sha256={bad}"))
+    (folder / "manifest.yaml").write_text(_talk(f"{url}/user.so#sha256={bad}"))
     out = bpfdepot(home, "run", f"{url}/manifest.yaml", "--duration", "1")
     assert out.returncode == 3, out.stderr
     assert f"{url}/user.so: sha256 " in out.stderr and "is not the pinned 1111111111111111" in out.stderr
