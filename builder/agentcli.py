@@ -205,7 +205,7 @@ def _call(args: argparse.Namespace, request: dict) -> dict:
 
 def _target(text: str) -> str:
     """A local path made absolute for the agent (its working folder is not ours)."""
-    if text.startswith(("sha256:", "http://", "https://")):
+    if text.startswith(("sha256:", "http://", "https://", "s3://")):
         return text
     return str(Path(text).resolve())
 

@@ -1,5 +1,5 @@
-"""Manifests and artifacts from ``http(s)://`` URLs: fetched with limits, cached by content,
-verified before use.
+"""Manifests and artifacts from ``http(s)://`` and ``s3://`` URLs: fetched with limits, cached
+by content, verified before use (s3:// through boto3 with the store's endpoint and credentials).
 
     fetch        one URL → a file in ``<home>/cache/remote/sha256/`` named by its digest. A URL
                  may pin its content with a ``#sha256=HEX`` fragment: a pinned file already in
@@ -53,7 +53,7 @@ class FetchError(ArtifactNotFound):
 
 
 def is_remote(target: str) -> bool:
-    return urlsplit(target).scheme in SCHEMES
+    return urlsplit(target).scheme in (*SCHEMES, "s3")
 
 
 def split_pin(url: str) -> tuple[str, str | None]:
@@ -88,8 +88,8 @@ def fetch(url: str, home: Path, *, limit: int = MAX_FILE, timeout: float = READ_
           deadline_s: float = DEADLINE_S) -> Path:
     """The file at ``url`` (``#sha256=`` pins it), from the cache or downloaded into it."""
     base, pin = split_pin(url)
-    if urlsplit(base).scheme not in SCHEMES:
-        raise ManifestError(f"{url}: only http:// and https:// URLs are fetched")
+    if urlsplit(base).scheme not in (*SCHEMES, "s3"):
+        raise ManifestError(f"{url}: only http://, https:// and s3:// URLs are fetched")
     folder = cache_dir(home)
     if pin is not None and (folder / pin).is_file():
         return folder / pin  # pinned and here: no network at all
@@ -99,16 +99,7 @@ def fetch(url: str, home: Path, *, limit: int = MAX_FILE, timeout: float = READ_
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
     try:
         with os.fdopen(fd, "wb") as out:
-            try:
-                response = _OPENER.open(urllib.request.Request(base, headers={
-                    "User-Agent": "bpfdepot"}), timeout=timeout)
-            except urllib.error.HTTPError as exc:
-                raise FetchError(f"{base}: the server answered {exc.code} {exc.reason}",
-                                 hint="check the URL, or that the file is published") from None
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise FetchError(f"{base}: cannot fetch ({reason})",
-                                 hint="check the host and port, and that it serves http(s)") from None
+            response = _open(base, timeout)
             with response:
                 declared = response.headers.get("Content-Length")
                 if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -154,6 +145,70 @@ def fetch(url: str, home: Path, *, limit: int = MAX_FILE, timeout: float = READ_
             os.unlink(tmp)
 
 
+class _S3Body:
+    """An S3 object's body with the headers and read() of an HTTP response."""
+
+    def __init__(self, got: dict) -> None:
+        self.headers = {"Content-Length": str(got["ContentLength"])}
+        self._body = got["Body"]
+
+    def read(self, n: int) -> bytes:
+        try:
+            return self._body.read(n)
+        except Exception as exc:  # botocore's ReadTimeoutError and friends
+            if "timeout" in type(exc).__name__.lower():
+                raise TimeoutError from None
+            raise
+
+    def __enter__(self) -> _S3Body:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._body.close()
+
+
+def _open(base: str, timeout: float):
+    """The response for ``base``: urllib for http(s), boto3 (the store's endpoint and
+    credentials: BPFDEPOT_S3_ENDPOINT, AWS_*) for s3://BUCKET/KEY."""
+    if base.startswith("s3://"):
+        bucket, _, key = base.removeprefix("s3://").partition("/")
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise FetchError(f"{base}: s3:// paths need boto3",
+                             hint="pip install 'bpfdepot[farm]'") from None
+        client = boto3.client("s3", endpoint_url=os.environ.get("BPFDEPOT_S3_ENDPOINT") or None,
+                              config=Config(connect_timeout=timeout, read_timeout=timeout,
+                                            retries={"max_attempts": 2},
+                                            s3={"addressing_style": "path"},
+                                            request_checksum_calculation="when_required",
+                                            response_checksum_validation="when_required"))
+        try:
+            return _S3Body(client.get_object(Bucket=bucket, Key=key))
+        except Exception as exc:  # botocore's ClientError, EndpointConnectionError, NoCredentials
+            raise FetchError(f"{base}: cannot fetch ({exc})",
+                             hint="check the bucket and key, BPFDEPOT_S3_ENDPOINT and the AWS_* "
+                                  "credentials") from None
+    try:
+        return _OPENER.open(urllib.request.Request(base, headers={"User-Agent": "bpfdepot"}),
+                            timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        raise FetchError(f"{base}: the server answered {exc.code} {exc.reason}",
+                         hint="check the URL, or that the file is published") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise FetchError(f"{base}: cannot fetch ({reason})",
+                         hint="check the host and port, and that it serves http(s)") from None
+
+
+def _join(base: str, rel: str) -> str:
+    """``rel`` next to ``base`` (urljoin knows no s3://)."""
+    if base.startswith("s3://"):
+        return base.rsplit("/", 1)[0] + "/" + rel
+    return urljoin(base, rel)
+
+
 def _relative(name: str, where: str) -> str:
     """A bundle file named in a remote manifest: a plain relative path, or ManifestError."""
     rest = name.removeprefix("file://")
@@ -180,12 +235,12 @@ def materialize(url: str, home: Path) -> Path:
         path = program.get("path") if isinstance(program, dict) else None
         if isinstance(path, str) and path.startswith("file://"):
             rel = _relative(path, base)
-            wanted[rel] = urljoin(base, rel)
+            wanted[rel] = _join(base, rel)
     props = (spec or {}).get("properties") if isinstance(spec, dict) else None
     initfile = props.get("initfile") if isinstance(props, dict) else None
     if isinstance(initfile, str) and initfile and "://" not in initfile:
         rel = _relative(initfile, base)
-        wanted[rel] = urljoin(base, rel)
+        wanted[rel] = _join(base, rel)
     bundles = _mkdir(home / "cache" / "remote" / "bundles")
     staging = Path(tempfile.mkdtemp(dir=bundles, prefix=".part-"))
     try:
@@ -207,9 +262,9 @@ def materialize(url: str, home: Path) -> Path:
                     else None
                 if name and name not in seen and len(seen) < MAX_FILES:
                     seen.add(name)
-                    queue.append((name, urljoin(base, name)))
+                    queue.append((name, _join(base, name)))
         try:
-            shutil.copyfile(fetch(urljoin(base, "bpfdepot.lock"), home, limit=MAX_MANIFEST),
+            shutil.copyfile(fetch(_join(base, "bpfdepot.lock"), home, limit=MAX_MANIFEST),
                             staging / "bpfdepot.lock")
         except FetchError:
             pass  # a bundle without a lock

@@ -174,13 +174,12 @@ def resolve_processors(settings: Settings, store: ArtifactStore, manifest: Manif
 
 
 def _local(program: ProgramSpec, home: Path, what: str) -> Path:
-    """A built file's local path: file:// as it is, http(s):// fetched (loader/remote.py)."""
+    """A built file's local path: file:// as it is, http(s):// and s3:// fetched (loader/remote.py)."""
     if program.local_path is not None:
         return program.local_path
-    if program.scheme in ("http", "https"):
+    if program.scheme in ("http", "https", "s3"):
         from loader.remote import fetch
 
         return fetch(program.path, home)
-    raise ArtifactNotFound(f"{what} '{program.name}': {program.path} is not a local file or an "
-                           "http(s) URL", hint="s3:// paths are not fetched yet: copy the file "
-                                              "into the bundle, or serve it over https")
+    raise ArtifactNotFound(f"{what} '{program.name}': {program.path} is not a file, http(s) "
+                           "or s3 URL", hint="give file://, http(s):// or s3:// paths")
