@@ -25,7 +25,7 @@ SCRIPTS = ("bench_build", "bench_attach", "bench_flood", "bench_perf", "bench_ma
            "bench_iter", "bench_symbols", "bench_stacks", "bench_flamegraph", "bench_uprobe_follow",
            "bench_topology", "bench_l7", "bench_l7_http2", "bench_filelat", "bench_locks",
            "bench_cpustate", "bench_memory", "bench_memleak", "bench_bpftrace", "bench_filter",
-           "bench_labels", "bench_pods", "bench_cpu_filter", "bench_mem_filter", "bench_bpftrace_fields",
+           "bench_labels", "bench_pods", "bench_cpu_filter", "bench_mem_filter", "bench_net_filter", "bench_bpftrace_fields",
            "bench_agent", "bench_farm")
 QUICK = {"bench_build": ["--reps", "3"], "bench_attach": ["--reps", "3"],
          "bench_flood": ["--reps", "1", "--no-naive"], "bench_perf": ["--reps", "1"],
@@ -40,6 +40,7 @@ QUICK = {"bench_build": ["--reps", "3"], "bench_attach": ["--reps", "3"],
          "bench_filter": ["--reps", "1"], "bench_labels": ["--reps", "1"],
          "bench_pods": ["--reps", "1"], "bench_agent": ["--reps", "3"],
          "bench_cpu_filter": ["--reps", "1"], "bench_mem_filter": ["--reps", "1"],
+         "bench_net_filter": ["--reps", "1"],
          "bench_bpftrace_fields": ["--reps", "3"],
          "bench_farm": ["--reps", "1"]}
 

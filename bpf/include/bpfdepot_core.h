@@ -12,7 +12,8 @@
  *     #include "bpfdepot_core.h"
  *
  *     if (!bpfdepot_monitored_task(p, &label)) return 0;     // a task_struct
- *     if (!bpfdepot_monitored_sock(sk, &label)) return 0;    // a socket's cgroup
+ *     if (!bpfdepot_monitored_sock(sk, 0, &label)) return 0; // a socket's cgroup
+ *     if (!bpfdepot_monitored_skb(skb, &label)) return 1;    // a cgroup_skb packet's socket
  *
  * struct cgroup's ancestors[] (one pointer per level, the root at 0) and css_set's dfl_cgrp
  * are the same on every kernel bpfdepot builds for (6.1, 6.12, 6.18). */
@@ -90,6 +91,8 @@ struct sock_cgroup_data___bpfdepot_old {
  * the kernel keeps none (no CONFIG_SOCK_CGROUP_DATA) or the socket counts as the root's. */
 static __always_inline struct cgroup *bpfdepot_sock_cgroup(struct sock *sk)
 {
+	if (!sk) /* a tp_btf argument that may be NULL (tcp_send_reset's sk, kfree_skb's rx_sk) */
+		return NULL;
 	if (!bpf_core_field_exists(sk->sk_cgrp_data))
 		return NULL;
 	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup))
@@ -110,6 +113,34 @@ static __always_inline bool bpfdepot_monitored_sock(struct sock *sk, __u32 tgid,
 		return true;
 	}
 	return bpfdepot_monitored_cgroup(bpfdepot_sock_cgroup(sk), tgid, label);
+}
+
+/* For a cgroup_skb program, which runs for a packet with no process in view: the ancestors of
+ * the packet's socket's cgroup2 (bpf_skb_ancestor_cgroup_id), deepest match wins; a --pid alone
+ * matches nothing here. Past the socket's own level the helper returns 0, never a key. */
+static __always_inline bool bpfdepot_monitored_skb(struct __sk_buff *skb, __u32 *label)
+{
+	__u8 mode = bpfdepot_filter_mode;
+	__u32 *found, *best = NULL;
+
+	*label = 0;
+	if (mode == BPFDEPOT_FILTER_OFF)
+		return true;
+	if (!(mode & BPFDEPOT_FILTER_CGROUPS))
+		return false; /* pids only: no process is known here */
+	for (int level = 1; level <= BPFDEPOT_CGROUP_LEVELS; level++) {
+		__u64 id = bpf_skb_ancestor_cgroup_id(skb, level);
+
+		if (!id)
+			break;
+		found = bpf_map_lookup_elem(&bpfdepot_monitor_cgroups, &id);
+		if (found)
+			best = found;
+	}
+	if (!best)
+		return false;
+	*label = *best;
+	return true;
 }
 
 #endif /* __BPFDEPOT_CORE_H */

@@ -4,7 +4,13 @@
  * the buffer (or iovec, msghdr, mmsghdr) per thread, sys_exit_* hands the bytes the call moved
  * to l7_capture() (l7_capture.h), which detects, pairs and sends l7_event. Whether an fd is a
  * socket, and its peer, is read once per (tgid, fd) from the task's file table with CO-RE and
- * cached in l7_socks until close(). */
+ * cached in l7_socks until close().
+ *
+ * The process filter (bpfdepot run --unit/--cgroup/--pid) judges each call at its entry, in
+ * the calling process (bpfdepot_monitored): a call outside is not kept for its exit, so it
+ * neither completes nor starts a pair; the label goes to the exit with the call's arguments
+ * and into the event. */
+#define BPFDEPOT_FILTER
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -22,8 +28,9 @@ struct l7_args {
 	__u64 ts;     /* entry time */
 	__u32 fd;
 	__u32 iovcnt;
+	__u32 label;  /* the process filter's, decided at entry */
 	__u8 dir;     /* enum l7_dir */
-	__u8 __pad[7];
+	__u8 __pad[3];
 };
 
 struct {
@@ -66,6 +73,8 @@ static __always_inline void l7_enter(__u32 fd, __u64 buf, __u32 iovcnt, __u64 ad
 	struct l7_args a = {};
 
 	if (targ_pid && tgid != targ_pid)
+		return;
+	if (!bpfdepot_monitored(&a.label))
 		return;
 	p = l7_sock((__u64)tgid << 32 | fd, fd);
 	if (!p || !p->is_sock || !buf)
@@ -133,6 +142,7 @@ static __always_inline void l7_exit(__s64 ret)
 	if (!p)
 		goto out;
 	peer = *p;
+	peer.label = a->label;
 	if (peer.udp && !peer.rport)
 		l7_peer_from(&peer, a->addr);
 	now = bpf_ktime_get_ns();

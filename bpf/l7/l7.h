@@ -38,7 +38,7 @@ enum l7_dir {
 	L7_INGRESS = 2, /* read (received) by this process */
 };
 
-/* 864 bytes, 8-aligned, no implicit padding: every byte is a named field. */
+/* 872 bytes, 8-aligned, no implicit padding: every byte is a named field. */
 struct l7_event {
 	__u64 ts_ns;        /* bpf_ktime_get_ns() when the event completed (response or frame seen) */
 	__u64 latency_ns;   /* L7_CALL: request start -> response; 0 for L7_FRAME */
@@ -61,12 +61,15 @@ struct l7_event {
 	__u16 rport;        /* peer port, host byte order; 0 when unknown */
 	__u16 lport;        /* local port, host byte order; 0 when unknown */
 	__u16 __pad2;       /* zero */
+	__u32 label;        /* label id of the filter target that matched (0: no filter); the
+	                     * call's that completed the event, judged at its entry */
+	__u32 __pad3;       /* zero */
 	char comm[16];      /* TASK_COMM_LEN */
 	bpfdepot_ip raddr;  /* peer address; AF_INET: first 4 bytes, rest zero */
 	__u8 req[L7_REQ_MAX];
 	__u8 resp[L7_RESP_MAX];
 };
 
-_Static_assert(sizeof(struct l7_event) == 864, "l7_event layout changed");
+_Static_assert(sizeof(struct l7_event) == 872, "l7_event layout changed");
 
 #endif /* __L7_H */

@@ -19,7 +19,9 @@
  *     ts      bpf_ktime_get_ns() when the bytes moved: at entry for writes (the request leaves),
  *             at return for reads (the bytes arrived), so idle waits never count as latency
  *     tls     1 for plaintext seen through the OpenSSL uprobes
- *     peer    the socket's addresses (struct l7_peer), or NULL when not known (TLS)
+ *     peer    the socket's addresses (struct l7_peer; family 0 when not known, as for TLS
+ *             before its socket is seen) and the process filter's label of the call, which
+ *             the event carries: the caller judges the call (bpfdepot_monitored) at its entry
  *
  * It detects HTTP/1, MongoDB (OP_MSG, OP_COMPRESSED) and DNS (UDP) requests and responses and
  * pairs them per connection: the side that writes a request is the client, the side that reads
@@ -66,6 +68,7 @@ struct l7_peer {
 	__u8 udp;          /* 1: a datagram socket (DNS is looked for only there) */
 	__u8 is_sock;      /* 0: the fd is not a socket (cached so it is not looked up again) */
 	bpfdepot_ip raddr; /* network byte order */
+	__u32 label;       /* the filter's label of the call in hand; 0 in the caches */
 };
 
 /* Syscall tracepoint records are not in BTF: 8 bytes of common header, __syscall_nr (int, then
@@ -348,14 +351,17 @@ static __always_inline struct l7_event *l7_event_new(__u64 conn, __u8 kind, __u8
 	e->missed = 0;
 	e->__pad[0] = e->__pad[1] = 0;
 	e->__pad2 = 0;
+	e->__pad3 = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	if (peer) {
 		e->family = peer->family;
 		e->rport = peer->rport;
 		e->lport = peer->lport;
+		e->label = peer->label;
 		__builtin_memcpy(e->raddr, peer->raddr, sizeof(e->raddr));
 	} else {
 		e->family = e->rport = e->lport = 0;
+		e->label = 0;
 		__builtin_memset(e->raddr, 0, sizeof(e->raddr));
 	}
 	return e;

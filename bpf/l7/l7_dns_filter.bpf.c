@@ -182,6 +182,8 @@ int l7_dns_filter(struct __sk_buff *skb)
 	e->missed = 0;
 	e->__pad[0] = e->__pad[1] = 0;
 	e->__pad2 = 0;
+	e->label = 0;  /* a packet on an interface: no process, no filter (bpfdepot.h's) */
+	e->__pad3 = 0;
 	e->family = family;
 	e->rport = sport;
 	e->lport = dport;

@@ -12,7 +12,12 @@
  * kept per SSL * (ssl_peers), so a server's response written by SSL_write has them too. A call
  * before the first such read (a client's first request) is completed by its response's read,
  * which has them: every L7_CALL of a socket BIO carries its peer. SSL_free forgets the SSL *.
- * SEC("uprobe") without a target: the manifest (tls.yaml) names libssl.so.3 and each function. */
+ * SEC("uprobe") without a target: the manifest (tls.yaml) names libssl.so.3 and each function.
+ *
+ * The process filter (bpfdepot run --unit/--cgroup/--pid) judges the caller of SSL_write* at
+ * entry, and of SSL_read* at entry too (the label is kept with the saved buffer for the
+ * return probe); the label goes into the event. */
+#define BPFDEPOT_FILTER
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -28,6 +33,8 @@ struct ssl_read_args {
 	__u64 buf;        /* user buffer the plaintext is decrypted into */
 	__u64 readbytes;  /* SSL_read_ex: size_t *readbytes (the count); 0 for SSL_read */
 	__s64 fd;         /* the socket read inside the call (sys_enter_read/recvfrom); -1 none */
+	__u32 label;      /* the process filter's, decided at entry */
+	__u32 __pad;
 };
 
 struct {
@@ -47,29 +54,37 @@ struct {
 
 /* One verified copy of the capture for every hook: a global function is checked once with
  * unknown arguments, where inlining it would verify it again inside each program. */
-__noinline int l7_tls_capture(__u64 ssl, __u32 dir, __u64 buf, __u64 size)
+__noinline int l7_tls_capture(__u64 ssl, __u32 dir, __u64 buf, __u64 size, __u32 label)
 {
-	struct l7_peer *peer;
+	struct l7_peer peer = {}, *known;
 
 	if (!ssl || !buf || !size)
 		return 0;
-	peer = bpf_map_lookup_elem(&ssl_peers, &ssl); /* NULL until a read inside SSL_read* */
+	known = bpf_map_lookup_elem(&ssl_peers, &ssl); /* NULL until a read inside SSL_read* */
+	if (known)
+		peer = *known;
+	peer.label = label; /* an unknown peer stays family 0: no address, as NULL gave */
 	l7_capture(ssl, dir == L7_EGRESS ? L7_EGRESS : L7_INGRESS, (const void *)buf, 0,
-		   size > 0xffffffff ? 0xffffffff : (__u32)size, bpf_ktime_get_ns(), 1, peer);
+		   size > 0xffffffff ? 0xffffffff : (__u32)size, bpf_ktime_get_ns(), 1, &peer);
 	return 0;
 }
 
-static __always_inline int traced(void)
+/* The one-tgid knob, then the process filter (label set when it passes). */
+static __always_inline int traced(__u32 *label)
 {
-	return !targ_pid || (bpf_get_current_pid_tgid() >> 32) == targ_pid;
+	if (targ_pid && (bpf_get_current_pid_tgid() >> 32) != targ_pid)
+		return 0;
+	return bpfdepot_monitored(label);
 }
 
 static __always_inline int write_entry(void *ssl, const void *buf, __u64 num)
 {
-	if (!traced() || !ssl || (__s64)num <= 0)
+	__u32 label;
+
+	if (!traced(&label) || !ssl || (__s64)num <= 0)
 		return 0;
 	/* the request (or response) leaves now: its time is the entry's */
-	return l7_tls_capture((__u64)ssl, L7_EGRESS, (__u64)buf, num);
+	return l7_tls_capture((__u64)ssl, L7_EGRESS, (__u64)buf, num, label);
 }
 
 static __always_inline int read_entry(void *ssl, void *buf, size_t *readbytes)
@@ -79,7 +94,7 @@ static __always_inline int read_entry(void *ssl, void *buf, size_t *readbytes)
 		.ssl = (__u64)ssl, .buf = (__u64)buf, .readbytes = (__u64)readbytes, .fd = -1,
 	};
 
-	if (!traced() || !ssl)
+	if (!traced(&args.label) || !ssl)
 		return 0;
 	bpf_map_update_elem(&ssl_reads, &tid, &args, BPF_ANY);
 	return 0;
@@ -104,6 +119,7 @@ static __always_inline int read_return(int ex, long ret)
 	/* before the capture: the key is the thread, and the args are copied into the call */
 	__u64 ssl = args->ssl, buf = args->buf;
 	__s64 fd = args->fd;
+	__u32 label = args->label;
 	bpf_map_delete_elem(&ssl_reads, &tid);
 	if (fd >= 0) {
 		struct l7_peer peer = {};
@@ -112,7 +128,7 @@ static __always_inline int read_return(int ex, long ret)
 			bpf_map_update_elem(&ssl_peers, &ssl, &peer, BPF_ANY);
 	}
 	if (count)
-		l7_tls_capture(ssl, L7_INGRESS, buf, count);
+		l7_tls_capture(ssl, L7_INGRESS, buf, count, label);
 	return 0;
 }
 

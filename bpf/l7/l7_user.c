@@ -2,7 +2,7 @@
 /* l7_user: the C processor of l7 (and of dns_packets and the TLS capture). One l7_event in, one
  * record out, with the keys every L7 program shares:
  *   {"protocol":"http1","role":"client","tls":false,"pid":7795,"comm":"python3","cgroup":1,
- *    "peer":"127.0.0.1:8080","latency_us":50123.456,"req_size":73,"resp_size":111,
+ *    "label":0,"peer":"127.0.0.1:8080","latency_us":50123.456,"req_size":73,"resp_size":111,
  *    "method":"GET","path":"/hello","status":200}
  * plus per protocol: mongo "op","collection","db","ok","compressed"; dns "id","qname","qtype",
  * "rcode","answers"; http2 "method","path","status","grpc_status","stream" (l7_http2.h keeps
@@ -114,7 +114,8 @@ static void put_common(struct out *o, const struct l7_event *e, uint8_t role, ui
 	     protocol_name(e->protocol), role == L7_SERVER ? "server" : "client",
 	     e->tls ? "true" : "false", e->pid);
 	put_str(o, e->comm, sizeof(e->comm));
-	putf(o, ",\"cgroup\":%" PRIu64 ",\"peer\":\"", (uint64_t)e->cgroup);
+	putf(o, ",\"cgroup\":%" PRIu64 ",\"label\":%" PRIu32 ",\"peer\":\"", (uint64_t)e->cgroup,
+	     e->label);
 	if (e->family == AF_INET && inet_ntop(AF_INET, e->raddr, addr, sizeof(addr)))
 		putf(o, "%s:%u", addr, e->rport);
 	else if (e->family == AF_INET6 && IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)e->raddr) &&

@@ -13,12 +13,22 @@
  *
  * tp_btf/tcp_send_reset is (sk, skb) up to 6.11, (sk, skb, reason) from 6.12 (a 3rd argument,
  * not read here). Since 6.10 (commit 19822a980e19) it also fires for a RST answering a packet
- * no socket took (sk NULL); before that only for resets sent on a full socket. */
+ * no socket took (sk NULL); before that only for resets sent on a full socket.
+ *
+ * The process filter (bpfdepot run --unit/--cgroup/--pid) judges the packet's SOCKET by its
+ * cgroup2 (drops happen in softirq, where current is whoever the interrupt landed on): skb->sk,
+ * else (6.12+) kfree_skb's rx_sk, the socket that was receiving it (a UDP socket whose buffer
+ * was full, say). A drop or reset with no socket (NO_SOCKET) belongs to no process: it is not
+ * counted under a filter, and a --pid alone matches nothing. The keys are not per process, so
+ * they carry no label: the filter only gates. */
+#define BPFDEPOT_FILTER
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include "bpfdepot.h"
+#include "bpfdepot_core.h"
 #include "skb_drops.h"
 
 #define ETH_P_IP 0x0800
@@ -111,6 +121,12 @@ static __always_inline void l4_of(struct sk_buff *skb, __u16 ethertype, __u32 *p
 		*port = bpf_ntohs(dport);
 }
 
+/* kfree_skb's record from 6.12 on ("net: add rx_sk to trace_kfree_skb"):
+ * its rx_sk field tells CO-RE that the tracepoint has the 4th argument. */
+struct trace_event_raw_kfree_skb___rx {
+	void *rx_sk;
+} __attribute__((preserve_access_index));
+
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(skb_drops_kfree, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
@@ -121,6 +137,21 @@ int BPF_PROG(skb_drops_kfree, struct sk_buff *skb, void *location, enum skb_drop
 	 * CO-RE relocation takes from the running kernel. */
 	if ((__u32)reason <= bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NOT_SPECIFIED))
 		return 0;
+	if (bpfdepot_filter_mode != BPFDEPOT_FILTER_OFF) {
+		struct sock *sk = BPF_CORE_READ(skb, sk);
+		__u32 label;
+
+		if (!sk) {
+			/* a constant at load: on 6.1 the verifier never sees the 4th argument's read */
+			if (!bpf_core_field_exists(struct trace_event_raw_kfree_skb___rx, rx_sk))
+				return 0;
+			sk = (struct sock *)ctx[3];
+			if (!sk) /* checked here: the verifier refuses arithmetic on a maybe-NULL */
+				return 0; /* a drop with no socket belongs to no process */
+		}
+		if (!bpfdepot_monitored_sock(sk, 0, &label))
+			return 0;
+	}
 	key.location = (__u64)location;
 	key.reason = (__u32)reason;
 	key.ethertype = bpf_ntohs(BPF_CORE_READ(skb, protocol));
@@ -133,8 +164,13 @@ SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(skb_drops_reset, const struct sock *sk, const struct sk_buff *skb)
 {
 	struct reset_key key = {};
-	__u32 proto;
+	__u32 proto, label;
 
+	/* the socket's cgroup decides; a RST with no socket belongs to nobody. sk is checked
+	 * first: the verifier refuses arithmetic on a maybe-NULL tp_btf argument. */
+	if (bpfdepot_filter_mode != BPFDEPOT_FILTER_OFF &&
+	    (!sk || !bpfdepot_monitored_sock((struct sock *)sk, 0, &label)))
+		return 0;
 	if (skb) {
 		/* the RST answers this received packet: its destination is our port */
 		key.ethertype = bpf_ntohs(BPF_CORE_READ(skb, protocol));

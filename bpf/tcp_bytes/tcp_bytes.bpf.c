@@ -4,10 +4,18 @@
  * manifest's attach: {cgroup: {path: ...}}). skb->len counts headers, so the payload is taken
  * from the packet itself: IP total length minus the IP and TCP headers. Segments are seen
  * before GSO splits them (egress) and after GRO merges them (ingress); the sum is exact.
- * Both programs return 1: they watch, they never drop. */
+ * Both programs return 1: they watch, they never drop.
+ *
+ * The process filter (bpfdepot run --unit/--cgroup/--pid) judges the segment's SOCKET by its
+ * cgroup2 ancestors (bpf_skb_ancestor_cgroup_id): ingress runs in softirq, and a cgroup_skb
+ * program has no helper naming the current process at all, so a --pid matches nothing here. */
+#define BPFDEPOT_FILTER
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+#include "bpfdepot.h"
+#include "bpfdepot_core.h"
 #include "tcp_bytes.h"
 
 #define ETH_P_IP 0x0800
@@ -38,7 +46,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 egress)
 	__u16 sport, dport;
 	__u8 family;
 	__u64 *lost;
+	__u32 label;
 
+	if (!bpfdepot_monitored_skb(skb, &label))
+		return 1;
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr iph;
 
@@ -82,6 +93,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 egress)
 	e->family = family;
 	e->tcp_flags = ((__u8 *)&th)[13];
 	e->__pad = 0;
+	e->label = label;
+	e->__pad2 = 0;
 	bpf_ringbuf_submit(e, 0);
 	return 1;
 }

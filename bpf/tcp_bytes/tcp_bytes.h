@@ -12,6 +12,11 @@ struct tcp_bytes_event {
 	__u8 family;      /* AF_INET 2, AF_INET6 10 */
 	__u8 tcp_flags;   /* FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 */
 	__u8 __pad;
+	__u32 label;      /* label id of the filter target that matched (0: no filter) */
+	__u32 __pad2;
 };
+
+/* 32 bytes, no implicit padding: every byte is a named field. */
+_Static_assert(sizeof(struct tcp_bytes_event) == 32, "tcp_bytes_event layout changed");
 
 #endif

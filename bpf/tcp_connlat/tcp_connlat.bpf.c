@@ -147,6 +147,8 @@ static __always_inline int emit_failure(struct trace_event_raw_inet_sock_set_sta
 	e->sport = ctx->sport;
 	e->dport = ctx->dport;
 	e->__pad = 0;
+	e->label = pd->label; /* decided in connect()'s context, as for the completed ones */
+	e->__pad2 = 0;
 	__builtin_memcpy(e->comm, pd->comm, sizeof(e->comm));
 	read_addrs(ctx, e->saddr, e->daddr);
 

@@ -33,12 +33,14 @@ struct connfail_event {
 	__u16 sport;            /* host byte order */
 	__u16 dport;            /* host byte order */
 	__u16 __pad;            /* zero */
+	__u32 label;            /* label id of the filter target the caller matched (0: no filter) */
+	__u32 __pad2;           /* zero */
 	char comm[16];          /* of the connecting task (TASK_COMM_LEN) */
 	bpfdepot_ip saddr;      /* AF_INET: first 4 bytes, rest zero */
 	bpfdepot_ip daddr;
 };
 
-_Static_assert(sizeof(struct connfail_event) == 72, "connfail_event layout changed");
+_Static_assert(sizeof(struct connfail_event) == 80, "connfail_event layout changed");
 
 /* The key of the `connlat_hists` map: 24 bytes, no implicit padding (the hash compares every
  * byte, so every byte is set). */

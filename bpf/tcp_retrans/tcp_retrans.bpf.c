@@ -8,10 +8,18 @@
  * connect() on this socket (remembered at SYN_SENT by sock/inet_sock_set_state), else 0:
  * accepted sockets, listeners (SYN-ACK) and sockets connected before the program was loaded.
  * (A tp program cannot read the record's common flags to tell softirq from task context: the
- * verifier refuses ctx offsets below 8.) */
+ * verifier refuses ctx offsets below 8.)
+ *
+ * The process filter (bpfdepot run --unit/--cgroup/--pid) judges the SOCKET, for the same
+ * reason: its cgroup2 (the creator's, or the listener's for an accepted socket), else the
+ * connect() caller's tgid when known. The counters are gated the same way; their key is per
+ * remote, not per process, so it carries no label. */
+#define BPFDEPOT_FILTER
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include "bpfdepot.h"
+#include "bpfdepot_core.h"
 #include "tcp_retrans.h"
 
 #define AF_INET 2
@@ -123,8 +131,9 @@ static __always_inline void emit(const struct tcp_retrans_event *e)
 		add_lost(&retrans_events_lost);
 }
 
-/* Fill pid and comm: the connect() caller, else 0 and an empty comm (already zero). */
-static __always_inline void who(struct tcp_retrans_event *e, __u64 sk)
+/* Fill pid and comm: the connect() caller, else 0 and an empty comm (already zero). Then the
+ * filter: false when the socket is outside what the run monitors (label set otherwise). */
+static __always_inline bool who(struct tcp_retrans_event *e, __u64 sk)
 {
 	struct owner *o = bpf_map_lookup_elem(&owners, &sk);
 
@@ -132,6 +141,7 @@ static __always_inline void who(struct tcp_retrans_event *e, __u64 sk)
 		e->pid = o->pid;
 		__builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
 	}
+	return bpfdepot_monitored_sock((struct sock *)sk, e->pid, &e->label);
 }
 
 SEC("tp/tcp/tcp_retransmit_skb")
@@ -155,13 +165,15 @@ int tcp_retransmit_skb(struct tcp_retransmit_skb_args *ctx)
 		bpf_probe_read_kernel(e.saddr, 16, ctx->saddr_v6);
 		bpf_probe_read_kernel(e.daddr, 16, ctx->daddr_v6);
 	}
-	who(&e, (__u64)ctx->skaddr);
+	if (!who(&e, (__u64)ctx->skaddr))
+		return 0;
 	emit(&e);
 	return 0;
 }
 
 /* A listener resending its SYN-ACK (the client's ACK did not come). The record has not changed
- * on 6.1 to 6.18, so vmlinux.h's struct serves. sk is the listener: no connect() owner, pid 0. */
+ * on 6.1 to 6.18, so vmlinux.h's struct serves. sk is the listener: no connect() owner, pid 0;
+ * the filter judges the listener's cgroup. */
 SEC("tp/tcp/tcp_retransmit_synack")
 int tcp_retransmit_synack(struct trace_event_raw_tcp_retransmit_synack *ctx)
 {
@@ -184,6 +196,8 @@ int tcp_retransmit_synack(struct trace_event_raw_tcp_retransmit_synack *ctx)
 		bpf_core_read(e.saddr, 16, &ctx->saddr_v6);
 		bpf_core_read(e.daddr, 16, &ctx->daddr_v6);
 	}
+	if (!bpfdepot_monitored_sock((struct sock *)ctx->skaddr, 0, &e.label))
+		return 0;
 	emit(&e);
 	return 0;
 }

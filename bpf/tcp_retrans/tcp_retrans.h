@@ -37,7 +37,8 @@ struct tcp_retrans_event {
 	__u16 sport;                   /* host byte order; local port */
 	__u16 dport;                   /* host byte order; remote port */
 	__u16 family;                  /* AF_INET 2 or AF_INET6 10 */
-	__u8 __pad[6];                 /* zero; keeps the addresses 8-aligned */
+	__u16 __pad;                   /* zero */
+	__u32 label;                   /* label id of the filter target that matched (0: no filter) */
 	__u8 saddr[16];                /* AF_INET: first 4 bytes, rest zero */
 	__u8 daddr[16];
 	char comm[16];                 /* of pid; empty when pid is 0 */

@@ -9,5 +9,6 @@
 
 /* include/net/tcp_states.h: TCP_ESTABLISHED 1 ... TCP_LISTEN 10, TCP_NEW_SYN_RECV 12 */
 #define TCP_LISTEN 10
+#define TCP_NEW_SYN_RECV 12
 
 #endif

@@ -23,12 +23,24 @@
  *               freed when the socket is destroyed (tcp:tcp_destroy_sock), so bytes an
  *               application still reads after CLOSE are counted on the edge too.
  * Bytes of a TCP socket with no state, and edge updates a full map refused, are counted in
- * topology_misses / topology_edges_lost: nothing is dropped unseen. */
+ * topology_misses / topology_edges_lost: nothing is dropped unseen.
+ *
+ * The process filter (bpfdepot run --unit/--cgroup/--pid) is decided once per socket, when
+ * its state is made, and kept in the edge (its label): connect() judges the calling process
+ * (bpfdepot_monitored), a passive open and the seed judge the socket's cgroup2 (softirq, the
+ * iterator: no process), accept() of a socket not judged in yet judges the caller. Sockets
+ * outside get no state, and their bytes are not counted anywhere — not as untracked either:
+ * a byte hook that finds no state judges the socket before calling its bytes untracked, and
+ * remembers a socket judged outside in topology_ignored, so the next send or receive costs
+ * one lookup, not a walk of its cgroup's ancestors. */
+#define BPFDEPOT_FILTER
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include "bpfdepot.h"
+#include "bpfdepot_core.h"
 #include "topology.h"
 
 #define AF_INET 2
@@ -118,6 +130,22 @@ struct {
 	__type(value, __u8);
 } topology_listeners SEC(".maps");
 
+/* Sockets judged outside the process filter (cookie → 1). LRU: an evicted one is judged again
+ * at its next byte, nothing more. Empty when no filter is on. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);                       /* socket cookie */
+	__type(value, __u8);
+} topology_ignored SEC(".maps");
+
+static __always_inline void ignore(__u64 cookie)
+{
+	__u8 one = 1;
+
+	bpf_map_update_elem(&topology_ignored, &cookie, &one, BPF_ANY);
+}
+
 static __always_inline struct topology_misses *misses(void)
 {
 	__u32 zero = 0;
@@ -180,19 +208,25 @@ static __always_inline void own(struct sock_state *s)
 	drain(s, 1);
 }
 
-static __always_inline void count(__u64 cookie, __u64 tx, __u64 rx)
+/* Bytes of a monitored TCP socket with no state (evicted, or unseen by the seed). */
+static __always_inline void untracked(__u64 tx, __u64 rx)
+{
+	struct topology_misses *m = misses();
+
+	if (m && tx)
+		__sync_fetch_and_add(&m->untracked_tx, tx);
+	if (m && rx)
+		__sync_fetch_and_add(&m->untracked_rx, rx);
+}
+
+/* Count bytes on the socket's state; false when it has none (the caller judges whether they
+ * are untracked bytes of a monitored socket, or a filtered socket's). */
+static __always_inline bool count(__u64 cookie, __u64 tx, __u64 rx)
 {
 	struct sock_state *s = bpf_map_lookup_elem(&topology_socks, &cookie);
-	struct topology_misses *m;
 
-	if (!s) {
-		m = misses();
-		if (m && tx)
-			__sync_fetch_and_add(&m->untracked_tx, tx);
-		if (m && rx)
-			__sync_fetch_and_add(&m->untracked_rx, rx);
-		return;
-	}
+	if (!s)
+		return false;
 	if (tx)
 		__sync_fetch_and_add(&s->bytes_tx, tx);
 	if (rx)
@@ -205,6 +239,7 @@ static __always_inline void count(__u64 cookie, __u64 tx, __u64 rx)
 		if (rx)
 			__sync_fetch_and_add(&s->pending_rx, rx);
 	}
+	return true;
 }
 
 /* Addresses, family and the socket's own cgroup; ports as the edge's direction keeps them.
@@ -268,6 +303,8 @@ static __always_inline void emit(struct sock_state *s, __u64 cookie, enum topolo
 	e->lport = s->lport;
 	e->rport = s->rport;
 	e->__pad[0] = e->__pad[1] = 0;
+	e->label = s->edge.label;
+	e->__pad2 = 0;
 	__builtin_memcpy(e->laddr, s->edge.laddr, sizeof(e->laddr));
 	__builtin_memcpy(e->raddr, s->edge.raddr, sizeof(e->raddr));
 	__builtin_memcpy(e->comm, s->edge.comm, sizeof(e->comm));
@@ -304,7 +341,11 @@ int BPF_PROG(topology_state, const struct sock *sk, const int oldstate, const in
 		return 0;
 	cookie = bpf_get_socket_cookie((void *)sk);
 	if (newstate == TCP_SYN_SENT) {
-		/* in connect(): the caller is the client */
+		/* in connect(): the caller is the client, and the filter judges it */
+		if (!bpfdepot_monitored(&fresh.edge.label)) {
+			ignore(cookie);
+			return 0;
+		}
 		fill_from_sock(&fresh, sk, client);
 		fill_from_current(&fresh);
 		bpf_map_update_elem(&topology_socks, &cookie, &fresh, BPF_ANY);
@@ -317,7 +358,11 @@ int BPF_PROG(topology_state, const struct sock *sk, const int oldstate, const in
 		return 0;
 	}
 	if (oldstate == TCP_SYN_SENT) {
-		if (!s) {  /* connecting when we loaded: the connect() caller is unknown */
+		if (!s) {  /* connecting when we loaded (or filtered out at connect): judge the socket */
+			if (!bpfdepot_monitored_sock((struct sock *)sk, 0, &fresh.edge.label)) {
+				ignore(cookie);
+				return 0;
+			}
 			fill_from_sock(&fresh, sk, client);
 			bpf_map_update_elem(&topology_socks, &cookie, &fresh, BPF_NOEXIST);
 			s = bpf_map_lookup_elem(&topology_socks, &cookie);
@@ -328,7 +373,12 @@ int BPF_PROG(topology_state, const struct sock *sk, const int oldstate, const in
 		own(s);
 		emit(s, cookie, open);
 	} else if (oldstate == TCP_SYN_RECV && !s) {
-		/* a passive open, in softirq: the process is named at accept() */
+		/* a passive open, in softirq: the process is named at accept(); the filter judges
+		 * the socket's cgroup (the listener's) */
+		if (!bpfdepot_monitored_sock((struct sock *)sk, 0, &fresh.edge.label)) {
+			ignore(cookie);
+			return 0;
+		}
 		fill_from_sock(&fresh, sk, server);
 		bpf_map_update_elem(&topology_socks, &cookie, &fresh, BPF_NOEXIST);
 	}
@@ -342,6 +392,7 @@ int BPF_PROG(topology_destroy, struct sock *sk)
 	struct sock_state *s;
 	__u64 cookie = bpf_get_socket_cookie(sk);
 
+	bpf_map_delete_elem(&topology_ignored, &cookie);
 	s = bpf_map_lookup_elem(&topology_socks, &cookie);
 	if (!s)
 		return 0;
@@ -376,7 +427,10 @@ static __always_inline int on_accept(long fd)
 		return 0;  /* never seen by inet_sock_set_state: established before load */
 	s = bpf_map_lookup_elem(&topology_socks, &cookie);
 	if (!s) {
-		/* accepted before ESTABLISHED was seen (TCP Fast Open) */
+		/* accepted before ESTABLISHED was seen (TCP Fast Open), or its socket was outside
+		 * the filter: the accepting process is judged now */
+		if (!bpfdepot_monitored(&fresh.edge.label))
+			return 0;
 		fill_from_sock(&fresh, sk, server);
 		bpf_map_update_elem(&topology_socks, &cookie, &fresh, BPF_NOEXIST);
 		s = bpf_map_lookup_elem(&topology_socks, &cookie);
@@ -403,13 +457,27 @@ int topology_accept(struct trace_event_raw_sys_exit *ctx)
 	return on_accept(ctx->ret);
 }
 
+/* Count bytes on the socket's state; with none, they are untracked bytes of a monitored
+ * socket, or a filtered socket's (remembered as such). Process context: current is judged too. */
+static __always_inline void stateless(struct sock *sk, __u64 cookie, __u64 tx, __u64 rx)
+{
+	__u32 label;
+
+	if (count(cookie, tx, rx) || bpf_map_lookup_elem(&topology_ignored, &cookie))
+		return;
+	if (bpfdepot_monitored_sock(sk, bpf_get_current_pid_tgid() >> 32, &label))
+		untracked(tx, rx);
+	else
+		ignore(cookie);
+}
+
 /* Form 1 (6.12+): what sendmsg / recvmsg moved, in the caller's context. */
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(topology_send, struct sock *sk, int ret, int flags)
 {
 	if (ret <= 0 || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	count(bpf_get_socket_cookie(sk), ret, 0);
+	stateless(sk, bpf_get_socket_cookie(sk), ret, 0);
 	return 0;
 }
 
@@ -419,7 +487,7 @@ int BPF_PROG(topology_recv, struct sock *sk, int ret, int flags)
 	/* a MSG_PEEK read leaves the data queued: it is counted when really read */
 	if (ret <= 0 || (flags & MSG_PEEK) || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	count(bpf_get_socket_cookie(sk), 0, ret);
+	stateless(sk, bpf_get_socket_cookie(sk), 0, ret);
 	return 0;
 }
 
@@ -450,8 +518,19 @@ static __always_inline int on_skb(struct __sk_buff *skb, int egress)
 	if (bpf_skb_load_bytes(skb, hdr_len & 0x3f, &th, sizeof(th)))
 		return 1;
 	payload = ip_len - hdr_len - th.doff * 4;
-	if (payload && payload < ip_len)
-		count(bpf_get_socket_cookie(skb), egress ? payload : 0, egress ? 0 : payload);
+	if (payload && payload < ip_len) {
+		__u64 cookie = bpf_get_socket_cookie(skb), tx = egress ? payload : 0;
+		__u64 rx = egress ? 0 : payload;
+
+		if (count(cookie, tx, rx) || bpf_map_lookup_elem(&topology_ignored, &cookie))
+			return 1;
+		__u32 label;
+
+		if (bpfdepot_monitored_skb(skb, &label)) /* bytes of a socket with no state */
+			untracked(tx, rx);
+		else
+			ignore(cookie);
+	}
 	return 1;  /* watch, never drop */
 }
 
@@ -493,24 +572,33 @@ int topology_seed(struct bpf_iter__tcp *ctx)
 	if (state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV || state == TCP_SYN_SENT ||
 	    state == TCP_SYN_RECV || state == TCP_CLOSE)
 		return 0;
+	cookie = bpf_get_socket_cookie(skc);
+	/* no process here (the iterator runs in the loader): the socket's cgroup decides */
+	if (!bpfdepot_monitored_sock((struct sock *)skc, 0, &fresh.edge.label)) {
+		ignore(cookie);
+		return 0;
+	}
 	dir = bpf_map_lookup_elem(&topology_listeners, &lport) ? server : client;
 	fill_from_sock(&fresh, (struct sock *)skc, dir);
 	fresh.owned = 1;
-	cookie = bpf_get_socket_cookie(skc);
 	/* NOEXIST: a socket tracked since load keeps its state (and is not counted twice) */
 	if (bpf_map_update_elem(&topology_socks, &cookie, &fresh, BPF_NOEXIST))
 		return 0;
 	edge_add(&fresh.edge, 0, 0, 1, 0);
 	if (fresh.edge.family == AF_INET)
 		BPF_SEQ_PRINTF(seq, "{\"cookie\":%llu,\"direction\":\"%s\",\"cgroup\":%llu,"
-			       "\"laddr\":\"%pI4\",\"lport\":%u,\"raddr\":\"%pI4\",\"rport\":%u}\n",
+			       "\"laddr\":\"%pI4\",\"lport\":%u,\"raddr\":\"%pI4\",\"rport\":%u,"
+			       "\"label\":%u}\n",
 			       cookie, dir == server ? "server" : "client", fresh.edge.cgroup,
-			       fresh.edge.laddr, fresh.lport, fresh.edge.raddr, fresh.rport);
+			       fresh.edge.laddr, fresh.lport, fresh.edge.raddr, fresh.rport,
+			       fresh.edge.label);
 	else
 		BPF_SEQ_PRINTF(seq, "{\"cookie\":%llu,\"direction\":\"%s\",\"cgroup\":%llu,"
-			       "\"laddr\":\"%pI6c\",\"lport\":%u,\"raddr\":\"%pI6c\",\"rport\":%u}\n",
+			       "\"laddr\":\"%pI6c\",\"lport\":%u,\"raddr\":\"%pI6c\",\"rport\":%u,"
+			       "\"label\":%u}\n",
 			       cookie, dir == server ? "server" : "client", fresh.edge.cgroup,
-			       fresh.edge.laddr, fresh.lport, fresh.edge.raddr, fresh.rport);
+			       fresh.edge.laddr, fresh.lport, fresh.edge.raddr, fresh.rport,
+			       fresh.edge.label);
 	return 0;
 }
 

@@ -38,7 +38,8 @@ struct topology_edge {
 	__u16 family;                      /* AF_INET 2 or AF_INET6 10 (names the address format) */
 	__u16 lport;                       /* server edges: the listening port; client edges: 0 */
 	__u16 rport;                       /* client edges: the remote port; server edges: 0 */
-	__u8 __pad[6];
+	__u16 __pad;
+	__u32 label;                       /* label id of the filter target that matched (0: no filter) */
 	__u8 laddr[16];                    /* AF_INET: first 4 bytes, rest zero */
 	__u8 raddr[16];
 	char comm[16];                     /* of pid; "" when pid is 0 */
@@ -62,7 +63,7 @@ struct topology_misses {
 	__u64 untracked_rx;                /*  topology_socks, or unseen by the seed */
 };
 
-/* One open or close, on the `topology_events` ring buffer. 120 bytes, 8-aligned. */
+/* One open or close, on the `topology_events` ring buffer. 128 bytes, 8-aligned. */
 struct topology_event {
 	__u64 ts_ns;                       /* bpf_ktime_get_ns() */
 	__u64 cookie;                      /* the socket's cookie (bpf_get_socket_cookie) */
@@ -78,11 +79,13 @@ struct topology_event {
 	__u16 lport;                       /* both ports, host order */
 	__u16 rport;
 	__u8 __pad[2];
+	__u32 label;                       /* the edge's: label id of the filter target (0: no filter) */
+	__u32 __pad2;
 	__u8 laddr[16];
 	__u8 raddr[16];
 	char comm[16];
 };
 
-_Static_assert(sizeof(struct topology_event) == 120, "topology_event layout changed");
+_Static_assert(sizeof(struct topology_event) == 128, "topology_event layout changed");
 
 #endif /* __TOPOLOGY_H */

@@ -43,7 +43,7 @@ def test_tcp_iterator_lists_sockets_opened_before_the_run(home: Path, tmp_path: 
     def key(e: dict) -> tuple[int, int]:
         return e["state"], e["lport"]
     mine = sorted((e for e in done.events if ours(e)), key=key)
-    base = {"family": 2, "laddr": "127.0.0.1", "uid": os.geteuid()}
+    base = {"family": 2, "laddr": "127.0.0.1", "uid": os.geteuid(), "label": 0}
     assert mine == sorted([  # read once, at start: each socket exactly once
         {**base, "state": TCP_ESTABLISHED, "lport": port, "rport": cport, "raddr": "127.0.0.1"},
         {**base, "state": TCP_ESTABLISHED, "lport": cport, "rport": port, "raddr": "127.0.0.1"},
@@ -71,7 +71,7 @@ spec:
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     expect = {"family": 2, "state": TCP_LISTEN, "lport": port, "rport": 0,
-              "laddr": "127.0.0.1", "raddr": "0.0.0.0", "uid": os.geteuid()}
+              "laddr": "127.0.0.1", "raddr": "0.0.0.0", "uid": os.geteuid(), "label": 0}
     # the knob keeps only our listener: one line per read, at start and then every 200 ms
     assert len(records) >= 3, records
     assert all(set(r) == {"line"} and json.loads(r["line"]) == expect for r in records)

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.conftest import Finished, Running
+from tests.kernel.monitor import received, workers
 
 bson = pytest.importorskip("bson", reason="pymongo (the test extra) is not installed")
 pymongo = pytest.importorskip("pymongo", reason="pymongo (the test extra) is not installed")
@@ -108,10 +109,52 @@ def test_http1_keepalive_calls_paired_both_roles(home: Path, tmp_path: Path, htt
     for r in client + server:
         assert r["latency_us"] >= 50000, r
         assert r["pid"] == os.getpid() and r["tls"] is False and r["cgroup"] > 0
+        assert r["label"] == 0  # no filter asked for
         assert r["req_size"] > 0 and r["resp_size"] > 0
     assert "error" not in client[0]
     assert client[1]["error"] == "500 Internal Server Error"
     assert len(calls) == 4, calls  # nothing else of this process looked like HTTP
+    assert _stats(done) == {"L7_STAT_REPLACED": 0, "L7_STAT_UNMATCHED": 0,
+                            "L7_STAT_H2_UNSYNCED": 0}
+
+
+# Worker ops: `port P` names the HTTP server; `get N` makes N GETs on one keep-alive connection.
+GET_OPS = """
+import http.client as _http
+PORT = [0]
+def port(p):
+    PORT[0] = p
+def get(n):
+    c = _http.HTTPConnection("127.0.0.1", PORT[0])
+    for _ in range(n):
+        c.request("GET", "/hello")
+        assert c.getresponse().read() == b"hello"
+    c.close()
+"""
+
+
+def test_the_filter_keeps_the_units_calls_labelled(home: Path, tmp_path: Path, http_server: int,
+                                                   tree: dict[str, Path]) -> None:
+    """Each call is judged at its entry in the calling process: N GETs of a client in the unit's
+    child cgroup arrive as N client records labelled 1; the other service's client's N, and the
+    server's side (this test, outside the unit), never reach the ring."""
+    n = 3
+    with workers("/dev/null", 2, ops=GET_OPS) as (inside, outside):
+        inside.move(tree["child"])
+        outside.move(tree["other"])
+        for w in (inside, outside):
+            w.do("port", http_server)
+        run = _run(home, tmp_path, extra=["--unit", tree["unit"].name])
+        try:
+            inside.do("get", n)
+            outside.do("get", n)
+        finally:
+            done = _stop(run)
+    calls = [r for r in done.events if "protocol" in r]
+    assert [(r["protocol"], r["role"], r["pid"], r["label"], r["path"], r["status"]) for r in calls] \
+        == [("http1", "client", inside.pid, 1, "/hello", 200)] * n
+    assert {r["peer"] for r in calls} == {f"127.0.0.1:{http_server}"}
+    assert received(done, "l7/l7_events") == (n, 0)
     assert _stats(done) == {"L7_STAT_REPLACED": 0, "L7_STAT_UNMATCHED": 0,
                             "L7_STAT_H2_UNSYNCED": 0}
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.conftest import ROOT, Running
+from tests.kernel.monitor import received, workers
 from tests.kernel.test_attach import link_progs_named
 
 TLS = ROOT / "bpf" / "l7" / "tls.yaml"
@@ -179,6 +180,7 @@ def test_python_ssl_client_and_server_records_with_the_plaintext_path(
     assert by_role["client"]["peer"] == f"127.0.0.1:{server_port}"
     assert by_role["server"]["peer"] == f"127.0.0.1:{client_port}"
     assert by_role["client"]["latency_us"] >= 50_000  # the server's 50 ms
+    assert by_role["client"]["label"] == by_role["server"]["label"] == 0  # no filter asked for
     assert not [e for e in done.events if e.get("path") == "/plain-path"]  # no TLS, not ours
 
 
@@ -232,3 +234,33 @@ def test_a_libssl_copy_loaded_after_the_start_is_followed(
     assert f"uprobe l7_tls:ssl_write attached to {lib}/libssl.so.3 (pid {client.pid})" \
         in done.stderr
     assert link_progs_named("ssl_write") == 0 and link_progs_named("ssl_read_ex_ret") == 0
+
+
+def test_the_filter_keeps_the_units_tls_calls_labelled(home: Path, tmp_path: Path,
+                                                       cert: tuple[Path, Path],
+                                                       tree: dict[str, Path]) -> None:
+    """SSL_write* and SSL_read* judge their caller at entry: the PY_TLS exchange (a client and
+    a server in one process) run by a worker in the unit's child cgroup gives its two records,
+    labelled 1; the same exchange by a worker in the other service gives none."""
+    ops = ("def tls(n):\n"  # PY_TLS's own print (the ports) must not reach the worker's stdout
+           "    import contextlib, io, sys\n"
+           f"    sys.argv = ['tls', {str(cert[0])!r}, {str(cert[1])!r}]\n"
+           "    for _ in range(n):\n"
+           "        with contextlib.redirect_stdout(io.StringIO()):\n"
+           f"            exec({PY_TLS!r}, {{'__name__': 'tls'}})\n")
+    with workers("/dev/null", 2, ops=ops) as (inside, outside):
+        inside.move(tree["child"])
+        outside.move(tree["other"])
+        run = Running(home, str(TLS), tmp_path / "calls.jsonl",
+                      extra=["--unit", tree["unit"].name])
+        try:
+            inside.do("tls", 1)
+            outside.do("tls", 1)
+        finally:
+            done = run.stop()
+    assert done.rc == 0, done.stderr
+    calls = [e for e in done.events if "protocol" in e]
+    assert sorted((e["role"], e["pid"], e["label"], e["path"], e["tls"]) for e in calls) == [
+        ("client", inside.pid, 1, "/secret-path", True),
+        ("server", inside.pid, 1, "/secret-path", True)], calls
+    assert received(done, "l7_tls/l7_events") == (2, 0)

@@ -17,6 +17,7 @@ import pytest
 
 from loader.attach.cgroup import cgroup2_mounts
 from tests.kernel.conftest import ROOT, Running, bpfdepot, cgroup2_dirs, prog_names
+from tests.kernel.monitor import received, workers
 
 UP, DOWN = 3000, 5000  # payload bytes the child sends and receives
 
@@ -136,6 +137,7 @@ def test_cgroup_skb_counts_the_payload_of_the_cgroups_sockets_only(home: Path, t
     assert sum(e["payload"] for e in events if not e["egress"]) == DOWN
     for e in events:  # payload = IP length - 20 (IPv4) - TCP header (20 + options, 32 here)
         assert e["ip_len"] - e["payload"] in (40, 52, 60), e
+    assert {e["label"] for e in events} == {0}  # no filter asked for
     flags = [e["tcp_flags"] for e in events if e["egress"]]
     assert flags[0] == 0x02, flags  # the child's SYN went out first
     assert not [e for e in events if outside_port in (e["lport"], e["rport"])]
@@ -223,3 +225,58 @@ def test_an_unknown_interface_is_named_with_the_ones_there(home: Path, tmp_path:
         in done.stderr
     assert "hint: interfaces here: " in done.stderr and "lo" in done.stderr
     assert "dns_filter" not in prog_names()
+
+
+# Worker ops: `port P` sets the server port; `xfer N` is one exchange on a fresh connection:
+# N bytes up, DOWN bytes back (the server is _answer's), then the worker's local port is kept.
+XFER_OPS = """
+import socket as _socket
+PORT, LPORTS = [0], []
+def port(p):
+    PORT[0] = p
+def xfer(n):
+    with _socket.create_connection(("127.0.0.1", PORT[0])) as s:
+        LPORTS.append(s.getsockname()[1])
+        s.sendall(b"u" * n)
+        got = 0
+        while got < %d:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += len(chunk)
+        s.shutdown(_socket.SHUT_WR)
+        s.recv(1)
+""" % DOWN
+
+
+def test_tcp_bytes_under_the_filter_counts_the_units_sockets_only(home: Path, tmp_path: Path,
+                                                                   tree: dict[str, Path]) -> None:
+    """The catalog tcp_bytes (attached at the cgroup2 root) under --unit: the segments of a
+    worker in the unit's child cgroup arrive, labelled 1, with exact payloads both ways; those
+    of a worker in the other service and of the test's own server socket never do."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    serving = _serve(server, clients=2)
+    with workers("/dev/null", 2, ops=XFER_OPS) as (inside, outside):
+        inside.move(tree["child"])
+        outside.move(tree["other"])
+        for w in (inside, outside):
+            w.do("port", port)
+        run = Running(home, "bpf/tcp_bytes", tmp_path / "events.jsonl",
+                      extra=["--unit", tree["unit"].name])
+        try:
+            inside.do("xfer", UP)
+            outside.do("xfer", UP)
+            serving.join(timeout=30)
+        finally:
+            done = run.stop()
+            server.close()
+    assert done.rc == 0, done.stderr
+    events = done.events
+    assert events, done.stderr
+    assert {e["label"] for e in events} == {1}
+    assert {(e["rport"], e["family"]) for e in events} == {(port, 2)}  # the client side only
+    assert len({e["cookie"] for e in events}) == 1 and len({e["lport"] for e in events}) == 1
+    assert sum(e["payload"] for e in events if e["egress"]) == UP
+    assert sum(e["payload"] for e in events if not e["egress"]) == DOWN
+    assert received(done, "tcp_bytes/tcp_bytes_events") == (len(events), 0)

@@ -14,6 +14,7 @@ from loader.decoders.names import enum_table
 from loader.kernel.btf import Btf
 from tests.kernel.conftest import Running
 from tests.kernel.conftest import wait_for as _wait
+from tests.kernel.monitor import workers
 
 KSYM = re.compile(r"^[A-Za-z_][\w.]*\+0x[0-9a-f]+$")  # "symbol+0xoff", never a bare address
 NOT_DROPS = {"SKB_NOT_DROPPED_YET", "SKB_CONSUMED", "SKB_DROP_REASON_NOT_SPECIFIED"}
@@ -141,3 +142,72 @@ def test_a_connect_to_a_closed_tcp_port_counts_one_reset(home: Path, tmp_path: P
     # the SYN the RST answered was itself dropped: no socket on that port
     syn = _drops(done.events, port, "TCP")
     assert [(r["reason"], r["count"]) for r in syn] == [("SKB_DROP_REASON_NO_SOCKET", 1)]
+
+
+# Worker ops: `bind P` makes a UDP socket with the smallest receive buffer on 127.0.0.1:P (the
+# socket, and so its cgroup, is the worker's); `drain N` reads what was queued and writes the
+# number of datagrams read to the file named in {out!r}, plus the buffer size.
+RX_OPS = """
+import socket as _socket
+_rx = []
+def bind(p):
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    s.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 0)
+    s.bind(("127.0.0.1", p))
+    _rx.append(s)
+def drain(n):
+    s = _rx[-1]
+    s.setblocking(False)
+    got = 0
+    while True:
+        try:
+            s.recv(65536)
+        except BlockingIOError:
+            break
+        got += 1
+    with __builtins__.open({out!r}, "w") as f:
+        f.write("%d %d" % (got, s.getsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF)))
+"""
+
+
+def test_the_filter_counts_the_drops_of_the_units_sockets_only(home: Path, tmp_path: Path,
+                                                               tree: dict[str, Path]) -> None:
+    """Drops happen in softirq: the filter judges the receiving socket (6.12+: kfree_skb's
+    rx_sk). Datagrams overflowing a socket of a worker in the unit's child cgroup are counted,
+    exactly; the same overflow on a socket of the other service is not, nor are drops with no
+    socket at all (port 9), which belong to no process."""
+    sent, size = 100, 1024
+    out = tmp_path / "drops.jsonl"
+    port_in, port_out = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_DGRAM)
+    said_in, said_out = tmp_path / "inside", tmp_path / "outside"
+    inside_ops, outside_ops = RX_OPS.format(out=str(said_in)), RX_OPS.format(out=str(said_out))
+    with workers("/dev/null", 1, ops=inside_ops) as (inside,), \
+            workers("/dev/null", 1, ops=outside_ops) as (outside,):
+        inside.move(tree["child"])
+        outside.move(tree["other"])
+        inside.do("bind", port_in)   # after the move: the socket takes its creator's cgroup
+        outside.do("bind", port_out)
+        run = Running(home, "bpf/skb_drops", out, extra=["--unit", tree["unit"].name])
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for _ in range(sent):
+                    s.sendto(b"x" * size, ("127.0.0.1", port_in))
+                    s.sendto(b"x" * size, ("127.0.0.1", port_out))
+                    s.sendto(b"x", ("127.0.0.1", 9))
+            time.sleep(0.2)  # loopback delivers in softirq: let the last datagram arrive
+            inside.do("drain", 1)
+            outside.do("drain", 1)
+            got_in = int(said_in.read_text().split()[0])
+            _wait(out, lambda r: sum(x["count"] for x in _drops(r, port_in, "UDP")) >= sent - got_in,
+                  f"the drops on port {port_in}")
+        finally:
+            done = run.stop()
+    assert done.rc == 0, done.stderr
+    got_out = int(said_out.read_text().split()[0])
+    assert got_in < sent - 50 and got_out < sent - 50  # both sockets overflowed alike
+    assert sum(r["count"] for r in _drops(done.events, port_in, "UDP")) == sent - got_in
+    # nothing else: not the other's socket, not the socketless port-9 drops, not the resets
+    assert {r["port"] for r in _last_read(done.events).values()} == {port_in}
+    rows = {row[0]: int(row[2]) for row in (x.split() for x in done.stderr.splitlines())
+            if row and row[0] in ("skb_drops/drops", "skb_drops/resets")}
+    assert rows == {"skb_drops/drops": 0, "skb_drops/resets": 0}, done.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.conftest import Running, cli_env, prog_names
+from tests.kernel.monitor import received, workers
 
 N4, N6 = 5, 3
 
@@ -130,7 +131,47 @@ def test_a_refused_connect_gives_a_failure_event_and_no_latency(home: Path, tmp_
     comm = Path("/proc/self/comm").read_text().strip()
     assert fail == {"pid": os.getpid(), "error": "ECONNREFUSED", "family": socket.AF_INET,
                     "sport": sport, "dport": port, "comm": comm, "saddr": "127.0.0.1",
-                    "daddr": "127.0.0.1"}
+                    "daddr": "127.0.0.1", "label": 0}
     assert not [r for r in done.events if "buckets" in r and r["dport"] == port]
     summary = next(line for line in done.stderr.splitlines() if "tcp_connlat/tcp_connlat_failures" in line)
     assert [int(x) for x in summary.split()[1:3]] == [len(_failures(done.events)), 0]
+
+
+# Worker op: `refuse N` makes N connects to the closed port {port}, each refused by a RST.
+REFUSE_OPS = """
+import socket as _socket
+def refuse(n):
+    for _ in range(n):
+        with _socket.socket() as c:
+            try:
+                c.connect(("127.0.0.1", {port}))
+            except ConnectionRefusedError:
+                continue
+            raise AssertionError("port {port} was expected closed")
+"""
+
+
+def test_failures_under_the_filter_are_the_units_and_labelled(home: Path, tmp_path: Path,
+                                                             tree: dict[str, Path]) -> None:
+    """Failed connects are judged like the completed ones, in connect()'s context: N refused
+    from a worker in the unit's child cgroup arrive with label 1, N from the other service's
+    worker never do."""
+    n = 4
+    port, holder = _closed_port()
+    with holder, workers("/dev/null", 2, ops=REFUSE_OPS.format(port=port)) as (inside, outside):
+        inside.move(tree["child"])
+        outside.move(tree["other"])
+        run = Running(home, "bpf/tcp_connlat", tmp_path / "events.jsonl",
+                      extra=["--unit", tree["unit"].name])
+        try:
+            inside.do("refuse", n)
+            outside.do("refuse", n)
+        finally:
+            done = run.stop()
+    assert done.rc == 0, done.stderr
+    fails = _failures(done.events)
+    assert len(fails) == n
+    assert {(f["pid"], f["error"], f["dport"], f["label"]) for f in fails} == \
+        {(inside.pid, "ECONNREFUSED", port, 1)}
+    assert not _events(done.events)  # refused: no latency, inside or out
+    assert received(done, "tcp_connlat/tcp_connlat_failures") == (n, 0)

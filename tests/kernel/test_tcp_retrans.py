@@ -14,8 +14,10 @@ from pathlib import Path
 
 from tests.kernel.conftest import Running, prog_names
 from tests.kernel.conftest import wait_for as _wait
+from tests.kernel.monitor import received, workers
 
-EVENT_FIELDS = {"ts_ns", "pid", "state", "kind", "sport", "dport", "family", "saddr", "daddr", "comm"}
+EVENT_FIELDS = {"ts_ns", "pid", "state", "kind", "sport", "dport", "family", "saddr", "daddr", "comm",
+                "label"}
 COUNT_FIELDS = {"daddr", "dport", "family", "state", "count"}
 COMM = Path("/proc/self/comm").read_text().strip()
 
@@ -242,10 +244,62 @@ def test_synack_retransmits_to_a_peer_that_never_answers(home: Path, tmp_path: P
     for e in events:
         assert set(e) == EVENT_FIELDS
         assert {k: v for k, v in e.items() if k != "ts_ns"} == {
-            "pid": 0, "comm": "", "state": "SYN_RECV", "kind": "SYNACK", "family": 2,
+            "pid": 0, "comm": "", "label": 0, "state": "SYN_RECV", "kind": "SYNACK", "family": 2,
             "saddr": local, "sport": port, "daddr": peer, "dport": cport}
     counts = [r for r in done.events if "count" in r and (r["daddr"], r["dport"]) == (peer, cport)]
     assert counts and counts[-1] == {"daddr": peer, "dport": cport, "family": 2,
                                      "state": "SYN_RECV", "count": len(events)}
     # negative: the completed handshake in the same namespace resent nothing
     assert not [r for r in done.events if r["dport"] == healthy and r.get("daddr") == local]
+
+
+# Worker op: `syn N` opens N non-blocking connections to PORT and keeps them (their SYNs go
+# unanswered while the listener's accept queue is full, so the timer retransmits them).
+SYN_OPS = """
+import socket as _socket
+_held = []
+def syn(n):
+    for _ in range(n):
+        c = _socket.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", {port}))
+        _held.append(c)
+"""
+
+
+def test_the_filter_judges_the_retransmitting_sockets_cgroup(home: Path, tmp_path: Path,
+                                                            tree: dict[str, Path]) -> None:
+    """Retransmits run from the timer in softirq: the filter must judge each by its socket's
+    cgroup. Two connections from a worker in the unit's child cgroup and two from one in the
+    other service retransmit their SYNs alike; only the unit's reach the ring and the counter."""
+    out = tmp_path / "retrans.jsonl"
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = [socket.create_connection(("127.0.0.1", port)) for _ in range(1)]  # the queue's slot
+    with workers("/dev/null", 2, ops=SYN_OPS.format(port=port)) as (inside, outside):
+        inside.move(tree["child"])
+        outside.move(tree["other"])
+        run = Running(home, "bpf/tcp_retrans", out, extra=["--unit", tree["unit"].name])
+        try:
+            inside.do("syn", 2)
+            outside.do("syn", 2)
+            _wait(out, lambda r: len(_events(r, port)) >= 4, "4 SYN retransmits", timeout=8)
+        finally:
+            done = run.stop()
+            for c in fillers:
+                c.close()
+            listener.close()
+    assert done.rc == 0, done.stderr
+    events = _events(done.events, port)
+    assert len(events) >= 4
+    assert {e["pid"] for e in done.events if "count" not in e} == {inside.pid}
+    assert {e["label"] for e in done.events if "count" not in e} == {1}
+    assert {(e["state"], e["kind"]) for e in events} == {("SYN_SENT", "SEGMENT")}
+    assert len({e["sport"] for e in events}) == 2  # both of the inside worker's connections
+    # the counter is gated alike: it holds exactly the events that arrived
+    counts = [r for r in done.events if "count" in r and r["dport"] == port]
+    assert counts[-1]["count"] == len(events)
+    assert received(done, "tcp_retrans/retrans_events") == (len(done.events) - len(
+        [r for r in done.events if "count" in r]), 0)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.conftest import Running, prog_names
+from tests.kernel.monitor import workers
 
 ROUND_TRIPS = 20
 
@@ -154,3 +155,69 @@ def test_rtt_per_cgroup_is_the_sockets_cgroup(home: Path, tmp_path: Path) -> Non
             if row and row[0] in ("tcp_rtt/rtt_hists", "tcp_rtt/rtt_cgroup_hists")}
     assert lost == {"tcp_rtt/rtt_hists": 0, "tcp_rtt/rtt_cgroup_hists": 0}, done.stderr
     assert not {"tcp_rtt", "tcp_rtt_cgroup"} & prog_names()
+
+
+# Worker op: `ping N` connects to the port in the module global PORT (set by `port P`) and
+# makes N request/response round trips on that one connection.
+PING_OPS = """
+import socket as _socket
+PORT = [0]
+def port(p):
+    PORT[0] = p
+def ping(n):
+    with _socket.create_connection(("127.0.0.1", PORT[0])) as c:
+        for i in range(n):
+            c.sendall(b"ping %d" % i)
+            assert c.recv(64) == b"PING %d" % i
+"""
+
+
+def _echo_server() -> tuple[socket.socket, threading.Thread]:
+    """A loopback listener (in this test's cgroup) answering one connection's pings."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(64):
+                conn.sendall(data.upper())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def test_the_filter_judges_the_sockets_cgroup(home: Path, tmp_path: Path,
+                                              tree: dict[str, Path]) -> None:
+    """tcp_probe runs in softirq: the filter judges the socket's cgroup. A client in the unit's
+    child cgroup and one in the other service each ping a server of their own; only the inside
+    client's socket is sampled (its remote, its cgroup), not the other's nor the servers'."""
+    (srv_in, t_in), (srv_out, t_out) = _echo_server(), _echo_server()
+    port_in, port_out = srv_in.getsockname()[1], srv_out.getsockname()[1]
+    with workers("/dev/null", 2, ops=PING_OPS) as (inside, outside):
+        inside.move(tree["child"])
+        outside.move(tree["other"])
+        inside.do("port", port_in)
+        outside.do("port", port_out)
+        run = Running(home, "bpf/tcp_rtt", tmp_path / "rtt.jsonl",
+                      extra=["--unit", tree["unit"].name])
+        try:
+            inside.do("ping", ROUND_TRIPS)
+            outside.do("ping", ROUND_TRIPS)
+            t_in.join(10)
+            t_out.join(10)
+        finally:
+            done = run.stop()
+            srv_in.close()
+            srv_out.close()
+    assert done.rc == 0, done.stderr
+    child_id = tree["child"].stat().st_ino
+    remotes = {(r["daddr"], r["dport"]) for r in done.events if "daddr" in r}
+    assert remotes == {("127.0.0.1", port_in)}, remotes
+    assert {r["cgroup"] for r in done.events if "cgroup" in r} == {child_id}
+    by_remote = _last(done.events, daddr="127.0.0.1", dport=port_in)
+    by_cgroup = _last(done.events, cgroup=child_id)
+    assert ROUND_TRIPS <= by_cgroup["count"] == by_remote["count"]
+    assert by_cgroup["sum"] == by_remote["sum"]

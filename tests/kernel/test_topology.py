@@ -21,6 +21,8 @@ import pytest
 
 from loader.attach.cgroup import cgroup2_mounts
 from tests.kernel.conftest import ROOT, Running, cgroup2_dirs, prog_names
+from tests.kernel.conftest import wait_for as _wait
+from tests.kernel.monitor import received, workers
 from tests.kernel.test_net_attach import CHILD, DOWN, UP, _answer, _serve
 
 COMM = Path("/proc/self/comm").read_text().strip()
@@ -106,6 +108,7 @@ def _two_clients(home: Path, tmp_path: Path, bundle: str, cgroups: list[Path], f
         assert key in edges, (key, list(edges))
         edge = edges[key]
         assert (edge["bytes_tx"], edge["bytes_rx"], edge["conns"], edge["closed"]) == (UP, DOWN, 1, 1)
+        assert edge["label"] == 0  # no filter asked for
         opened, closed = _sock_events(done.events, kid["sport"], port)
         assert opened["kind"] == "open" and closed["kind"] == "close"
         assert opened["cookie"] == closed["cookie"]
@@ -116,6 +119,7 @@ def _two_clients(home: Path, tmp_path: Path, bundle: str, cgroups: list[Path], f
                 ("127.0.0.1", "127.0.0.1", 2, "tcp")
         assert (closed["bytes_tx"], closed["bytes_rx"]) == (UP, DOWN)
         assert closed["duration_ns"] > 0
+        assert opened["label"] == closed["label"] == 0
         # the server's socket of this exchange: opened at accept() by this process
         s_open, s_close = _sock_events(done.events, port, kid["sport"])
         assert (s_open["kind"], s_open["direction"], s_open["pid"]) == ("open", "server", os.getpid())
@@ -176,8 +180,8 @@ def test_a_connection_open_before_the_run_is_seeded_and_counted(home: Path, tmp_
     cgroup = _own_cgroup()
     for (lport, rport), direction in (((sport, port), "client"), ((port, sport), "server")):
         seed = seeds[(lport, rport)]
-        assert (seed["direction"], seed["cgroup"], seed["laddr"], seed["raddr"]) == \
-            (direction, cgroup, "127.0.0.1", "127.0.0.1")
+        assert (seed["direction"], seed["cgroup"], seed["laddr"], seed["raddr"], seed["label"]) == \
+            (direction, cgroup, "127.0.0.1", "127.0.0.1", 0)
         (closed,) = _sock_events(done.events, lport, rport)  # opened before: only the close
         assert (closed["kind"], closed["cookie"], closed["pid"], closed["comm"]) == \
             ("close", seed["cookie"], 0, "")
@@ -215,3 +219,89 @@ def test_ipv6_edges_carry_ipv6_addresses(home: Path, tmp_path: Path) -> None:
     server_edge = edges[(cgroup, me, "server", "tcp", 10, port, 0, "::1", "::1", COMM)]
     assert (client_edge["bytes_tx"], client_edge["bytes_rx"], client_edge["conns"]) == (UP, DOWN, 1)
     assert (server_edge["bytes_tx"], server_edge["bytes_rx"], server_edge["conns"]) == (DOWN, UP, 1)
+
+
+# Worker ops: `serve P` listens on 127.0.0.1:P and, in a thread, accepts one connection and
+# reads it to the end; `port P` names the port `send N` connects to, sends N bytes and closes.
+PEER_OPS = """
+import socket as _socket, threading as _threading
+PORT = [0]
+def serve(p):
+    s = _socket.socket()
+    s.bind(("127.0.0.1", p))
+    s.listen()
+    def _run():
+        conn, _ = s.accept()
+        with conn:
+            while conn.recv(65536):
+                pass
+    _threading.Thread(target=_run, daemon=True).start()
+def port(p):
+    PORT[0] = p
+def send(n):
+    with _socket.create_connection(("127.0.0.1", PORT[0])) as c:
+        c.sendall(b"u" * n)
+        c.shutdown(_socket.SHUT_WR)
+        c.recv(1)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _filtered_edges(home: Path, tmp_path: Path, tree: dict[str, Path], bundle: str) -> None:
+    """A worker in the unit's child cgroup and one in the other service each serve a port and
+    send to the other's: under --unit only the inside worker's two edges exist (its client
+    edge to the other's port, its server edge on its own port), labelled 1, with exact bytes;
+    nothing of the outside worker's sockets is counted, not even as untracked."""
+    up_in, up_out = 3000, 5000
+    port_in, port_out = _free_port(), _free_port()
+    with workers("/dev/null", 2, ops=PEER_OPS) as (inside, outside):
+        inside.move(tree["child"])
+        outside.move(tree["other"])
+        out = tmp_path / "events.jsonl"
+        run = Running(home, bundle, out, extra=["--unit", tree["unit"].name])
+        try:
+            inside.do("serve", port_in)
+            outside.do("serve", port_out)
+            inside.do("port", port_out)
+            outside.do("port", port_in)
+            inside.do("send", up_in)
+            outside.do("send", up_out)
+            # both sockets of each exchange closed: the inside's close events are in
+            _wait(out, lambda r: len([e for e in r if e.get("kind") == "close"]) >= 2,
+                  "the two close events")
+        finally:
+            done = run.stop()
+    assert done.rc == 0, done.stderr
+    child = tree["child"].stat().st_ino
+    edges = _edges(done.events)
+    assert {(e["pid"], e["cgroup"], e["label"]) for e in edges.values()} == {(inside.pid, child, 1)}
+    by_dir = {e["direction"]: e for e in edges.values()}
+    assert set(by_dir) == {"client", "server"}, edges
+    client, server = by_dir["client"], by_dir["server"]
+    assert (client["rport"], client["bytes_tx"], client["bytes_rx"], client["conns"]) == \
+        (port_out, up_in, 0, 1)
+    assert (server["lport"], server["bytes_tx"], server["bytes_rx"], server["conns"]) == \
+        (port_in, 0, up_out, 1)
+    socks = [e for e in done.events if "kind" in e]
+    assert {(e["pid"], e["label"]) for e in socks} == {(inside.pid, 1)}
+    assert sorted(e["kind"] for e in socks) == ["close", "close", "open", "open"]
+    assert received(done, "topology/topology_events") == (len(socks), 0)
+    # the outside worker's bytes are filtered, not "untracked"
+    misses = [r for r in done.events if "untracked_tx" in r]
+    assert all(r["untracked_tx"] == r["untracked_rx"] == 0 for r in misses), misses
+
+
+def test_the_filter_keeps_the_units_edges_only(home: Path, tmp_path: Path,
+                                               tree: dict[str, Path]) -> None:
+    _filtered_edges(home, tmp_path, tree, "bpf/topology")
+
+
+def test_the_filter_keeps_the_units_edges_only_with_cgroup_skb(home: Path, tmp_path: Path,
+                                                               tree: dict[str, Path]) -> None:
+    bundle = _bundle(tmp_path, "[[topology_egress, topology_ingress], [topology_send, topology_recv]]")
+    _filtered_edges(home, tmp_path, tree, str(bundle))
