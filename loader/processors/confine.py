@@ -27,6 +27,7 @@ import ctypes
 import os
 import pwd
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ TMPFS_BYTES = 64 << 20
 
 CLONE_NEWNS = 0x00020000
 MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000
-PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE = 38, 4
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE = 1, 38, 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +116,15 @@ def confine(config: dict, run_as: RunAs) -> dict:
     for key, fd in files.items():
         name = "processor.so" if key == "so_path" else Path(config[key]).name
         config[key] = _hand_over(fd, name, run_as, private, 0o500 if key == "so_path" else 0o400)
+    parent = os.getppid()
     os.setgroups([])
     os.setresgid(run_as.gid, run_as.gid, run_as.gid)
     os.setresuid(run_as.uid, run_as.uid, run_as.uid)
+    # a change of credentials clears the parent-death signal: set it again, so the host still
+    # dies with its loader (a library spinning in user code would otherwise live on alone)
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:
+        raise OSError(f"the loader (pid {parent}) ended while this host dropped its privileges")
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
     # a uid change makes the process non-dumpable, which hides /proc/self/fd from itself
     _check(_libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")

@@ -371,3 +371,29 @@ def _user_exists(name: str) -> bool:
         return True
     except KeyError:
         return False
+
+
+def test_processor_hosts_die_with_a_killed_loader(home: Path, tmp_path: Path, kids_factory) -> None:
+    """A library spinning in user code when its loader is killed (kill -9) is killed too: the
+    host sets its parent-death signal again after dropping its privileges (the drop clears it)."""
+    kids = kids_factory(1, 80)
+    run = Run(home, BUNDLE / "hang.yaml", tmp_path / "out.jsonl", kids,
+              "--processor-timeout", "600")
+    kids.go()  # the 50th event never returns
+    hosts = [int(p) for p in Path(f"/proc/{run.proc.pid}/task/{run.proc.pid}/children")
+             .read_text().split()]
+    assert hosts, "the run has no processor host"
+    time.sleep(0.5)
+    run.proc.kill()
+    run.proc.wait()
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in hosts):
+        assert time.monotonic() < deadline, f"processor hosts {hosts} outlived their loader"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
