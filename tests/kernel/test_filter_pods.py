@@ -103,25 +103,32 @@ def _opens(done: Finished, target: Path) -> dict[int, list[int]]:
     return out
 
 
+def _opens_under(home: Path, tmp_path: Path, places: list[tuple[Path, int]], extra: list[str],
+                 bundle: str = BUNDLE) -> tuple[Finished, Path, list]:
+    """One worker per (cgroup, opens): moved there, then a run of ``bundle`` with ``extra``
+    while each makes its opens of one target file; the finished run, the target, the workers."""
+    target = tmp_path / "target"
+    target.write_text("x")
+    with workers(target, len(places)) as made:
+        for w, (cgroup, _) in zip(made, places):
+            w.move(cgroup)
+        run = Running(home, bundle, tmp_path / "events.jsonl", extra=extra)
+        try:
+            for w, (_, n) in zip(made, places):
+                w.do("open", n)
+        finally:
+            done = run.stop()
+    assert done.rc == 0, done.stderr
+    return done, target, made
+
+
 def test_container_filter_passes_only_the_container(home: Path, tmp_path: Path,
                                                      pod: Pod) -> None:
     """By the first 12 digits of its id: the container's 5 opens pass; the pod's other process
     (in the pod cgroup, beside the container) and another service are dropped in the kernel."""
-    target = tmp_path / "target"
-    target.write_text("x")
-    with workers(target, 3) as (inside, beside, other):
-        inside.move(pod.scope)
-        beside.move(pod.pod)
-        other.move(pod.other)
-        run = Running(home, BUNDLE, tmp_path / "events.jsonl",
-                      extra=["--container", pod.container[:12], "--labels", str(pod.root)])
-        try:
-            inside.do("open", 5)
-            beside.do("open", 7)
-            other.do("open", 13)
-        finally:
-            done = run.stop()
-    assert done.rc == 0, done.stderr
+    done, target, (inside, _, _) = _opens_under(
+        home, tmp_path, [(pod.scope, 5), (pod.pod, 7), (pod.other, 13)],
+        ["--container", pod.container[:12], "--labels", str(pod.root)])
     assert (f"label 1 = container {pod.container[:12]}: cgroup id {pod.scope.stat().st_ino}"
             in done.stderr)
     assert _opens(done, target) == {inside.pid: [1] * 5}
@@ -133,21 +140,9 @@ def test_container_filter_passes_only_the_container(home: Path, tmp_path: Path,
 def test_pod_filter_passes_every_process_of_the_pod(home: Path, tmp_path: Path, pod: Pod) -> None:
     """``--pod ns/name``: the pod's cgroup and everything below it (the container and the pod's
     own process), named by the kubelet's var/log/pods under the --labels root."""
-    target = tmp_path / "target"
-    target.write_text("x")
-    with workers(target, 3) as (inside, beside, other):
-        inside.move(pod.scope)
-        beside.move(pod.pod)
-        other.move(pod.other)
-        run = Running(home, BUNDLE, tmp_path / "events.jsonl",
-                      extra=["--pod", pod.ref, "--labels", str(pod.root)])
-        try:
-            inside.do("open", 5)
-            beside.do("open", 7)
-            other.do("open", 13)
-        finally:
-            done = run.stop()
-    assert done.rc == 0, done.stderr
+    done, target, (inside, beside, _) = _opens_under(
+        home, tmp_path, [(pod.scope, 5), (pod.pod, 7), (pod.other, 13)],
+        ["--pod", pod.ref, "--labels", str(pod.root)])
     assert f"label 1 = pod {pod.ref}: cgroup id {pod.pod.stat().st_ino}" in done.stderr
     assert _opens(done, target) == {inside.pid: [1] * 5, beside.pid: [1] * 7}
     assert received(done, CHANNEL) == (12, 0)
@@ -182,21 +177,11 @@ def test_a_container_started_after_the_run_is_picked_up(home: Path, tmp_path: Pa
 
 def test_a_filter_file_takes_pods(home: Path, tmp_path: Path, pod: Pod) -> None:
     """``pods:`` in a filter file (read at start) filters as ``--pod`` does."""
-    target = tmp_path / "target"
-    target.write_text("x")
     rules = tmp_path / "filter.yaml"
     rules.write_text(f"pods: [{pod.ref}]\n")
-    with workers(target, 2) as (inside, other):
-        inside.move(pod.scope)
-        other.move(pod.other)
-        run = Running(home, BUNDLE, tmp_path / "events.jsonl",
-                      extra=["--filter-file", str(rules), "--labels", str(pod.root)])
-        try:
-            inside.do("open", 2)
-            other.do("open", 3)
-        finally:
-            done = run.stop()
-    assert done.rc == 0, done.stderr
+    done, target, (inside, _) = _opens_under(
+        home, tmp_path, [(pod.scope, 2), (pod.other, 3)],
+        ["--filter-file", str(rules), "--labels", str(pod.root)])
     assert _opens(done, target) == {inside.pid: [1] * 2}
     assert received(done, CHANNEL) == (2, 0)
 
@@ -228,17 +213,7 @@ def test_the_manifest_can_ask_for_a_container(home: Path, tmp_path: Path, pod: P
     manifest = bundle / "manifest.yaml"
     manifest.write_text(manifest.read_text().replace(
         "spec:\n", f"spec:\n  filter:\n    containers: [{pod.container}]\n", 1))
-    target = tmp_path / "target"
-    target.write_text("x")
-    with workers(target, 2) as (inside, other):
-        inside.move(pod.scope)
-        other.move(pod.other)
-        run = Running(home, str(bundle), tmp_path / "events.jsonl")
-        try:
-            inside.do("open", 4)
-            other.do("open", 6)
-        finally:
-            done = run.stop()
-    assert done.rc == 0, done.stderr
+    done, target, (inside, _) = _opens_under(
+        home, tmp_path, [(pod.scope, 4), (pod.other, 6)], [], bundle=str(bundle))
     assert _opens(done, target) == {inside.pid: [1] * 4}
     assert received(done, CHANNEL) == (4, 0)
