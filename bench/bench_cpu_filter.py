@@ -10,14 +10,13 @@ Interleaved in one run; each ratio is against untraced.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import harness
 from bench_cpustate import PINGPONG_C, ROUNDS
 from bench_probes import start, stop
-from harness import ROOT, Row, median, paired
+from harness import ROOT, Row
 
 PROGRAMS = ("cpustate", "offcpu")
 
@@ -29,14 +28,9 @@ def pingpong(exe: Path) -> float:
 
 
 def measure(args: argparse.Namespace) -> list[Row]:
-    from loader.attach.cgroup import cgroup2_mounts
-
-    mounts = cgroup2_mounts()
-    if not mounts:
-        return [Row(metric="filtered sched_switch", value="skipped: no cgroup2 mount")]
-    unit = mounts[0] / f"bpfdepot-bench-cpu-filter-{os.getpid()}.service"  # empty: nobody matches
-    unit.mkdir()
-    try:
+    with harness.empty_unit("cpu-filter") as unit:
+        if unit is None:
+            return [Row(metric="filtered sched_switch", value="skipped: no cgroup2 mount")]
         with harness.scratch("cpu_filter") as tmp:
             home = tmp / "home"
             src = tmp / "pingpong.c"
@@ -62,25 +56,14 @@ def measure(args: argparse.Namespace) -> list[Row]:
                     kept = out.read_text().count("\n") if out.exists() else 0
                     if kept:
                         raise SystemExit(f"bench: the filtered {program} run kept {kept} records")
-    finally:
-        unit.rmdir()
-
-    base = f"{median(plain) * 1e3:.0f} ms untraced"
     rows = []
     for program in PROGRAMS:
-        cost_all = paired(every[program], plain) - 1
-        cost_filtered = paired(filtered[program], plain) - 1
-        rows += [
-            Row(metric=f"{ROUNDS:,} pipe round trips, {program} counting every process",
-                value=f"{median(every[program]) * 1e3:.0f} ms", baseline=base,
-                ratio=paired(every[program], plain)),
-            Row(metric=f"same, {program} filtered to a unit the loop is not in (--unit)",
-                value=f"{median(filtered[program]) * 1e3:.0f} ms", baseline=base,
-                ratio=paired(filtered[program], plain)),
-            Row(metric=f"{program}: filtered slowdown / counting slowdown",
-                value=f"{cost_filtered * 100:.1f}% vs {cost_all * 100:.1f}%",
-                ratio=cost_filtered / cost_all if cost_all > 0 else None),
-        ]
+        rows += harness.filter_rows(
+            loop=f"{ROUNDS:,} pipe round trips", per="round", count=ROUNDS,
+            traced=f"{program} counting every process",
+            filtered=f"{program} filtered to a unit the loop is not in (--unit)",
+            ratio=f"{program}: filtered slowdown / counting slowdown",
+            plain=plain, traced_xs=every[program], filtered_xs=filtered[program])
     return rows
 
 

@@ -10,13 +10,12 @@ Issue 13's goal: the filtered slowdown is at most half the emitting one.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import harness
 from bench_probes import start, stop
-from harness import ROOT, Row, median, paired
+from harness import ROOT, Row
 
 CALLS = 200_000
 OPEN_C = r"""
@@ -47,14 +46,9 @@ def loop(exe: Path, data: Path) -> float:
 
 
 def measure(args: argparse.Namespace) -> list[Row]:
-    from loader.attach.cgroup import cgroup2_mounts
-
-    mounts = cgroup2_mounts()
-    if not mounts:
-        return [Row(metric="filtered open loop", value="skipped: no cgroup2 mount")]
-    unit = mounts[0] / f"bpfdepot-bench-filter-{os.getpid()}.service"  # empty: nobody matches
-    unit.mkdir()
-    try:
+    with harness.empty_unit("filter") as unit:
+        if unit is None:
+            return [Row(metric="filtered open loop", value="skipped: no cgroup2 mount")]
         with harness.scratch("filter") as tmp:
             home = tmp / "home"
             src = tmp / "open.c"
@@ -77,26 +71,12 @@ def measure(args: argparse.Namespace) -> list[Row]:
                 kept = (tmp / f"filtered-{i}.jsonl").read_text().count("\n")
                 if kept:
                     raise SystemExit(f"bench: the filtered run emitted {kept} events")
-    finally:
-        unit.rmdir()
-
-    def per_call(xs: list[float]) -> float:
-        return (median(xs) - median(plain)) / CALLS * 1e9
-
-    base = f"{median(plain) * 1e3:.0f} ms untraced"
-    emit_cost, filter_cost = paired(emitting, plain) - 1, paired(filtered, plain) - 1
-    return [
-        Row(metric=f"{CALLS:,} × open+close, opensnoop emitting every open",
-            value=f"{median(emitting) * 1e3:.0f} ms (+{per_call(emitting):.0f} ns/call)",
-            baseline=base, ratio=paired(emitting, plain)),
-        Row(metric="same, filtered out in the kernel (--unit, loop not in it)",
-            value=f"{median(filtered) * 1e3:.0f} ms (+{per_call(filtered):.0f} ns/call)",
-            baseline=base, ratio=paired(filtered, plain)),
-        Row(metric="filtered slowdown / emitting slowdown",
-            value=f"{filter_cost * 100:.1f}% vs {emit_cost * 100:.1f}%",
-            ratio=filter_cost / emit_cost if emit_cost > 0 else None,
-            goal="≤ 0.5×", met=filter_cost <= 0.5 * emit_cost),
-    ]
+    return harness.filter_rows(
+        loop=f"{CALLS:,} × open+close", per="call", count=CALLS,
+        traced="opensnoop emitting every open",
+        filtered="filtered out in the kernel (--unit, loop not in it)",
+        ratio="filtered slowdown / emitting slowdown",
+        plain=plain, traced_xs=emitting, filtered_xs=filtered)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,12 @@ The goal (issue 13's, as bench_filter's): the filtered slowdown is at most half 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import harness
 from bench_probes import start, stop
-from harness import ROOT, Row, median, paired
+from harness import ROOT, Row
 
 ROUNDS = 50_000
 PINGPONG_C = r"""
@@ -73,15 +72,10 @@ def loop(exe: Path) -> float:
 
 
 def measure(args: argparse.Namespace) -> list[Row]:
-    from loader.attach.cgroup import cgroup2_mounts
-
-    mounts = cgroup2_mounts()
-    if not mounts:
-        return [Row(metric="filtered ping-pong", value="skipped: no cgroup2 mount")]
-    unit = mounts[0] / f"bpfdepot-bench-netfilter-{os.getpid()}.service"  # empty: nobody matches
-    unit.mkdir()
     rows: list[Row] = []
-    try:
+    with harness.empty_unit("netfilter") as unit:
+        if unit is None:
+            return [Row(metric="filtered ping-pong", value="skipped: no cgroup2 mount")]
         with harness.scratch("net-filter") as tmp:
             home = tmp / "home"
             src = tmp / "pingpong.c"
@@ -102,31 +96,13 @@ def measure(args: argparse.Namespace) -> list[Row]:
                               "--unit", unit.name)
                     filtered.append(loop(exe))
                     stop(p)
-                rows += _rows(name, plain, unfiltered, filtered)
-    finally:
-        unit.rmdir()
+                rows += harness.filter_rows(
+                    loop=f"{ROUNDS:,} loopback TCP round trips", per="round", count=ROUNDS,
+                    traced=f"{name} unfiltered",
+                    filtered=f"{name} filtered out in the kernel (--unit, loop not in it)",
+                    ratio=f"{name}: filtered slowdown / unfiltered slowdown",
+                    plain=plain, traced_xs=unfiltered, filtered_xs=filtered)
     return rows
-
-
-def _rows(name: str, plain: list[float], unfiltered: list[float], filtered: list[float]
-          ) -> list[Row]:
-    def per_round(xs: list[float]) -> float:
-        return (median(xs) - median(plain)) / ROUNDS * 1e9
-
-    base = f"{median(plain) * 1e3:.0f} ms untraced"
-    all_cost, filter_cost = paired(unfiltered, plain) - 1, paired(filtered, plain) - 1
-    return [
-        Row(metric=f"{ROUNDS:,} loopback TCP round trips, {name} unfiltered",
-            value=f"{median(unfiltered) * 1e3:.0f} ms (+{per_round(unfiltered):.0f} ns/round)",
-            baseline=base, ratio=paired(unfiltered, plain)),
-        Row(metric=f"same, {name} filtered out in the kernel (--unit, loop not in it)",
-            value=f"{median(filtered) * 1e3:.0f} ms (+{per_round(filtered):.0f} ns/round)",
-            baseline=base, ratio=paired(filtered, plain)),
-        Row(metric=f"{name}: filtered slowdown / unfiltered slowdown",
-            value=f"{filter_cost * 100:.1f}% vs {all_cost * 100:.1f}%",
-            ratio=filter_cost / all_cost if all_cost > 0 else None,
-            goal="≤ 0.5×", met=filter_cost <= 0.5 * all_cost),
-    ]
 
 
 if __name__ == "__main__":

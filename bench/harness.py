@@ -238,3 +238,45 @@ def anchor_rows(program: str, plain: Sequence[float], ours: Sequence[float],
                 value=f"{ours_cost * 100:.1f}% vs {their_cost * 100:.1f}%",
                 ratio=ours_cost / their_cost if their_cost > 0 else None,
                 goal="≤ 1× (aim 0.5×)", met=ours_cost <= their_cost)]
+
+
+@contextlib.contextmanager
+def empty_unit(tag: str) -> Iterator[Path | None]:
+    """A cgroup2 directory named like a systemd unit that no process is in (``--unit`` on it
+    filters everything out: the filter benches' case); None on a host without cgroup2."""
+    sys.path.insert(0, str(ROOT))
+    from loader.attach.cgroup import cgroup2_mounts
+
+    mounts = cgroup2_mounts()
+    if not mounts:
+        yield None
+        return
+    unit = mounts[0] / f"bpfdepot-bench-{tag}-{os.getpid()}.service"
+    unit.mkdir()
+    try:
+        yield unit
+    finally:
+        unit.rmdir()
+
+
+def filter_rows(*, loop: str, per: str, count: int, traced: str, filtered: str, ratio: str,
+                plain: Sequence[float], traced_xs: Sequence[float],
+                filtered_xs: Sequence[float]) -> list[Row]:
+    """The three rows of a filter bench: the loop traced, the same filtered out in the kernel,
+    and the filtered slowdown over the traced one (goal: at most half)."""
+    def extra(xs: Sequence[float]) -> float:
+        return (median(xs) - median(plain)) / count * 1e9
+
+    base = f"{median(plain) * 1e3:.0f} ms untraced"
+    traced_cost, filter_cost = paired(traced_xs, plain) - 1, paired(filtered_xs, plain) - 1
+    return [
+        Row(metric=f"{loop}, {traced}",
+            value=f"{median(traced_xs) * 1e3:.0f} ms (+{extra(traced_xs):.0f} ns/{per})",
+            baseline=base, ratio=paired(traced_xs, plain)),
+        Row(metric=f"same, {filtered}",
+            value=f"{median(filtered_xs) * 1e3:.0f} ms (+{extra(filtered_xs):.0f} ns/{per})",
+            baseline=base, ratio=paired(filtered_xs, plain)),
+        Row(metric=ratio, value=f"{filter_cost * 100:.1f}% vs {traced_cost * 100:.1f}%",
+            ratio=filter_cost / traced_cost if traced_cost > 0 else None,
+            goal="≤ 0.5×", met=filter_cost <= 0.5 * traced_cost),
+    ]
