@@ -11,8 +11,7 @@ file a run is about to load — kernel objects, processor libraries, bpftrace sc
 stored artifact whose statement verifies against the root's artifacts role, naming exactly
 these bytes. Anything else (unsigned, a prebuilt file from a bundle or a URL, a compile on this
 host without a key) is refused, unless the run says ``--allow-unsigned``, which it then says
-for each such file. Without a trust root nothing is checked beyond the store's digests, and
-the run says so once.
+for each such file. Without a trust root nothing is checked beyond the store's digests.
 """
 
 from __future__ import annotations
@@ -95,10 +94,7 @@ class TrustPolicy:
     def for_node(cls, home: Path, *, allow_unsigned: bool, say: Callable[[str], None]) -> TrustPolicy:
         store = TrustStore(home / "trust")
         root = store.root() if store.has_root() else None  # expired or damaged: TrustError
-        if root is None:
-            say("bpfdepot: no trust root on this node (bpfdepot keys trust ROOT.json): artifacts "
-                "are checked by digest only, not signature")
-        elif allow_unsigned:
+        if root is not None and allow_unsigned:
             say("bpfdepot: --allow-unsigned: files without a valid signature load anyway "
                 "(each is named below)")
         return cls(root, allow_unsigned, say, store)
