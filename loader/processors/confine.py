@@ -5,9 +5,11 @@ The loader (root) decides who: ``BPFDEPOT_PROCESSOR_USER`` names the user (defau
 ``bpfdepot-processor``, which scripts/setup creates; ``nobody`` where it does not exist; ``root``
 keeps the old behaviour and is said in the run's log). The host process, still root, then:
 
-1. enters a mount namespace of its own (``unshare(CLONE_NEWNS)``, every mount made private) and
-   mounts a small tmpfs on /tmp: the library sees none of the host's /tmp, and what it writes
-   there vanishes with it;
+0. enters a PID namespace of its own (``own_pid_namespace``: it forks; the library runs as PID 1
+   there, seeing no other process, and its parent mirrors its end to the loader);
+1. enters a mount namespace of its own (``unshare(CLONE_NEWNS)``, every mount made private),
+   mounts a small tmpfs on /tmp (the library sees none of the host's /tmp, and what it writes
+   there vanishes with it) and, in its own PID namespace, a /proc of that namespace;
 2. copies the library and its initfile (read as root: they may be root's only) into that
    /tmp under their own names, owned by the user, so ``init`` still gets ``…/NAME.ini`` and
    messages keep the file's name;
@@ -103,7 +105,46 @@ def _hand_over(fd: int, name: str, run_as: RunAs, private: bool, mode: int) -> s
     return str(copy)
 
 
-def confine(config: dict, run_as: RunAs) -> dict:
+CLONE_NEWPID = 0x20000000
+FORWARDED = (signal.SIGUSR1, signal.SIGTERM)  # what the loader may send besides SIGKILL
+
+
+def own_pid_namespace() -> bool:
+    """Put what follows in a PID namespace of its own, where the platform allows: after
+    ``unshare(CLONE_NEWPID)`` the host forks; the child (PID 1 there, seeing no other process)
+    returns True and goes on to run the library; the parent stays behind as the loader's
+    child, forwards SIGUSR1/SIGTERM, and ends exactly as the child did (its exit code, or the
+    same signal), so the loader's accounting of deaths is unchanged. False: not allowed here
+    (the library then runs in the host's PID view). Either way ``BPFDEPOT_WORKER_PID`` tells
+    the library the pid the loader knows its worker by (its own is 1 in a namespace)."""
+    os.environ["BPFDEPOT_WORKER_PID"] = str(os.getpid())
+    if _libc.unshare(CLONE_NEWPID) != 0:
+        return False
+    pid = os.fork()
+    if pid == 0:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with the parent
+        return True
+    for sig in FORWARDED:
+        signal.signal(sig, lambda signum, _frame: os.kill(pid, signum))
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
+
+
+def _proc_of_own() -> None:
+    """In a new PID namespace and a private mount namespace: a /proc of this namespace."""
+    _check(_libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV, None), "mount proc")
+
+
+def confine(config: dict, run_as: RunAs, *, pid_namespace: bool = False) -> dict:
     """In the host process, before the library is loaded: the config with the paths the
     dropped user reads, once this process is that user (see the module docstring)."""
     config = dict(config)
@@ -113,6 +154,8 @@ def confine(config: dict, run_as: RunAs) -> dict:
     private = _private_tmp()
     if private:
         os.chown("/tmp", run_as.uid, run_as.gid)
+        if pid_namespace:
+            _proc_of_own()
     for key, fd in files.items():
         name = "processor.so" if key == "so_path" else Path(config[key]).name
         config[key] = _hand_over(fd, name, run_as, private, 0o500 if key == "so_path" else 0o400)

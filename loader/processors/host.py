@@ -5,7 +5,7 @@
 The loop itself is C (``bpfdepot_host_run`` in loader/native/bpfdepot_route.c); this module only
 makes the process a well-behaved child: Ctrl-C is the loader's to handle, the host dies with
 its loader, so no processor outlives the programs that feed it, and the library runs as an
-unprivileged user in a mount view of its own (loader/processors/confine.py).
+unprivileged user in a PID and mount view of its own (loader/processors/confine.py).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ def main(argv: list[str]) -> int:
     config["routes"] = tuple(tuple(route) for route in config["routes"])
     run_as = config.pop("run_as", None)
     if run_as is not None:  # the library runs unprivileged (loader/processors/confine.py)
-        from loader.processors.confine import RunAs, confine
+        from loader.processors.confine import RunAs, confine, own_pid_namespace
 
         try:
-            config = confine(config, RunAs(**run_as))
+            config = confine(config, RunAs(**run_as), pid_namespace=own_pid_namespace())
         except OSError as exc:
             print(f"{config['label']}: cannot drop to user {run_as['name']}: {exc}",
                   file=sys.stderr, flush=True)

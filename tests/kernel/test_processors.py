@@ -328,11 +328,11 @@ def test_init_that_fails_stops_the_run_with_its_words(home: Path, tmp_path: Path
     assert "procs" not in prog_names()
 
 
-def test_a_processor_runs_unprivileged_in_a_private_tmp(home: Path, tmp_path: Path,
+def test_a_processor_runs_unprivileged_in_its_own_pid_and_mount_view(home: Path, tmp_path: Path,
                                                          kids_factory) -> None:
     """A library that tries to read a root-only file, a file in the host's /tmp and to signal
-    the loader gets EACCES, ENOENT and EPERM, as the dedicated user with no capabilities; its
-    initfile still reaches it under its own name."""
+    any process gets EACCES, ENOENT and ESRCH, as the dedicated user with no capabilities, as
+    PID 1 of a namespace of its own; its initfile still reaches it under its own name."""
     import errno
     import pwd
 
@@ -358,9 +358,11 @@ def test_a_processor_runs_unprivileged_in_a_private_tmp(home: Path, tmp_path: Pa
     assert len(records) == 3, records
     uid = pwd.getpwnam(user).pw_uid
     for r in records:
+        # PID 1 of its own namespace: no parent in view, no process it could signal
         assert r == {"uid": uid, "euid": uid, "capeff": "0000000000000000",
                      "secret_errno": errno.EACCES, "host_tmp_errno": errno.ENOENT,
-                     "kill_errno": errno.EPERM, "initfile": "/tmp/snoop.ini"}, r
+                     "pid": 1, "ppid": 0, "kill_errno": errno.ESRCH,
+                     "initfile": "/tmp/snoop.ini"}, r
 
 
 def _user_exists(name: str) -> bool:

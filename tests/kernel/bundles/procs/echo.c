@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* echo: {"seq":S,"pid":P,"n":N,"worker":W} per event: N counts this worker's calls and W is
- * the worker's pid, so a test sees which worker handled which event. With -DCRASH_AT=K it
+ * the worker's pid as the loader knows it ($BPFDEPOT_WORKER_PID: in its own PID namespace its
+ * pid is 1), so a test sees which worker handled which event. With -DCRASH_AT=K it
  * dereferences NULL on its K-th call; with -DHANG_AT=K it never returns from it; with
  * -DGARBAGE_AT=K it writes garbage into the host's result pipe on its K-th call. exited() is
  * the function of a second channel: {"exited":P,"code":C,"channel":"...","worker":W}. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include "bpfdepot_processor.h"
@@ -13,6 +15,14 @@
 BPFDEPOT_PROCESSOR();
 
 static unsigned long calls;
+
+/* The worker as the loader knows it: its own pid is 1 in the PID namespace it runs in. */
+static int worker(void)
+{
+	const char *pid = getenv("BPFDEPOT_WORKER_PID");
+
+	return pid ? atoi(pid) : (int)getpid();
+}
 
 #ifdef GARBAGE_AT
 #include <dirent.h>
@@ -82,7 +92,7 @@ int process(const struct bpfdepot_event *ev, struct bpfdepot_result *res)
 	}
 #endif
 	n = snprintf(res->data, res->cap, "{\"seq\":%llu,\"pid\":%u,\"n\":%lu,\"worker\":%d}",
-		     (unsigned long long)e.seq, e.pid, calls, (int)getpid());
+		     (unsigned long long)e.seq, e.pid, calls, worker());
 	if (n < 0 || (unsigned int)n >= res->cap)
 		return BPFDEPOT_ERROR;
 	res->len = (unsigned int)n;
@@ -100,7 +110,7 @@ int exited(const struct bpfdepot_event *ev, struct bpfdepot_result *res)
 		return BPFDEPOT_ERROR;
 	memcpy(&e, ev->data, sizeof(e));
 	n = snprintf(res->data, res->cap, "{\"exited\":%u,\"code\":%u,\"channel\":\"%s\",\"worker\":%d}",
-		     e.pid, e.code, ev->channel, (int)getpid());
+		     e.pid, e.code, ev->channel, worker());
 	if (n < 0 || (unsigned int)n >= res->cap)
 		return BPFDEPOT_ERROR;
 	res->len = (unsigned int)n;

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* snoop: a processor that tries what a hostile library would, and reports what it got, one
- * record per event: {"uid","euid","capeff","secret_errno","host_tmp_errno","kill_errno",
- * "initfile"}. Its initfile names, one per line, a root-only file outside /tmp and a file in
- * the host's /tmp; it tries to read both and to signal its parent (the loader) with signal 0. */
+ * record per event: {"uid","euid","capeff","secret_errno","host_tmp_errno","pid","ppid",
+ * "kill_errno","initfile"}. Its initfile names, one per line, a root-only file outside /tmp and
+ * a file in the host's /tmp; it tries to read both, and to signal (signal 0) every process it
+ * may: kill(-1, 0) fails with ESRCH when there is none (its own PID namespace). */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -56,16 +57,17 @@ bpfdepot_process_fn process;
 int process(const struct bpfdepot_event *ev, struct bpfdepot_result *res)
 {
 	char caps[64];
-	int kill_errno = kill(getppid(), 0) ? errno : 0;
+	int kill_errno = kill(-1, 0) ? errno : 0;
 	int n;
 
 	(void)ev;
 	capeff(caps, sizeof(caps));
 	n = snprintf(res->data, res->cap,
 		     "{\"uid\":%u,\"euid\":%u,\"capeff\":\"%s\",\"secret_errno\":%d,"
-		     "\"host_tmp_errno\":%d,\"kill_errno\":%d,\"initfile\":\"%s\"}",
-		     getuid(), geteuid(), caps, try_open(secret), try_open(host_tmp), kill_errno,
-		     initfile_seen);
+		     "\"host_tmp_errno\":%d,\"pid\":%d,\"ppid\":%d,\"kill_errno\":%d,"
+		     "\"initfile\":\"%s\"}",
+		     getuid(), geteuid(), caps, try_open(secret), try_open(host_tmp), (int)getpid(),
+		     (int)getppid(), kill_errno, initfile_seen);
 	if (n < 0 || (unsigned int)n >= res->cap)
 		return BPFDEPOT_ERROR;
 	res->len = (unsigned int)n;
