@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -116,7 +115,7 @@ def _sign_lock(args: argparse.Namespace, env_var: str) -> int:
     import base64
 
     from loader.model.manifest import load_bundle
-    from loader.artifacts.lock import lock_path
+    from loader.artifacts.lock import lock_path, write_json
     from loader.trust.artifacts import signing_key
     from loader.trust.statements import sign_lock
 
@@ -134,10 +133,7 @@ def _sign_lock(args: argparse.Namespace, env_var: str) -> int:
         if sig.exists():
             payload = json.loads(base64.b64decode(json.loads(sig.read_text())["payload"]))
             version = int(payload.get("version", 0)) + 1
-    doc = sign_lock(manifest.name, version, lock.read_bytes(), [key])
-    tmp = sig.with_name(sig.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    tmp.replace(sig)
+    write_json(sig, sign_lock(manifest.name, version, lock.read_bytes(), [key]))
     print(f"{sig}: version {version}, signed by {key.keyid[:16]}")
     return 0
 

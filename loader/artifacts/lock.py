@@ -82,11 +82,17 @@ def make_lock(store: ArtifactStore, manifest: Manifest, kernels: list[KernelIden
 
 
 def write_lock(path: Path, lock: Lock) -> None:
-    body = {"version": LOCK_VERSION, "name": lock.name, "pins": [asdict(p) for p in lock.pins]}
+    write_json(path, {"version": LOCK_VERSION, "name": lock.name,
+                      "pins": [asdict(p) for p in lock.pins]})
+
+
+def write_json(path: Path, doc: object) -> None:
+    """``doc`` as indented JSON at ``path``, whole or not at all: a synced temp file beside it,
+    renamed over it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(body, indent=1, sort_keys=True) + "\n")
+            f.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -18,9 +18,6 @@ so an older lock (a rollback) is refused. Nothing is ever fetched.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -204,15 +201,8 @@ class TrustStore:
         return {str(k): int(v) for k, v in doc.items()} if isinstance(doc, dict) else {}
 
     def _write(self, path: Path, doc: Any) -> None:
-        """Whole or not at all: a temp file renamed over the old one."""
+        """Whole or not at all (loader/artifacts/lock.py write_json), in a 0700 folder."""
+        from loader.artifacts.lock import write_json
+
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(doc, out, indent=1, sort_keys=True)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_json(path, doc)
