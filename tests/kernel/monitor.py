@@ -91,3 +91,20 @@ def said(run: Running, text: str, timeout: float = 10.0) -> None:
         ready, _, _ = select.select([run.proc.stderr], [], [], 0.5)
         if ready:
             run.stderr += run.proc.stderr.readline()
+
+
+@contextlib.contextmanager
+def unit_run(home: Path, tree: dict[str, Path], bundle: str, out: Path,
+             path: Path | str = "/dev/null", ops: str = "", where: str = "child",
+             extra: tuple[str, ...] | list[str] = ()) -> Iterator[tuple[Worker, Worker, Running]]:
+    """Two workers, one in ``tree[where]`` (the unit or its child) and one in the other
+    service, and a run of ``bundle`` filtered to the unit; yields (inside, outside, run) and,
+    when the block ends, stops the run: its Finished is ``run.done``."""
+    with workers(path, 2, ops) as (inside, outside):
+        inside.move(tree[where])
+        outside.move(tree["other"])
+        run = Running(home, bundle, out, extra=["--unit", tree["unit"].name, *extra])
+        try:
+            yield inside, outside, run
+        finally:
+            run.done = run.stop()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.conftest import Finished, Running, held_prog_ids
-from tests.kernel.monitor import received, workers
+from tests.kernel.monitor import received, unit_run
 from tests.kernel.test_filelat import still_loaded
 
 COMM = "fileerr-trig"  # the child names itself (prctl PR_SET_NAME) once the program is attached
@@ -151,17 +151,12 @@ def test_the_filter_counts_and_sends_only_the_units_failures(home: Path, tmp_pat
                                                              tree: dict[str, Path]) -> None:
     """Two processes of the same comm fail the same way, one in the unit's child cgroup and one
     in another service: only the first's failures are counted (keyed with label 1) and sent."""
-    with workers(tmp_path / "absent", 2, ops=FAIL_OPS) as (inside, outside):
-        inside.move(tree["child"])
-        outside.move(tree["other"])
-        run = Running(home, "bpf/fileerr", tmp_path / "events.jsonl",
-                      extra=["--unit", tree["unit"].name, "--set", "emit_events=1"])
-        try:
-            inside.do("fail", 3)
-            outside.do("fail", 2)
-            time.sleep(1.2)  # one counter read while the program still runs
-        finally:
-            done = run.stop()
+    with unit_run(home, tree, "bpf/fileerr", tmp_path / "events.jsonl", tmp_path / "absent",
+                  ops=FAIL_OPS, extra=["--set", "emit_events=1"]) as (inside, outside, run):
+        inside.do("fail", 3)
+        outside.do("fail", 2)
+        time.sleep(1.2)  # one counter read while the program still runs
+    done = run.done
     assert done.rc == 0, done.stderr
     comm = Path(f"/proc/{os.getpid()}/comm").read_text().strip()  # the workers' too: python3
     events = [r for r in done.events if "path" in r]

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.kernel.conftest import Finished, Running, held_prog_ids
-from tests.kernel.monitor import received, workers
+from tests.kernel.monitor import received, unit_run
 
 MIB = 1 << 20
 
@@ -192,17 +192,12 @@ def test_the_filter_measures_only_the_units_calls(home: Path, tmp_path: Path,
                                                   tree: dict[str, Path]) -> None:
     """Writes from the unit's child cgroup and from another service to the same file, every
     call an event (min_us 0): only the unit's are in the histogram and the events, label 1."""
-    with workers(tmp_path / "data.bin", 2, ops=WRITE_OPS) as (inside, outside):
-        inside.move(tree["child"])
-        outside.move(tree["other"])
-        run = Running(home, "bpf/filelat", tmp_path / "events.jsonl",
-                      extra=["--unit", tree["unit"].name, "--set", "min_us=0"])
-        try:
-            inside.do("write", 3)
-            outside.do("write", 2)
-            time.sleep(1.2)  # one histogram read while the program still runs
-        finally:
-            done = run.stop()
+    with unit_run(home, tree, "bpf/filelat", tmp_path / "events.jsonl", tmp_path / "data.bin",
+                  ops=WRITE_OPS, extra=["--set", "min_us=0"]) as (inside, outside, run):
+        inside.do("write", 3)
+        outside.do("write", 2)
+        time.sleep(1.2)  # one histogram read while the program still runs
+    done = run.done
     assert done.rc == 0, done.stderr
     events = [r for r in done.events if "latency_us" in r]
     assert [(e["pid"], e["op"], e["file"], e["bytes"], e["label"]) for e in events] == \

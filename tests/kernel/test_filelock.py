@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tests.kernel.conftest import Finished, Running
 from tests.kernel.conftest import wait_for as _wait
-from tests.kernel.monitor import received, workers
+from tests.kernel.monitor import received, unit_run
 
 HOLD = 0.3            # s the child keeps the lock after saying so
 MIN_WAIT_NS = 200_000_000  # what this process must have waited at least: the hold minus the
@@ -181,17 +181,12 @@ def test_the_filter_reports_only_the_units_lock_calls(home: Path, tmp_path: Path
     """The same flock pairs from the unit's child cgroup and from another service: only the
     unit's calls are events (label 1) and only its blocking locks are in the histogram."""
     path = tmp_path / "locked"
-    with workers(path, 2, ops=LOCK_OPS) as (inside, outside):
-        inside.move(tree["child"])
-        outside.move(tree["other"])
-        run = Running(home, "bpf/filelock", tmp_path / "filelock.jsonl",
-                      extra=["--unit", tree["unit"].name])
-        try:
-            inside.do("lock", 3)
-            outside.do("lock", 2)
-            time.sleep(1.2)  # one histogram read while the program still runs
-        finally:
-            done = run.stop()
+    with unit_run(home, tree, "bpf/filelock", tmp_path / "filelock.jsonl", path,
+                  ops=LOCK_OPS) as (inside, outside, run):
+        inside.do("lock", 3)
+        outside.do("lock", 2)
+        time.sleep(1.2)  # one histogram read while the program still runs
+    done = run.done
     assert done.rc == 0, done.stderr
     ino = path.stat().st_ino
     events = [r for r in done.events if "wait_ns" in r]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.kernel.conftest import ROOT, Running
 from tests.kernel.conftest import records as _records, wait_for as _wait
-from tests.kernel.monitor import workers
+from tests.kernel.monitor import unit_run
 from tests.kernel.test_pagefault import prog_ids
 
 N = 1000
@@ -161,23 +161,19 @@ def test_the_filter_tracks_only_the_units_allocations(home: Path, tmp_path: Path
     service: only the first's allocations are outstanding (by pid, label 1, and by site), and
     its close takes them out again."""
     out = tmp_path / "kmem.jsonl"
-    with workers("/dev/null", 2, ops=EVENTFD_OPS) as (inside, outside):
-        inside.move(tree["child"])
-        outside.move(tree["other"])
-        run = Running(home, str(_bundle(tmp_path)), out, extra=["--unit", tree["unit"].name])
-        try:
-            inside.do("hold", N)
-            outside.do("hold", N)
-            seen = len(_wait(out, lambda rs: any(r["count"] >= N for r in _pid_records(rs, inside.pid)),
-                             "the unit's held eventfds"))
-            # the second read after that one was made after both held theirs
-            _wait(out, lambda rs: len(_site(rs[seen:], "do_eventfd")) >= 2, "two later reads")
-            held = _site(_records(out)[seen:], "do_eventfd")[-1]
-            inside.do("release", N)
-            _wait(out, lambda rs: any(r["count"] <= SLACK for r in _pid_records(rs[seen:], inside.pid)),
-                  "the unit's close")
-        finally:
-            done = run.stop()
+    with unit_run(home, tree, str(_bundle(tmp_path)), out, "/dev/null",
+                  ops=EVENTFD_OPS) as (inside, outside, run):
+        inside.do("hold", N)
+        outside.do("hold", N)
+        seen = len(_wait(out, lambda rs: any(r["count"] >= N for r in _pid_records(rs, inside.pid)),
+                         "the unit's held eventfds"))
+        # the second read after that one was made after both held theirs
+        _wait(out, lambda rs: len(_site(rs[seen:], "do_eventfd")) >= 2, "two later reads")
+        held = _site(_records(out)[seen:], "do_eventfd")[-1]
+        inside.do("release", N)
+        _wait(out, lambda rs: any(r["count"] <= SLACK for r in _pid_records(rs[seen:], inside.pid)),
+              "the unit's close")
+    done = run.done
     assert done.rc == 0, done.stderr
     # by site: the unit's eventfd contexts, exactly (64 bytes each on x86_64)
     assert (held["count"], held["bytes"]) == (N, N * 64), held

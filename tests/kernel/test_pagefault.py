@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from tests.kernel.conftest import Running
-from tests.kernel.monitor import received, workers
+from tests.kernel.monitor import received, unit_run
 
 PAGE = mmap.PAGESIZE
 NPAGES = 64
@@ -229,16 +229,11 @@ def test_the_filter_counts_only_the_units_faults(home: Path, tmp_path: Path,
     one in another service: every event, count key, address window and stack is the first's,
     with label 1 where the record carries one."""
     where = tmp_path / "base"
-    with workers(where, 2, ops=TOUCH_OPS) as (inside, outside):
-        inside.move(tree["child"])
-        outside.move(tree["other"])
-        run = Running(home, "bpf/pagefault", tmp_path / "faults.jsonl",
-                      extra=["--unit", tree["unit"].name])
-        try:
-            inside.do("touch", NPAGES)
-            outside.do("touch", NPAGES)
-        finally:
-            done = run.stop()
+    with unit_run(home, tree, "bpf/pagefault", tmp_path / "faults.jsonl", where,
+                  ops=TOUCH_OPS) as (inside, outside, run):
+        inside.do("touch", NPAGES)
+        outside.do("touch", NPAGES)
+    done = run.done
     assert done.rc == 0, done.stderr
     base = int(Path(f"{where}.{inside.pid}").read_text())
     events = _events(done.events)

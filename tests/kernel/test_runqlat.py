@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from tests.kernel.conftest import Running, prog_names
-from tests.kernel.monitor import received, workers
+from tests.kernel.monitor import received, unit_run
 
 N = 5             # sleeps, each one wakeup + switch-in of the sleeper
 SLEEP_S = 0.010
@@ -97,16 +97,11 @@ def test_the_filter_follows_the_woken_task_not_the_waker(home: Path, tmp_path: P
                                                           tree: dict[str, Path]) -> None:
     """sched_wakeup runs in the waker's context: the filter must judge the woken task by its own
     cgroup, so a sleeper in the unit passes and one in the other service never reaches the ring."""
-    with workers("/dev/null", 2) as (inside, outside):
-        inside.move(tree["child"])
-        outside.move(tree["other"])
-        run = Running(home, "bpf/runqlat", tmp_path / "events.jsonl",
-                      extra=["--unit", tree["unit"].name])
-        try:
-            inside.do("sleep", N)
-            outside.do("sleep", N)
-        finally:
-            done = run.stop()
+    with unit_run(home, tree, "bpf/runqlat", tmp_path / "events.jsonl",
+                  "/dev/null") as (inside, outside, run):
+        inside.do("sleep", N)
+        outside.do("sleep", N)
+    done = run.done
     assert done.rc == 0, done.stderr
     mine = [e for e in done.events if e["tgid"] == inside.pid]
     assert len(mine) >= N, done.stderr

@@ -7,24 +7,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.kernel.conftest import Running
-from tests.kernel.monitor import received, workers
+from tests.kernel.monitor import received, unit_run
 
 
 def test_the_filter_reports_only_the_units_calls(home: Path, tmp_path: Path,
                                                  tree: dict[str, Path]) -> None:
     """The same getppid() calls from the unit's child cgroup and from another service: each of
     the first's is a call and a return event (label 1), none of the other's is."""
-    with workers("/dev/null", 2) as (inside, outside):
-        inside.move(tree["child"])
-        outside.move(tree["other"])
-        run = Running(home, "bpf/ufunc", tmp_path / "calls.jsonl",
-                      extra=["--unit", tree["unit"].name])
-        try:
-            inside.do("getppid", 3)
-            outside.do("getppid", 2)
-        finally:
-            done = run.stop()
+    with unit_run(home, tree, "bpf/ufunc", tmp_path / "calls.jsonl",
+                  "/dev/null") as (inside, outside, run):
+        inside.do("getppid", 3)
+        outside.do("getppid", 2)
+    done = run.done
     assert done.rc == 0, done.stderr
     # the workers' parent is this test process: getppid() returned its pid
     assert [(e["pid"], e["tid"], e["is_return"], e["label"]) for e in done.events] == \
