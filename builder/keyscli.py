@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -30,11 +29,9 @@ def _key(path: str):
 
 
 def _expires(text: str) -> datetime:
-    m = re.fullmatch(r"(\d+)([dh])", text)
-    if not m:
-        raise TrustError(f"--expires {text!r} is not a duration like 365d or 12h")
-    n = int(m[1])
-    return datetime.now(timezone.utc) + (timedelta(days=n) if m[2] == "d" else timedelta(hours=n))
+    from builder.query import parse_duration
+
+    return datetime.now(timezone.utc) + timedelta(seconds=parse_duration(text, "--expires"))
 
 
 def _write_new(path: str, doc: dict) -> None:

@@ -30,15 +30,16 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _CELL = 48  # characters; longer cells (hex dumps, lists) are cut in the table, never in --json
 
 
-def parse_duration(text: str) -> float:
-    """``30s``, ``10m``, ``2h``, ``1d``, ``1h30m``, ``500ms`` → seconds."""
+def parse_duration(text: str, flag: str = "--since") -> float:
+    """``30s``, ``10m``, ``2h``, ``1d``, ``1h30m``, ``500ms`` → seconds (``flag`` names the
+    option in the error)."""
     cleaned = text.strip().lower()
     parts = _DURATION.findall(cleaned)
     if not parts or "".join(n + u for n, u in parts) != cleaned or not (
             seconds := sum(float(n) * _UNITS[u] for n, u in parts)):
-        raise BpfDepotError(f"--since {text!r} is not a duration",
-                            hint="a number with a unit, for example: --since 30s, --since 10m, "
-                                 "--since 2h, --since 1d, --since 1h30m")
+        raise BpfDepotError(f"{flag} {text!r} is not a duration",
+                            hint=f"a number with a unit, for example: {flag} 30s, {flag} 10m, "
+                                 f"{flag} 2h, {flag} 1d, {flag} 1h30m")
     return seconds
 
 
