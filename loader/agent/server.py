@@ -146,7 +146,7 @@ class AgentServer:
                 self.say(f"bpfdepot agent: unloaded {name} in {ms:.1f} ms")
                 report = instance.report  # the run's final counts, read after detach
                 channels = [{"program": c.program, "channel": c.channel, "received": c.received,
-                             "lost": c.lost} for c in getattr(report, "channels", ())]
+                             "lost": c.lost} for c in (report.channels if report else [])]
                 return {"ok": True, "name": name, "ms": round(ms, 1), "channels": channels}
             raise ManifestError(f"unknown request op {op!r}",
                                 hint="ping, load, unload, replace, ps or logs")

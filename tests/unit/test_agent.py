@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ class FakeRun:
         while not instance.stop.is_set():
             time.sleep(0.005)
         self.running.remove(instance.target)
-        return "report"
+        return SimpleNamespace(channels=[])  # a RunReport with no channels
 
 
 class _Live:
