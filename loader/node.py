@@ -109,6 +109,8 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
         url, target = target, str(materialize(target, settings.home))
         say(f"bpfdepot: {url}: fetched into {target}")
     store = open_store(settings)
+    # what this node's trust root vouches for (loader/trust/artifacts.py); no root: digests only
+    trust = TrustPolicy.for_node(settings.home, allow_unsigned=options.allow_unsigned, say=say)
     manifest = None
     scripts: list[CheckedScript] = []
     if target.startswith("sha256:"):
@@ -123,8 +125,6 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
         name = manifest.name
         check_privileges(name)
         kernel = node_identity(settings, store)
-        trust = TrustPolicy.for_node(settings.home, allow_unsigned=options.allow_unsigned,
-                                     say=say)
         trust.check_lock(lock_path(manifest), manifest.name)
         loadables = resolve(settings, store, manifest, kernel, locked=options.locked,
                             compilers=None if options.locked else compilers)
@@ -143,9 +143,6 @@ def run(settings: Settings, target: str, options: RunOptions, storage: StorageSe
     processors = (resolve_processors(settings, store, manifest, kernel.arch,
                                      compilers=None if options.locked else compilers)
                   if manifest else {})
-    if manifest is None:
-        trust = TrustPolicy.for_node(settings.home, allow_unsigned=options.allow_unsigned,
-                                     say=say)
     # signatures before anything runs: every object, library and script about to load
     trust.check(store, [(f"program '{i.meta.name}'", i.path, i.meta) for i in loadables]
                 + [(f"processor '{n}'", Path(p.so_path), None) for n, p in processors.items()]
