@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,12 +205,10 @@ class Session:
         side by side: closing a tracepoint's perf event waits for an RCU grace period (tens of
         ms each), and the waits overlap when the closes run on their own threads."""
         links = [link for _, obj in self.objects for link in obj.take_links()]
-        if len(links) > 1:
-            threads = [threading.Thread(target=link.destroy, name="detach") for link in links]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+        if len(links) > 1:  # at most 16 at once: a run can hold a link per CPU or library
+            with ThreadPoolExecutor(min(16, len(links)), thread_name_prefix="detach") as pool:
+                for _ in pool.map(_try_destroy, links):
+                    pass
         for link in links:
             link.destroy()  # idempotent: the one link, or any a thread could not destroy
         for reader in self.readers:
@@ -227,6 +225,14 @@ class Session:
         for _, obj in self.objects:
             obj.close()
         self.objects.clear()
+
+
+def _try_destroy(link) -> None:
+    """A detach thread's part: an error is left to the retry that follows on the caller's."""
+    try:
+        link.destroy()
+    except Exception:  # noqa: BLE001 — raised again, in order, by the caller's own destroy
+        pass
 
 
 # SEC() names libbpf cannot auto-attach, and the manifest entry that says how to attach them.
