@@ -67,9 +67,10 @@ def _read_config(path: Path) -> str:
 
 
 def _entry(store: ArtifactStore, *, btf: bytes, config: str | None, release: str, arch: str,
-           btf_on_node: bool, source: str) -> KernelEntry:
-    """Store the BTF and config blobs, then the entry pointing at them."""
+           btf_on_node: bool, source: str, image: bytes | None = None) -> KernelEntry:
+    """Store the BTF, config and boot image blobs, then the entry pointing at them."""
     btf_blob = store.put_blob(btf)
+    image_blob = store.put_blob(image) if image is not None else None
     config_blob = store.put_blob(config.encode()) if config is not None else None
     entry = KernelEntry(
         release=release, arch=arch, btf_digest=btf_blob.removeprefix("sha256:"),
@@ -77,7 +78,7 @@ def _entry(store: ArtifactStore, *, btf: bytes, config: str | None, release: str
         # without a config nothing is known: no feature is claimed either way (an empty map),
         # so `feature=` selectors skip the kernel until a config or a node's probe says more
         features=features_from_config(config, arch) if config is not None else {},
-        features_from="config", btf_on_node=btf_on_node, source=source)
+        features_from="config", btf_on_node=btf_on_node, source=source, image=image_blob)
     return put_kernel(store, entry)
 
 
@@ -254,7 +255,7 @@ def add_package(store: ArtifactStore, deb: Path, *, btf_on_node: bool = True) ->
     what = f"{image} in {deb.name}"
     btf = btf_of_vmlinux(vmlinux_from_image(files[image], what), what, config)
     return _entry(store, btf=btf, config=config, release=release, arch=uname_arch(arch or os.uname().machine),
-                  btf_on_node=btf_on_node, source=f"package {deb.name}")
+                  btf_on_node=btf_on_node, source=f"package {deb.name}", image=files[image])
 
 
 def register_node(store: ArtifactStore, settings: Settings, *,

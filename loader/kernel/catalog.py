@@ -45,8 +45,9 @@ DEBIAN_ARCH = {"amd64": "x86_64", "arm64": "aarch64", "i386": "i686", "armhf": "
 _TRAMPOLINE_ARCHES = frozenset(("x86_64", "aarch64", "s390x", "riscv64", "loongarch64"))
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_OPTIONAL = ("image",)  # absent in entries written before it existed
 _FIELDS = ("release", "arch", "btf_digest", "config_blob", "features", "features_from",
-           "btf_on_node", "source")
+           "btf_on_node", "source", "image")
 
 
 class SelectorError(BpfDepotError):
@@ -70,6 +71,8 @@ class KernelEntry:
     features_from: FeaturesFrom   # probed on a node, or derived from the config
     btf_on_node: bool             # nodes expose /sys/kernel/btf/vmlinux (false: ship a minimal BTF)
     source: str                   # where the entry came from, for people
+    image: str | None = None      # blob digest of its boot image (vmlinuz), when added from its
+                                  # package: the farm boots it in a VM to load-test artifacts
 
     def __post_init__(self) -> None:
         if not _HEX64.fullmatch(self.btf_digest):
@@ -106,7 +109,7 @@ class KernelEntry:
         if not isinstance(raw, dict):
             raise StoreError(f"{where} is not a JSON object", hint="re-add the kernel")
         unknown = sorted(set(raw) - set(_FIELDS))
-        missing = [name for name in _FIELDS if name not in raw]
+        missing = [name for name in _FIELDS if name not in raw and name not in _OPTIONAL]
         if unknown or missing:
             raise StoreError(f"{where}: unknown keys {unknown}, missing keys {missing}",
                              hint="written by another bpfdepot version? re-add the kernel")
@@ -204,7 +207,10 @@ def put_kernel(store: ArtifactStore, entry: KernelEntry) -> KernelEntry:
     """
     old = get_kernel(store, entry.arch, entry.btf_digest)
     if old is not None and old.features_from == "probed" and entry.features_from == "config":
-        entry = dataclasses.replace(old, config_blob=old.config_blob or entry.config_blob)
+        entry = dataclasses.replace(old, config_blob=old.config_blob or entry.config_blob,
+                                    image=old.image or entry.image)
+    elif old is not None and entry.image is None and old.image is not None:
+        entry = dataclasses.replace(entry, image=old.image)  # a probe keeps the package's image
     if entry == old:
         return old
     digest = store.put_blob(entry.to_json().encode())
