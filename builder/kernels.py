@@ -1,58 +1,40 @@
 """``bpfdepot kernels …``: fill the kernel catalog (loader/kernel/catalog.py) and show it.
 
     bpfdepot kernels add --btf FILE [--config FILE] [--release R] [--arch A] [--no-node-btf]
-    bpfdepot kernels add --package linux-image-….deb [--no-node-btf]
+    bpfdepot kernels add --package DEB|NAME|'GLOB' … [--from-index] [--flavour cloud,rt]
+                         [--versions '>=6.1,<6.13'] [--limit N] [--dry-run] [--no-node-btf]
     bpfdepot kernels register            this node: release, arch, BTF, probed features
     bpfdepot kernels list [SELECTOR] [--json]
 
-A kernel package carries no BTF file: its BTF is the ``.BTF`` section of the vmlinux ELF
-compressed inside ``boot/vmlinuz-<release>`` (a bzImage: boot code, then the compressed
-payload, found by its compression magic). That is how ../shared/kernels/ was made.
+Packages are read by builder/kernelpkg.py, many at once by builder/kernelbatch.py, and found
+and downloaded by builder/debian.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import bz2
 import gzip
-import io
 import json
-import lzma
 import os
-import shutil
 import socket
-import subprocess
 import sys
-import tarfile
-import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from loader.kernel.btf import Btf, BtfFormatError
-from loader.kernel.catalog import (KernelEntry, features_from_config, list_kernels, parse_selector,
-                            put_kernel, select, uname_arch)
+from builder.debian import DEFAULT_MAX_BYTES
+# read_package and the image helpers lived here; kept importable from here too
+from builder.kernelpkg import (PackageKernel, btf_of_vmlinux, check_btf,  # noqa: F401
+                               read_package, vmlinux_from_image)
+from loader.kernel.catalog import (FLAVOURS, KernelEntry, features_from_config, list_kernels,
+                                   parse_selector, put_kernel, select, uname_arch)
 from loader.errors import BpfDepotError
 from loader.kernel.probe import FEATURES, probe_features, running_kernel
 from loader.model.settings import Settings
 from loader.artifacts.store import ArtifactStore
 
-_ELF = b"\x7fELF"
-# Compression magics the kernel's boot decompressors know (arch/x86/boot/compressed/Makefile).
-_MAGICS = (("gzip", b"\x1f\x8b\x08"), ("xz", b"\xfd7zXZ\x00"), ("bzip2", b"BZh"),
-           ("lzma", b"\x5d\x00\x00\x00"), ("zstd", b"\x28\xb5\x2f\xfd"), ("lz4", b"\x02\x21\x4c\x18"))
-_PROBE_BYTES = 256 * 1024  # compressed bytes tried at a candidate offset before committing to it
-
 
 # ---------------------------------------------------------------- adding kernels
-
-def _read_btf(data: bytes, what: str) -> None:
-    try:
-        Btf.parse(data)
-    except BtfFormatError as exc:
-        raise BtfFormatError(f"{what} is not raw BTF: {exc.message.removeprefix('BTF: ')}",
-                             hint="pass a raw BTF such as /sys/kernel/btf/vmlinux or "
-                                  "../shared/kernels/6.1.0-50-amd64.btf") from None
-
 
 def _read_config(path: Path) -> str:
     if not path.is_file():
@@ -66,19 +48,36 @@ def _read_config(path: Path) -> str:
     return text
 
 
+@dataclass(frozen=True, slots=True)
+class KernelBlobs:
+    """The blob digests of a kernel's BTF, config and boot image, once stored."""
+
+    btf: str
+    config: str | None
+    image: str | None
+
+
+def put_blobs(store: ArtifactStore, *, btf: bytes, config: str | None,
+              image: bytes | None) -> KernelBlobs:
+    """Store a kernel's blobs (content-addressed: safe from several threads at once)."""
+    return KernelBlobs(btf=store.put_blob(btf),
+                       config=store.put_blob(config.encode()) if config is not None else None,
+                       image=store.put_blob(image) if image is not None else None)
+
+
 def _entry(store: ArtifactStore, *, btf: bytes, config: str | None, release: str, arch: str,
-           btf_on_node: bool, source: str, image: bytes | None = None) -> KernelEntry:
-    """Store the BTF, config and boot image blobs, then the entry pointing at them."""
-    btf_blob = store.put_blob(btf)
-    image_blob = store.put_blob(image) if image is not None else None
-    config_blob = store.put_blob(config.encode()) if config is not None else None
+           btf_on_node: bool, source: str, image: bytes | None = None,
+           blobs: KernelBlobs | None = None) -> KernelEntry:
+    """Store the BTF, config and boot image blobs (unless ``blobs`` says they are stored),
+    then the entry pointing at them."""
+    blobs = blobs or put_blobs(store, btf=btf, config=config, image=image)
     entry = KernelEntry(
-        release=release, arch=arch, btf_digest=btf_blob.removeprefix("sha256:"),
-        config_blob=config_blob,
+        release=release, arch=arch, btf_digest=blobs.btf.removeprefix("sha256:"),
+        config_blob=blobs.config,
         # without a config nothing is known: no feature is claimed either way (an empty map),
         # so `feature=` selectors skip the kernel until a config or a node's probe says more
         features=features_from_config(config, arch) if config is not None else {},
-        features_from="config", btf_on_node=btf_on_node, source=source, image=image_blob)
+        features_from="config", btf_on_node=btf_on_node, source=source, image=blobs.image)
     return put_kernel(store, entry)
 
 
@@ -91,171 +90,24 @@ def add_btf(store: ArtifactStore, btf: Path, *, config: Path | None, release: st
         raise BpfDepotError(f"kernel BTF {btf} does not exist",
                             hint="pass a raw BTF such as ../shared/kernels/6.1.0-50-amd64.btf")
     data = btf.read_bytes()
-    _read_btf(data, str(btf))
+    check_btf(data, str(btf))
     text = _read_config(config) if config is not None else None
     source = f"btf file {btf.name}" + (f", config {config.name}" if config is not None else "")
     return _entry(store, btf=data, config=text, release=release or btf.name.removesuffix(".btf"),
                   arch=uname_arch(arch), btf_on_node=btf_on_node, source=source)
 
 
-def _run(argv: list[str], what: str, **kwargs: object) -> subprocess.CompletedProcess:
-    if shutil.which(argv[0]) is None:
-        raise BpfDepotError(f"{what} needs the {argv[0]} command", hint="apt-get install dpkg")
-    proc = subprocess.run(argv, capture_output=True, **kwargs)
-    if proc.returncode != 0:
-        raise BpfDepotError(f"{what} failed: {' '.join(argv)}",
-                            detail=proc.stderr.decode(errors="replace"),
-                            hint="is it a Debian package (.deb)?")
-    return proc
-
-
-def _package_files(deb: Path) -> dict[str, bytes]:
-    """boot/vmlinuz-*, boot/vmlinux-* and boot/config-* of a .deb, by their path."""
-    what = f"reading {deb}"
-    if shutil.which("dpkg-deb") is None:
-        raise BpfDepotError(f"{what} needs the dpkg-deb command", hint="apt-get install dpkg")
-    wanted: dict[str, bytes] = {}
-    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE) as proc:
-        assert proc.stdout is not None
-        try:
-            with tarfile.open(fileobj=proc.stdout, mode="r|*") as tar:
-                for member in tar:
-                    name = member.name.removeprefix("./")
-                    if member.isfile() and name.startswith(("boot/vmlinuz-", "boot/vmlinux-",
-                                                            "boot/config-")):
-                        f = tar.extractfile(member)
-                        assert f is not None
-                        wanted[name] = f.read()
-            proc.stdout.read()  # the archive's end padding, so dpkg-deb never blocks on a full pipe
-        except tarfile.TarError as exc:
-            proc.kill()
-            raise BpfDepotError(f"{what}: bad data archive ({exc})",
-                                hint="is it a Debian package (.deb)?") from None
-        err = proc.stderr.read() if proc.stderr else b""
-    if proc.returncode != 0:
-        raise BpfDepotError(f"{what} failed: dpkg-deb --fsys-tarfile {deb}",
-                            detail=err.decode(errors="replace"), hint="is it a Debian package (.deb)?")
-    return wanted
-
-
-def _decompress(kind: str, data: bytes, limit: int | None) -> bytes:
-    """Decompress one stream at the start of ``data``, ignoring what follows it.
-
-    With ``limit``, only that many input bytes are fed (a cheap test of a candidate offset);
-    raises on anything that is not such a stream. Unknown tool → LookupError."""
-    chunk = data if limit is None else data[:limit]
-    match kind:
-        case "gzip":
-            return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(chunk)
-        case "xz":
-            return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(chunk)
-        case "lzma":
-            # the 4-byte dictionary size of a false match can be up to 4 GiB: cap what it may use
-            return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE, memlimit=1 << 29).decompress(chunk)
-        case "bzip2":
-            return bz2.BZ2Decompressor().decompress(chunk)
-        case "zstd":
-            try:
-                import zstandard  # type: ignore[import-not-found]
-            except ImportError:
-                pass
-            else:
-                return zstandard.ZstdDecompressor().decompressobj().decompress(chunk)
-            return _decompress_tool("zstd", chunk)
-        case "lz4":
-            return _decompress_tool("lz4", chunk)
-    raise AssertionError(kind)  # pragma: no cover
-
-
-def _decompress_tool(tool: str, chunk: bytes) -> bytes:
-    if shutil.which(tool) is None:
-        raise LookupError(tool)
-    # The payload is followed by other bytes (its size, a signature), which the tools report
-    # as an error after writing the stream: keep the output, judge it by its ELF header.
-    proc = subprocess.run([tool, "-d", "-c", "-q"], input=chunk, capture_output=True)
-    return proc.stdout
-
-
-def vmlinux_from_image(image: bytes, what: str) -> bytes:
-    """The vmlinux ELF inside a compressed kernel image (or the image itself if it is one)."""
-    if image.startswith(_ELF):
-        return image
-    candidates = sorted((off, kind) for kind, magic in _MAGICS
-                        for off in _find_all(image, magic))
-    missing: set[str] = set()
-    for off, kind in candidates:
-        try:
-            head = _decompress(kind, image[off:], _PROBE_BYTES)
-            if not head.startswith(_ELF):
-                continue
-            elf = _decompress(kind, image[off:], None)
-        except LookupError as exc:
-            missing.add(str(exc.args[0]))
-            continue
-        except Exception:  # noqa: BLE001 - any decoder's complaint means "no stream starts here"
-            continue
-        if elf.startswith(_ELF):
-            return elf
-    if missing:
-        tools = " and ".join(sorted(missing))
-        raise BpfDepotError(f"{what} may be {tools}-compressed, but {tools} is not installed",
-                            hint=f"apt-get install {' '.join(sorted(missing))}"
-                                 + (" (or pip install zstandard)" if "zstd" in missing else ""))
-    raise BpfDepotError(
-        f"{what}: no compressed ELF found (tried {len(candidates)} offsets with gzip, xz, bzip2, "
-        "lzma, zstd and lz4 magics)",
-        hint="only kernel images whose payload is a vmlinux ELF (x86 bzImage) are understood; "
-             "pass the kernel's raw BTF with --btf instead")
-
-
-def _find_all(data: bytes, magic: bytes) -> list[int]:
-    found, at = [], data.find(magic)
-    while at >= 0:
-        found.append(at)
-        at = data.find(magic, at + 1)
-    return found
-
-
-def btf_of_vmlinux(elf: bytes, what: str, config: str | None) -> bytes:
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
-    try:
-        section = ELFFile(io.BytesIO(elf)).get_section_by_name(".BTF")
-        data = section.data() if section is not None else None
-    except (ELFError, ValueError, OSError) as exc:
-        raise BpfDepotError(f"{what}: the decompressed vmlinux is not a readable ELF ({exc})") from None
-    if data is None:
-        why = (" (its config has no CONFIG_DEBUG_INFO_BTF=y)"
-               if config is not None and "CONFIG_DEBUG_INFO_BTF=y" not in config else "")
-        raise BpfDepotError(f"{what} has no .BTF section: the kernel was built without BTF{why}",
-                            hint="CO-RE needs CONFIG_DEBUG_INFO_BTF=y; use a kernel package built "
-                                 "with it, or give a BTF made with pahole via --btf")
-    _read_btf(data, f".BTF section of {what}")
-    return data
+def store_package(store: ArtifactStore, kernel: PackageKernel, *, btf_on_node: bool = True,
+                  blobs: KernelBlobs | None = None) -> KernelEntry:
+    """The catalog entry of a read package; ``blobs`` when its blobs are already stored."""
+    return _entry(store, btf=kernel.btf, config=kernel.config, release=kernel.release,
+                  arch=kernel.arch, btf_on_node=btf_on_node, source=f"package {kernel.package}",
+                  image=kernel.image, blobs=blobs)
 
 
 def add_package(store: ArtifactStore, deb: Path, *, btf_on_node: bool = True) -> KernelEntry:
-    """A kernel given by its Debian package (linux-image-*.deb): BTF from the vmlinuz, config
-    from boot/config-<release>, arch from the package's Architecture field."""
-    if not deb.is_file():
-        raise BpfDepotError(f"kernel package {deb} does not exist",
-                            hint="apt-get download linux-image-<release> fetches one")
-    arch = _run(["dpkg-deb", "--field", str(deb), "Architecture"], f"reading {deb}").stdout.decode().strip()
-    files = _package_files(deb)
-    images = sorted(n for n in files if n.startswith(("boot/vmlinuz-", "boot/vmlinux-")))
-    if len(images) != 1:
-        raise BpfDepotError(f"{deb} holds {len(images)} kernel images ({', '.join(images) or 'none'})",
-                            hint="pass a linux-image-<release> package, which holds one boot/vmlinuz-<release>")
-    image = images[0]
-    release = image.split("-", 1)[1]
-    raw_config = files.get(f"boot/config-{release}")
-    config = raw_config.decode("utf-8", "replace") if raw_config is not None else None
-    what = f"{image} in {deb.name}"
-    btf = btf_of_vmlinux(vmlinux_from_image(files[image], what), what, config)
-    return _entry(store, btf=btf, config=config, release=release, arch=uname_arch(arch or os.uname().machine),
-                  btf_on_node=btf_on_node, source=f"package {deb.name}", image=files[image])
+    """A kernel given by its Debian package (linux-image-*.deb)."""
+    return store_package(store, read_package(deb), btf_on_node=btf_on_node)
 
 
 def register_node(store: ArtifactStore, settings: Settings, *,
@@ -305,18 +157,25 @@ def format_table(entries: list[KernelEntry]) -> str:
 
 
 def cmd_kernels_add(args: argparse.Namespace, settings: Settings) -> int:
+    if not (args.btf or args.package or args.from_index):
+        args.parser.error("one of the arguments --btf --package is required (or --from-index)")
     store = args.store_factory(settings)
-    if args.package:
+    if args.package or args.from_index:
         given = [flag for flag, value in (("--config", args.config), ("--release", args.release),
-                                          ("--arch", args.arch)) if value is not None]
+                                          ("--arch", args.arch), ("--btf", args.btf)) if value is not None]
         if given:
             raise BpfDepotError(f"{', '.join(given)} cannot be used with --package",
                                 hint="a package names its own release, arch and config")
-        entry = add_package(store, Path(args.package), btf_on_node=not args.no_node_btf)
-    else:
-        entry = add_btf(store, Path(args.btf), config=Path(args.config) if args.config else None,
-                        release=args.release, arch=args.arch or os.uname().machine,
-                        btf_on_node=not args.no_node_btf)
+        from builder.kernelbatch import cmd_add_packages  # it imports this module
+        return cmd_add_packages(args, settings, store)
+    narrowing = [flag for flag, value in (("--flavour", args.flavour), ("--versions", args.versions),
+                                          ("--limit", args.limit)) if value is not None]
+    if narrowing or args.dry_run:
+        raise BpfDepotError(f"{', '.join(narrowing) or '--dry-run'} only applies to --package and --from-index",
+                            hint="they narrow the kernel packages taken from the apt index")
+    entry = add_btf(store, Path(args.btf), config=Path(args.config) if args.config else None,
+                    release=args.release, arch=args.arch or os.uname().machine,
+                    btf_on_node=not args.no_node_btf)
     print(format_table([entry]), end="")
     return 0
 
@@ -349,16 +208,47 @@ def register_commands(sub: argparse._SubParsersAction,
     kernels = sub.add_parser("kernels", help="the catalog of target kernels: add, register, list")
     ksub = kernels.add_subparsers(dest="kernels_command", required=True)
 
-    add = ksub.add_parser("add", help="add a kernel from its raw BTF (+ config) or its Debian package")
-    src = add.add_mutually_exclusive_group(required=True)
+    add = ksub.add_parser(
+        "add", help="add kernels from a raw BTF (+ config) or from Debian kernel packages",
+        description="Add a kernel from its raw BTF (--btf), or many from Debian linux-image "
+                    "packages: local .deb files, package names, globs over the apt index, or the "
+                    "whole index (--from-index). Packages are downloaded once into a cache "
+                    "(<BPFDEPOT_HOME>/cache/debs) with apt-get download, checked against the "
+                    "index's SHA256, and read in parallel; kernels whose BTF is already in the "
+                    "catalog are reported and skipped. Exit 1 if any package failed (the others "
+                    "are kept).")
+    src = add.add_mutually_exclusive_group()
     src.add_argument("--btf", metavar="FILE", help="the kernel's raw BTF (as /sys/kernel/btf/vmlinux)")
-    src.add_argument("--package", metavar="DEB", help="a linux-image-*.deb: BTF and config taken from it")
-    add.add_argument("--config", metavar="FILE", help="the kernel's build config (features are derived from it)")
-    add.add_argument("--release", help="its `uname -r` (default: the BTF file name without .btf)")
-    add.add_argument("--arch", help="its `uname -m` or Debian arch (default: this machine's)")
+    src.add_argument("--package", metavar="PKG", nargs="+",
+                     help="linux-image packages: ./FILE.deb (a value with '/' or ending in .deb), "
+                          "a name from the apt index (linux-image-6.1.0-50-cloud-amd64; a meta "
+                          "package such as linux-image-cloud-amd64 means the image it depends on), "
+                          "or a quoted glob ('linux-image-6.1.*-cloud-amd64')")
+    add.add_argument("--from-index", action="store_true",
+                     help="every versioned linux-image the configured apt sources offer for this "
+                          "machine's arch (no -dbg, -unsigned or meta packages)")
+    add.add_argument("--flavour", metavar="LIST",
+                     help=f"globs and --from-index: only these flavours, comma-separated "
+                          f"({', '.join(FLAVOURS)}; generic is linux-image-<abi>-<arch>)")
+    add.add_argument("--versions", metavar="RANGE",
+                     help="globs and --from-index: a release range such as '>=6.1,<6.13' or "
+                          "'>=6.1.0-50' (numbers compared in natural order; '<=6.1' includes 6.1.x)")
+    add.add_argument("--limit", metavar="N", type=int,
+                     help="globs and --from-index: only the newest N images (each)")
+    add.add_argument("--dry-run", "--list-only", action="store_true", dest="dry_run",
+                     help="print the packages that would be added, and what is cached; change nothing")
+    add.add_argument("--deb-cache", metavar="DIR",
+                     help="where downloaded .debs are kept and reused (default <BPFDEPOT_HOME>/cache/debs)")
+    add.add_argument("--max-size", metavar="MB", type=int, default=DEFAULT_MAX_BYTES // 1_000_000,
+                     help="refuse packages bigger than this (default %(default)s MB)")
+    add.add_argument("--jobs", metavar="N", type=int,
+                     help="packages read (decompressed) at once (default: the CPU count, at most 4)")
+    add.add_argument("--config", metavar="FILE", help="with --btf: the kernel's build config (features are derived from it)")
+    add.add_argument("--release", help="with --btf: its `uname -r` (default: the BTF file name without .btf)")
+    add.add_argument("--arch", help="with --btf: its `uname -m` or Debian arch (default: this machine's)")
     add.add_argument("--no-node-btf", action="store_true",
                      help="its nodes have no /sys/kernel/btf/vmlinux: artifacts carry a minimal BTF")
-    add.set_defaults(func=cmd_kernels_add, store_factory=store_factory)
+    add.set_defaults(func=cmd_kernels_add, store_factory=store_factory, parser=add)
 
     reg = ksub.add_parser("register", help="add this node's kernel with its probed features (root)")
     reg.set_defaults(func=cmd_kernels_register, store_factory=store_factory)
@@ -366,7 +256,8 @@ def register_commands(sub: argparse._SubParsersAction,
     lst = ksub.add_parser("list", help="the kernels in the catalog")
     lst.add_argument("selector", nargs="?", default="all",
                      help="all (default), a release glob such as '6.1.*', or terms "
-                          "release=GLOB,arch=NAME,feature=NAME,digest=PREFIX")
+                          "release=GLOB,arch=NAME,feature=NAME,digest=PREFIX,flavour=cloud|rt|generic,"
+                          "version>=6.1,version<6.13")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_kernels_list, store_factory=store_factory)
 

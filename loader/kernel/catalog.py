@@ -11,6 +11,8 @@ or a node describing itself (``kernels register``). Targets are chosen with a sm
     release=6.12.*,arch=x86_64   comma-separated terms, all of which must hold
     feature=kprobe               kernels known to offer a feature (names from loader.kernel.probe.FEATURES)
     digest=ecf4e4                BTF digest prefix
+    flavour=cloud                Debian's flavour, from the release: -cloud-<arch>, -rt-<arch>, else generic
+    version>=6.1,version<6.13    the release's leading numbers, compared in natural order (see VersionBound)
 
 Errors (besides StoreError for a bad stored entry):
 
@@ -24,6 +26,7 @@ import dataclasses
 import difflib
 import fnmatch
 import json
+import operator
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -218,10 +221,14 @@ def put_kernel(store: ArtifactStore, entry: KernelEntry) -> KernelEntry:
     return entry
 
 
+def release_order(release: str) -> tuple:
+    """Natural order of kernel releases: 6.1 < 6.9 < 6.12."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", release) if p)
+
+
 def _release_key(entry: KernelEntry) -> tuple:
-    """Natural order: 6.1 < 6.9 < 6.12, then arch and digest for a stable order."""
-    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", entry.release) if p)
-    return parts, entry.arch, entry.btf_digest
+    """Natural order, then arch and digest for a stable order."""
+    return release_order(entry.release), entry.arch, entry.btf_digest
 
 
 def list_kernels(store: ArtifactStore) -> list[KernelEntry]:
@@ -238,10 +245,75 @@ def find_release(store: ArtifactStore, release: str, arch: str) -> KernelEntry |
     return found[0] if found else None
 
 
+# ---------------------------------------------------------------- flavour and version terms
+
+FLAVOURS = ("generic", "cloud", "rt")
+_FLAVOUR_SUFFIX = re.compile(r"-(cloud|rt)-[a-z0-9]+$")
+_LEADING_VERSION = re.compile(r"\d+(?:[.-]\d+)*")
+_VERSION_TERM = re.compile(r"^version\s*(<=|>=|==|!=|<|>|=)\s*(.*)$")
+_COMPARE = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
+            "<": operator.lt, ">": operator.gt, "=": operator.eq}
+_VERSION_OPS = tuple(_COMPARE)  # the two-character ones first: they are matched in this order
+
+
+def kernel_flavour(release: str) -> str:
+    """Debian's flavour of a release: ``6.1.0-50-cloud-amd64`` → cloud, ``…-rt-amd64`` → rt,
+    anything else (``6.1.0-50-amd64``, ``6.18.44-fc-v669``) → generic."""
+    found = _FLAVOUR_SUFFIX.search(release)
+    return found.group(1) if found else "generic"
+
+
+def release_version(release: str) -> tuple[int, ...]:
+    """The leading numbers of a release: ``6.1.0-50-cloud-amd64`` → (6, 1, 0, 50) (Debian's ABI
+    number counts: -50 is newer than -47), ``6.12.100+deb12-amd64`` → (6, 12, 100)."""
+    found = _LEADING_VERSION.match(release)
+    return tuple(int(n) for n in re.split(r"[.-]", found.group())) if found else ()
+
+
+@dataclass(frozen=True, slots=True)
+class VersionBound:
+    """One comparison of a release with a version, on as many numbers as the version gives:
+    ``<=6.1`` holds for every 6.1.x, ``<6.13`` for 6.12.100, ``=6.12`` for every 6.12.x,
+    ``>=6.1.0-50`` for Debian ABI 50 and later."""
+
+    op: str                   # one of _VERSION_OPS; "=" and "==" are the same
+    version: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return self.op + ".".join(map(str, self.version))
+
+    def holds(self, release: str) -> bool:
+        have = release_version(release)
+        if not have:
+            return False  # a release without leading numbers is in no range
+        width = len(self.version)
+        return _COMPARE[self.op]((have + (0,) * width)[:width], self.version)
+
+
+def parse_version_bound(text: str, *, where: str = "version range") -> VersionBound:
+    """``>=6.1``, ``<6.13``, ``=6.12`` or a bare ``6.12`` (the same as ``=6.12``)."""
+    term = text.strip()
+    op = next((o for o in _VERSION_OPS if term.startswith(o)), "=")
+    number = term.removeprefix(op).strip() if term.startswith(op) else term
+    if not re.fullmatch(r"\d+(?:[.-]\d+)*", number):
+        raise SelectorError(f"{where}: '{text}' is not a version bound",
+                            hint="write an operator (<, <=, >, >=, =, !=) and dotted numbers, "
+                                 "e.g. >=6.1,<6.13 or >=6.1.0-50")
+    return VersionBound(op, tuple(int(n) for n in re.split(r"[.-]", number)))
+
+
+def parse_version_range(text: str) -> tuple[VersionBound, ...]:
+    """Comma-separated bounds that must all hold: ``>=6.1,<6.13``."""
+    if not text.strip():
+        raise SelectorError("empty version range", hint="write bounds such as >=6.1,<6.13")
+    return tuple(parse_version_bound(part, where=f"version range '{text}'") for part in text.split(","))
+
+
 # ---------------------------------------------------------------- selectors
 
-_TERMS = ("release", "arch", "feature", "digest")
-_SYNTAX = "all, a release glob such as 6.1.*, or terms release=GLOB,arch=NAME,feature=NAME,digest=PREFIX"
+_TERMS = ("release", "arch", "feature", "digest", "flavour", "version")
+_SYNTAX = ("all, a release glob such as 6.1.*, or terms release=GLOB,arch=NAME,feature=NAME,"
+           "digest=PREFIX,flavour=cloud|rt|generic,version>=6.1")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -265,6 +337,10 @@ class Selector:
                     ok = entry.has(value) is True  # unknown is not "has it"
                 case "digest":
                     ok = entry.btf_digest.startswith(value)
+                case "flavour":
+                    ok = kernel_flavour(entry.release) == value
+                case "version":
+                    ok = parse_version_bound(value).holds(entry.release)
                 case _:  # pragma: no cover - parse_selector admits only _TERMS
                     raise AssertionError(key)
             if not ok:
@@ -286,6 +362,11 @@ def parse_selector(text: str) -> Selector:
         term = raw.strip()
         if term == "all":
             continue
+        if (version := _VERSION_TERM.match(term)) is not None:
+            bound = parse_version_bound(version.group(1) + version.group(2),
+                                        where=f"kernel selector '{text}'")
+            terms.append(("version", str(bound)))
+            continue
         key, eq, value = term.partition("=")
         key, value = key.strip(), value.strip()
         if not eq:
@@ -299,6 +380,9 @@ def parse_selector(text: str) -> Selector:
         if key == "feature" and value not in FEATURES:
             raise SelectorError(f"kernel selector '{text}': unknown feature '{value}'",
                                 hint=f"{_suggest(value, FEATURES)}features are {', '.join(FEATURES)}")
+        if key == "flavour" and value not in FLAVOURS:
+            raise SelectorError(f"kernel selector '{text}': unknown flavour '{value}'",
+                                hint=f"{_suggest(value, FLAVOURS)}flavours are {', '.join(FLAVOURS)}")
         if key == "arch":
             value = uname_arch(value)
         if key == "digest":

@@ -247,7 +247,7 @@ def test_cli_add_then_list(tmp_path: Path) -> None:
     wrong = bpfdepot(tmp_path, "kernels", "list", "relase=6.*")
     assert wrong.returncode == 2
     assert wrong.stderr == ("bpfdepot: error: kernel selector 'relase=6.*': unknown term 'relase'\n"
-                            "hint: did you mean 'release'? terms are release, arch, feature, digest\n")
+                            "hint: did you mean 'release'? terms are release, arch, feature, digest, flavour, version\n")
 
 
 def test_cli_empty_catalog_and_flag_errors(tmp_path: Path) -> None:
