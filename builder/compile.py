@@ -1,10 +1,19 @@
-"""Compile one kernel program of a bundle for one target kernel, validate it, store it.
+"""Compile one kernel program of a bundle once per variant, validate it, store it; then
+publish it for each target kernel its relocation check passes on (builder/verdicts.py).
+
+A *variant* is what changes the compiled code: arch, the ``-D`` feature defines a kernel implies
+(FORM_DEFINES), ``cpu:``. Kernels of one variant share one compile against a *reference*
+header — the newest target's vmlinux.h, or the vmlinux.h the bundle vendors — and CO-RE
+relocates the object to each of them; ``headers: per-kernel`` in the manifest asks for a compile
+against each kernel's own header instead.
 
 clang runs as a subprocess with flags made here, never taken from the manifest, in a scratch
-folder holding only the source closure, the shared headers and the target's vmlinux.h; its
+folder holding only the source closure, the shared headers and the reference vmlinux.h; its
 dependency list must stay inside that folder and the toolchain's headers. Paths in the output
-are mapped to /bpfdepot, so the same inputs give the same bytes. The build key is computed
-before anything runs: a key already in the store returns its artifact without running clang.
+are mapped to /bpfdepot, so the same inputs give the same bytes. Both keys are computed before
+anything runs: the object key (sources, flags, toolchain, arch, reference header) names the
+compile, the record key (object key + target kernel) its verdict for one kernel; a key already
+in the store returns its result without running clang.
 """
 
 from __future__ import annotations
@@ -15,11 +24,11 @@ import os
 import posixpath
 import re
 import shutil
-import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from builder.sandbox import INSIDE, LIMIT_HINT, Limits, limit_breach, run_sandboxed
 from builder.toolchain import Toolchain
@@ -28,11 +37,13 @@ from loader.artifacts.meta import SCHEMA, ArtifactMeta, build_ref, index_ref, lo
 from loader.kernel.elf import (EVENT_MAPS, check_object, object_channels, read_object,
                                PROGRAM_CHANNELS, unresolved_externs, unsized_maps)
 from loader.errors import BuildError
+from loader.kernel.catalog import release_order
 from loader.kernel.probe import KernelIdentity
 from loader.kernel.hooks import kernel_btf, lacking_forms, missing_hooks
 from loader.model.controls import CPUS
 from loader.model.manifest import Manifest, ProgramSpec
-from loader.artifacts.sources import SHARED_INCLUDE, SourceFile, files_digest, source_closure, source_digest
+from loader.artifacts.sources import (GENERATED, SHARED_INCLUDE, SourceFile, files_digest,
+                                      source_closure, source_digest)
 from loader.artifacts.store import ArtifactStore
 from loader.trust.artifacts import sign_published
 
@@ -60,6 +71,7 @@ class Target:
     btf: Path
     features: frozenset[str] = frozenset()  # probed or from its config; picks program forms
     btf_on_node: bool = True                # False: the artifact carries a minimal BTF
+    absent: frozenset[str] = frozenset()    # features it is known to lack (refused if needed)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,18 +85,26 @@ class Built:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
-    """Everything a build is decided by, computed before anything runs."""
+    """Everything a build for one kernel is decided by, computed before anything runs."""
 
     manifest: Manifest
     program: ProgramSpec
-    target: Target
+    target: Target                # the kernel this plan publishes for
     toolchain: Toolchain
     files: tuple[SourceFile, ...]
     entry: str
-    flags: tuple[str, ...]
-    key: str
+    flags: tuple[str, ...]        # the variant: shared by every kernel of one compile
+    key: str                      # the record key: the object key + this kernel (+ load test)
     source_digest: str
-    anchor: bytes | None = None  # the generated translation unit clang compiles, if any
+    anchor: bytes | None = None   # the generated translation unit clang compiles, if any
+    reference: Target | None = None  # whose vmlinux.h clang compiles against; None: vendored
+    object_key: str = ""          # names the compile, shared by the kernels of a variant
+    load_test: str = ""           # how the object is load-tested before publishing ("": not)
+
+    @property
+    def header_source(self) -> str:
+        """What clang compiles against, for people: a kernel, or the bundle's vmlinux.h."""
+        return "the bundle's vmlinux.h" if self.reference is None else str(self.reference.identity)
 
 
 # Kernel-dependent forms: a program compiles its kprobe or fentry form only where the target
@@ -118,36 +138,84 @@ def bpf_flags(arch: str, features: frozenset[str] = frozenset(),
 def build_key(program: ProgramSpec, inputs: dict[str, str], flags: tuple[str, ...],
               toolchain: Toolchain, target: KernelIdentity,
               channels: dict[str, tuple[str, str | None]] | None = None,
-              min_btf: bool = False, anchor: bytes | None = None) -> str:
+              anchor: bytes | None = None, vendored: bool = False) -> str:
+    """The object key: what one compile's bytes depend on. ``target`` is the reference kernel
+    whose header clang reads (only its arch counts when the bundle vendors its vmlinux.h)."""
     body: dict[str, object] = {"schema": SCHEMA, "program": program.name, "inputs": inputs,
                                "flags": flags, "toolchain": toolchain.as_dict(),
-                               "btf": target.btf_digest, "arch": target.arch}
+                               "btf": "vendored" if vendored else target.btf_digest,
+                               "arch": target.arch}
     if anchor is not None:  # what clang compiles is the generated unit, not the entry itself
         body["anchor"] = hashlib.sha256(anchor).hexdigest()
     if channels:  # the meta stored under the key records them, checked against the object
         body["channels"] = {k: list(v) for k, v in channels.items()}
-    if min_btf:   # the artifact also carries a minimal BTF for nodes without their own
-        body["min_btf"] = True
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+# Bumped when what a kernel's verdict checks changes, so older verdicts are not reused.
+CHECK_VERSION = 1
+
+
+def record_key(object_key: str, target: Target, load_test: str = "") -> str:
+    """The key of one object's verdict and artifact for one kernel: its relocation check, its
+    minimal BTF (nodes without BTF) and, when ``load_test`` names how, its load test."""
+    body: dict[str, object] = {"schema": SCHEMA, "object": object_key, "check": CHECK_VERSION,
+                               "btf": target.identity.btf_digest, "arch": target.identity.arch,
+                               "min_btf": not target.btf_on_node,
+                               "absent": sorted(target.absent)}
+    if load_test:
+        body["load_test"] = load_test
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def plan_build(manifest: Manifest, program: ProgramSpec, target: Target, toolchain: Toolchain,
-               include_dirs: list[Path] | None = None) -> Plan:
-    """Decide the build (sources, flags, key) without running anything."""
+               include_dirs: list[Path] | None = None, *, reference: Target | None = None,
+               load_test: str = "") -> Plan:
+    """Decide the build for ``target`` (sources, flags, keys) without running anything; its
+    compile reads ``reference``'s header (default: the target's own)."""
     if program.local_path is None or not program.is_source or program.type != "ebpf_object":
         raise BuildError(f"program '{program.name}' ({program.path}) is not a local .bpf.c source",
                          hint="only file:// .bpf.c sources are built; prebuilt objects load as they are")
-    files = tuple(source_closure(program.local_path, manifest.root, include_dirs or [SHARED_INCLUDE]))
+    vendored = program.headers == "bundle"
+    files = tuple(source_closure(program.local_path, manifest.root, include_dirs or [SHARED_INCLUDE],
+                                 vendored=vendored))
     inputs = files_digest(files)
     channels = manifest.channel_decls
     entry = next(f.name for f in files if f.path == program.local_path.resolve())
-    flags = bpf_flags(target.identity.arch, target.features, program.cpu)
+    # a feature define the sources never name cannot change the code: it is not the variant
+    used = frozenset(f for f, define in FORM_DEFINES if f in target.features
+                     and any(define.encode() in file.data for file in files))
+    flags = bpf_flags(target.identity.arch, used, program.cpu)
     anchor = anchor_unit(entry, channels)
-    key = build_key(program, inputs, flags, toolchain, target.identity, channels,
-                    min_btf=not target.btf_on_node, anchor=anchor)
+    if vendored and not any(PurePosixPath(f.name).name in GENERATED for f in files):
+        raise BuildError(f"program '{program.name}' says `headers: bundle`, but no vmlinux.h is "
+                         f"included from beside its sources in {manifest.root}",
+                         hint="put the vmlinux.h it compiles against beside the .bpf.c that "
+                              "includes it, or drop `headers: bundle`")
+    if vendored:
+        header = None
+    elif program.headers == "per-kernel" or reference is None:
+        header = target
+    else:
+        header = reference
+    object_key = build_key(program, inputs, flags, toolchain, (header or target).identity, channels,
+                           anchor=anchor, vendored=vendored)
     return Plan(manifest=manifest, program=program, target=target, toolchain=toolchain,
-                files=files, entry=entry, flags=flags, key=key,
-                source_digest=source_digest(files, channels, cpu=program.cpu), anchor=anchor)
+                files=files, entry=entry, flags=flags, key=record_key(object_key, target, load_test),
+                source_digest=source_digest(files, channels, cpu=program.cpu), anchor=anchor,
+                reference=header, object_key=object_key, load_test=load_test)
+
+
+def reference_for(targets: Sequence[Target]) -> dict[str, Target]:
+    """The reference kernel per arch: the newest target (its header has the most types; CO-RE
+    relocates the object down to the older ones, and the check says where it cannot)."""
+    newest: dict[str, Target] = {}
+    for target in targets:
+        arch = target.identity.arch
+        if arch not in newest or release_order(target.identity.release) > \
+                release_order(newest[arch].identity.release):
+            newest[arch] = target
+    return newest
 
 
 # The translation unit a build compiles when the manifest names channels' event structs.
@@ -270,62 +338,96 @@ def cached_build(store: ArtifactStore, plan: Plan) -> Built | None:
 
 
 def build_program(store: ArtifactStore, manifest: Manifest, program: ProgramSpec, target: Target,
-                  toolchain: Toolchain, cache_dir: Path, include_dirs: list[Path] | None = None) -> Built:
-    """Build ``program`` for ``target`` (or find it built); raise BuildError with clang's words."""
-    plan = plan_build(manifest, program, target, toolchain, include_dirs)
-    return cached_build(store, plan) or execute_build(store, plan, cache_dir)
+                  toolchain: Toolchain, cache_dir: Path, include_dirs: list[Path] | None = None,
+                  *, reference: Target | None = None) -> Built:
+    """Build ``program`` for ``target`` (or find it built): compile against ``reference``'s
+    header (default: the target's), then check and publish it for the target. Raise BuildError
+    with clang's words, or KernelRefused naming why the object cannot run on the target."""
+    from builder.verdicts import build_for
+
+    return build_for(store, plan_build(manifest, program, target, toolchain, include_dirs,
+                                       reference=reference), cache_dir)
 
 
-def execute_build(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Built:
-    """Compile, check, and publish: object blob → meta blob → refs (no ref points at nothing)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compiled:
+    """One compile's object and its meta (target: the reference kernel; key: the object key),
+    stored under ``object_ref``; the kernels of its variant are published from it."""
+
+    meta: ArtifactMeta
+    meta_digest: str
+    cached: bool
+    seconds: float
+    warnings: str = ""
+
+
+def object_ref(object_key: str) -> str:
+    return f"objects/{object_key}"
+
+
+def find_compiled(store: ArtifactStore, object_key: str) -> Compiled | None:
+    """The stored compile named by ``object_key``, or None (also when its object blob is lost)."""
+    found = lookup(store, object_ref(object_key))
+    if found is None or not store.has_blob(found[0].digest):
+        return None
+    return Compiled(meta=found[0], meta_digest=found[1], cached=True, seconds=0.0)
+
+
+def compile_object(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Compiled:
+    """Compile the plan's variant against its reference header, check what holds on every
+    kernel (size, links, map sizes, channels), and store object blob → meta blob → object ref.
+    Nothing is published for a kernel here: builder/verdicts.py does that per kernel."""
     started = time.perf_counter()
-    program, target, toolchain, manifest = plan.program, plan.target, plan.toolchain, plan.manifest
-    header = vmlinux_header(target.btf, target.identity.btf_digest, toolchain.bpftool, cache_dir)
+    program, toolchain, manifest = plan.program, plan.toolchain, plan.manifest
+    reference = plan.reference or plan.target  # a vendored header: named after the first target
+    what = (f"'{program.name}' for {reference.identity}" if plan.reference is not None
+            else f"'{program.name}' (with the bundle's vmlinux.h)")
+    if plan.reference is not None:
+        header = vmlinux_header(reference.btf, reference.identity.btf_digest, toolchain.bpftool,
+                                cache_dir)
+    else:  # the bundle's own vmlinux.h sits beside its sources; -I vmlinux finds nothing
+        header = cache_dir / "vmlinux" / "empty.h"
+        if not header.exists():
+            header.parent.mkdir(parents=True, exist_ok=True)
+            header.write_bytes(b"")
     scratch_root = cache_dir.parent / "tmp"
     scratch_root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="build-", dir=scratch_root))
     try:
         data, warnings = _compile(plan.files, plan.entry, header, plan.flags, toolchain, scratch,
-                                  program, target, manifest.root, plan.anchor)
-        min_btf = None if target.btf_on_node else _min_core_btf(target, data, toolchain, scratch)
+                                  program, reference, manifest.root, plan.anchor)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    check_size(data, MAX_OBJECT_BYTES, f"the object built from '{program.name}' for {target.identity}",
+    check_size(data, MAX_OBJECT_BYTES, f"the object built from {what}",
                hint="shrink large global arrays (.data/.bss/.rodata): size maps with max_entries "
                     "instead, or keep the data in user space")
-    info = read_object(data, f"{program.name} for {target.identity}")
-    check_links_and_sizes(info, program, target)
-    hook_note = check_hooks(info, program, target)
+    info = read_object(data, what.replace("'", ""))
+    check_links_and_sizes(info, program, reference)
     decls = object_channels(info, manifest.channel_decls,
                             several_objects=len(manifest.kernel_programs) > 1)
     check_events(info, program.name, decls)
     problems = check_object(info, program.name, decls)
     if problems:
-        raise BuildError(f"the object built from '{program.name}' for {target.identity} is not usable",
+        raise BuildError(f"the object built from {what} is not usable",
                          detail="\n".join(f"  - {p}" for p in problems),
                          hint="fix the source or the manifest as each line says")
     digest = store.put_blob(data)
-    extra: dict[str, object] = {"form": sorted(d for f, d in FORM_DEFINES if f in target.features)}
-    if min_btf is not None:
-        extra["min_btf"] = store.put_blob(min_btf)
-    if hook_note:
-        extra["hooks_missing"] = hook_note[0]
     meta = ArtifactMeta(
-        name=program.name, kind="bpf_object", key=plan.key, digest=digest, size=len(data),
-        source_digest=plan.source_digest, target=target.identity, toolchain=toolchain.as_dict(),
+        name=program.name, kind="bpf_object", key=plan.object_key, digest=digest, size=len(data),
+        source_digest=plan.source_digest, target=reference.identity, toolchain=toolchain.as_dict(),
         flags=plan.flags, inputs=files_digest(plan.files),
         programs=info.program_rows(),
         maps=tuple({"name": m.name, "type": m.type_name, "max_entries": m.max_entries,
                     "key_size": m.key_size, "value_size": m.value_size} for m in info.maps),
         channels={c.name: _channel_meta(info, c.name, c.type, c.event) for c in manifest.channels
                   if c.name in decls},
-        required_features=info.required_features, license=info.license or "", extra=extra)
-    meta_digest = publish(store, meta, index_ref(program.name, plan.source_digest, target.identity))
-    if hook_note:
-        warnings = "\n".join(w for w in (warnings, hook_note[1]) if w)
-    return Built(meta=meta, meta_digest=meta_digest, cached=False,
-                 seconds=time.perf_counter() - started, warnings=warnings)
+        required_features=info.required_features, license=info.license or "",
+        extra={"form": sorted(d for f, d in FORM_DEFINES if f"-D{d}=1" in plan.flags),
+               "reference": plan.header_source})
+    meta_digest = store.put_ref(object_ref(plan.object_key), store.put_blob(meta.to_json()))
+    return Compiled(meta=meta, meta_digest=meta_digest, cached=False,
+                    seconds=time.perf_counter() - started, warnings=warnings)
 
 
 def check_size(data: bytes, limit: int, what: str, *, hint: str) -> None:
@@ -343,20 +445,6 @@ def publish(store: ArtifactStore, meta: ArtifactMeta, index: str) -> str:
     store.put_ref(meta_of_ref(meta.digest), meta_digest)
     sign_published(store, meta, meta_digest)  # with BPFDEPOT_SIGNING_KEY (loader/trust)
     return meta_digest
-
-
-def _min_core_btf(target: Target, obj: bytes, toolchain: Toolchain, scratch: Path) -> bytes:
-    """Only the BTF types the object's CO-RE relocations use, for nodes without kernel BTF."""
-    (scratch / "min").mkdir()
-    obj_path, out = scratch / "min" / "obj.bpf.o", scratch / "min" / "min.btf"
-    obj_path.write_bytes(obj)
-    done = subprocess.run([str(toolchain.bpftool), "gen", "min_core_btf", str(target.btf), str(out),
-                           str(obj_path)], capture_output=True, text=True, timeout=120)
-    if done.returncode != 0 or not out.exists():
-        raise BuildError(f"bpftool could not make a minimal BTF for {target.identity}",
-                         detail=(done.stderr or done.stdout).strip(),
-                         hint="check that the catalog's BTF for this kernel is complete")
-    return out.read_bytes()
 
 
 def _channel_meta(info, name: str, ctype: str, declared: str | None) -> dict:

@@ -1,9 +1,12 @@
 """The Celery app of the build farm: two thin tasks that take ids; the logic is in
 builder/jobs.py.
 
-    bpfdepot.build(build_id)                     fan out: one compile per (program × kernel)
-    bpfdepot.compile(build_id, program, target)  compile one (or check a .bt script), or find
-                                                 it done, record the result
+    bpfdepot.build(build_id)                      fan out: one compile per (program × variant)
+    bpfdepot.compile(build_id, program, targets)  compile once for those kernels (or check a .bt
+                                                  script), or find it done; then check and
+                                                  publish (or refuse) it for each kernel
+    bpfdepot.loadtest(build_id, target)           load and attach a kernel's candidates on it (a
+                                                  VM, or a node of it: its own queue), publish
 
 Messages are acknowledged after the task ends (``acks_late``) and put back when a worker dies
 under them (``reject_on_worker_lost``), so a build survives ``kill -9``; each task is idempotent
@@ -105,9 +108,9 @@ def build_task(self: Task, build_id: str) -> None:
     ctx = jobs.context()
     enqueued: set[str] = set()
     try:
-        for program, target in jobs.fan_out(ctx, build_id):
-            compile_task.apply_async((build_id, program, target), queue=QUEUE)
-            enqueued.add(f"{program}@{target}")
+        for program, targets in jobs.fan_out(ctx, build_id):
+            compile_task.apply_async((build_id, program, targets), queue=QUEUE)
+            enqueued.update(f"{program}@{target}" for target in targets)
     except Exception as exc:  # noqa: BLE001 - the fan-out runs once: jobs it did not enqueue
         # would stay "queued" for ever, so they fail here, naming the cause
         log.exception("build %s: the fan-out failed", build_id)
@@ -116,12 +119,22 @@ def build_task(self: Task, build_id: str) -> None:
 
 
 @app.task(name="bpfdepot.compile", bind=True, max_retries=None)
-def compile_task(self: Task, build_id: str, program: str, target: str) -> None:
+def compile_task(self: Task, build_id: str, program: str, targets: str | list[str]) -> None:
     from builder import jobs
 
-    again = jobs.compile_job(jobs.context(), build_id, program, target,
+    again = jobs.compile_job(jobs.context(), build_id, program, targets,
                              delivery=f"{self.request.id}:{self.request.retries}",
                              attempt=self.request.retries,
                              worker=self.request.hostname or "")
+    if again is not None:
+        raise self.retry(countdown=again)
+
+
+@app.task(name="bpfdepot.loadtest", bind=True, max_retries=None)
+def loadtest_task(self: Task, build_id: str, target: str) -> None:
+    from builder import jobs
+
+    again = jobs.load_test_job(jobs.context(), build_id, target, attempt=self.request.retries,
+                               worker=self.request.hostname or "")
     if again is not None:
         raise self.retry(countdown=again)

@@ -13,7 +13,7 @@ from loader.errors import BpfDepotError, BuildError
 from loader.model.settings import Settings
 
 STATE_STYLE = {"queued": "dim", "waiting": "yellow", "compiling": "cyan", "built": "green",
-               "cached": "green", "failed": "bold red"}
+               "cached": "green", "failed": "bold red", "refused": "red", "load-testing": "magenta"}
 
 
 def _records(settings: Settings) -> Records:
@@ -30,12 +30,45 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             raise BuildError(f"this worker cannot build: {tool} is not installed",
                              hint=f"apt-get install {package} (or run scripts/setup)")
     app = configure(settings)
+    queues = [QUEUE]
+    if args.load_test_node or os.environ.get("BPFDEPOT_LOAD_TEST_NODE") == "1":
+        queues.append(_announce_node(settings))
     argv = ["worker", f"--concurrency={args.concurrency}", f"--pool={args.pool}",
-            "--without-gossip", "--without-mingle", f"--queues={QUEUE}",
+            "--without-gossip", "--without-mingle", f"--queues={','.join(queues)}",
             f"--loglevel={'DEBUG' if settings.debug else 'INFO'}",
             f"--hostname=bpfdepot-{os.getpid()}@%h"]
     app.worker_main(argv)
     return 0
+
+
+def _announce_node(settings: Settings) -> str:
+    """Offer this node's kernel for load tests (builder/loadtests.py): its queue, announced
+    while the worker runs. Needs root, the kernel's BTF and the kernel in the catalog."""
+    import socket
+    import threading
+
+    from builder.loadtests import announce, node_queue
+    from loader.kernel.catalog import get_kernel, uname_arch
+    from loader.kernel.probe import file_digest
+    from loader.artifacts.store import open_store
+
+    if os.geteuid() != 0:
+        raise BuildError("--load-test-node loads BPF programs: run the worker as root",
+                         hint="or leave load tests of this kernel to a VM (kernels add --package)")
+    btf = Path("/sys/kernel/btf/vmlinux")
+    if not btf.exists():
+        raise BuildError("--load-test-node: this kernel has no /sys/kernel/btf/vmlinux",
+                         hint="a kernel without BTF cannot be a build target")
+    arch, digest = uname_arch(os.uname().machine), file_digest(btf)
+    if get_kernel(open_store(settings), arch, digest) is None:
+        raise BuildError(f"--load-test-node: this kernel ({os.uname().release}) is not in the "
+                         "kernel catalog", hint="register it first: bpfdepot kernels register")
+    target = f"{arch}-{digest}"
+    announce(connect(settings.broker), target, f"{socket.gethostname()}-{os.getpid()}",
+             threading.Event())
+    print(f"bpfdepot: load-testing for kernel {os.uname().release} (queue {node_queue(target)})",
+          file=sys.stderr)
+    return node_queue(target)
 
 
 def submit(settings: Settings, bundle: str, selector: str) -> Build:
@@ -74,12 +107,12 @@ def _table(build: Build):
     from rich.table import Table
 
     table = Table(title=f"build {build.id} · {build.name} · {build.selector}", expand=False)
-    for col in ("program", "kernel", "state", "artifact", "time"):
+    for col in ("program", "kernel", "state", "artifact / verdict", "compiled against", "time"):
         table.add_column(col)
     for job in sorted(build.jobs.values(), key=lambda j: (j.program, j.release)):
         table.add_row(job.program, job.release, f"[{STATE_STYLE.get(job.state, '')}]{job.state}",
-                      job.digest[:19] if job.digest else (job.error.splitlines()[0][:60] if job.error else ""),
-                      f"{job.seconds:.2f} s" if job.seconds else "")
+                      job.digest[:19] if job.digest else _verdict_line(job.error, 70),
+                      job.reference, f"{job.seconds:.2f} s" if job.seconds else "")
     return table
 
 
@@ -108,25 +141,44 @@ def wait(settings: Settings, build: Build, timeout_s: float, live: bool) -> Buil
     return current
 
 
+def _verdict_line(error: str, width: int) -> str:
+    """The first line of a job's error, without the program and kernel the row names."""
+    first = error.splitlines()[0] if error else ""
+    return (first.split("): ", 1)[1] if " is refused for kernel " in first and "): " in first
+            else first)[:width]
+
+
 def print_result(build: Build, bundle: Path | None = None) -> int:
-    """One line per job; a failed job's error follows on stderr, its files named in ``bundle``
-    (the user's bundle folder) when known, as a local build names them."""
+    """One line per job: its artifact, or FAILED (the compile) / REFUSED (this kernel, with the
+    field, hook or verifier words that decided it); errors follow on stderr, files named in
+    ``bundle`` (the user's bundle folder) when known, as a local build names them. Non-zero
+    when a compile failed or a program is refused on every kernel it was built for."""
     from builder.jobs import BUNDLE_MARK
 
     for job in sorted(build.jobs.values(), key=lambda j: (j.program, j.release)):
-        if job.state == "failed":
-            print(f"{job.program:<16} {job.release:<30} FAILED", flush=True)
+        if job.state in ("failed", "refused"):
+            print(f"{job.program:<16} {job.release:<30} {job.state.upper()}", flush=True)
             error = job.error.replace(f"{BUNDLE_MARK}/", f"{bundle}/") if bundle else job.error
             print("  " + error.replace("\n", "\n  "), file=sys.stderr)
         else:
             print(f"{job.program:<16} {job.release:<30} {job.digest} {job.size:>7} B  "
                   f"{job.state:<7} meta {job.meta}")
-    return BuildError.exit_code if build.failed else 0
+    passed = {j.program for j in build.jobs.values() if j.state in ("built", "cached")}
+    nowhere = sorted({j.program for j in build.refused} - passed)
+    if build.refused:
+        kernels = len({j.target for j in build.refused})
+        print(f"bpfdepot: {len(build.refused)} job(s) refused on {kernels} kernel(s); `bpfdepot "
+              "lock` pins only the kernels that passed"
+              + (f"; refused everywhere: {', '.join(nowhere)}" if nowhere else ""), file=sys.stderr)
+    return BuildError.exit_code if build.failed or nowhere else 0
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     build = submit(settings, args.bundle, args.kernels)
-    print(f"build {build.id}: {len(build.jobs)} compile(s) of '{build.name}' queued", file=sys.stderr)
+    programs = len({j.program for j in build.jobs.values()})
+    print(f"build {build.id}: {len(build.jobs)} job(s) of '{build.name}' queued ({programs} "
+          f"program(s) × {len(build.jobs) // max(programs, 1)} kernel(s); one compile per variant)",
+          file=sys.stderr)
     if not args.wait:
         print(build.id)
         return 0
@@ -164,6 +216,10 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
     worker = sub.add_parser("worker", help="run a build-farm worker (Celery) on $BPFDEPOT_BROKER")
     worker.add_argument("--concurrency", "-c", type=int, default=os.cpu_count() or 1)
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    worker.add_argument("--load-test-node", action="store_true",
+                        help="also load-test artifacts for this node's own kernel before they "
+                             "are published (root; the kernel registered in the catalog); "
+                             "BPFDEPOT_LOAD_TEST_NODE=1 does the same")
     worker.set_defaults(func=cmd_worker)
 
     sub_ = sub.add_parser("submit", help="send a bundle to the farm for every selected kernel")

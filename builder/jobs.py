@@ -1,12 +1,17 @@
 """What the farm's tasks do (builder/farm.py holds only the Celery wrappers).
 
-A job compiles an ebpf_object source or checks a bpftrace_object script for one kernel
-(``steps``); either is idempotent: it plans the build (its key comes from content), returns at once
-when the store has that key, and otherwise compiles under a Redis lock named by the key, held
-with a heartbeat. A redelivered or duplicate job that finds the lock taken does not compile: it
-comes back later and finds the result in the store. So identical submissions compile once, a
-worker killed mid-build is replaced by the redelivery, and a build longer than the broker's
-visibility timeout never runs twice at the same time.
+A build has one job per (program × kernel). The fan-out answers the jobs the store already
+holds and groups the rest by *object key*: the kernels of one variant share one compile
+against the build's reference header (builder/compile.py), so one task compiles the group's
+object once and then checks it for each of its kernels (builder/verdicts.py), publishing or
+refusing each. A bpftrace_object script is checked per kernel (builder/bpftrace.py).
+
+Every task is idempotent: keys come from content, a key the store holds is answered at once,
+and a compile runs under a Redis lock named by its object key, held with a heartbeat. A
+redelivered or duplicate task that finds the lock taken does not compile: it comes back later
+and finds the object in the store. So identical submissions compile once, a worker killed
+mid-build is replaced by the redelivery, and a build longer than the broker's visibility
+timeout never runs twice at the same time.
 """
 
 from __future__ import annotations
@@ -29,16 +34,20 @@ import redis
 from builder.bundle import bundle_include_dir, unpack_bundle
 from builder.compile import (
     Built,
+    Compiled,
+    Plan,
     Target,
-    cached_build,
-    execute_build,
+    compile_object,
+    find_compiled,
     form_features,
     plan_build,
 )
-from builder.records import Job, Records, connect
+from builder.verdicts import Checked, check_kernel, find_done, publish_kernel
+from builder.records import Build, Job, Records, connect
 from builder.toolchain import Toolchain, find_toolchain
+from loader.artifacts.meta import read_meta
 from loader.kernel.catalog import get_kernel
-from loader.errors import BpfDepotError, BuildError, StoreError
+from loader.errors import BpfDepotError, BuildError, KernelRefused, StoreError
 from loader.model.manifest import Manifest, load_bundle
 from loader.model.settings import Settings
 from loader.artifacts.store import ArtifactStore, open_store
@@ -48,6 +57,7 @@ log = logging.getLogger(__name__)
 MAX_DELIVERIES = 3      # a message delivered more often than this is a poison bundle
 LOCK_TTL_S = 10         # a dead compiler's lock frees itself after this long
 STORE_RETRIES = 3       # transient store failures: retried with backoff, then the job fails
+LOAD_TEST_RETRIES = 2   # a load test that could not run (QEMU, a node): tried again, then failed
 BUNDLE_MARK = "<bundle>"  # stands for the bundle's folder in recorded errors (see bundle_paths)
 
 
@@ -67,15 +77,21 @@ def context() -> Context:
     return Context(settings=settings, store=open_store(settings), records=Records(client), redis=client)
 
 
-def fan_out(ctx: Context, build_id: str) -> Iterator[tuple[str, str]]:
-    """The (program, target) pairs that need a compile job, once per build. Jobs whose result
-    is already in the store are answered here, without a second trip through the broker."""
+def fan_out(ctx: Context, build_id: str) -> Iterator[tuple[str, list[str]]]:
+    """The compile tasks a build needs, once per build: (program, the kernels that share one
+    compile). Jobs whose result (or refusal) is already in the store are answered here,
+    without a second trip through the broker."""
     build = ctx.records.get(build_id)
     if build is None or not ctx.records.claim_fanout(build_id):
         return iter(())
-    def check(job: Job) -> tuple[Job, Built | None]:
-        _, find, _ = steps(ctx, unpacked(ctx, build.bundle), job.program, job.target)
-        return job, find()
+    groups: dict[tuple[str, str], list[str]] = {}
+
+    def check(job: Job) -> tuple[Job, str, Built | KernelRefused | None]:
+        group, find = job_steps(ctx, build, job.program, job.target)
+        try:
+            return job, group, find()
+        except KernelRefused as exc:
+            return job, group, exc
 
     try:
         unpacked(ctx, build.bundle)  # once, before the threads race to unpack it
@@ -84,15 +100,41 @@ def fan_out(ctx: Context, build_id: str) -> Iterator[tuple[str, str]]:
     except Exception:  # noqa: BLE001 - this task claimed the fan-out: it must never lose a job
         log.warning("build %s: cache check failed, every job goes to a compile task", build_id,
                     exc_info=True)
-        checked = [(job, None) for job in build.jobs.values()]
-    todo = []
-    for job, done in checked:
+        checked = [(job, job.target, None) for job in build.jobs.values()]
+    for job, group, done in checked:
         if done is None:
-            todo.append((job.program, job.target))
+            groups.setdefault((job.program, group), []).append(job.target)
         else:
-            ctx.records.update(build_id, replace(job, state="cached", digest=done.meta.digest,
-                                                 meta=done.meta_digest, size=done.meta.size))
-    return iter(todo)
+            record_done(ctx, build_id, job, done)
+    return iter((program, targets) for (program, _), targets in groups.items())
+
+
+def record_done(ctx: Context, build_id: str, job: Job, done: Built | KernelRefused | Checked, *,
+                worker: str = "", seconds: float = 0.0) -> None:
+    """Record a job's end: its artifact (built or found), or its kernel's refusal; or that it
+    waits for its kernel's load test (its candidate meta stored, not published)."""
+    if isinstance(done, Checked):
+        from builder.loadtests import candidate
+
+        ctx.records.update(build_id, replace(
+            job, state="load-testing", digest=done.meta.digest, meta=candidate(ctx.store, done),
+            size=done.meta.size, worker=worker or job.worker, seconds=seconds or job.seconds,
+            compiled=done.fresh, reference=str(done.meta.extra.get("reference", "")),
+            object_key=str(done.meta.extra.get("object_key", ""))))
+        return
+    if isinstance(done, KernelRefused):
+        record = getattr(done, "record", {})
+        ctx.records.update(build_id, replace(job, state="refused", worker=worker or job.worker,
+                                             error=str(done), seconds=seconds, digest="",
+                                             meta="", size=0,
+                                             reference=str(record.get("reference", "")),
+                                             object_key=str(record.get("object_key", ""))))
+        return
+    ctx.records.update(build_id, replace(
+        job, state="cached" if done.cached else "built", digest=done.meta.digest,
+        meta=done.meta_digest, size=done.meta.size, worker=worker or job.worker, error="",
+        seconds=seconds or job.seconds, reference=str(done.meta.extra.get("reference", "")),
+        object_key=str(done.meta.extra.get("object_key", ""))))
 
 
 def bundle_root(ctx: Context, bundle: str) -> Path:
@@ -143,7 +185,8 @@ def target_of(ctx: Context, target: str) -> Target:
         _BTF_PATHS[btf] = ctx.store.blob_path(f"sha256:{btf}")
     return Target(identity=entry.identity, btf=_BTF_PATHS[btf],
                   features=form_features(entry.features, probed=entry.features_from == "probed"),
-                  btf_on_node=entry.btf_on_node)
+                  btf_on_node=entry.btf_on_node,
+                  absent=frozenset(k for k, ok in entry.features.items() if not ok))
 
 
 @cache
@@ -174,82 +217,223 @@ class _Heartbeat:
         self.thread.join()
 
 
-def steps(ctx: Context, manifest: Manifest, program: str, target: str
-          ) -> tuple[str, Callable[[], Built | None], Callable[[], Built]]:
-    """One job's key (what its Redis lock is named by), how to find it done in the store and how
-    to do it: a compile of an ebpf_object source, or the check of a bpftrace_object script
-    (builder/bpftrace.py: policy, probes and fields against the target's BTF)."""
+def job_steps(ctx: Context, build: Build, program: str, target: str
+              ) -> tuple[str, Callable[[], Built | None]]:
+    """A job's group (jobs of one group share a compile: its object key) and how to find it
+    done in the store (raising KernelRefused for a recorded refusal)."""
+    manifest = unpacked(ctx, build.bundle)
     spec = manifest.program(program)
-    if getattr(spec, "type", None) == "bpftrace_object":  # anything else is planned as a compile
-        from builder.bpftrace import cached_check, execute_check, plan_check
+    if getattr(spec, "type", None) == "bpftrace_object":  # checked per kernel, never grouped
+        from builder.bpftrace import cached_check, plan_check
 
         check = plan_check(spec, target_of(ctx, target))
-        return (check.key, partial(cached_check, ctx.store, check),
-                partial(execute_check, ctx.store, check))
-    plan = plan_build(manifest, spec, target_of(ctx, target), toolchain(ctx.settings.cache),
-                      [bundle_include_dir(manifest.root)])
-    return (plan.key, partial(cached_build, ctx.store, plan),
-            partial(execute_build, ctx.store, plan, ctx.settings.cache))
+        return f"bpftrace:{target}", partial(cached_check, ctx.store, check)
+    plan = plan_of(ctx, build, manifest, program, target)
+    return plan.object_key, partial(find_done, ctx.store, plan)
 
 
-def compile_job(ctx: Context, build_id: str, program: str, target: str, *, delivery: str,
-                attempt: int, worker: str) -> float | None:
-    """Run one compile job; return seconds after which to try again, or None when done."""
+def plan_of(ctx: Context, build: Build, manifest: Manifest, program: str, target: str) -> Plan:
+    """The plan of one job: compiled against the build's reference kernel for its arch, and
+    load-tested the way the build decided for its kernel."""
+    reference = build.references.get(target.partition("-")[0])
+    return plan_build(manifest, manifest.program(program), target_of(ctx, target),
+                      toolchain(ctx.settings.cache),
+                      [bundle_include_dir(manifest.root)],
+                      reference=target_of(ctx, reference) if reference else None,
+                      load_test=load_method(ctx, build.id, target))
+
+
+_METHODS: dict[tuple[str, str], str] = {}
+
+
+def load_method(ctx: Context, build_id: str, target: str) -> str:
+    """How the build load-tests its objects for ``target`` (builder/loadtests.py), decided once
+    per build, by its first task, so that every task computes the same record keys."""
+    if (build_id, target) not in _METHODS:
+        from builder.loadtests import method_for
+
+        arch, _, btf = target.partition("-")
+        entry = get_kernel(ctx.store, arch, btf)
+        method = method_for(ctx.redis, entry) if entry is not None else ""
+        _METHODS[(build_id, target)] = ctx.records.decide(build_id, f"load-test:{target}", method)
+    return _METHODS[(build_id, target)]
+
+
+def compile_job(ctx: Context, build_id: str, program: str, target: str | list[str], *,
+                delivery: str, attempt: int, worker: str) -> float | None:
+    """Run one compile task: the object of ``program`` shared by ``target`` (a kernel or the
+    kernels of one variant), then its verdict for each. Return seconds after which to try
+    again, or None when done."""
+    targets = [target] if isinstance(target, str) else list(target)
     build = ctx.records.get(build_id)
     if build is None:
         return None  # expired or unknown: nothing to report to
-    job = build.jobs.get(f"{program}@{target}") or Job(program=program, target=target, release="?")
-    if job.done:
+    jobs = [build.jobs.get(f"{program}@{t}") or Job(program=program, target=t, release="?")
+            for t in targets]
+    if any(job.state == "load-testing" for job in jobs):  # a redelivery after the check
+        for job in jobs:
+            start_load_test(ctx, build_id, job.target)
+    jobs = [job for job in jobs if not job.done and job.state != "load-testing"]
+    if not jobs:
         return None
     if ctx.records.delivered(delivery) > MAX_DELIVERIES:
-        ctx.records.update(build_id, replace(job, state="failed", worker=worker, error=(
-            f"delivered {MAX_DELIVERIES + 1} times: a worker died each time it ran this compile; "
-            "not trying again (a bundle that kills its compiler?)")))
+        for job in jobs:
+            ctx.records.update(build_id, replace(job, state="failed", worker=worker, error=(
+                f"delivered {MAX_DELIVERIES + 1} times: a worker died each time it ran this "
+                "compile; not trying again (a bundle that kills its compiler?)")))
         return None
     started = time.perf_counter()
+    what = f"compile of '{program}'"
     try:
-        key, find, make = steps(ctx, unpacked(ctx, build.bundle), program, target)
-        done = find()
-        if done is None:
-            lock = ctx.redis.lock(f"bpfdepot:compiling:{key}", timeout=LOCK_TTL_S,
+        manifest = unpacked(ctx, build.bundle)
+        if getattr(manifest.program(program), "type", None) == "bpftrace_object":
+            what = f"check of '{program}'"
+            for job in jobs:
+                record_done(ctx, build_id, job, _bpftrace(ctx, manifest, program, job.target),
+                            worker=worker, seconds=round(time.perf_counter() - started, 3))
+            return None
+        plans = [plan_of(ctx, build, manifest, program, job.target) for job in jobs]
+        compiled = find_compiled(ctx.store, plans[0].object_key)
+        if compiled is None:
+            lock = ctx.redis.lock(f"bpfdepot:compiling:{plans[0].object_key}", timeout=LOCK_TTL_S,
                                   blocking=False, thread_local=False)
             if not lock.acquire():
-                ctx.records.update(build_id, replace(job, state="waiting", worker=worker))
+                for job in jobs:
+                    ctx.records.update(build_id, replace(job, state="waiting", worker=worker))
                 return min(0.05 * 2 ** min(attempt, 6), 2.0)
             try:
-                done = find()  # finished while we took the lock?
-                if done is None:
-                    ctx.records.update(build_id, replace(job, state="compiling", worker=worker))
+                compiled = find_compiled(ctx.store, plans[0].object_key)  # done meanwhile?
+                if compiled is None:
+                    for job in jobs:
+                        ctx.records.update(build_id, replace(job, state="compiling", worker=worker))
                     with _Heartbeat(lock):
-                        done = make()
+                        compiled = compile_object(ctx.store, plans[0], ctx.settings.cache)
             finally:
                 try:
                     lock.release()
                 except redis.exceptions.LockError:
                     pass  # lapsed while Redis was away; the result is in the store either way
+        # each kernel's check is ~1 ms of CPU and its publishing a few store round trips:
+        # overlapped, a compile for 30 kernels costs little more than one for a single kernel
+        with ThreadPoolExecutor(max_workers=min(8, len(plans))) as pool:
+            verdicts = list(pool.map(lambda plan: _verdict(ctx, plan, compiled), plans))
+        for job, verdict in zip(jobs, verdicts):
+            record_done(ctx, build_id, job, verdict, worker=worker,
+                        seconds=round(time.perf_counter() - started, 3))
+        for job in jobs:
+            start_load_test(ctx, build_id, job.target)
     except StoreError as exc:
         if attempt < STORE_RETRIES:
-            ctx.records.update(build_id, replace(job, state="queued", worker=worker,
-                                                 error=f"retrying: {exc.message}"))
+            for job in jobs:
+                ctx.records.update(build_id, replace(job, state="queued", worker=worker,
+                                                     error=f"retrying: {exc.message}"))
             return 0.5 * 2 ** attempt
-        ctx.records.update(build_id, replace(job, state="failed", worker=worker, error=str(exc)))
-        return None
+        _fail(ctx, build_id, jobs, worker, str(exc))
     except BpfDepotError as exc:  # compile errors fail at once: retrying cannot fix them
-        ctx.records.update(build_id, replace(job, state="failed", worker=worker,
-                                             error=bundle_paths(str(exc), bundle_root(ctx, build.bundle))))
-        return None
+        _fail(ctx, build_id, jobs, worker, bundle_paths(str(exc), bundle_root(ctx, build.bundle)))
     except Exception as exc:  # noqa: BLE001 - a bug or a bundle we did not foresee
         # Left to Celery, the message would be acknowledged and the job stay "queued" for ever.
         # The same bundle fails the same way on every delivery, so fail it now, with the cause.
-        log.exception("build %s: compile of %s for %s failed unexpectedly", build_id, program, target)
-        ctx.records.update(build_id, replace(job, state="failed", worker=worker,
-                                             error=unexpected(exc, f"compile of '{program}'")))
-        return None
-    ctx.records.update(build_id, replace(
-        job, state="cached" if done.cached else "built", digest=done.meta.digest,
-        meta=done.meta_digest, size=done.meta.size, worker=worker, error="",
-        seconds=round(time.perf_counter() - started, 3)))
+        log.exception("build %s: %s for %s failed unexpectedly", build_id, what, targets)
+        _fail(ctx, build_id, jobs, worker, unexpected(exc, what))
     return None
+
+
+def _verdict(ctx: Context, plan: Plan, compiled: Compiled) -> Built | KernelRefused | Checked:
+    """The kernel's record of a compiled object: found, or checked and published, or checked
+    and waiting for its load test, or refused."""
+    try:
+        done = find_done(ctx.store, plan)
+        if done is not None:
+            return done
+        checked = check_kernel(ctx.store, plan, compiled, ctx.settings.cache)
+        if plan.load_test:
+            return replace(checked, fresh=not compiled.cached)
+        return replace(publish_kernel(ctx.store, checked), cached=compiled.cached)
+    except KernelRefused as exc:
+        return exc
+
+
+def start_load_test(ctx: Context, build_id: str, target: str) -> None:
+    """Enqueue the load test of ``target`` once every job of the build for it is checked."""
+    build = ctx.records.get(build_id)
+    mine = [j for j in (build.jobs.values() if build else ()) if j.target == target]
+    waiting = [j for j in mine if j.state == "load-testing"]
+    if not waiting or not all(j.done or j.state == "load-testing" for j in mine):
+        return
+    if not ctx.records.claim(build_id, f"load-test:{target}"):
+        return
+    from builder.farm import QUEUE, loadtest_task
+    from builder.loadtests import node_queue
+
+    queue = node_queue(target) if load_method(ctx, build_id, target) == "node" else QUEUE
+    loadtest_task.apply_async((build_id, target), queue=queue)
+
+
+def load_test_job(ctx: Context, build_id: str, target: str, *, attempt: int,
+                  worker: str) -> float | None:
+    """Load-test every candidate of ``target`` in the build in one go, then publish or refuse
+    each; return seconds after which to try again (the test could not run), or None."""
+    from builder.loadtests import run_load_test, settle
+
+    build = ctx.records.get(build_id)
+    jobs = [j for j in (build.jobs.values() if build else ()) if j.target == target
+            and j.state == "load-testing"]
+    if not jobs:
+        return None
+    method = load_method(ctx, build_id, target)
+    try:
+        manifest = unpacked(ctx, build.bundle)
+        arch, _, btf = target.partition("-")
+        entry = get_kernel(ctx.store, arch, btf)
+        if entry is None:
+            raise BuildError(f"kernel {target} left the catalog during the build",
+                             hint="add it again and resubmit")
+        plans = [plan_of(ctx, build, manifest, j.program, target) for j in jobs]
+        for job, plan in zip(jobs, plans):  # another build may have tested the same object
+            try:
+                done = find_done(ctx.store, plan)
+            except KernelRefused as exc:
+                done = exc
+            if done is not None:
+                record_done(ctx, build_id, job, done if isinstance(done, KernelRefused)
+                            else replace(done, cached=not job.compiled), worker=worker)
+        now = ctx.records.get(build_id)
+        left = [(j, p) for j, p in zip(jobs, plans) if now is not None and not now.jobs[j.key].done]
+        if not left:
+            return None
+        jobs, plans = [j for j, _ in left], [p for _, p in left]
+        metas = [read_meta(ctx.store, j.meta) for j in jobs]
+        objects = [(j.program, ctx.store.read_blob(m.digest)) for j, m in zip(jobs, metas)]
+        started = time.perf_counter()
+        verdicts, seconds, how = run_load_test(ctx.store, entry, method, objects, ctx.settings.cache)
+        results = settle(ctx.store, list(zip(plans, metas)), verdicts, seconds, how)
+    except Exception as exc:  # noqa: BLE001 - QEMU, the node or the store: not the program
+        if attempt < LOAD_TEST_RETRIES:
+            log.warning("build %s: load test of %s failed, again later: %s", build_id, target, exc)
+            return 2.0 * 2 ** attempt
+        error = str(exc) if isinstance(exc, BpfDepotError) else unexpected(exc, "load test")
+        _fail(ctx, build_id, jobs, worker, f"the load test ({method}) could not run: {error}")
+        return None
+    for job in jobs:
+        result = results[job.program]
+        if isinstance(result, Built):  # "built" where this build compiled it, else "cached"
+            result = replace(result, cached=not job.compiled)
+        record_done(ctx, build_id, job, result, worker=worker,
+                    seconds=round(job.seconds + time.perf_counter() - started, 3))
+    return None
+
+
+def _bpftrace(ctx: Context, manifest: Manifest, program: str, target: str) -> Built:
+    from builder.bpftrace import cached_check, execute_check, plan_check
+
+    check = plan_check(manifest.program(program), target_of(ctx, target))
+    return cached_check(ctx.store, check) or execute_check(ctx.store, check)
+
+
+def _fail(ctx: Context, build_id: str, jobs: list[Job], worker: str, error: str) -> None:
+    for job in jobs:
+        ctx.records.update(build_id, replace(job, state="failed", worker=worker, error=error))
 
 
 def unexpected(exc: BaseException, what: str) -> str:

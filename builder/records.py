@@ -1,6 +1,6 @@
 """Build records in Redis: what was submitted, and the state of each (program × kernel).
 
-    bpfdepot:build:<id>          hash: bundle, name, selector, created, total, programs, targets
+    bpfdepot:build:<id>          hash: bundle, name, selector, created, total
     bpfdepot:build:<id>:jobs     hash: "<program>@<arch>-<btf>" → JSON state of that compile
     bpfdepot:build:<id>:events   list: one JSON line per change (``submit --wait`` reads it)
     bpfdepot:build:<id>:notify   list: a token per change, which a waiter BLPOPs
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 RECORD_TTL_S = 7 * 24 * 3600
-STATES_DONE = ("built", "cached", "failed")
+STATES_DONE = ("built", "cached", "failed", "refused")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,13 +27,19 @@ class Job:
     program: str
     target: str          # "<arch>-<btf digest>", the catalog key
     release: str
-    state: str = "queued"  # queued, compiling, waiting (an identical compile runs), built, cached, failed
+    # queued, compiling, waiting (an identical compile runs), load-testing (checked, waiting for
+    # or in its kernel's load test), built, cached, failed (the compile), refused (this kernel:
+    # relocation check or load test; builder/verdicts.py)
+    state: str = "queued"
     digest: str = ""
     meta: str = ""
     size: int = 0
     seconds: float = 0.0
     error: str = ""
     worker: str = ""
+    reference: str = ""    # the kernel whose header the object was compiled against
+    object_key: str = ""   # the compile it shares with the other kernels of its variant
+    compiled: bool = False  # this build ran that compile (a load test keeps it "built")
 
     @property
     def key(self) -> str:
@@ -54,12 +60,30 @@ class Build:
     jobs: dict[str, Job] = field(default_factory=dict)
 
     @property
+    def references(self) -> dict[str, str]:
+        """The reference kernel per arch ("<arch>-<btf digest>"): the build's newest, whose
+        header its compiles read (builder/compile.py)."""
+        from loader.kernel.catalog import release_order
+
+        newest: dict[str, Job] = {}
+        for job in self.jobs.values():
+            arch = job.target.partition("-")[0]
+            if arch not in newest or (release_order(job.release), job.target) > \
+                    (release_order(newest[arch].release), newest[arch].target):
+                newest[arch] = job
+        return {arch: job.target for arch, job in newest.items()}
+
+    @property
     def done(self) -> bool:
         return bool(self.jobs) and all(j.done for j in self.jobs.values())
 
     @property
     def failed(self) -> list[Job]:
         return [j for j in self.jobs.values() if j.state == "failed"]
+
+    @property
+    def refused(self) -> list[Job]:
+        return [j for j in self.jobs.values() if j.state == "refused"]
 
     @property
     def state(self) -> str:
@@ -127,6 +151,18 @@ class Records:
         pipe.rpush(_k(build_id, "notify"), 1)  # wakes a waiter blocked in BLPOP
         pipe.expire(_k(build_id, "notify"), RECORD_TTL_S)
         pipe.execute()
+
+    def decide(self, build_id: str, name: str, value: str) -> str:
+        """The build's decision ``name``: ``value`` if this is the first to decide it, else
+        the decision already taken (so every task of a build plans alike)."""
+        pipe = self.r.pipeline()
+        pipe.hsetnx(_k(build_id), f"decision:{name}", value)
+        pipe.hget(_k(build_id), f"decision:{name}")
+        return pipe.execute()[1].decode()
+
+    def claim(self, build_id: str, name: str) -> bool:
+        """True for the first caller only (a step of the build that must run once)."""
+        return bool(self.r.hsetnx(_k(build_id), f"claimed:{name}", time.time()))
 
     def claim_fanout(self, build_id: str) -> bool:
         """True for the first caller only: the build's compiles are enqueued once."""

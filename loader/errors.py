@@ -68,6 +68,12 @@ class BuildError(BpfDepotError):
     exit_code = 8
 
 
+class KernelRefused(BuildError):
+    """A built object cannot run on one target kernel: a CO-RE relocation, hook or feature it
+    lacks, or its verifier's refusal at a load test (builder/verdicts.py). Other kernels of the
+    same build may pass; ``bpfdepot lock`` pins only those."""
+
+
 class StoreError(BpfDepotError):
     exit_code = 9
 

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loader.artifacts.meta import ArtifactMeta, index_ref, lookup, read_meta
+from loader.artifacts.meta import ArtifactMeta, index_ref, lookup, read_meta, read_verdict
 from loader.errors import ArtifactNotFound, BlobNotFound, ManifestError, StoreError
 from loader.kernel.probe import KernelIdentity
 from loader.model.manifest import Manifest
@@ -37,9 +37,20 @@ class Pin:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Refusal:
+    """A (program, kernel) the farm refused: nothing is pinned for it, and this says why."""
+
+    program: str
+    target: str
+    release: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Lock:
     name: str
     pins: tuple[Pin, ...]
+    refused: tuple[Refusal, ...] = ()
 
     def pin(self, program: str, kernel: KernelIdentity) -> Pin | None:
         target = f"{kernel.arch}-{kernel.btf_digest}"
@@ -53,8 +64,10 @@ def lock_path(manifest: Manifest) -> Path:
 def make_lock(store: ArtifactStore, manifest: Manifest, kernels: list[KernelIdentity],
               releases: dict[str, str]) -> Lock:
     """Pin what the store holds for every (program × kernel): the build of each ebpf_object
-    source and the check of each bpftrace_object script; raise naming all that is missing."""
-    pins, missing = [], []
+    source and the check of each bpftrace_object script. A kernel the farm refused a program
+    for (its relocation check or load test) is left out and listed with the reason; raise
+    naming all that was never built."""
+    pins, missing, refused = [], [], []
     for program in manifest.programs:
         if program.type == "ebpf_object" and program.is_source:
             src = program_source_digest(manifest, program.name)
@@ -67,6 +80,13 @@ def make_lock(store: ArtifactStore, manifest: Manifest, kernels: list[KernelIden
             found = lookup(store, index_ref(program.name, src, kernel))
             release = releases.get(f"{kernel.arch}-{kernel.btf_digest}", kernel.release)
             if found is None:
+                verdict = read_verdict(store, program.name, src, kernel)
+                if verdict is not None and verdict.get("ok") is False:
+                    reasons = verdict.get("reasons") or ["refused"]
+                    refused.append(Refusal(program=program.name, release=release,
+                                           target=f"{kernel.arch}-{kernel.btf_digest}",
+                                           reason=str(reasons[0]).splitlines()[0]))
+                    continue
                 missing.append(f"{program.name} on {release}/{kernel.arch}")
                 continue
             meta, meta_digest = found
@@ -78,12 +98,21 @@ def make_lock(store: ArtifactStore, manifest: Manifest, kernels: list[KernelIden
             + ", ".join(missing[:8]) + (" …" if len(missing) > 8 else ""),
             hint=f"build them first: bpfdepot submit {manifest.root} --kernels all --wait "
                  "(nothing was written)")
-    return Lock(name=manifest.name, pins=tuple(sorted(pins, key=lambda p: (p.program, p.release))))
+    if not pins and refused:
+        raise ArtifactNotFound(
+            f"cannot lock '{manifest.name}': every kernel was refused, e.g. {refused[0].program} "
+            f"on {refused[0].release}: {refused[0].reason}",
+            hint="see the verdicts: bpfdepot submit BUNDLE --wait (nothing was written)")
+    return Lock(name=manifest.name, pins=tuple(sorted(pins, key=lambda p: (p.program, p.release))),
+                refused=tuple(sorted(refused, key=lambda r: (r.program, r.release))))
 
 
 def write_lock(path: Path, lock: Lock) -> None:
-    write_json(path, {"version": LOCK_VERSION, "name": lock.name,
-                      "pins": [asdict(p) for p in lock.pins]})
+    doc: dict[str, object] = {"version": LOCK_VERSION, "name": lock.name,
+                              "pins": [asdict(p) for p in lock.pins]}
+    if lock.refused:  # for people and nodes: why a kernel has no pin
+        doc["refused"] = [asdict(r) for r in lock.refused]
+    write_json(path, doc)
 
 
 def write_json(path: Path, doc: object) -> None:
@@ -116,9 +145,10 @@ def read_lock(path: Path) -> Lock:
                             hint="write it again with this bpfdepot: bpfdepot lock")
     try:
         pins = tuple(Pin(**p) for p in body["pins"])
+        refused = tuple(Refusal(**r) for r in body.get("refused", ()))
     except (KeyError, TypeError) as exc:
         raise ManifestError(f"{path}: malformed pin: {exc}", hint="write it again with bpfdepot lock") from exc
-    return Lock(name=body.get("name", ""), pins=pins)
+    return Lock(name=body.get("name", ""), pins=pins, refused=refused)
 
 
 def load_pin(store: ArtifactStore, pin: Pin) -> tuple[ArtifactMeta, Path]:

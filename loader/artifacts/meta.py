@@ -38,6 +38,9 @@ class ArtifactMeta:
     license: str
     schema: int = SCHEMA
     extra: dict[str, Any] = field(default_factory=dict)
+    # where the object was loaded and attached before it was published for this kernel:
+    # {"kernel", "how": "vm" | "node <name>", "verdict": "pass", "attached", "skipped", "seconds"}
+    load_tested_on: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> bytes:
         body = asdict(self)
@@ -53,6 +56,7 @@ class ArtifactMeta:
             body["target"] = KernelIdentity(**body["target"])
             for key in ("flags", "programs", "maps", "required_features"):
                 body[key] = tuple(body[key])
+            body["load_tested_on"] = tuple(body.get("load_tested_on", ()))  # older metas lack it
             return cls(**body)
         except (ValueError, TypeError, KeyError) as exc:
             raise StoreError(f"{where}: meta.json is not valid: {exc}", hint="rebuild it") from exc
@@ -64,6 +68,26 @@ def build_ref(key: str) -> str:
 
 def index_ref(program: str, source_digest: str, target: KernelIdentity) -> str:
     return f"index/{program}/{source_digest}/{target.arch}-{target.btf_digest}"
+
+
+def verdict_ref(program: str, source_digest: str, target: KernelIdentity) -> str:
+    """Where the farm keeps the latest verdict of a program's sources on a kernel (JSON: ok,
+    and the reasons when refused; builder/verdicts.py), which the lock and nodes read."""
+    return f"verdicts/{program}/{source_digest}/{target.arch}-{target.btf_digest}"
+
+
+def read_verdict(store: ArtifactStore, program: str, source_digest: str,
+                 target: KernelIdentity) -> dict[str, Any] | None:
+    """That verdict, or None if the sources were never checked for the kernel."""
+    digest = store.get_ref(verdict_ref(program, source_digest, target))
+    if digest is None:
+        return None
+    try:
+        body = json.loads(store.read_blob(digest))
+    except ValueError as exc:
+        raise StoreError(f"verdict {digest} of '{program}' is not JSON: {exc}",
+                         hint="build it again: bpfdepot submit BUNDLE --wait") from None
+    return body if isinstance(body, dict) else None
 
 
 def meta_of_ref(object_digest: str) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from loader.artifacts.meta import ArtifactMeta, by_digest, index_ref, lookup
+from loader.artifacts.meta import ArtifactMeta, by_digest, index_ref, lookup, read_verdict
 from loader.kernel.elf import check_object, object_channels, read_object_file
 from loader.kernel.catalog import find_release
 from loader.errors import ArtifactNotFound, BuildError, KernelUnsupported, ManifestError
@@ -78,6 +78,14 @@ def resolve(settings: Settings, store: ArtifactStore, manifest: Manifest, kernel
         if pin is not None:
             out.append(_with_min_btf(settings, store, *load_pin(store, pin)))
             continue
+        refusal = next((r for r in lock.refused if r.program == program.name and
+                        r.target == f"{kernel.arch}-{kernel.btf_digest}"), None) if lock else None
+        if locked and refusal is not None:
+            raise ArtifactNotFound(
+                f"{lock_file} pins no artifact of '{program.name}' for {kernel}: the farm refused "
+                f"it for this kernel ({refusal.reason})",
+                hint="fix the program for this kernel (see `bpfdepot submit --wait`), or run a "
+                     "kernel it passed on")
         if locked:
             raise ArtifactNotFound(
                 f"{lock_file} pins no artifact of '{program.name}' for {kernel} "
@@ -90,6 +98,14 @@ def resolve(settings: Settings, store: ArtifactStore, manifest: Manifest, kernel
             found = None  # lost or damaged: the build below writes it again
         if found is None:
             if compilers is None:
+                verdict = read_verdict(store, program.name,
+                                       program_source_digest(manifest, program.name), kernel)
+                if verdict is not None and verdict.get("ok") is False:
+                    reasons = [str(r) for r in verdict.get("reasons") or ["refused"]]
+                    raise ArtifactNotFound(
+                        f"no artifact for '{program.name}' on {kernel}: the farm refused it for "
+                        f"this kernel: {reasons[0].splitlines()[0]}", detail="\n".join(reasons),
+                        hint="fix the program for this kernel, or run a kernel it passed on")
                 raise ArtifactNotFound(
                     f"no artifact for '{program.name}' on {kernel} (these sources were never built for it)",
                     hint=f"run: bpfdepot build {manifest.root}")

@@ -3,7 +3,8 @@
 A node computes the same source digest as the farm to find what was built for it, so this
 lives in the loader. The closure is the entry file plus every header it includes with quotes,
 found next to the including file or in the include folders; ``vmlinux.h`` is not a source
-(it is generated per target kernel and covered by the BTF digest), and angle-bracket includes
+(it is generated from a kernel's BTF and covered by its digest) unless the manifest says
+``headers: bundle`` (the bundle's own, beside the including file), and angle-bracket includes
 are the toolchain's (covered by its version). clang's own dependency list checks the closure
 after every compile.
 """
@@ -41,8 +42,10 @@ def _name_for(path: Path, roots: Sequence[tuple[str, Path]]) -> str | None:
     return None
 
 
-def source_closure(entry: Path, bundle_root: Path, include_dirs: Sequence[Path]) -> list[SourceFile]:
-    """The entry file and its quoted includes that resolve inside the bundle or include dirs."""
+def source_closure(entry: Path, bundle_root: Path, include_dirs: Sequence[Path], *,
+                   vendored: bool = False) -> list[SourceFile]:
+    """The entry file and its quoted includes that resolve inside the bundle or include dirs;
+    with ``vendored``, also the bundle's own vmlinux.h."""
     # include folders first: an unpacked bundle carries its shared headers inside its root
     includes = [("include", d.resolve()) for d in include_dirs]
     roots = [*includes, ("src", bundle_root.resolve())]
@@ -59,9 +62,11 @@ def source_closure(entry: Path, bundle_root: Path, include_dirs: Sequence[Path])
         found[path] = SourceFile(name=name, path=path, data=data)
         for match in _INCLUDE.finditer(data):
             header = match.group(1).decode(errors="replace")
-            if header in GENERATED:
+            if header in GENERATED and not vendored:
                 continue
-            for base in (path.parent, *(d for _, d in includes)):
+            # a vendored vmlinux.h is the one beside the including file, as clang finds it
+            bases = (path.parent,) if header in GENERATED else (path.parent, *(d for _, d in includes))
+            for base in bases:
                 candidate = (base / header).resolve()
                 if candidate.is_file():
                     todo.append(candidate)
@@ -76,7 +81,8 @@ def files_digest(files: Sequence[SourceFile]) -> dict[str, str]:
 def program_source_digest(manifest: Manifest, program: str) -> str:
     """The source digest of one of ``manifest``'s programs, as the farm computes it."""
     spec = manifest.program(program)
-    files = source_closure(spec.local_path, manifest.root, [SHARED_INCLUDE])
+    files = source_closure(spec.local_path, manifest.root, [SHARED_INCLUDE],
+                           vendored=spec.headers == "bundle")
     return source_digest(files, manifest.channel_decls, cpu=spec.cpu)
 
 

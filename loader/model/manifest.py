@@ -38,7 +38,8 @@ FUNCTION_TYPES: tuple[str, ...] = get_args(FunctionType)
 SCHEMES: tuple[str, ...] = get_args(Scheme)
 MANIFEST_NAMES = ("manifest.yaml", "manifest.yml")
 MAX_WORKERS = 64
-CONTROL_KEYS = ("forms", "maps", "cpu")  # an ebpf_object's program controls
+HEADERS = ("reference", "per-kernel", "bundle")  # `headers:` of an ebpf_object (builder/compile.py)
+CONTROL_KEYS = ("forms", "maps", "cpu", "headers")  # an ebpf_object's program controls
 
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
 
@@ -63,6 +64,10 @@ class ProgramSpec:
     forms: tuple[tuple[str, ...], ...] = ()
     maps: tuple[MapSize, ...] = ()
     cpu: str | None = None
+    # the vmlinux.h clang compiles against: the build's reference kernel's, for all kernels of
+    # a variant (one compile, relocated per kernel); each kernel's own (a compile per kernel);
+    # or the bundle's own vmlinux.h beside its sources
+    headers: str = "reference"
     # bpftrace_object: names for the whitespace-separated words of a printed line that is not
     # JSON (the last takes the rest of the line; loader/programs/bpftrace.py)
     fields: tuple[str, ...] = ()
@@ -325,6 +330,8 @@ def _parse_program(doc: YamlDoc, node: Node, at: str) -> ProgramSpec:
     forms = parse_forms(doc, fields["forms"], at) if "forms" in fields else ()
     maps = parse_maps(doc, fields["maps"], at) if "maps" in fields else ()
     cpu = parse_cpu(doc, fields["cpu"], at) if "cpu" in fields else None
+    headers = doc.choice(fields["headers"], "headers", at, HEADERS) if "headers" in fields \
+        else "reference"
     path_node = fields["path"]
     path = doc.string(path_node, "path", at)
     label = f"program {name!r}"
@@ -383,7 +390,7 @@ def _parse_program(doc: YamlDoc, node: Node, at: str) -> ProgramSpec:
         autoload_off=autoload_off,
         forms=forms,
         maps=maps,
-        cpu=cpu,
+        cpu=cpu, headers=headers,
         fields=printed,
     )
 

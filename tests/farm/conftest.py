@@ -86,7 +86,9 @@ def farm(redis_service: Service, rgw: Service, tmp_path_factory: pytest.TempPath
     env = farm_env(redis_service, rgw, home, prefix="farm")
     _bucket(env)
     releases = add_kernels(env)
-    workers = start_workers(env, count=1, concurrency=2, logdir=home)
+    # this machine's kernel is registered: its workers load-test artifacts for it (a node)
+    workers = start_workers({**env, "BPFDEPOT_LOAD_TEST_NODE": "1"}, count=1, concurrency=2,
+                            logdir=home)
     yield {"env": env, "releases": releases, "workers": workers, "home": home}
     workers.stop()
 

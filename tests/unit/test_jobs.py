@@ -96,12 +96,13 @@ def test_an_unexpected_error_in_planning_fails_the_job_with_its_message(tmp_path
         def program(self, name: str) -> str:
             return name
 
-    def plan(*args: object) -> None:
+    def plan(*args: object, **kwargs: object) -> None:
         raise ValueError("a field no code path expected")
     monkeypatch.setattr(jobs, "unpacked", lambda ctx, bundle: Manifest())
     monkeypatch.setattr(jobs, "target_of", lambda ctx, target: target)
     monkeypatch.setattr(jobs, "toolchain", lambda cache: None)
     monkeypatch.setattr(jobs, "plan_build", plan)
+    monkeypatch.setattr(jobs, "load_method", lambda ctx, build_id, target: "")
     jobs.compile_job(_ctx(records, tmp_path), "b1", "demo", "x86_64-ab", delivery="t:0",
                      attempt=0, worker="w")
     [failed] = records.updates

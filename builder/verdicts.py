@@ -1,0 +1,204 @@
+"""A compiled object's verdict for one target kernel: published there, or refused and why.
+
+One compile serves every kernel of its variant (builder/compile.py). For each (object, kernel)
+this decides, without loading anything (where a load test follows, it only advises: the
+kernel's own verifier has the last word):
+
+- every CO-RE relocation resolves against the kernel's BTF as libbpf would resolve it, and every
+  kfunc or ksym the object needs is there (builder/relocate.py);
+- every hook a program that would load attaches to exists (loader/kernel/hooks.py);
+- every feature the object needs is one the kernel is not known to lack (its catalog entry);
+- for kernels whose nodes have no BTF of their own, the minimal BTF those relocations use
+  (``bpftool gen min_core_btf``) comes out of the same step.
+
+A pass publishes the kernel's record — the shared object with a meta for this kernel, where
+nodes and the lock find it; with a load test asked for (builder/loadtests.py) the record waits
+as a *candidate* until the object was loaded on that kernel. A refusal is recorded too, naming
+the field, type, kfunc, hook or feature, so ``bpfdepot lock`` and nodes can say why a kernel
+has no artifact; neither half-publishes anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.compile import (Built, Compiled, Plan, Target, check_hooks, compile_object,
+                             find_built, find_compiled, publish)
+from loader.artifacts.meta import ArtifactMeta, index_ref, verdict_ref
+from loader.artifacts.store import ArtifactStore
+from loader.errors import BuildError, KernelRefused
+from loader.kernel.elf import ObjectInfo, read_object
+
+_PARSED: dict[str, ObjectInfo] = {}
+GUARD_HINT = ("guard the access with bpf_core_field_exists()/bpf_core_type_exists() (or read a "
+              "___flavour type), or leave this kernel out of the targets")  # by object digest: a worker checks one object many times
+
+
+def refusal_ref(key: str) -> str:
+    """The refusal recorded under a record key (a second build of it is answered at once)."""
+    return f"refusals/{key}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Checked:
+    """An object that passed its checks for one kernel: the meta to publish, and notes."""
+
+    plan: Plan
+    meta: ArtifactMeta
+    warnings: str
+    fresh: bool = False  # its object was compiled just now (not found in the store)
+
+
+def find_done(store: ArtifactStore, plan: Plan) -> Built | None:
+    """The kernel's published record for ``plan``; raises KernelRefused when it was refused."""
+    built = find_built(store, plan.key, index_ref(plan.program.name, plan.source_digest,
+                                                  plan.target.identity))
+    if built is not None:
+        return built
+    digest = store.get_ref(refusal_ref(plan.key))
+    if digest is not None:
+        raise refusal_error(json.loads(store.read_blob(digest)))
+    return None
+
+
+def build_for(store: ArtifactStore, plan: Plan, cache_dir: Path, *,
+              compiled: Compiled | None = None) -> Built:
+    """``plan``'s record for its kernel: found, or compiled (unless given) and checked and
+    published; raises BuildError (the compile) or KernelRefused (this kernel)."""
+    done = find_done(store, plan)
+    if done is not None:
+        return done
+    compiled = compiled or find_compiled(store, plan.object_key) or \
+        compile_object(store, plan, cache_dir)
+    checked = check_kernel(store, plan, compiled, cache_dir)
+    built = publish_kernel(store, checked)
+    return dataclasses.replace(built, cached=compiled.cached, seconds=compiled.seconds + built.seconds)
+
+
+def check_kernel(store: ArtifactStore, plan: Plan, compiled: Compiled, cache_dir: Path) -> Checked:
+    """Relocations, hooks and features of ``compiled`` on ``plan.target``; raise KernelRefused
+    (recorded) naming each problem, or return the kernel's meta to publish."""
+    from builder.relocate import check_relocations, kernel_types
+
+    target, program = plan.target, plan.program
+    data = store.read_blob(compiled.meta.digest)
+    info = _PARSED.get(compiled.meta.digest)
+    if info is None:
+        info = _PARSED.setdefault(compiled.meta.digest,
+                                  read_object(data, f"{program.name} for {target.identity}"))
+    reasons: list[str] = []
+    hints: list[str] = []
+    relocations = check_relocations(data, kernel_types(target.btf, target.identity.btf_digest))
+    reasons += relocations.reasons(str(target.identity))
+    if reasons:
+        hints.append(GUARD_HINT)
+    try:
+        hooks = check_hooks(info, program, target)
+    except BuildError as exc:
+        reasons.append(exc.message + ("\n" + exc.detail if exc.detail else ""))
+        hints.append(exc.hint)
+        hooks = None
+    lacking = _lacking(info, plan)
+    if lacking:
+        reasons += lacking
+        hints.append("add a form for kernels without it (`forms:`), or leave this kernel out")
+    # what the meta records is content, so equal checks give equal metas: no timings
+    record = {k: v for k, v in relocations.to_dict().items() if k != "seconds"}
+    if reasons and not plan.load_test:
+        raise record_refusal(store, plan, compiled, reasons, stage="check", relocations=record,
+                             hint="; ".join(hints))
+    extra: dict[str, object] = {**compiled.meta.extra, "object_key": compiled.meta.key,
+                                "relocations": record}
+    if reasons:  # a load test on the kernel follows: its verifier has the last word
+        extra["check_reasons"] = reasons
+    if not target.btf_on_node:
+        extra["min_btf"] = store.put_blob(_min_core_btf(target, data, plan.toolchain.bpftool))
+    if hooks:
+        extra["hooks_missing"] = hooks[0]
+    meta = dataclasses.replace(compiled.meta, key=plan.key, target=target.identity, extra=extra)
+    notes = [compiled.warnings] if not compiled.cached else []
+    if hooks:
+        notes.append(hooks[1])
+    return Checked(plan=plan, meta=meta, warnings="\n".join(n for n in notes if n))
+
+
+def publish_kernel(store: ArtifactStore, checked: Checked,
+                   load_tested_on: tuple[dict, ...] = ()) -> Built:
+    """Publish a checked object for its kernel: meta → build ref → index → meta-of, and the
+    verdict the lock reads."""
+    started = time.perf_counter()
+    plan = checked.plan
+    meta = dataclasses.replace(checked.meta, load_tested_on=load_tested_on)
+    meta_digest = publish(store, meta, index_ref(plan.program.name, plan.source_digest,
+                                                 plan.target.identity))
+    _set_verdict(store, plan, {"ok": True, "kernel": str(plan.target.identity), "key": plan.key,
+                               "meta": meta_digest})
+    return Built(meta=meta, meta_digest=meta_digest, cached=False,
+                 seconds=time.perf_counter() - started, warnings=checked.warnings)
+
+
+def record_refusal(store: ArtifactStore, plan: Plan, compiled: Compiled, reasons: list[str], *,
+                   stage: str, **more: object) -> KernelRefused:
+    """Store why ``plan``'s kernel is refused (under its record key and as the verdict of its
+    sources on that kernel) and return the error to raise."""
+    body = {"ok": False, "kernel": str(plan.target.identity), "program": plan.program.name,
+            "key": plan.key, "object": compiled.meta.digest, "stage": stage,
+            "object_key": compiled.meta.extra.get("object_key", compiled.meta.key),
+            "reference": compiled.meta.extra.get("reference", ""),
+            "reasons": reasons, **more}
+    digest = store.put_blob(json.dumps(body, sort_keys=True).encode())
+    store.set_ref(refusal_ref(plan.key), digest)
+    _set_verdict(store, plan, body, digest)
+    return refusal_error(body)
+
+
+def refusal_error(body: dict) -> KernelRefused:
+    """The error a recorded refusal raises: its first reason, the others in detail."""
+    reasons = [str(r) for r in body.get("reasons", ())] or ["no reason recorded"]
+    stage = "load test" if body.get("stage") == "load" else "relocation check"
+    error = KernelRefused(
+        f"'{body.get('program', '?')}' is refused for kernel {body.get('kernel', '?')} "
+        f"({stage}): {reasons[0].splitlines()[0]}",
+        detail="\n".join(reasons) if len(reasons) > 1 or "\n" in reasons[0] else "",
+        hint=(str(body.get("hint") or "fix the program for this kernel or leave the kernel out "
+                  "of the targets")) + "; the other kernels are published")
+    error.record = body  # the job record shows its compile and reference
+    return error
+
+
+def _set_verdict(store: ArtifactStore, plan: Plan, body: dict, digest: str | None = None) -> None:
+    digest = digest or store.put_blob(json.dumps(body, sort_keys=True).encode())
+    store.set_ref(verdict_ref(plan.program.name, plan.source_digest, plan.target.identity), digest)
+
+
+def _lacking(info: ObjectInfo, plan: Plan) -> list[str]:
+    """The features the kernel is known to lack that a program which would load needs."""
+    if not plan.target.absent:
+        return []
+    optional = set(plan.program.autoload_off) | {p for form in plan.program.forms for p in form}
+    out = [f"kernel {plan.target.identity} lacks {p.feature} (program {p.name}, "
+           f"SEC(\"{p.section}\"))" for p in info.programs
+           if p.feature in plan.target.absent and p.name not in optional]
+    out += [f"kernel {plan.target.identity} lacks {m.type_name} maps (map {m.name})"
+            for m in info.maps if m.type_name in plan.target.absent]
+    return out
+
+
+def _min_core_btf(target: Target, obj: bytes, bpftool: Path) -> bytes:
+    """Only the BTF types the object's CO-RE relocations use, for nodes without kernel BTF."""
+    with tempfile.TemporaryDirectory(prefix="bpfdepot-min-btf-") as tmp:
+        obj_path, out = Path(tmp) / "obj.bpf.o", Path(tmp) / "min.btf"
+        obj_path.write_bytes(obj)
+        done = subprocess.run([str(bpftool), "gen", "min_core_btf", str(target.btf), str(out),
+                               str(obj_path)], capture_output=True, text=True, timeout=120)
+        if done.returncode != 0 or not out.exists():
+            raise BuildError(f"bpftool could not make a minimal BTF for {target.identity}",
+                             detail=(done.stderr or done.stdout).strip(),
+                             hint="check that the catalog's BTF for this kernel is complete")
+        return out.read_bytes()
