@@ -8,18 +8,27 @@ in-process (``builder.compile.build_program`` alone, as ``bpfdepot build`` calls
 (CPU seconds would be steadier under load, but a compile in a pid-namespace sandbox does not
 reliably hand its CPU time back to us through RUSAGE_CHILDREN, so only wall time is used.)
 The one-time costs a fresh store also pays are reported apart: vmlinux.h from BTF, and the
-``clang --version`` probe of the toolchain.
-Cache hit: ``build_program`` on a warm store, and the CLI against ``python -c pass``.
+``clang --version`` probe of the toolchain. A second CLI row builds in a store that has built
+something before (toolchain version and this kernel's probed features cached: the everyday
+cold build of a new or changed bundle).
+Cache hit: ``build_program`` on a warm store, and the CLI against ``python -c pass`` (an
+unchanged bundle: the whole ``bpfdepot build`` process, goal ≤ 100 ms wall).
+The CLI runs as the console script when it runs this checkout, else as ``python -m
+builder.cli`` from the repository root; the checkout's bytecode is compiled first, as an
+installed package's is (with PYTHONDONTWRITEBYTECODE set, every run would compile the modules
+edited since the last run from source).
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import cProfile
 import io
 import pstats
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -35,16 +44,34 @@ if TYPE_CHECKING:
     from loader.model.manifest import Manifest, ProgramSpec
 
 BUNDLES = (ROOT / "bench" / "flood", ROOT / "bpf" / "tcp_connlat")
-COLD_GOAL, HIT_GOAL_S = 1.10, 0.020
+# Cold build: the CLI within 1.2× of bare clang (issue 15), build_program alone within 1.1×;
+# cache hit: build_program ≤ 20 ms, the whole CLI process ≤ 100 ms.
+CLI_COLD_GOAL, COLD_GOAL, HIT_GOAL_S, CLI_HIT_GOAL_S = 1.20, 1.10, 0.020, 0.100
 # What `bpfdepot build` imports before it does anything (its start-up cost beyond Python's own).
-IMPORTS = "import builder.cli, builder.compile, builder.toolchain, loader.model.manifest, loader.kernel.probe"
+IMPORTS = ("import builder.cli, builder.buildcli, builder.compile, builder.toolchain, "
+           "loader.model.manifest, loader.kernel.probe")
 
 
-def _seed(home: Path, header: Path, btf_digest: str) -> None:
-    """A fresh store that already holds this kernel's vmlinux.h (where builder.vmlinux looks)."""
+def cli_exe() -> list[str]:
+    """The console script when the installed package is this checkout, else ``python -m
+    builder.cli`` from the repository root (an editable install made from another copy of the
+    tree points its finder there)."""
+    where = subprocess.run([sys.executable, "-c", "import builder; print(builder.__file__)"],
+                           cwd="/", capture_output=True, text=True)
+    installed = where.returncode == 0 and Path(where.stdout.strip()).parent == ROOT / "builder"
+    return harness.bpfdepot_exe() if installed else [sys.executable, "-m", "builder.cli"]
+
+
+def _seed(home: Path, header: Path, btf_digest: str, known: Path | None = None) -> None:
+    """A fresh store that already holds this kernel's vmlinux.h (where builder.vmlinux looks);
+    with ``known`` (the home of an earlier CLI build) also the toolchain's version and this
+    kernel's probed features, as in a store that has built something else before."""
     dest = home / "cache" / "vmlinux" / f"{btf_digest}.h"
     dest.parent.mkdir(parents=True)
     shutil.copyfile(header, dest)
+    if known is not None:
+        shutil.copyfile(known / "cache" / "toolchain.json", home / "cache" / "toolchain.json")
+        shutil.copytree(known / "cache" / "kernels", home / "cache" / "kernels")
 
 
 @contextlib.contextmanager
@@ -67,7 +94,9 @@ def measure(args: argparse.Namespace) -> list[Row]:
     settings = Settings.from_env({})
     kernel = running_kernel(settings.kernel_btf)
     target = Target(identity=kernel, btf=settings.kernel_btf)
-    exe, clang = harness.bpfdepot_exe(), shutil.which("clang") or "clang"
+    for package in ("builder", "loader"):
+        compileall.compile_dir(ROOT / package, quiet=1)
+    exe, clang = cli_exe(), shutil.which("clang") or "clang"
     rows: list[Row] = []
     hit_rows: list[Row] = []
     with harness.scratch("build") as tmp:
@@ -90,12 +119,18 @@ def measure(args: argparse.Namespace) -> list[Row]:
             bare_cmd = [clang, "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86",
                         "-I", str(include), "-I", str(ROOT / "bpf" / "include"), "-I", str(bundle),
                         "-c", str(program.local_path), "-o", str(tmp / f"{name}.o")]
-            wall = {k: [] for k in ("cli", "bare", "lib")}
-            for i in range(args.reps):  # interleaved, so load that comes and goes hits all three
+            wall = {k: [] for k in ("cli", "known", "bare", "lib")}
+            for i in range(args.reps):  # interleaved, so load that comes and goes hits them all
                 home = tmp / f"cli-{name}-{i}"
                 _seed(home, header, kernel.btf_digest)
                 with _clocked(wall["cli"]):
                     out = harness.run([*exe, "build", str(bundle)], env=harness.env_for(home),
+                                      cwd=ROOT)
+                assert "built in" in out.stdout, out.stdout
+                known = tmp / f"known-{name}-{i}"
+                _seed(known, header, kernel.btf_digest, known=home)
+                with _clocked(wall["known"]):
+                    out = harness.run([*exe, "build", str(bundle)], env=harness.env_for(known),
                                       cwd=ROOT)
                 assert "built in" in out.stdout, out.stdout
                 with _clocked(wall["bare"]):
@@ -122,18 +157,20 @@ def measure(args: argparse.Namespace) -> list[Row]:
                 imp.append(timed([sys.executable, "-c", IMPORTS], cwd=ROOT)[0])
 
             bare = median(wall["bare"])
-            for key, how in (("cli", "CLI"), ("lib", "in-process")):
+            for key, how, goal in (("cli", "CLI", CLI_COLD_GOAL),
+                                   ("known", "CLI, toolchain and kernel known", CLI_COLD_GOAL),
+                                   ("lib", "in-process", COLD_GOAL)):
                 ratio = paired(wall[key], wall["bare"])
                 rows.append(Row(metric=f"cold build {name}, {how} wall",
                                 value=ms(median(wall[key])), baseline=f"{ms(bare)} (bare clang)",
-                                ratio=ratio,
-                                goal=f"≤ {COLD_GOAL:.2f}×", met=ratio <= COLD_GOAL))
+                                ratio=ratio, goal=f"≤ {goal:.2f}×", met=ratio <= goal))
             h, pp = median(hits), median(py)
             hit_rows.append(Row(metric=f"cache-hit build {name}, in-process", value=ms(h),
                                 goal=f"≤ {HIT_GOAL_S * 1000:.0f} ms", met=h <= HIT_GOAL_S))
-            hit_rows.append(Row(metric=f"cache-hit build {name}, CLI wall",
-                                value=ms(median(cli_hit)), baseline=f"{ms(pp)} (python -c pass)",
-                                ratio=paired(cli_hit, py)))
+            ch = median(cli_hit)
+            hit_rows.append(Row(metric=f"cache-hit build {name}, CLI wall", value=ms(ch),
+                                baseline=f"{ms(pp)} (python -c pass)", ratio=paired(cli_hit, py),
+                                goal=f"≤ {CLI_HIT_GOAL_S * 1000:.0f} ms", met=ch <= CLI_HIT_GOAL_S))
             c, lib = median(wall["cli"]), median(wall["lib"])
             print(f"  {name}: cold CLI {ms(c)} = build_program {ms(lib)} + {ms(c - lib)} around "
                   f"it, of which python start-up {ms(pp)}, imports {ms(median(imp) - pp)}, "

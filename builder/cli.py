@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from loader.errors import BpfDepotError, ManifestError
+from loader.errors import BpfDepotError
 from loader.model.settings import Settings
 from loader.artifacts.store import open_store
 
@@ -45,105 +45,10 @@ def cmd_kernel(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _targets(args: argparse.Namespace, settings: Settings) -> list:
-    """This kernel (features probed), or each --kernel-btf (features from a .config beside it)."""
-    from builder.compile import Target, form_features
-    from loader.kernel.catalog import features_from_config
-    from loader.kernel.probe import KernelIdentity, file_digest, probe_features, running_kernel
-
-    if not args.kernel_btf:
-        kernel = running_kernel(settings.kernel_btf)
-        try:
-            features = frozenset(f.name for f in probe_features(kernel, settings.cache).values() if f.ok)
-        except BpfDepotError as exc:  # not root and never probed: build the portable forms
-            _err(f"bpfdepot: {exc.message}; building tracepoint forms only")
-            features = frozenset()
-        return [Target(identity=kernel, btf=settings.kernel_btf, features=features)]
-    out = []
-    for btf in args.kernel_btf:
-        path = Path(btf)
-        if not path.is_file():
-            raise BpfDepotError(f"kernel BTF {path} does not exist",
-                                hint="pass raw BTF files such as ../shared/kernels/6.1.0-50-amd64.btf")
-        config = path.with_suffix(".config")
-        features = form_features(features_from_config(config.read_text(), args.arch),
-                                 probed=False) if config.is_file() else frozenset()
-        out.append(Target(identity=KernelIdentity(release=path.name.removesuffix(".btf"),
-                                                  arch=args.arch, btf_digest=file_digest(path)),
-                          btf=path, features=features))
-    return out
-
-
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
-    from builder.compile import build_program
-    from builder.toolchain import find_toolchain
-    from loader.model.manifest import load_bundle
+    from builder.buildcli import cmd_build as build
 
-    manifest = load_bundle(args.bundle)
-    skipped = [p for p in manifest.programs if p.local_path is None or not p.is_source]
-    if len(skipped) == len(manifest.programs):
-        first = skipped[0] if skipped else manifest.programs[0]
-        raise ManifestError(
-            f"{manifest.path}:{first.line}: nothing to build: program '{first.name}' is {first.path}, "
-            "not a local source" + (f" (and {len(skipped) - 1} more like it)" if len(skipped) > 1 else ""),
-            hint="bpfdepot builds file:// .bpf.c, .c and .go sources; prebuilt and remote paths "
-                 "load as they are (bpfdepot run)")
-    for program in skipped:
-        _err(f"bpfdepot: '{program.name}' is {program.path}, not a local source: not built")
-    store = open_store(settings)
-    targets = _targets(args, settings)
-    toolchain = find_toolchain(settings.cache)
-    for target in targets:
-        for program in manifest.kernel_programs:
-            if program in skipped:
-                continue
-            built = build_program(store, manifest, program, target, toolchain, settings.cache)
-            if built.warnings:
-                _err(built.warnings)
-            how = "cached" if built.cached else f"built in {built.seconds:.2f} s"
-            print(f"{program.name:<16} {str(target.identity):<30} {built.meta.digest} "
-                  f"{built.meta.size:>7} B  {how:<15} meta {built.meta_digest}")
-    _build_processors(manifest, store, toolchain, settings)
-    _check_bpftrace(manifest, store, targets)
-    return 0
-
-
-def _check_bpftrace(manifest, store, targets: list) -> None:
-    """bpftrace_object scripts: checked for every target; the refused kernels fail the build
-    after the others are stored (builder/bpftrace.py)."""
-    from builder.bpftrace import check_for_targets
-
-    refused = []
-    for program in manifest.programs:
-        if program.type != "bpftrace_object" or program.local_path is None:
-            continue
-        built, errors = check_for_targets(store, manifest, program, targets)
-        for item in built:
-            how = "cached" if item.cached else f"checked in {item.seconds:.2f} s"
-            print(f"{program.name:<16} {str(item.meta.target):<30} {item.meta.digest} "
-                  f"{item.meta.size:>7} B  {how:<15} meta {item.meta_digest}")
-        refused += errors
-    if len(refused) == 1:
-        raise refused[0]
-    if refused:
-        from loader.errors import BuildError
-
-        raise BuildError("; ".join(e.message for e in refused), hint=refused[0].hint)
-
-
-def _build_processors(manifest, store, toolchain, settings: Settings) -> None:
-    """user_so sources are built once per arch: natively, for this machine's."""
-    from builder.processors import build_processor, host_arch
-
-    for program in manifest.programs:
-        if program.type != "user_so" or not program.is_source or program.local_path is None:
-            continue
-        built = build_processor(store, manifest, program, host_arch(), toolchain, settings.cache)
-        if built.warnings:
-            _err(built.warnings)
-        how = "cached" if built.cached else f"built in {built.seconds:.2f} s"
-        print(f"{program.name:<16} {host_arch() + ' (user_so)':<30} {built.meta.digest} "
-              f"{built.meta.size:>7} B  {how:<15} meta {built.meta_digest}")
+    return build(args, settings)
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -356,9 +261,12 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
                           "interface), e.g. 127.0.0.1:9435")
     run.add_argument("--processor-timeout", type=float, default=5.0, metavar="S",
                      help="restart a processor stuck this long in one call (default 5 s)")
-    from builder.flamecli import add_run_flags
+    builtin = {"run", "build", "inspect", "kernel", "lock"}
+    known = builtin | {n for ns in GROUPS for n in ns}
+    if command is None or command == "run" or command not in known:
+        from builder.flamecli import add_run_flags  # the flame graph package: for run only
 
-    add_run_flags(run)
+        add_run_flags(run)
     for flag, meta, what in (
             ("--unit", "NAME.service", "only this systemd unit and everything below it (repeat)"),
             ("--cgroup", "PATH", "only this cgroup2 directory and below it (repeat)"),
@@ -398,9 +306,8 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
     lock.add_argument("--kernels", "-k", default="all", help="selector, as for submit")
     lock.set_defaults(func=cmd_lock)
 
-    builtin = {"run", "build", "inspect", "kernel", "lock"}
     for names, group in GROUPS.items():
-        if command is None or command in names or command not in builtin | {n for ns in GROUPS for n in ns}:
+        if command is None or command in names or command not in known:
             _register_group(sub, group)
     return p
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Collection, Iterable
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 from loader.flamegraph.folded import Stack, merge
 
@@ -78,6 +77,10 @@ def write_svg(path: Path, stacks: Iterable[Stack], *, title: str, unit: str = "s
 def render_svg(stacks: Iterable[Stack], *, title: str, unit: str = "samples",
                kernel: Collection[str] = ()) -> str:
     """The SVG document ``write_svg`` writes."""
+    # imported here: xml.sax.saxutils pulls in urllib.request and http.client (~15 ms), which
+    # every `bpfdepot` command line would pay, as the run command's flags come from this package
+    from xml.sax.saxutils import escape
+
     root = _tree(stacks)
     kernel = frozenset(kernel)
     full = WIDTH - 2 * PAD

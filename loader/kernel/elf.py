@@ -12,19 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.constants import SH_FLAGS
-from elftools.elf.elffile import ELFFile
-
 from loader.kernel.btf import Btf, BtfFormatError, MapDef
-from loader.decoders.btf import (EnumSource, EventDecoder, channel_struct, declared_decoder,
-                                 event_decoder, record_decoder)
-from loader.decoders import UnionChoice
 from loader.errors import BpfDepotError, BuildError, LoadError, ManifestError
 from loader.model.yamldoc import did_you_mean
 from loader.outputs import output_kinds
 
+# pyelftools (~20 ms to import) and the event decoders (~20 ms) are imported where they are used:
+# a cache-hit `bpfdepot build` imports this module (through builder.compile) but reads no object.
 if TYPE_CHECKING:
+    from loader.decoders import UnionChoice
+    from loader.decoders.btf import EnumSource, EventDecoder
     from loader.model.controls import MapSize
     from loader.model.fields import FieldDecl
 
@@ -173,6 +170,8 @@ class ObjectInfo:
                              "decode its entries with",
                              hint="declare it with __type(key, ...) and __type(value, ...), "
                                   "and compile with -g")
+        from loader.decoders.btf import record_decoder
+
         parts = (("key", found.key_type_id, 0), ("value", found.value_type_id, found.key_size))
         extra = (("cpu", found.key_size + found.value_size, 4),) if keep_cpu else ()
         return record_decoder(self.btf, parts, name=f"map {channel}", extra=extra,
@@ -187,6 +186,8 @@ class ObjectInfo:
         if self.btf is None:
             raise BuildError(f"channel '{channel}': the object has no BTF to decode events with",
                              hint="compile with -g")
+        from loader.decoders.btf import channel_struct, declared_decoder, event_decoder
+
         struct = channel_struct(self.btf, channel, declared)
         if fields:
             return declared_decoder(self.btf, struct, fields, channel)
@@ -196,6 +197,10 @@ class ObjectInfo:
 
 def read_object(data: bytes, label: str) -> ObjectInfo:
     """Parse an ELF BPF object; raise BuildError naming ``label`` when it is not one."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.constants import SH_FLAGS
+    from elftools.elf.elffile import ELFFile
+
     try:
         elf = ELFFile(io.BytesIO(data))
         machine = elf["e_machine"]

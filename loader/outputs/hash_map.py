@@ -36,14 +36,17 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from loader.errors import ManifestError
-from loader.libbpf.encode import Channel
-from loader.libbpf.readers import MAP_DELTA, MAP_KEEP_CPU, MAP_RESET, MAP_SKIP_ZERO, MapReader, Span
 from loader.model.yamldoc import TAG
 from loader.outputs import ChannelContext, ChannelStats, OutputKind, Periodic, register
 from loader.outputs.ring_buffer import kernel_lost
 
+# The libbpf readers (cffi) are imported where a run opens a channel: every manifest names its
+# output kinds, and a build reads it without loading anything.
 if TYPE_CHECKING:
     from yaml.nodes import Node
+
+    from loader.libbpf.encode import Channel
+    from loader.libbpf.readers import MapReader, Span
 
     from loader.kernel.btf import Btf, MapDef
     from loader.model.yamldoc import YamlDoc
@@ -125,6 +128,8 @@ def map_def(ctx: ChannelContext, kind: str) -> MapDef:
 def int_spans(btf: Btf, type_id: int, base: int = 0) -> list[Span]:
     """Every integer field (not bool, not char text, not big-endian) of a value, in order:
     what per-CPU sums add up and deltas subtract."""
+    from loader.libbpf.readers import Span
+
     t = btf.strip(type_id)
     if t.kind == "int":
         size = btf.size_of(type_id)
@@ -167,6 +172,8 @@ def key_fields(btf: Btf, mdef: MapDef) -> list[str]:
 def open_reader(ctx: ChannelContext, mdef: MapDef, options: Mapping[str, Any], *,
                 spans: Sequence[Span], sort_span: int = -1, top: int = 0,
                 delta: bool = False) -> MapReader:
+    from loader.libbpf.readers import MAP_DELTA, MAP_KEEP_CPU, MAP_RESET, MAP_SKIP_ZERO, MapReader
+
     percpu = mdef.type_name in PERCPU
     array = mdef.type_name in ARRAYS
     flags = (MAP_RESET if options.get("reset") else 0) | (MAP_DELTA if delta else 0)

@@ -39,15 +39,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from loader.decoders.btf import encoder_for, record_decoder
 from loader.errors import ManifestError
-from loader.libbpf.readers import MapReader
 from loader.outputs import ChannelContext, ChannelStats, OutputKind, Periodic, register
 from loader.outputs.hash_map import (COMMON_OPTIONS, PERCPU, int_spans, key_fields,
                                      map_def, open_reader, parse_common, positive_int)
 from loader.outputs.ring_buffer import kernel_lost
 
+# The decoders and libbpf readers are imported where a run opens the channel (see hash_map).
 if TYPE_CHECKING:
+    from loader.libbpf.readers import MapReader
     from yaml.nodes import Node
 
     from loader.kernel.btf import Btf, MapDef
@@ -174,6 +174,8 @@ class HistogramReader(Periodic):
         spec = ctx.spec
         extra = (("cpu", mdef.key_size, 4),) if self.keep else ()
         self.key_size = mdef.key_size + (4 if self.keep else 0)  # cpu rides with the key
+        from loader.decoders.btf import encoder_for, record_decoder
+
         self.keys = encoder_for(record_decoder(
             btf, (("key", mdef.key_type_id, 0),), name=f"key of map {ctx.name}", extra=extra,
             overrides=dict(spec.decoders) if spec else None, enums=ctx.enums, channel=ctx.name))

@@ -26,7 +26,6 @@ from typing import Any
 from yaml.nodes import Node, ScalarNode
 
 from loader.errors import LoadError
-from loader.libbpf.attach import iter_link_fd, iter_read
 from loader.model.yamldoc import TAG, YamlDoc, kind_of
 from loader.outputs import ChannelContext, ChannelStats, OutputKind, Periodic, register
 
@@ -93,6 +92,8 @@ class IteratorReader(Periodic):
         self.received = self.short = self.reads = 0
 
     def start(self) -> None:
+        from loader.libbpf.attach import iter_link_fd  # cffi: only where a run reads the iterator
+
         fd = iter_link_fd(self.ctx.obj, self.ctx.name)
         if fd is None:
             raise LoadError(f"iterator '{self.ctx.name}' of '{self.ctx.program}' is not attached",
@@ -103,6 +104,8 @@ class IteratorReader(Periodic):
         self._begin()
 
     def _read(self) -> None:
+        from loader.libbpf.attach import iter_read
+
         lines, count, bad = records(iter_read(self.link_fd), self.as_json)
         self.reads += 1
         self.received += count

@@ -28,12 +28,14 @@ from typing import TYPE_CHECKING, Any
 from yaml.nodes import ScalarNode
 
 from loader.errors import LoadError
-from loader.libbpf.encode import Channel
-from loader.libbpf.readers import PerfReader
 from loader.outputs import ChannelContext, ChannelStats, OutputKind, register
 
+# The libbpf readers (cffi) are imported where a run opens the channel (see hash_map).
 if TYPE_CHECKING:
     from yaml.nodes import Node
+
+    from loader.libbpf.encode import Channel
+    from loader.libbpf.readers import PerfReader
 
     from loader.model.yamldoc import YamlDoc
 
@@ -52,6 +54,8 @@ class PerfBufferReader:
         ctx.pipeline.when_loaded(self._open)
 
     def _open(self) -> None:
+        from loader.libbpf.readers import PerfReader
+
         if self.perf is None:
             self.perf = PerfReader(self.ctx.obj.map_fd(self.ctx.name), self.channel,
                                    pages=self.pages,

@@ -10,11 +10,15 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from loader.errors import LoadError
-from loader.libbpf.encode import Channel
-from loader.libbpf.readers import RingReader
 from loader.outputs import ChannelContext, ChannelStats, OutputKind, register
+
+# The libbpf readers (cffi) are imported where a run opens the channel (see hash_map).
+if TYPE_CHECKING:
+    from loader.libbpf.encode import Channel
+    from loader.libbpf.readers import RingReader
 
 
 class RingBufferReader:
@@ -24,6 +28,8 @@ class RingBufferReader:
         self.ring: RingReader | None = None
 
     def start(self) -> None:
+        from loader.libbpf.readers import RingReader
+
         self.ring = RingReader([(self.ctx.obj.map_fd(self.ctx.name), self.channel)])
 
     def fds(self) -> Sequence[int]:

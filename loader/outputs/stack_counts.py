@@ -66,15 +66,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from loader.decoders.btf import encoder_for, record_decoder
 from loader.errors import ManifestError
-from loader.libbpf.readers import MAP_RESET, MapReader, Span, StackMap, map_max_entries
 from loader.outputs import ChannelContext, ChannelStats, OutputKind, register
 from loader.outputs.hash_map import int_spans, parse_interval, positive_int
 from loader.outputs.ring_buffer import kernel_lost
 
+# The decoders and libbpf readers are imported where a run opens the channel (see hash_map).
 if TYPE_CHECKING:
     from yaml.nodes import Node
+
+    from loader.libbpf.readers import MapReader, Span, StackMap
 
     from loader.kernel.btf import Btf, MapDef
     from loader.model.yamldoc import YamlDoc
@@ -364,6 +365,8 @@ class StackCountsReader:
         self.members = value_layout(ctx, mdef, self.options)
         btf = ctx.info.btf
         spec = ctx.spec
+        from loader.decoders.btf import encoder_for, record_decoder
+
         self.keys = encoder_for(record_decoder(
             btf, (("key", mdef.key_type_id, 0),), name=f"key of map {ctx.name}",
             overrides=dict(spec.decoders) if spec else None, enums=ctx.enums, channel=ctx.name))
@@ -384,6 +387,8 @@ class StackCountsReader:
         self.stacks_freed = 0
 
     def start(self) -> None:
+        from loader.libbpf.readers import MAP_RESET, MapReader, StackMap, map_max_entries
+
         ctx, m = self.ctx, self.mdef
         percpu = m.type_name in PERCPU
         max_entries = map_max_entries(ctx.obj, ctx.name)

@@ -19,18 +19,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loader.artifacts.meta import ArtifactMeta, lookup, meta_of_ref
 from loader.artifacts.store import ArtifactStore, digest_of
 from loader.errors import TrustError
-from loader.trust.keys import PrivateKey
-from loader.trust.root import TrustRoot, TrustStore
-from loader.trust.statements import artifact_statement, sign_statement, verify_artifact
+
+# Keys, roots and statements are imported where something is signed or checked: every build
+# imports this module (sign_published), and a store without a signing key signs nothing.
+if TYPE_CHECKING:
+    from loader.trust.keys import PrivateKey
+    from loader.trust.root import TrustRoot, TrustStore
 
 SIGNING_KEY_ENV = "BPFDEPOT_SIGNING_KEY"
 LOCK_KEY_ENV = "BPFDEPOT_LOCK_KEY"
@@ -55,16 +58,24 @@ def _target(meta: ArtifactMeta) -> dict[str, str]:
 
 def signing_key(env: dict[str, str] | None = None, var: str = SIGNING_KEY_ENV) -> PrivateKey | None:
     path = (os.environ if env is None else env).get(var)
-    return PrivateKey.load(Path(path)) if path else None
+    if not path:
+        return None
+    from loader.trust.keys import PrivateKey
+
+    return PrivateKey.load(Path(path))
 
 
 def sign_artifact(store: ArtifactStore, meta: ArtifactMeta, meta_digest: str, key: PrivateKey,
                   *, replace: bool = False) -> str:
     """Store the signed statement of one published artifact; the envelope's digest."""
+    from socket import gethostname  # socket only where a statement is signed (~2 ms to import)
+
+    from loader.trust.statements import artifact_statement, sign_statement
+
     statement = artifact_statement(
         subjects=_subjects(meta, meta_digest), program=meta.name, kind=meta.kind,
         source=meta.source_digest.removeprefix("sha256:"), target=_target(meta),
-        toolchain={k: str(v) for k, v in meta.toolchain.items()}, builder=socket.gethostname(),
+        toolchain={k: str(v) for k, v in meta.toolchain.items()}, builder=gethostname(),
         built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     envelope = store.put_blob(json.dumps(sign_statement(statement, [key]), sort_keys=True).encode())
     if replace:
@@ -92,6 +103,8 @@ class TrustPolicy:
 
     @classmethod
     def for_node(cls, home: Path, *, allow_unsigned: bool, say: Callable[[str], None]) -> TrustPolicy:
+        from loader.trust.root import TrustStore
+
         store = TrustStore(home / "trust")
         root = store.root() if store.has_root() else None  # expired or damaged: TrustError
         if root is not None and allow_unsigned:
@@ -158,5 +171,7 @@ class TrustPolicy:
             raise TrustError(f"{label}: its signature blob is not JSON") from None
         subjects = _subjects(meta, meta_digest)
         subjects["object"] = digest.removeprefix("sha256:")  # the bytes about to load
+        from loader.trust.statements import verify_artifact
+
         verify_artifact(envelope, self.root, subjects=subjects, target=_target(meta),
                         where=label)

@@ -18,13 +18,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from loader.errors import TrustError
+
+# cryptography (~15 ms to import) is imported where a key is made or used: every build imports
+# this module (through the signing of artifacts) but only a store with a signing key signs.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 MAX_DOCUMENT = 4 << 20  # a root, statement or lock signature read from disk or a store
 
@@ -48,6 +49,8 @@ class PublicKey:
     def from_json(cls, keyid: str, doc: Any, where: str) -> PublicKey:
         if not isinstance(doc, dict) or doc.get("keytype") != "ed25519":
             raise TrustError(f"{where}: key {keyid[:16]} is not {{keytype: ed25519, public: HEX}}")
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             raw = bytes.fromhex(doc["public"])
             key = Ed25519PublicKey.from_public_bytes(raw)
@@ -60,10 +63,14 @@ class PublicKey:
         return cls(keyid, key)
 
     def to_json(self) -> dict[str, str]:
+        from cryptography.hazmat.primitives import serialization
+
         raw = self.key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return {"keytype": "ed25519", "public": raw.hex()}
 
     def verifies(self, signature: bytes, data: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+
         try:
             self.key.verify(signature, data)
             return True
@@ -77,6 +84,8 @@ class PrivateKey:
 
     @property
     def public(self) -> PublicKey:
+        from cryptography.hazmat.primitives import serialization
+
         pub = self.key.public_key()
         raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return PublicKey(hashlib.sha256(raw).hexdigest(), pub)
@@ -90,10 +99,14 @@ class PrivateKey:
 
     @classmethod
     def generate(cls) -> PrivateKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return cls(Ed25519PrivateKey.generate())
 
     def save(self, path: Path) -> None:
         """Write the PEM with mode 0600; an existing file is never replaced."""
+        from cryptography.hazmat.primitives import serialization
+
         pem = self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                      serialization.NoEncryption())
         try:
@@ -106,6 +119,9 @@ class PrivateKey:
 
     @classmethod
     def load(cls, path: Path) -> PrivateKey:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         try:
             data = path.read_bytes()
         except OSError as exc:
