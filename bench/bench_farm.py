@@ -10,9 +10,11 @@ worker processes for this 2-core machine); the target kernels are the three in
   wall clock from the first ``submit()`` to the last job's result (all bundles submitted at
   once, ``--kernels all``). Baseline: the same copies compiled by bare clang, one after
   another, with exactly the defines the farm used for each object (read back from its meta:
-  the kprobe form where the kernel has kprobes). One uncounted warm-up round first, so the
-  worker has its vmlinux.h headers, toolchain probe and clients; the baseline's headers are
-  made with bpftool beforehand. Goal ≤ 0.6× of the sum (2 cores: the ideal is 0.5×).
+  the kprobe form where the kernel has kprobes), each against its own kernel's header: what a
+  compile per kernel costs. The farm compiles once per variant (builder/compile.py) and checks
+  the object per kernel. One uncounted warm-up round first, so the worker has its vmlinux.h
+  headers, toolchain probe, kernel indexes and clients; the baseline's headers are made with
+  bpftool beforehand. Goal ≤ 0.45× of the sum (a compile per kernel on 2 cores would be 0.5×).
 - Dedupe: 50 identical submissions of one fresh bundle for one kernel, from 10 threads:
   exactly one job built, 49 cached, none failed.
 - Cache hit: ``submit()`` + ``wait()`` in-process for an already-built bundle (one kernel,
@@ -56,7 +58,7 @@ KERNELS = ROOT.parent / "shared" / "kernels"
 TOOLS = ("redis-server", "ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "clang", "bpftool",
          "bwrap")
 WORKER_PROCESSES = 2
-CATALOG_GOAL = 0.60          # farm wall / sum of bare clang
+CATALOG_GOAL = 0.45          # farm wall / sum of bare clang per kernel (one compile per variant)
 HIT_GOAL_S = 0.050           # cache-hit submit → result, end to end
 CONCURRENT, THREADS = 50, 10
 HIT_REPS = 20
@@ -437,20 +439,22 @@ def measure_hits(args: argparse.Namespace, f: Farm, built: Path, release: str) -
     bundle = str(built)
     cases = {"1 kernel": f"release={release}", f"{len(f.releases)} kernels": "all"}
 
-    def once(selector: str) -> tuple[float, float]:
+    def once(selector: str, warm_up: bool = False) -> tuple[float, float]:
         t0 = time.perf_counter()
         build = submit(settings, bundle, selector)
         t1 = time.perf_counter()
         done = wait(settings, build, 60, live=False)
         t2 = time.perf_counter()
         states = {j.state for j in done.jobs.values()}
-        if states != {"cached"}:
+        # the warm-up may compile: the farm compiles against the newest selected kernel's
+        # header, so one kernel selected alone can be a variant the catalog round did not build
+        if not states or not states <= ({"cached", "built"} if warm_up else {"cached"}):
             raise SystemExit(f"bench: a cache-hit submit came back {states}: {_failed([done])}")
         return t2 - t0, t1 - t0
 
     rows = []
     for name, selector in cases.items():  # one case after the other, so the log tells them apart
-        once(selector)  # warm: imports, clients, the worker's caches
+        once(selector, warm_up=True)  # warm: imports, clients, the worker's caches, the build
         _, offsets = _task_runtimes(f.worker_logs)
         total, sub = [], []
         for _ in range(HIT_REPS):

@@ -26,9 +26,10 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NoReturn
 
 from builder.sandbox import INSIDE, LIMIT_HINT, Limits, limit_breach, run_sandboxed
 from builder.toolchain import Toolchain
@@ -316,14 +317,19 @@ def check_hooks(info, program: ProgramSpec, target: Target) -> tuple[dict[str, s
     return {p: str(h) for p, h in missing.items()}, note
 
 
-def find_built(store: ArtifactStore, key: str, index: str) -> Built | None:
+def find_built(store: ArtifactStore, key: str, index: str, *,
+               refused: Callable[[dict], NoReturn] | None = None) -> Built | None:
     """The stored result of the build ``key``, or None; a hit is also published at ``index``,
-    the ref nodes look artifacts up by."""
+    the ref nodes look artifacts up by. A kernel's record key may hold a refusal instead of a
+    meta (builder/verdicts.py): ``refused`` raises it."""
     started = time.perf_counter()
-    found = lookup(store, build_ref(key))
-    if not found:
+    meta_digest = store.get_ref(build_ref(key))
+    if meta_digest is None:
         return None
-    meta, meta_digest = found
+    data = store.read_blob(meta_digest)
+    if refused is not None and data.startswith(b"{") and json.loads(data).get("ok") is False:
+        refused(json.loads(data))
+    meta = ArtifactMeta.from_json(data, f"meta {meta_digest}")
     blobs = [meta.digest] + ([meta.extra["min_btf"]] if meta.extra.get("min_btf") else [])
     if not all(store.has_blob(b) for b in blobs):
         return None  # lost or damaged: build again, which writes the blob back (heals the store)
@@ -437,12 +443,13 @@ def check_size(data: bytes, limit: int, what: str, *, hint: str) -> None:
                          f"({limit >> 20} MiB)", hint=hint)
 
 
-def publish(store: ArtifactStore, meta: ArtifactMeta, index: str) -> str:
+def publish(store: ArtifactStore, meta: ArtifactMeta, index: str, *, meta_of: bool = True) -> str:
     """Publish a stored object's meta: meta blob → build ref → ``index`` → meta-of ref, so no
     ref ever points at nothing. Returns the meta digest the build ref holds (the first wins)."""
-    meta_digest = store.put_ref(build_ref(meta.key), store.put_blob(meta.to_json()))
+    meta_digest = store.put_ref(build_ref(meta.key), store.put_blob(meta.to_json(), new=True))
     store.put_ref(index, meta_digest)
-    store.put_ref(meta_of_ref(meta.digest), meta_digest)
+    if meta_of:  # one object published for many kernels: its first meta names it
+        store.put_ref(meta_of_ref(meta.digest), meta_digest)
     sign_published(store, meta, meta_digest)  # with BPFDEPOT_SIGNING_KEY (loader/trust)
     return meta_digest
 

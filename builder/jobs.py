@@ -171,13 +171,26 @@ def unpacked(ctx: Context, bundle: str) -> Manifest:
 
 
 _BTF_PATHS: dict[str, Path] = {}  # verified once per process: blobs never change
+ENTRY_TTL_S = 10.0                 # a kernel entry read this recently is read again no sooner
+_ENTRIES: dict[str, tuple[float, object]] = {}
+
+
+def kernel_entry(ctx: Context, target: str):
+    """The catalog entry of ``target`` (None if absent), read at most every ENTRY_TTL_S: a node
+    may register newer features, but a build of 30 kernels × 30 programs must not read it for
+    every job."""
+    now = time.monotonic()
+    cached = _ENTRIES.get(target)
+    if cached is None or now - cached[0] > ENTRY_TTL_S:
+        arch, _, btf = target.partition("-")
+        cached = _ENTRIES[target] = (now, get_kernel(ctx.store, arch, btf))
+    return cached[1]
 
 
 def target_of(ctx: Context, target: str) -> Target:
-    """The build target for a catalog key (its entry is read each time: a node may have
-    registered newer features; the entry and its BTF come from the local blob cache)."""
+    """The build target for a catalog key (its entry and BTF come from the local blob cache)."""
     arch, _, btf = target.partition("-")
-    entry = get_kernel(ctx.store, arch, btf)
+    entry = kernel_entry(ctx, target)
     if entry is None:
         raise BuildError(f"kernel {target} is not in the catalog of {ctx.store}",
                          hint="add it: bpfdepot kernels add --btf FILE")
@@ -232,15 +245,23 @@ def job_steps(ctx: Context, build: Build, program: str, target: str
     return plan.object_key, partial(find_done, ctx.store, plan)
 
 
+_PLANS: dict[tuple, Plan] = {}  # a bundle's folder never changes: plans are reused
+
+
 def plan_of(ctx: Context, build: Build, manifest: Manifest, program: str, target: str) -> Plan:
     """The plan of one job: compiled against the build's reference kernel for its arch, and
     load-tested the way the build decided for its kernel."""
     reference = build.references.get(target.partition("-")[0])
-    return plan_build(manifest, manifest.program(program), target_of(ctx, target),
-                      toolchain(ctx.settings.cache),
-                      [bundle_include_dir(manifest.root)],
-                      reference=target_of(ctx, reference) if reference else None,
-                      load_test=load_method(ctx, build.id, target))
+    method = load_method(ctx, build.id, target)
+    kernel, header = target_of(ctx, target), target_of(ctx, reference) if reference else None
+    key = (build.bundle, program, kernel, header, method)  # the entries' features count
+    if key not in _PLANS:
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        _PLANS[key] = plan_build(manifest, manifest.program(program), kernel,
+                                 toolchain(ctx.settings.cache), [bundle_include_dir(manifest.root)],
+                                 reference=header, load_test=method)
+    return _PLANS[key]
 
 
 _METHODS: dict[tuple[str, str], str] = {}
@@ -252,8 +273,7 @@ def load_method(ctx: Context, build_id: str, target: str) -> str:
     if (build_id, target) not in _METHODS:
         from builder.loadtests import method_for
 
-        arch, _, btf = target.partition("-")
-        entry = get_kernel(ctx.store, arch, btf)
+        entry = kernel_entry(ctx, target)
         method = method_for(ctx.redis, entry) if entry is not None else ""
         _METHODS[(build_id, target)] = ctx.records.decide(build_id, f"load-test:{target}", method)
     return _METHODS[(build_id, target)]
@@ -316,7 +336,8 @@ def compile_job(ctx: Context, build_id: str, program: str, target: str | list[st
         # each kernel's check is ~1 ms of CPU and its publishing a few store round trips:
         # overlapped, a compile for 30 kernels costs little more than one for a single kernel
         with ThreadPoolExecutor(max_workers=min(8, len(plans))) as pool:
-            verdicts = list(pool.map(lambda plan: _verdict(ctx, plan, compiled), plans))
+            verdicts = list(pool.map(lambda i: _verdict(ctx, plans[i], compiled, meta_of=i == 0),
+                                     range(len(plans))))
         for job, verdict in zip(jobs, verdicts):
             record_done(ctx, build_id, job, verdict, worker=worker,
                         seconds=round(time.perf_counter() - started, 3))
@@ -339,17 +360,16 @@ def compile_job(ctx: Context, build_id: str, program: str, target: str | list[st
     return None
 
 
-def _verdict(ctx: Context, plan: Plan, compiled: Compiled) -> Built | KernelRefused | Checked:
-    """The kernel's record of a compiled object: found, or checked and published, or checked
-    and waiting for its load test, or refused."""
+def _verdict(ctx: Context, plan: Plan, compiled: Compiled, *,
+             meta_of: bool = True) -> Built | KernelRefused | Checked:
+    """The kernel's record of a compiled object: checked and published, or checked and waiting
+    for its load test, or refused. (The fan-out found no record for it; one published since,
+    by an identical build, is the same bytes: publishing keeps the first.)"""
     try:
-        done = find_done(ctx.store, plan)
-        if done is not None:
-            return done
         checked = check_kernel(ctx.store, plan, compiled, ctx.settings.cache)
         if plan.load_test:
             return replace(checked, fresh=not compiled.cached)
-        return replace(publish_kernel(ctx.store, checked), cached=compiled.cached)
+        return replace(publish_kernel(ctx.store, checked, meta_of=meta_of), cached=compiled.cached)
     except KernelRefused as exc:
         return exc
 
@@ -384,8 +404,7 @@ def load_test_job(ctx: Context, build_id: str, target: str, *, attempt: int,
     method = load_method(ctx, build_id, target)
     try:
         manifest = unpacked(ctx, build.bundle)
-        arch, _, btf = target.partition("-")
-        entry = get_kernel(ctx.store, arch, btf)
+        entry = kernel_entry(ctx, target)
         if entry is None:
             raise BuildError(f"kernel {target} left the catalog during the build",
                              hint="add it again and resubmit")

@@ -27,10 +27,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from builder.compile import (Built, Compiled, Plan, Target, check_hooks, compile_object,
                              find_built, find_compiled, publish)
-from loader.artifacts.meta import ArtifactMeta, index_ref, verdict_ref
+from loader.artifacts.meta import ArtifactMeta, build_ref, index_ref, verdict_ref
 from loader.artifacts.store import ArtifactStore
 from loader.errors import BuildError, KernelRefused
 from loader.kernel.elf import ObjectInfo, read_object
@@ -38,11 +39,6 @@ from loader.kernel.elf import ObjectInfo, read_object
 _PARSED: dict[str, ObjectInfo] = {}
 GUARD_HINT = ("guard the access with bpf_core_field_exists()/bpf_core_type_exists() (or read a "
               "___flavour type), or leave this kernel out of the targets")  # by object digest: a worker checks one object many times
-
-
-def refusal_ref(key: str) -> str:
-    """The refusal recorded under a record key (a second build of it is answered at once)."""
-    return f"refusals/{key}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,14 +53,11 @@ class Checked:
 
 def find_done(store: ArtifactStore, plan: Plan) -> Built | None:
     """The kernel's published record for ``plan``; raises KernelRefused when it was refused."""
-    built = find_built(store, plan.key, index_ref(plan.program.name, plan.source_digest,
-                                                  plan.target.identity))
-    if built is not None:
-        return built
-    digest = store.get_ref(refusal_ref(plan.key))
-    if digest is not None:
-        raise refusal_error(json.loads(store.read_blob(digest)))
-    return None
+    def refused(body: dict) -> NoReturn:
+        raise refusal_error(body)
+
+    return find_built(store, plan.key, index_ref(plan.program.name, plan.source_digest,
+                                                 plan.target.identity), refused=refused)
 
 
 def build_for(store: ArtifactStore, plan: Plan, cache_dir: Path, *,
@@ -129,16 +122,15 @@ def check_kernel(store: ArtifactStore, plan: Plan, compiled: Compiled, cache_dir
 
 
 def publish_kernel(store: ArtifactStore, checked: Checked,
-                   load_tested_on: tuple[dict, ...] = ()) -> Built:
-    """Publish a checked object for its kernel: meta → build ref → index → meta-of, and the
-    verdict the lock reads."""
+                   load_tested_on: tuple[dict, ...] = (), *, meta_of: bool = True) -> Built:
+    """Publish a checked object for its kernel: meta → build ref → index (→ meta-of: the
+    kernels of one object need it once). The index is the verdict of a pass: the lock and
+    nodes read a recorded verdict only where there is none."""
     started = time.perf_counter()
     plan = checked.plan
     meta = dataclasses.replace(checked.meta, load_tested_on=load_tested_on)
     meta_digest = publish(store, meta, index_ref(plan.program.name, plan.source_digest,
-                                                 plan.target.identity))
-    _set_verdict(store, plan, {"ok": True, "kernel": str(plan.target.identity), "key": plan.key,
-                               "meta": meta_digest})
+                                                 plan.target.identity), meta_of=meta_of)
     return Built(meta=meta, meta_digest=meta_digest, cached=False,
                  seconds=time.perf_counter() - started, warnings=checked.warnings)
 
@@ -153,8 +145,9 @@ def record_refusal(store: ArtifactStore, plan: Plan, compiled: Compiled, reasons
             "reference": compiled.meta.extra.get("reference", ""),
             "reasons": reasons, **more}
     digest = store.put_blob(json.dumps(body, sort_keys=True).encode())
-    store.set_ref(refusal_ref(plan.key), digest)
-    _set_verdict(store, plan, body, digest)
+    # under the record key, where a meta would be: the next build of it reads the refusal there
+    store.put_ref(build_ref(plan.key), digest)
+    _set_verdict(store, plan, digest)
     return refusal_error(body)
 
 
@@ -172,8 +165,7 @@ def refusal_error(body: dict) -> KernelRefused:
     return error
 
 
-def _set_verdict(store: ArtifactStore, plan: Plan, body: dict, digest: str | None = None) -> None:
-    digest = digest or store.put_blob(json.dumps(body, sort_keys=True).encode())
+def _set_verdict(store: ArtifactStore, plan: Plan, digest: str) -> None:
     store.set_ref(verdict_ref(plan.program.name, plan.source_digest, plan.target.identity), digest)
 
 

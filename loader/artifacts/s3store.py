@@ -127,9 +127,13 @@ class S3Store:
                 return None
             raise StoreError(f"{self}: {what} failed: {exc}") from exc
 
-    def put_blob(self, data: bytes) -> str:
+    def put_blob(self, data: bytes, *, new: bool = False) -> str:
+        """Store ``data`` under its digest. ``new``: the caller expects no such blob (a meta
+        just made), so the upload is tried first and the HEAD is asked only if it is refused."""
         digest = digest_of(data)
         key = self._blob_key(digest)
+        if new and self._put_new(key, data, f"upload of {digest}"):
+            return digest
         etag = self._etag(key, f"check of {digest}")  # a HEAD costs less than a refused PUT
         if etag is None:
             self._put_new(key, data, f"upload of {digest}")

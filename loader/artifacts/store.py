@@ -61,7 +61,7 @@ REBUILD_HINT = "rebuild it (bpfdepot build BUNDLE, or submit it to the farm) to 
 
 
 class ArtifactStore(Protocol):
-    def put_blob(self, data: bytes) -> str: ...
+    def put_blob(self, data: bytes, *, new: bool = False) -> str: ...
     def read_blob(self, digest: str) -> bytes: ...
     def has_blob(self, digest: str) -> bool: ...
     def blob_path(self, digest: str) -> Path: ...
@@ -114,7 +114,8 @@ class LocalStore:
             if os.path.exists(tmp):  # gone when it replaced the damaged copy
                 os.unlink(tmp)
 
-    def put_blob(self, data: bytes) -> str:
+    def put_blob(self, data: bytes, *, new: bool = False) -> str:
+        """Store ``data`` under its digest (``new`` is a hint for remote stores)."""
         digest = digest_of(data)
         path = self._blob(digest)
         if not self._publish(path, data) and not self.has_blob(digest):
