@@ -160,7 +160,8 @@ def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
 
 def _build(args: argparse.Namespace, settings: Settings, toolchain_job: Background,
            kernel_job: Background | None, interval: float) -> int:
-    from builder.compile import build_program
+    from builder.compile import build_program, reference_for
+    from loader.errors import KernelRefused
     from loader.model.manifest import load_bundle
 
     manifest = load_bundle(args.bundle)
@@ -178,15 +179,27 @@ def _build(args: argparse.Namespace, settings: Settings, toolchain_job: Backgrou
     targets = _targets(args, settings, kernel_job.result() if kernel_job else None)
     toolchain = toolchain_job.result()
     sys.setswitchinterval(interval)  # both jobs are done
+    # as the farm does: one compile per variant against the newest target's header, then a
+    # relocation check per kernel (builder/compile.py); a kernel refused is reported, not fatal
+    references = reference_for(targets)
+    passed: set[str] = set()
+    refused: list[KernelRefused] = []
     for target in targets:
         for program in manifest.kernel_programs:
             if program in skipped:
                 continue
             warm = warm_while_compiling(target)
             try:
-                built = build_program(store, manifest, program, target, toolchain, settings.cache)
+                built = build_program(store, manifest, program, target, toolchain, settings.cache,
+                                      reference=references[target.identity.arch])
+            except KernelRefused as exc:
+                print(f"{program.name:<16} {str(target.identity):<30} REFUSED", flush=True)
+                _say(f"  {exc.message}" + (f"\n  {exc.detail}" if exc.detail else ""))
+                refused.append(exc)
+                continue
             finally:
                 warm.cancel()  # a cache hit returns before it starts
+            passed.add(program.name)
             if built.warnings:
                 _say(built.warnings)
             how = "cached" if built.cached else f"built in {built.seconds:.2f} s"
@@ -198,6 +211,10 @@ def _build(args: argparse.Namespace, settings: Settings, toolchain_job: Backgrou
         _build_processors(manifest, store, toolchain, settings)
     if any(p.type == "bpftrace_object" for p in manifest.programs):
         _check_bpftrace(manifest, store, targets)
+    nowhere = sorted({p.name for p in manifest.kernel_programs if p not in skipped} - passed)
+    if refused and nowhere:  # refused on every kernel it was built for: nothing to run
+        raise KernelRefused(f"{', '.join(nowhere)} refused on every target kernel: "
+                            f"{refused[0].message}", hint=refused[0].hint)
     return 0
 
 

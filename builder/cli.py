@@ -181,7 +181,10 @@ def cmd_lock(args: argparse.Namespace, settings: Settings) -> int:
     write_lock(path, lock)
     for pin in lock.pins:
         print(f"{pin.program:<16} {pin.release:<30} {pin.artifact}  meta {pin.meta}")
-    _err(f"bpfdepot: wrote {path} ({len(lock.pins)} pin(s))")
+    for refusal in lock.refused:
+        print(f"{refusal.program:<16} {refusal.release:<30} REFUSED  {refusal.reason}")
+    _err(f"bpfdepot: wrote {path} ({len(lock.pins)} pin(s)"
+         + (f"; {len(lock.refused)} kernel(s) refused, not pinned)" if lock.refused else ")"))
     return 0
 
 
@@ -197,7 +200,8 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
 GROUPS = {("kernels",): "kernels", ("worker", "submit", "builds"): "farm", ("query",): "query",
           ("flamegraph",): "flamegraph",
           ("agent", "load", "unload", "replace", "ps", "logs"): "agent",
-          ("keys", "sign", "verify"): "keys", ("deploy", "undeploy", "fleet"): "fleet"}
+          ("keys", "sign", "verify"): "keys", ("deploy", "undeploy", "fleet"): "fleet",
+          ("vmtest",): "vmtest"}
 
 
 def _register_group(sub: argparse._SubParsersAction, group: str) -> None:
@@ -223,6 +227,10 @@ def _register_group(sub: argparse._SubParsersAction, group: str) -> None:
         register_commands(sub)
     elif group == "fleet":
         from builder.fleetcli import register_commands
+
+        register_commands(sub)
+    elif group == "vmtest":
+        from builder.vmtestcli import register_commands
 
         register_commands(sub)
     else:

@@ -135,3 +135,34 @@ def test_a_kernel_known_to_lack_a_feature_is_refused(kernels, tmp_path) -> None:
     lacking = dataclasses.replace(kernels["6.12.100+deb12-amd64"], absent=frozenset({"tracepoint"}))
     with pytest.raises(KernelRefused, match=r"lacks tracepoint \(program on_getppid"):
         build_program(store, manifest, manifest.kernel_programs[0], lacking, tc, tmp_path / "cache")
+
+
+def test_the_build_command_reports_refused_kernels_and_goes_on(tmp_path) -> None:
+    import os
+    import sys
+
+    bundle = _bundle(tmp_path / "cli", field="throttled")
+    env = {**os.environ, "BPFDEPOT_HOME": str(tmp_path / "home")}
+    kernels = [a for btf in reference_kernels() for a in ("--kernel-btf", str(btf))]
+    done = subprocess.run([sys.executable, "-m", "builder.cli", "build", str(bundle), *kernels],
+                          capture_output=True, text=True, env=env, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[1]: line.split()[2] for line in done.stdout.splitlines()}
+    assert rows == {"6.1.0-50-amd64/x86_64": "REFUSED", "6.12.100+deb12-amd64/x86_64": "REFUSED",
+                    "6.18.44-fc-v669/x86_64": rows["6.18.44-fc-v669/x86_64"]}
+    assert rows["6.18.44-fc-v669/x86_64"].startswith("sha256:")
+    assert done.stderr.count("struct task_struct has no field 'throttled'") == 2
+    only_old = [a for btf in reference_kernels()[:2] for a in ("--kernel-btf", str(btf))]
+    old = subprocess.run([sys.executable, "-m", "builder.cli", "build", str(bundle), *only_old],
+                         capture_output=True, text=True, env=env, cwd=Path(__file__).parents[2])
+    # for 6.1 and 6.12 alone the newest header is 6.12's: clang itself names the field
+    assert old.returncode == 8 and "no member named 'throttled'" in old.stderr
+    # compiled against the bundle's own 6.18 header, it is refused on each: the build fails
+    vendored = _bundle(tmp_path / "cli-vendored", field="throttled", headers="bundle")
+    (vendored / "vmlinux.h").write_bytes(subprocess.run(
+        ["bpftool", "btf", "dump", "file", str(reference_kernels()[2]), "format", "c"],
+        capture_output=True, check=True).stdout)
+    nowhere = subprocess.run([sys.executable, "-m", "builder.cli", "build", str(vendored), *only_old],
+                             capture_output=True, text=True, env=env, cwd=Path(__file__).parents[2])
+    assert nowhere.returncode == 8, nowhere.stderr
+    assert "prog refused on every target kernel" in nowhere.stderr
