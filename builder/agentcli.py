@@ -17,6 +17,7 @@ from pathlib import Path
 
 from builder.cli import knob_pairs
 from loader.model.settings import Settings
+from loader.errors import BpfDepotError
 
 DEFAULT_STATE = Path("/var/lib/bpfdepot/agent")
 PINS = Path("/sys/fs/bpf/bpfdepot")  # <instance>-<generation>/<program>/{maps,links}/

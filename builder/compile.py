@@ -26,15 +26,14 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import NoReturn
 
 from builder.sandbox import INSIDE, LIMIT_HINT, Limits, limit_breach, run_sandboxed
 from builder.toolchain import Toolchain
 from builder.vmlinux import vmlinux_header
-from loader.artifacts.meta import SCHEMA, ArtifactMeta, build_ref, index_ref, lookup, meta_of_ref
+from loader.artifacts.meta import SCHEMA, ArtifactMeta, build_ref, lookup, meta_of_ref
 from loader.kernel.elf import (EVENT_MAPS, check_object, object_channels, read_object,
                                PROGRAM_CHANNELS, unresolved_externs, unsized_maps)
 from loader.errors import BuildError
@@ -317,30 +316,20 @@ def check_hooks(info, program: ProgramSpec, target: Target) -> tuple[dict[str, s
     return {p: str(h) for p, h in missing.items()}, note
 
 
-def find_built(store: ArtifactStore, key: str, index: str, *,
-               refused: Callable[[dict], NoReturn] | None = None) -> Built | None:
+def find_built(store: ArtifactStore, key: str, index: str) -> Built | None:
     """The stored result of the build ``key``, or None; a hit is also published at ``index``,
-    the ref nodes look artifacts up by. A kernel's record key may hold a refusal instead of a
-    meta (builder/verdicts.py): ``refused`` raises it."""
+    the ref nodes look artifacts up by."""
     started = time.perf_counter()
-    meta_digest = store.get_ref(build_ref(key))
-    if meta_digest is None:
+    found = lookup(store, build_ref(key))
+    if not found:
         return None
-    data = store.read_blob(meta_digest)
-    if refused is not None and data.startswith(b"{") and json.loads(data).get("ok") is False:
-        refused(json.loads(data))
-    meta = ArtifactMeta.from_json(data, f"meta {meta_digest}")
+    meta, meta_digest = found
     blobs = [meta.digest] + ([meta.extra["min_btf"]] if meta.extra.get("min_btf") else [])
     if not all(store.has_blob(b) for b in blobs):
         return None  # lost or damaged: build again, which writes the blob back (heals the store)
     store.put_ref(index, meta_digest)
     sign_published(store, meta, meta_digest)  # built before a key was set: signed now
     return Built(meta=meta, meta_digest=meta_digest, cached=True, seconds=time.perf_counter() - started)
-
-
-def cached_build(store: ArtifactStore, plan: Plan) -> Built | None:
-    return find_built(store, plan.key,
-                      index_ref(plan.program.name, plan.source_digest, plan.target.identity))
 
 
 def build_program(store: ArtifactStore, manifest: Manifest, program: ProgramSpec, target: Target,

@@ -153,8 +153,14 @@ def bundle_paths(text: str, root: Path) -> str:
     return text
 
 
+_MANIFESTS: dict[str, Manifest] = {}  # by bundle digest: content-addressed, parsed once
+
+
 def unpacked(ctx: Context, bundle: str) -> Manifest:
-    """The bundle unpacked in this worker's cache (once per digest, published by rename)."""
+    """The bundle unpacked in this worker's cache (once per digest, published by rename), and
+    its manifest (parsed once per process: every job of a build asks for it)."""
+    if bundle in _MANIFESTS:
+        return _MANIFESTS[bundle]
     root = bundle_root(ctx, bundle)
     if not root.exists():
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +173,11 @@ def unpacked(ctx: Context, bundle: str) -> Manifest:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    return load_bundle(root)
+    manifest = load_bundle(root)
+    if len(_MANIFESTS) > 256:
+        _MANIFESTS.clear()
+    _MANIFESTS[bundle] = manifest
+    return manifest
 
 
 _BTF_PATHS: dict[str, Path] = {}  # verified once per process: blobs never change
@@ -306,41 +316,42 @@ def compile_job(ctx: Context, build_id: str, program: str, target: str | list[st
     what = f"compile of '{program}'"
     try:
         manifest = unpacked(ctx, build.bundle)
-        if getattr(manifest.program(program), "type", None) == "bpftrace_object":
+        bpftrace = getattr(manifest.program(program), "type", None) == "bpftrace_object"
+        if bpftrace:
+            from builder.bpftrace import plan_check
+
             what = f"check of '{program}'"
+            key = plan_check(manifest.program(program), target_of(ctx, jobs[0].target)).key
+        else:
+            plans = [plan_of(ctx, build, manifest, program, job.target) for job in jobs]
+            key = plans[0].object_key
+        # The whole task runs under its key's lock: a redelivery (a task longer than the
+        # visibility timeout) or an identical build waits, then finds the work done.
+        lock = ctx.redis.lock(f"bpfdepot:compiling:{key}", timeout=LOCK_TTL_S, blocking=False,
+                              thread_local=False)
+        if not lock.acquire():
             for job in jobs:
-                record_done(ctx, build_id, job, _bpftrace(ctx, manifest, program, job.target),
-                            worker=worker, seconds=round(time.perf_counter() - started, 3))
-            return None
-        plans = [plan_of(ctx, build, manifest, program, job.target) for job in jobs]
-        compiled = find_compiled(ctx.store, plans[0].object_key)
-        if compiled is None:
-            lock = ctx.redis.lock(f"bpfdepot:compiling:{plans[0].object_key}", timeout=LOCK_TTL_S,
-                                  blocking=False, thread_local=False)
-            if not lock.acquire():
-                for job in jobs:
-                    ctx.records.update(build_id, replace(job, state="waiting", worker=worker))
-                return min(0.05 * 2 ** min(attempt, 6), 2.0)
+                ctx.records.update(build_id, replace(job, state="waiting", worker=worker))
+            return min(0.05 * 2 ** min(attempt, 6), 2.0)
+        try:
+            with _Heartbeat(lock):
+                now = ctx.records.get(build_id)  # a delivery before this one may have ended them
+                left = [i for i, job in enumerate(jobs)
+                        if now is None or not now.jobs.get(job.key, job).done]
+                if bpftrace:
+                    for i in left:
+                        record_done(ctx, build_id, jobs[i],
+                                    _bpftrace(ctx, manifest, program, jobs[i].target),
+                                    worker=worker, seconds=round(time.perf_counter() - started, 3))
+                    return None
+                jobs, plans = [jobs[i] for i in left], [plans[i] for i in left]
+                if jobs:
+                    _compile_and_check(ctx, build_id, jobs, plans, worker, started)
+        finally:
             try:
-                compiled = find_compiled(ctx.store, plans[0].object_key)  # done meanwhile?
-                if compiled is None:
-                    for job in jobs:
-                        ctx.records.update(build_id, replace(job, state="compiling", worker=worker))
-                    with _Heartbeat(lock):
-                        compiled = compile_object(ctx.store, plans[0], ctx.settings.cache)
-            finally:
-                try:
-                    lock.release()
-                except redis.exceptions.LockError:
-                    pass  # lapsed while Redis was away; the result is in the store either way
-        # each kernel's check is ~1 ms of CPU and its publishing a few store round trips:
-        # overlapped, a compile for 30 kernels costs little more than one for a single kernel
-        with ThreadPoolExecutor(max_workers=min(8, len(plans))) as pool:
-            verdicts = list(pool.map(lambda i: _verdict(ctx, plans[i], compiled, meta_of=i == 0),
-                                     range(len(plans))))
-        for job, verdict in zip(jobs, verdicts):
-            record_done(ctx, build_id, job, verdict, worker=worker,
-                        seconds=round(time.perf_counter() - started, 3))
+                lock.release()
+            except redis.exceptions.LockError:
+                pass  # lapsed while Redis was away; the results are in the store either way
         for job in jobs:
             start_load_test(ctx, build_id, job.target)
     except StoreError as exc:
@@ -358,6 +369,24 @@ def compile_job(ctx: Context, build_id: str, program: str, target: str | list[st
         log.exception("build %s: %s for %s failed unexpectedly", build_id, what, targets)
         _fail(ctx, build_id, jobs, worker, unexpected(exc, what))
     return None
+
+
+def _compile_and_check(ctx: Context, build_id: str, jobs: list[Job], plans: list[Plan],
+                       worker: str, started: float) -> None:
+    """The shared object (found, or compiled now), then each kernel's verdict, recorded."""
+    compiled = find_compiled(ctx.store, plans[0].object_key)
+    if compiled is None:
+        for job in jobs:
+            ctx.records.update(build_id, replace(job, state="compiling", worker=worker))
+        compiled = compile_object(ctx.store, plans[0], ctx.settings.cache)
+    # each kernel's check is ~1 ms of CPU and its publishing two store writes: overlapped, a
+    # compile for 30 kernels costs little more than one for a single kernel
+    with ThreadPoolExecutor(max_workers=min(8, len(plans))) as pool:
+        verdicts = list(pool.map(lambda i: _verdict(ctx, plans[i], compiled, meta_of=i == 0),
+                                 range(len(plans))))
+    for job, verdict in zip(jobs, verdicts):
+        record_done(ctx, build_id, job, verdict, worker=worker,
+                    seconds=round(time.perf_counter() - started, 3))
 
 
 def _verdict(ctx: Context, plan: Plan, compiled: Compiled, *,
@@ -444,6 +473,7 @@ def load_test_job(ctx: Context, build_id: str, target: str, *, attempt: int,
 
 
 def _bpftrace(ctx: Context, manifest: Manifest, program: str, target: str) -> Built:
+    """A bpftrace_object script checked for one kernel (builder/bpftrace.py), or found checked."""
     from builder.bpftrace import cached_check, execute_check, plan_check
 
     check = plan_check(manifest.program(program), target_of(ctx, target))

@@ -167,14 +167,20 @@ def kernel_types(btf_path: Path, digest: str | None = None) -> KernelTypes:
     if found is not None:
         return found
     try:
-        data = btf_path.read_bytes()
-        btf = Btf.parse(data)
+        if digest is None:
+            data = btf_path.read_bytes()
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            btf = Btf.parse(data)
+        else:  # the parse the hook check makes of the same file (loader/kernel/hooks.py)
+            from loader.kernel.hooks import kernel_btf
+
+            btf = kernel_btf(str(btf_path)) or Btf.parse(btf_path.read_bytes())
     except (OSError, BtfFormatError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else exc.message
         raise BuildError(f"cannot read kernel BTF {btf_path}: {why}",
                          hint="pass raw BTF such as /sys/kernel/btf/vmlinux or the btf blob of "
                               "a catalog kernel") from None
-    kt = KernelTypes(btf, digest or "sha256:" + hashlib.sha256(data).hexdigest())
+    kt = KernelTypes(btf, digest)
     if len(_KERNELS) >= _KERNELS_MAX:
         _KERNELS.pop(next(iter(_KERNELS)))
     _KERNELS[key] = kt

@@ -27,13 +27,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
-from builder.compile import (Built, Compiled, Plan, Target, check_hooks, compile_object,
-                             find_built, find_compiled, publish)
-from loader.artifacts.meta import ArtifactMeta, build_ref, index_ref, verdict_ref
+from builder.compile import (CHECK_VERSION, Built, Compiled, Plan, Target, check_hooks,
+                             compile_object, find_compiled)
+from loader.artifacts.meta import ArtifactMeta, index_ref, meta_of_ref, refusal_of
 from loader.artifacts.store import ArtifactStore
-from loader.errors import BuildError, KernelRefused
+from loader.errors import BlobNotFound, BuildError, KernelRefused
+from loader.trust.artifacts import sign_published
 from loader.kernel.elf import ObjectInfo, read_object
 
 _PARSED: dict[str, ObjectInfo] = {}
@@ -52,12 +52,44 @@ class Checked:
 
 
 def find_done(store: ArtifactStore, plan: Plan) -> Built | None:
-    """The kernel's published record for ``plan``; raises KernelRefused when it was refused."""
-    def refused(body: dict) -> NoReturn:
-        raise refusal_error(body)
+    """The kernel's record for ``plan`` (one lookup: the index ref holds the kernel's verdict):
+    its artifact when it comes from the same compile, checked as the plan asks (load-tested if
+    it asks for a load test, with a minimal BTF if the kernel's nodes need one); raises
+    KernelRefused when that compile was refused there; None when it must be checked."""
+    started = time.perf_counter()
+    digest = store.get_ref(_index(plan))
+    if digest is None:
+        return None
+    try:
+        data = store.read_blob(digest)
+    except BlobNotFound:
+        return None  # lost: checked and published again (which heals the store)
+    refusal = refusal_of(data)
+    if refusal is not None:
+        if refusal.get("object_key") == plan.object_key and refusal.get("check") == CHECK_VERSION \
+                and (refusal.get("stage") == "load" or not plan.load_test):
+            raise refusal_error(refusal)
+        return None  # another compile's, or a check a load test now overrules
+    meta = ArtifactMeta.from_json(data, f"meta {digest}")
+    if (meta.extra.get("object_key") != plan.object_key
+            or meta.extra.get("check") != _checked_for(plan)
+            or (plan.load_test and not meta.load_tested_on)):
+        return None  # another compile, checked for other facts, or not yet load-tested
+    blobs = [meta.digest] + ([meta.extra["min_btf"]] if meta.extra.get("min_btf") else [])
+    if not all(store.has_blob(b) for b in blobs):
+        return None
+    sign_published(store, meta, digest)  # built before a key was set: signed now
+    return Built(meta=meta, meta_digest=digest, cached=True, seconds=time.perf_counter() - started)
 
-    return find_built(store, plan.key, index_ref(plan.program.name, plan.source_digest,
-                                                 plan.target.identity), refused=refused)
+
+def _index(plan: Plan) -> str:
+    return index_ref(plan.program.name, plan.source_digest, plan.target.identity)
+
+
+def _checked_for(plan: Plan) -> dict[str, object]:
+    """What a kernel's check depended on besides the object: recorded in its meta."""
+    return {"version": CHECK_VERSION, "min_btf": not plan.target.btf_on_node,
+            "absent": sorted(plan.target.absent)}
 
 
 def build_for(store: ArtifactStore, plan: Plan, cache_dir: Path, *,
@@ -107,7 +139,7 @@ def check_kernel(store: ArtifactStore, plan: Plan, compiled: Compiled, cache_dir
         raise record_refusal(store, plan, compiled, reasons, stage="check", relocations=record,
                              hint="; ".join(hints))
     extra: dict[str, object] = {**compiled.meta.extra, "object_key": compiled.meta.key,
-                                "relocations": record}
+                                "relocations": record, "check": _checked_for(plan)}
     if reasons:  # a load test on the kernel follows: its verifier has the last word
         extra["check_reasons"] = reasons
     if not target.btf_on_node:
@@ -123,31 +155,36 @@ def check_kernel(store: ArtifactStore, plan: Plan, compiled: Compiled, cache_dir
 
 def publish_kernel(store: ArtifactStore, checked: Checked,
                    load_tested_on: tuple[dict, ...] = (), *, meta_of: bool = True) -> Built:
-    """Publish a checked object for its kernel: meta → build ref → index (→ meta-of: the
-    kernels of one object need it once). The index is the verdict of a pass: the lock and
-    nodes read a recorded verdict only where there is none."""
+    """Publish a checked object for its kernel: meta blob → the index ref nodes and the lock
+    read (replacing a refusal or an older compile's artifact there) → meta-of (the kernels of
+    one object need it once): two store writes per kernel."""
     started = time.perf_counter()
     plan = checked.plan
     meta = dataclasses.replace(checked.meta, load_tested_on=load_tested_on)
-    meta_digest = publish(store, meta, index_ref(plan.program.name, plan.source_digest,
-                                                 plan.target.identity), meta_of=meta_of)
+    meta_digest = store.put_blob(meta.to_json(), new=True)
+    store.set_ref(_index(plan), meta_digest)
+    if meta_of:
+        store.put_ref(meta_of_ref(meta.digest), meta_digest)
+    sign_published(store, meta, meta_digest)  # with BPFDEPOT_SIGNING_KEY (loader/trust)
     return Built(meta=meta, meta_digest=meta_digest, cached=False,
                  seconds=time.perf_counter() - started, warnings=checked.warnings)
 
 
 def record_refusal(store: ArtifactStore, plan: Plan, compiled: Compiled, reasons: list[str], *,
                    stage: str, **more: object) -> KernelRefused:
-    """Store why ``plan``'s kernel is refused (under its record key and as the verdict of its
-    sources on that kernel) and return the error to raise."""
+    """Store why ``plan``'s kernel is refused, at the index ref where its artifact would be (so
+    the next build, the lock and nodes read it there; an artifact of an older compile of the
+    same sources that passed there is kept), and return the error to raise."""
     body = {"ok": False, "kernel": str(plan.target.identity), "program": plan.program.name,
             "key": plan.key, "object": compiled.meta.digest, "stage": stage,
+            "check": CHECK_VERSION,
             "object_key": compiled.meta.extra.get("object_key", compiled.meta.key),
             "reference": compiled.meta.extra.get("reference", ""),
             "reasons": reasons, **more}
-    digest = store.put_blob(json.dumps(body, sort_keys=True).encode())
-    # under the record key, where a meta would be: the next build of it reads the refusal there
-    store.put_ref(build_ref(plan.key), digest)
-    _set_verdict(store, plan, digest)
+    digest = store.put_blob(json.dumps(body, sort_keys=True).encode(), new=True)
+    current = store.get_ref(_index(plan))
+    if current is None or refusal_of(store.read_blob(current)) is not None:
+        store.set_ref(_index(plan), digest)
     return refusal_error(body)
 
 
@@ -163,10 +200,6 @@ def refusal_error(body: dict) -> KernelRefused:
                   "of the targets")) + "; the other kernels are published")
     error.record = body  # the job record shows its compile and reference
     return error
-
-
-def _set_verdict(store: ArtifactStore, plan: Plan, digest: str) -> None:
-    store.set_ref(verdict_ref(plan.program.name, plan.source_digest, plan.target.identity), digest)
 
 
 def _lacking(info: ObjectInfo, plan: Plan) -> list[str]:

@@ -70,24 +70,26 @@ def index_ref(program: str, source_digest: str, target: KernelIdentity) -> str:
     return f"index/{program}/{source_digest}/{target.arch}-{target.btf_digest}"
 
 
-def verdict_ref(program: str, source_digest: str, target: KernelIdentity) -> str:
-    """Where the farm keeps the latest verdict of a program's sources on a kernel (JSON: ok,
-    and the reasons when refused; builder/verdicts.py), which the lock and nodes read."""
-    return f"verdicts/{program}/{source_digest}/{target.arch}-{target.btf_digest}"
-
-
 def read_verdict(store: ArtifactStore, program: str, source_digest: str,
                  target: KernelIdentity) -> dict[str, Any] | None:
-    """That verdict, or None if the sources were never checked for the kernel."""
-    digest = store.get_ref(verdict_ref(program, source_digest, target))
+    """The farm's refusal of a program's sources on a kernel (JSON: ok false, reasons; see
+    builder/verdicts.py), which it keeps where the artifact would be, at the index ref; None
+    when the index holds an artifact or nothing."""
+    digest = store.get_ref(index_ref(program, source_digest, target))
     if digest is None:
         return None
+    return refusal_of(store.read_blob(digest))
+
+
+def refusal_of(data: bytes) -> dict[str, Any] | None:
+    """The refusal a blob holds, or None when it is something else (a meta, an object)."""
+    if not data.startswith(b"{") or b'"ok": false' not in data:
+        return None
     try:
-        body = json.loads(store.read_blob(digest))
-    except ValueError as exc:
-        raise StoreError(f"verdict {digest} of '{program}' is not JSON: {exc}",
-                         hint="build it again: bpfdepot submit BUNDLE --wait") from None
-    return body if isinstance(body, dict) else None
+        body = json.loads(data)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) and body.get("ok") is False else None
 
 
 def meta_of_ref(object_digest: str) -> str:
@@ -100,11 +102,15 @@ def read_meta(store: ArtifactStore, meta_digest: str) -> ArtifactMeta:
 
 
 def lookup(store: ArtifactStore, ref: str) -> tuple[ArtifactMeta, str] | None:
-    """The meta (and its digest) a ref points at, or None when nothing was published there."""
+    """The meta (and its digest) a ref points at, or None when nothing was published there
+    (or when the farm keeps a refusal there: read_verdict says why)."""
     meta_digest = store.get_ref(ref)
     if meta_digest is None:
         return None
-    return read_meta(store, meta_digest), meta_digest
+    data = store.read_blob(meta_digest)
+    if refusal_of(data) is not None:
+        return None
+    return ArtifactMeta.from_json(data, f"meta {meta_digest}"), meta_digest
 
 
 def by_digest(store: ArtifactStore, digest: str) -> tuple[ArtifactMeta, str]:

@@ -36,6 +36,9 @@ def vm_farm(redis_service, rgw, tmp_path_factory: pytest.TempPathFactory):
         pytest.skip(str(exc))
     home = tmp_path_factory.mktemp("vm-farm-home")
     env = farm_env(redis_service, rgw, home, prefix="vmfarm")
+    # a Redis database of its own: the session farm's workers (another store prefix, the same
+    # node queue for this kernel) must not take these builds' tasks
+    env["BPFDEPOT_BROKER"] = redis_service.url.rsplit("/", 1)[0] + "/5"
     _bucket(env)
     for deb in debs.values():
         added = cli(env, "kernels", "add", "--package", str(deb))

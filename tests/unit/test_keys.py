@@ -274,27 +274,25 @@ def _target(tmp_path: Path, kernel: KernelIdentity = KERNEL) -> Target:
 
 
 def _seed(store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, str]:
-    """Store a meta under the key build_program uses for the demo bundle, as a finished build
-    would; return (key, source digest, meta digest)."""
+    """Publish, at the index ref nodes read, a meta for the demo bundle's plan on KERNEL, as a
+    finished build would; return (record key, source digest, meta digest)."""
+    from builder.verdicts import _checked_for
+
     manifest = load_bundle(_bundle(tmp_path, MANIFEST))
     prog = manifest.program("demo")
-    keys: list[str] = []
-    monkeypatch.setattr(compile_mod, "build_ref", lambda key: keys.append(key) or build_ref(key))
-    with pytest.raises(Compiled):  # the store is empty: it goes on to compile
-        build_program(store, manifest, prog, _target(tmp_path), TOOLCHAIN, tmp_path / "cache")
-    monkeypatch.setattr(compile_mod, "build_ref", build_ref)
-    [key] = keys
+    plan = compile_mod.plan_build(manifest, prog, _target(tmp_path), TOOLCHAIN)
     files = source_closure(prog.local_path, manifest.root, [compile_mod.SHARED_INCLUDE])
     meta = ArtifactMeta(
-        name="demo", kind="bpf_object", key=key, digest=store.put_blob(b"object"), size=6,
+        name="demo", kind="bpf_object", key=plan.key, digest=store.put_blob(b"object"), size=6,
         source_digest=source_digest(files, manifest.channel_decls), target=KERNEL, toolchain=TOOLCHAIN.as_dict(),
         flags=bpf_flags(KERNEL.arch), inputs=files_digest(files), programs=(), maps=(),
         channels={"events": {"type": "ring_buffer", "map_type": "ringbuf", "event": "ev",
                              "event_size": 8, "layout": []}},
-        required_features=("ringbuf",), license="GPL")
+        required_features=("ringbuf",), license="GPL",
+        extra={"object_key": plan.object_key, "check": _checked_for(plan)})
     meta_digest = store.put_blob(meta.to_json())
-    store.put_ref(build_ref(key), meta_digest)
-    return key, source_digest(files, manifest.channel_decls), meta_digest
+    store.set_ref(index_ref("demo", plan.source_digest, KERNEL), meta_digest)
+    return plan.key, plan.source_digest, meta_digest
 
 
 def test_known_build_key_returns_the_artifact_without_compiling(
@@ -305,7 +303,7 @@ def test_known_build_key_returns_the_artifact_without_compiling(
     built = build_program(store, manifest, manifest.program("demo"), _target(tmp_path), TOOLCHAIN,
                           tmp_path / "cache")
     assert (built.cached, built.meta_digest, built.meta.key) == (True, meta_digest, key)
-    # a node finds it by sources and kernel from now on
+    # a node finds it by sources and kernel
     assert store.get_ref(index_ref("demo", src, KERNEL)) == meta_digest
 
 
