@@ -45,7 +45,7 @@ from builder.compile import (
 from builder.verdicts import Checked, check_kernel, find_done, publish_kernel
 from builder.records import Build, Job, Records, connect
 from builder.toolchain import Toolchain, find_toolchain
-from loader.artifacts.meta import read_meta
+from loader.artifacts.meta import index_ref, read_meta
 from loader.kernel.catalog import get_kernel
 from loader.errors import BpfDepotError, BuildError, KernelRefused, StoreError
 from loader.model.manifest import Manifest, load_bundle
@@ -86,8 +86,8 @@ def fan_out(ctx: Context, build_id: str) -> Iterator[tuple[str, list[str]]]:
         return iter(())
     groups: dict[tuple[str, str], list[str]] = {}
 
-    def check(job: Job) -> tuple[Job, str, Built | KernelRefused | None]:
-        group, find = job_steps(ctx, build, job.program, job.target)
+    def check(item: tuple[Job, str, Callable[[], Built | None]]) -> tuple[Job, str, object]:
+        job, group, find = item
         try:
             return job, group, find()
         except KernelRefused as exc:
@@ -95,8 +95,15 @@ def fan_out(ctx: Context, build_id: str) -> Iterator[tuple[str, list[str]]]:
 
     try:
         unpacked(ctx, build.bundle)  # once, before the threads race to unpack it
-        with ThreadPoolExecutor(max_workers=min(8, len(build.jobs) or 1)) as pool:
-            checked = list(pool.map(check, build.jobs.values()))  # store lookups overlap
+        steps = [(job, *job_steps(ctx, build, job.program, job.target)) for job in build.jobs.values()]
+        # one listing per program's sources tells which kernels have a verdict at all: a fresh
+        # build of 30 kernels asks the store 1 question per program, not 30
+        prefixes = sorted({index.rpartition("/")[0] for *_, index in steps})
+        with ThreadPoolExecutor(max_workers=min(8, len(steps) or 1)) as pool:
+            listed = {name for names in pool.map(ctx.store.list_refs, prefixes) for name in names}
+            known = [(job, group, find) for job, group, find, index in steps if index in listed]
+            checked = list(pool.map(check, known))  # store lookups overlap
+        checked += [(job, group, None) for job, group, _, index in steps if index not in listed]
     except Exception:  # noqa: BLE001 - this task claimed the fan-out: it must never lose a job
         log.warning("build %s: cache check failed, every job goes to a compile task", build_id,
                     exc_info=True)
@@ -241,18 +248,20 @@ class _Heartbeat:
 
 
 def job_steps(ctx: Context, build: Build, program: str, target: str
-              ) -> tuple[str, Callable[[], Built | None]]:
-    """A job's group (jobs of one group share a compile: its object key) and how to find it
-    done in the store (raising KernelRefused for a recorded refusal)."""
+              ) -> tuple[str, Callable[[], Built | None], str]:
+    """A job's group (jobs of one group share a compile: its object key), how to find it done
+    in the store (raising KernelRefused for a recorded refusal), and the index ref where its
+    kernel's verdict would be."""
     manifest = unpacked(ctx, build.bundle)
     spec = manifest.program(program)
     if getattr(spec, "type", None) == "bpftrace_object":  # checked per kernel, never grouped
         from builder.bpftrace import cached_check, plan_check
 
         check = plan_check(spec, target_of(ctx, target))
-        return f"bpftrace:{target}", partial(cached_check, ctx.store, check)
+        return f"bpftrace:{target}", partial(cached_check, ctx.store, check), check.index
     plan = plan_of(ctx, build, manifest, program, target)
-    return plan.object_key, partial(find_done, ctx.store, plan)
+    return plan.object_key, partial(find_done, ctx.store, plan), \
+        index_ref(plan.program.name, plan.source_digest, plan.target.identity)
 
 
 _PLANS: dict[tuple, Plan] = {}  # a bundle's folder never changes: plans are reused
@@ -336,8 +345,8 @@ def compile_job(ctx: Context, build_id: str, program: str, target: str | list[st
         try:
             with _Heartbeat(lock):
                 now = ctx.records.get(build_id)  # a delivery before this one may have ended them
-                left = [i for i, job in enumerate(jobs)
-                        if now is None or not now.jobs.get(job.key, job).done]
+                left = [i for i, job in enumerate(jobs) if now is None or not (
+                    now.jobs.get(job.key, job).done or now.jobs.get(job.key, job).state == "load-testing")]
                 if bpftrace:
                     for i in left:
                         record_done(ctx, build_id, jobs[i],
