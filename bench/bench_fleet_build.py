@@ -28,7 +28,7 @@ from pathlib import Path
 
 import harness
 from bench_farm import (KERNELS, TOOLS, _cli, _failed, _jobs, _submit_all, catalog, ceph_daemons,
-                        farm, fresh_copies)
+                        cpu_snapshot, farm, fresh_copies)
 from harness import Row, median, ms, paired
 
 KERNEL_COUNT = 30
@@ -70,16 +70,19 @@ def measure(args: argparse.Namespace) -> list[Row]:
             for selector, into in rounds:
                 tag = f"fleet-{rep + 1}-{'one' if selector == ONE else 'all'}"
                 copies = fresh_copies(bundles, tmp / "copies", tag)
+                before = cpu_snapshot(f.services)
                 t0 = time.perf_counter()
                 builds = _submit_all(settings, list(copies.values()), selector, threads=len(copies))
                 wall = time.perf_counter() - t0
+                used = {k: v - before[k] for k, v in cpu_snapshot(f.services).items()}
                 if _failed(builds):
                     raise SystemExit(f"bench: the farm failed a build:\n{_failed(builds)}")
                 jobs = _jobs(builds)
                 compiles = len({(j.program, j.object_key) for j in jobs})
                 refused = sum(j.state == "refused" for j in jobs)
                 print(f"  {'warm-up' if rep < 0 else f'rep {rep + 1}'} {selector}: {wall:.2f} s, "
-                      f"{len(jobs)} jobs, {compiles} compiles, {refused} refused", flush=True)
+                      f"{len(jobs)} jobs, {compiles} compiles, {refused} refused; CPU s: "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in used.items()), flush=True)
                 if rep >= 0:
                     into.append(wall)
     ratio = paired(many, one)

@@ -170,15 +170,16 @@ def record_key(object_key: str, target: Target, load_test: str = "") -> str:
 
 def plan_build(manifest: Manifest, program: ProgramSpec, target: Target, toolchain: Toolchain,
                include_dirs: list[Path] | None = None, *, reference: Target | None = None,
-               load_test: str = "") -> Plan:
+               load_test: str = "", files: tuple[SourceFile, ...] | None = None) -> Plan:
     """Decide the build for ``target`` (sources, flags, keys) without running anything; its
-    compile reads ``reference``'s header (default: the target's own)."""
+    compile reads ``reference``'s header (default: the target's own). ``files``: the source
+    closure, when the caller knows it (a farm worker reads an unpacked bundle once)."""
     if program.local_path is None or not program.is_source or program.type != "ebpf_object":
         raise BuildError(f"program '{program.name}' ({program.path}) is not a local .bpf.c source",
                          hint="only file:// .bpf.c sources are built; prebuilt objects load as they are")
     vendored = program.headers == "bundle"
-    files = tuple(source_closure(program.local_path, manifest.root, include_dirs or [SHARED_INCLUDE],
-                                 vendored=vendored))
+    if files is None:
+        files = closure_of(manifest, program, include_dirs)
     inputs = files_digest(files)
     channels = manifest.channel_decls
     entry = next(f.name for f in files if f.path == program.local_path.resolve())
@@ -204,6 +205,13 @@ def plan_build(manifest: Manifest, program: ProgramSpec, target: Target, toolcha
                 files=files, entry=entry, flags=flags, key=record_key(object_key, target, load_test),
                 source_digest=source_digest(files, channels, cpu=program.cpu), anchor=anchor,
                 reference=header, object_key=object_key, load_test=load_test)
+
+
+def closure_of(manifest: Manifest, program: ProgramSpec,
+               include_dirs: list[Path] | None = None) -> tuple[SourceFile, ...]:
+    """The source closure a build of ``program`` compiles (builder/compile.py plan_build)."""
+    return tuple(source_closure(program.local_path, manifest.root, include_dirs or [SHARED_INCLUDE],
+                                vendored=program.headers == "bundle"))
 
 
 def reference_for(targets: Sequence[Target]) -> dict[str, Target]:

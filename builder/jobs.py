@@ -37,6 +37,7 @@ from builder.compile import (
     Compiled,
     Plan,
     Target,
+    closure_of,
     compile_object,
     find_compiled,
     form_features,
@@ -190,6 +191,7 @@ def unpacked(ctx: Context, bundle: str) -> Manifest:
 _BTF_PATHS: dict[str, Path] = {}  # verified once per process: blobs never change
 ENTRY_TTL_S = 10.0                 # a kernel entry read this recently is read again no sooner
 _ENTRIES: dict[str, tuple[float, object]] = {}
+_TARGETS: dict[str, tuple[object, Target]] = {}
 
 
 def kernel_entry(ctx: Context, target: str):
@@ -208,15 +210,20 @@ def target_of(ctx: Context, target: str) -> Target:
     """The build target for a catalog key (its entry and BTF come from the local blob cache)."""
     arch, _, btf = target.partition("-")
     entry = kernel_entry(ctx, target)
+    made = _TARGETS.get(target)
+    if made is not None and made[0] is entry:  # the same entry read: the same target
+        return made[1]
     if entry is None:
         raise BuildError(f"kernel {target} is not in the catalog of {ctx.store}",
                          hint="add it: bpfdepot kernels add --btf FILE")
     if btf not in _BTF_PATHS:
         _BTF_PATHS[btf] = ctx.store.blob_path(f"sha256:{btf}")
-    return Target(identity=entry.identity, btf=_BTF_PATHS[btf],
+    made = Target(identity=entry.identity, btf=_BTF_PATHS[btf],
                   features=form_features(entry.features, probed=entry.features_from == "probed"),
                   btf_on_node=entry.btf_on_node,
                   absent=frozenset(k for k, ok in entry.features.items() if not ok))
+    _TARGETS[target] = (entry, made)
+    return made
 
 
 @cache
@@ -265,21 +272,30 @@ def job_steps(ctx: Context, build: Build, program: str, target: str
 
 
 _PLANS: dict[tuple, Plan] = {}  # a bundle's folder never changes: plans are reused
+_CLOSURES: dict[tuple[str, str], tuple] = {}
+_REFERENCES: dict[str, dict[str, str]] = {}
 
 
 def plan_of(ctx: Context, build: Build, manifest: Manifest, program: str, target: str) -> Plan:
     """The plan of one job: compiled against the build's reference kernel for its arch, and
     load-tested the way the build decided for its kernel."""
-    reference = build.references.get(target.partition("-")[0])
+    if build.id not in _REFERENCES:  # the same for every job of a build
+        _REFERENCES[build.id] = build.references
+    reference = _REFERENCES[build.id].get(target.partition("-")[0])
     method = load_method(ctx, build.id, target)
     kernel, header = target_of(ctx, target), target_of(ctx, reference) if reference else None
     key = (build.bundle, program, kernel, header, method)  # the entries' features count
     if key not in _PLANS:
         if len(_PLANS) > 4096:
             _PLANS.clear()
-        _PLANS[key] = plan_build(manifest, manifest.program(program), kernel,
-                                 toolchain(ctx.settings.cache), [bundle_include_dir(manifest.root)],
-                                 reference=header, load_test=method)
+            _CLOSURES.clear()
+            _REFERENCES.clear()
+        spec, includes = manifest.program(program), [bundle_include_dir(manifest.root)]
+        files = _CLOSURES.get((build.bundle, program))
+        if files is None:  # the same sources for every kernel
+            files = _CLOSURES[(build.bundle, program)] = closure_of(manifest, spec, includes)
+        _PLANS[key] = plan_build(manifest, spec, kernel, toolchain(ctx.settings.cache), includes,
+                                 reference=header, load_test=method, files=files)
     return _PLANS[key]
 
 

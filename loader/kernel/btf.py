@@ -144,7 +144,7 @@ def _s64(v: int) -> int:
 class Btf:
     """Types and strings of one BTF blob; build with ``Btf.parse(data)``."""
 
-    __slots__ = ("_words", "_starts", "_strings", "_cache", "_by_name_off", "byte_order")
+    __slots__ = ("_words", "_starts", "_strings", "_cache", "_by_name_off", "_named", "byte_order")
 
     def __init__(self, *, words: array, starts: list[int], strings: bytes,
                  byte_order: Literal["little", "big"]) -> None:
@@ -154,6 +154,7 @@ class Btf:
         self._cache: list[BtfType | None] = [None] * (len(starts) + 1)
         self._cache[0] = BtfType(id=0, kind="void", name="")
         self._by_name_off: dict[int, list[int]] | None = None  # built on first by_name
+        self._named: dict[tuple[str, str | None], int | None] = {}  # by_name's answers
         self.byte_order = byte_order
 
     @classmethod
@@ -266,6 +267,9 @@ class Btf:
             return None  # anonymous types have no name to look up by
         if kind is not None and kind not in KINDS:
             raise ValueError(f"unknown BTF kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if (name, kind) in self._named:  # a kernel's BTF is asked the same names again and again
+            found = self._named[(name, kind)]
+            return None if found is None else self.type(found)
         # Search the string table for the name instead of decoding 150k names: an offset
         # may point into the tail of a longer string, so every hit is a candidate.
         needle = name.encode() + b"\0"
@@ -280,6 +284,7 @@ class Btf:
                     best = tid
                     break
             pos = strings.find(needle, pos + 1)
+        self._named[(name, kind)] = best
         return None if best is None else self.type(best)
 
     # ---- derived questions ---------------------------------------------------------------

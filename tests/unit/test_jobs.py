@@ -103,6 +103,7 @@ def test_an_unexpected_error_in_planning_fails_the_job_with_its_message(tmp_path
     monkeypatch.setattr(jobs, "toolchain", lambda cache: None)
     monkeypatch.setattr(jobs, "plan_build", plan)
     monkeypatch.setattr(jobs, "load_method", lambda ctx, build_id, target: "")
+    monkeypatch.setattr(jobs, "closure_of", lambda *args: ())
     jobs.compile_job(_ctx(records, tmp_path), "b1", "demo", "x86_64-ab", delivery="t:0",
                      attempt=0, worker="w")
     [failed] = records.updates
