@@ -82,6 +82,8 @@ def fresh_copies(bundles: Sequence[Path], dest: Path, tag: str) -> dict[str, Pat
         shutil.copytree(bundle, copy)
         for source in copy.glob("*.bpf.c"):
             source.write_text(f"/* bench {tag} {uuid.uuid4().hex} */\n" + source.read_text())
+        for script in copy.glob("*.bt"):  # bpftrace scripts are checked per kernel: new keys too
+            script.write_text(f"// bench {tag} {uuid.uuid4().hex}\n" + script.read_text())
         out[bundle.name] = copy
     return out
 
