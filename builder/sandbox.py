@@ -136,7 +136,7 @@ def run_sandboxed(argv: Sequence[str], *, workdir: Path, limits: Limits,
             except subprocess.TimeoutExpired:  # closed its pipes, but still running
                 timed_out = True
         if timed_out:
-            _kill(proc)
+            kill_group(proc)
     return Result(returncode=proc.returncode, stdout=out, stderr=err, timed_out=timed_out)
 
 
@@ -198,8 +198,9 @@ def _collect(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, 
     return streams[proc.stdout].value(), streams[proc.stderr].value(), timed_out
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL bwrap's whole process group; its pid namespace takes clang down with it."""
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started in its own session with its whole group (bwrap: its pid
+    namespace takes clang down with it; QEMU), and reap it."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 import re
 import selectors
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.sandbox import kill_group
 from loader.errors import BpfDepotError
 
 # QEMU per arch (`uname -m`): the binary and what it needs beyond the common arguments.
@@ -118,7 +118,7 @@ def boot(argv: list[str], *, timeout_s: float, what: str) -> tuple[str, float]:
                     del out[:len(out) - CONSOLE_CAP]
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except (TimeoutError, subprocess.TimeoutExpired):
-            _kill(proc)
+            kill_group(proc)
             text = out.decode("utf-8", "replace")
             raise VmTestError(f"{what} gave no verdicts within {timeout_s:g} s; the VM was killed",
                               detail=tail(text, CONSOLE_TAIL_LINES),
@@ -127,20 +127,12 @@ def boot(argv: list[str], *, timeout_s: float, what: str) -> tuple[str, float]:
         finally:
             proc.stdout.close()
             if proc.poll() is None:
-                _kill(proc)
+                kill_group(proc)
     seconds = time.monotonic() - start
     text = out.decode("utf-8", "replace").replace("\r\n", "\n")
     if dropped:
         text = f"[{dropped} bytes of console output dropped]\n" + text
     return text, seconds
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def _telling_line(stage: str, err: int, msg: str, log: list[str]) -> str:
