@@ -162,7 +162,7 @@ def test_a_lost_or_damaged_object_is_built_again_by_the_next_build(tmp_path: Pat
     assert " built " in build()
     assert " cached " in build()
     store = LocalStore(tmp_path / "home")
-    [digest] = {read_meta(store, d).digest for d in store.read_refs("builds").values()}
+    [digest] = {read_meta(store, d).digest for d in store.read_refs("index").values()}
     path = store._blob(digest)
     good = path.read_bytes()
     path.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
