@@ -1,8 +1,13 @@
 """The artifact contract: ``meta.json`` beside every built object, and how both are found.
 
-A build writes, in this order, so that no ref ever points at nothing:
-    blob(object bytes) → blob(meta.json) → ref builds/<key> → ref index/<program>/<src>/<target>
-    → ref meta-of/<object digest>
+A kernel program is compiled once per variant and published per kernel (builder/compile.py,
+builder/verdicts.py), in this order, so that no ref ever points at nothing:
+    blob(object bytes) → blob(its meta) → ref objects/<object key>            (the compile)
+    blob(the kernel's meta.json) → ref index/<program>/<src>/<target>         (each kernel)
+    → ref meta-of/<object digest>                                             (once)
+The index ref holds the kernel's verdict: its meta, or the farm's refusal (JSON, ``ok: false``,
+with the reasons; ``lookup`` skips it, ``read_verdict`` reads it); a newer pass replaces it.
+Processors and bpftrace checks publish under ``builds/<key>`` and a first-wins index.
 The lock (and users) pin the object digest and the meta digest.
 """
 

@@ -3,10 +3,12 @@
     blobs/sha256/ab/cdef…        immutable bytes, named by their sha256
     refs/<namespace>/<name>      a digest ("sha256:…"); the first writer wins, never overwritten
 
-Namespaces: ``builds/<build key>`` → meta digest (the builder's cache), ``index/<program>/
-<source digest>/<arch>-<btf digest>`` → meta digest (how a node finds what was built for it),
-``kernels/<arch>-<btf digest>`` → a kernel catalog entry (the one kind of ref that may be
-replaced, with ``set_ref``, when a node registers newer probe results).
+Namespaces: ``builds/<build key>`` → meta digest (the builder's cache for processors and
+bpftrace checks), ``objects/<object key>`` → a kernel program's compile, ``index/<program>/
+<source digest>/<arch>-<btf digest>`` → meta digest (how a node finds what was built for it; for
+kernel programs the farm's latest verdict there: replaced with ``set_ref``),
+``kernels/<arch>-<btf digest>`` → a kernel catalog entry (replaced when a node registers newer
+probe results), ``vmimages/<arch>-<btf digest>`` → a VM image for load tests.
 Every read checks the sha256 of what it returns; writes go to a temp file and are published
 with link(2), which fails if the name exists, so a crash leaves no half-written object. A blob
 found damaged (its bytes no longer match its name) is the one thing ever replaced: writing the
