@@ -440,13 +440,12 @@ def check_size(data: bytes, limit: int, what: str, *, hint: str) -> None:
                          f"({limit >> 20} MiB)", hint=hint)
 
 
-def publish(store: ArtifactStore, meta: ArtifactMeta, index: str, *, meta_of: bool = True) -> str:
+def publish(store: ArtifactStore, meta: ArtifactMeta, index: str) -> str:
     """Publish a stored object's meta: meta blob → build ref → ``index`` → meta-of ref, so no
     ref ever points at nothing. Returns the meta digest the build ref holds (the first wins)."""
     meta_digest = store.put_ref(build_ref(meta.key), store.put_blob(meta.to_json(), new=True))
     store.put_ref(index, meta_digest)
-    if meta_of:  # one object published for many kernels: its first meta names it
-        store.put_ref(meta_of_ref(meta.digest), meta_digest)
+    store.put_ref(meta_of_ref(meta.digest), meta_digest)
     sign_published(store, meta, meta_digest)  # with BPFDEPOT_SIGNING_KEY (loader/trust)
     return meta_digest
 

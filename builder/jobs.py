@@ -310,6 +310,8 @@ def load_method(ctx: Context, build_id: str, target: str) -> str:
 
         entry = kernel_entry(ctx, target)
         method = method_for(ctx.redis, entry) if entry is not None else ""
+        if len(_METHODS) > 4096:  # a long-lived worker sees many builds
+            _METHODS.clear()
         _METHODS[(build_id, target)] = ctx.records.decide(build_id, f"load-test:{target}", method)
     return _METHODS[(build_id, target)]
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from builder.compile import Compiled
 from builder.verdicts import Checked, publish_kernel, record_refusal
-from loader.artifacts.meta import ArtifactMeta, read_meta
+from loader.artifacts.meta import ArtifactMeta
 from loader.errors import BpfDepotError
 from loader.kernel.catalog import KernelEntry
 
@@ -152,9 +152,4 @@ def settle(store, plans_and_metas: list[tuple[object, ArtifactMeta]], verdicts: 
             store, plan, compiled, reasons, stage="load", how=how,
             hint="fix what the verifier names (its log is above), or leave this kernel out")
     return out
-
-
-def candidates_of(store, metas: list[str]) -> list[ArtifactMeta]:
-    """The stored candidate metas, by digest."""
-    return [read_meta(store, digest) for digest in metas]
 

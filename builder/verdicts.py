@@ -30,7 +30,7 @@ from pathlib import Path
 
 from builder.compile import (CHECK_VERSION, Built, Compiled, Plan, Target, check_hooks,
                              compile_object, find_compiled)
-from loader.artifacts.meta import ArtifactMeta, index_ref, meta_of_ref, refusal_of
+from loader.artifacts.meta import ArtifactMeta, index_ref, meta_of_ref, read_index
 from loader.artifacts.store import ArtifactStore
 from loader.errors import BlobNotFound, BuildError, KernelRefused
 from loader.trust.artifacts import sign_published
@@ -57,20 +57,18 @@ def find_done(store: ArtifactStore, plan: Plan) -> Built | None:
     it asks for a load test, with a minimal BTF if the kernel's nodes need one); raises
     KernelRefused when that compile was refused there; None when it must be checked."""
     started = time.perf_counter()
-    digest = store.get_ref(_index(plan))
-    if digest is None:
-        return None
     try:
-        data = store.read_blob(digest)
+        found = read_index(store, _index(plan))
     except BlobNotFound:
         return None  # lost: checked and published again (which heals the store)
-    refusal = refusal_of(data)
-    if refusal is not None:
-        if refusal.get("object_key") == plan.object_key and refusal.get("check") == CHECK_VERSION \
-                and (refusal.get("stage") == "load" or not plan.load_test):
-            raise refusal_error(refusal)
+    if isinstance(found, dict):
+        if found.get("object_key") == plan.object_key and found.get("check") == CHECK_VERSION \
+                and (found.get("stage") == "load" or not plan.load_test):
+            raise refusal_error(found)
         return None  # another compile's, or a check a load test now overrules
-    meta = ArtifactMeta.from_json(data, f"meta {digest}")
+    if found is None:
+        return None
+    meta, digest = found
     if (meta.extra.get("object_key") != plan.object_key
             or meta.extra.get("check") != _checked_for(plan)
             or (plan.load_test and not meta.load_tested_on)):
@@ -182,8 +180,7 @@ def record_refusal(store: ArtifactStore, plan: Plan, compiled: Compiled, reasons
             "reference": compiled.meta.extra.get("reference", ""),
             "reasons": reasons, **more}
     digest = store.put_blob(json.dumps(body, sort_keys=True).encode(), new=True)
-    current = store.get_ref(_index(plan))
-    if current is None or refusal_of(store.read_blob(current)) is not None:
+    if not isinstance(read_index(store, _index(plan)), tuple):  # never over an older pass
         store.set_ref(_index(plan), digest)
     return refusal_error(body)
 

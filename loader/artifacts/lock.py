@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loader.artifacts.meta import ArtifactMeta, index_ref, lookup, read_meta, read_verdict
+from loader.artifacts.meta import ArtifactMeta, index_ref, read_index, read_meta
 from loader.errors import ArtifactNotFound, BlobNotFound, ManifestError, StoreError
 from loader.kernel.probe import KernelIdentity
 from loader.model.manifest import Manifest
@@ -77,16 +77,15 @@ def make_lock(store: ArtifactStore, manifest: Manifest, kernels: list[KernelIden
         else:
             continue
         for kernel in kernels:
-            found = lookup(store, index_ref(program.name, src, kernel))
+            found = read_index(store, index_ref(program.name, src, kernel))
             release = releases.get(f"{kernel.arch}-{kernel.btf_digest}", kernel.release)
+            if isinstance(found, dict):  # the farm refused it for this kernel
+                reasons = found.get("reasons") or ["refused"]
+                refused.append(Refusal(program=program.name, release=release,
+                                       target=f"{kernel.arch}-{kernel.btf_digest}",
+                                       reason=str(reasons[0]).splitlines()[0]))
+                continue
             if found is None:
-                verdict = read_verdict(store, program.name, src, kernel)
-                if verdict is not None and verdict.get("ok") is False:
-                    reasons = verdict.get("reasons") or ["refused"]
-                    refused.append(Refusal(program=program.name, release=release,
-                                           target=f"{kernel.arch}-{kernel.btf_digest}",
-                                           reason=str(reasons[0]).splitlines()[0]))
-                    continue
                 missing.append(f"{program.name} on {release}/{kernel.arch}")
                 continue
             meta, meta_digest = found

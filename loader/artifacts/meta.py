@@ -6,7 +6,7 @@ builder/verdicts.py), in this order, so that no ref ever points at nothing:
     blob(the kernel's meta.json) → ref index/<program>/<src>/<target>         (each kernel)
     → ref meta-of/<object digest>                                             (once)
 The index ref holds the kernel's verdict: its meta, or the farm's refusal (JSON, ``ok: false``,
-with the reasons; ``lookup`` skips it, ``read_verdict`` reads it); a newer pass replaces it.
+with the reasons; ``lookup`` skips it, ``read_index`` returns either); a newer pass replaces it.
 Processors and bpftrace checks publish under ``builds/<key>`` and a first-wins index.
 The lock (and users) pin the object digest and the meta digest.
 """
@@ -75,15 +75,18 @@ def index_ref(program: str, source_digest: str, target: KernelIdentity) -> str:
     return f"index/{program}/{source_digest}/{target.arch}-{target.btf_digest}"
 
 
-def read_verdict(store: ArtifactStore, program: str, source_digest: str,
-                 target: KernelIdentity) -> dict[str, Any] | None:
-    """The farm's refusal of a program's sources on a kernel (JSON: ok false, reasons; see
-    builder/verdicts.py), which it keeps where the artifact would be, at the index ref; None
-    when the index holds an artifact or nothing."""
-    digest = store.get_ref(index_ref(program, source_digest, target))
+def read_index(store: ArtifactStore, ref: str) -> tuple[ArtifactMeta, str] | dict[str, Any] | None:
+    """What a ref holds, in one read: a meta and its digest, or the farm's refusal of a
+    program's sources on a kernel (JSON: ok false, reasons; builder/verdicts.py keeps it at the
+    index ref, where the artifact would be), or None when nothing was published there."""
+    digest = store.get_ref(ref)
     if digest is None:
         return None
-    return refusal_of(store.read_blob(digest))
+    data = store.read_blob(digest)
+    refusal = refusal_of(data)
+    if refusal is not None:
+        return refusal
+    return ArtifactMeta.from_json(data, f"meta {digest}"), digest
 
 
 def refusal_of(data: bytes) -> dict[str, Any] | None:
@@ -108,14 +111,9 @@ def read_meta(store: ArtifactStore, meta_digest: str) -> ArtifactMeta:
 
 def lookup(store: ArtifactStore, ref: str) -> tuple[ArtifactMeta, str] | None:
     """The meta (and its digest) a ref points at, or None when nothing was published there
-    (or when the farm keeps a refusal there: read_verdict says why)."""
-    meta_digest = store.get_ref(ref)
-    if meta_digest is None:
-        return None
-    data = store.read_blob(meta_digest)
-    if refusal_of(data) is not None:
-        return None
-    return ArtifactMeta.from_json(data, f"meta {meta_digest}"), meta_digest
+    (or when the farm keeps a refusal there: read_index says why)."""
+    found = read_index(store, ref)
+    return found if isinstance(found, tuple) else None
 
 
 def by_digest(store: ArtifactStore, digest: str) -> tuple[ArtifactMeta, str]:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from loader.artifacts.meta import ArtifactMeta, by_digest, index_ref, lookup, read_verdict
+from loader.artifacts.meta import ArtifactMeta, by_digest, index_ref, read_index
 from loader.kernel.elf import check_object, object_channels, read_object_file
 from loader.kernel.catalog import find_release
 from loader.errors import ArtifactNotFound, BuildError, KernelUnsupported, ManifestError
@@ -92,16 +92,17 @@ def resolve(settings: Settings, store: ArtifactStore, manifest: Manifest, kernel
                 f"(btf {kernel.btf_digest[:12]}); --locked loads nothing else",
                 hint=f"build and pin it: bpfdepot submit {manifest.root} --kernels "
                      f"'release={kernel.release}' --wait && bpfdepot lock {manifest.root} --kernels all")
-        found = lookup(store, index_ref(program.name, program_source_digest(manifest, program.name),
-                                        kernel))
+        found = read_index(store, index_ref(program.name,
+                                            program_source_digest(manifest, program.name), kernel))
+        refusal = found if isinstance(found, dict) else None
+        if refusal is not None:
+            found = None  # the farm refused it here: a host compile (if any) will say why again
         if found is not None and compilers is not None and not store.has_blob(found[0].digest):
             found = None  # lost or damaged: the build below writes it again
         if found is None:
             if compilers is None:
-                verdict = read_verdict(store, program.name,
-                                       program_source_digest(manifest, program.name), kernel)
-                if verdict is not None and verdict.get("ok") is False:
-                    reasons = [str(r) for r in verdict.get("reasons") or ["refused"]]
+                if refusal is not None:
+                    reasons = [str(r) for r in refusal.get("reasons") or ["refused"]]
                     raise ArtifactNotFound(
                         f"no artifact for '{program.name}' on {kernel}: the farm refused it for "
                         f"this kernel: {reasons[0].splitlines()[0]}", detail="\n".join(reasons),
