@@ -7,8 +7,8 @@ Compared twice: as subprocess wall times (the CLI pays Python start-up and impor
 in-process (``builder.compile.build_program`` alone, as ``bpfdepot build`` calls it).
 (CPU seconds would be steadier under load, but a compile in a pid-namespace sandbox does not
 reliably hand its CPU time back to us through RUSAGE_CHILDREN, so only wall time is used.)
-The one-time costs a fresh store also pays are reported apart: vmlinux.h from BTF, and the
-``clang --version`` probe of the toolchain. A second CLI row builds in a store that has built
+The one-time costs a fresh store also pays are reported apart: vmlinux.h from BTF, its
+precompiled form per variant (builder/pch.py), and the ``clang --version`` probe of the toolchain. A second CLI row builds in a store that has built
 something before (toolchain version and this kernel's probed features cached: the everyday
 cold build of a new or changed bundle).
 Cache hit: ``build_program`` on a warm store, and the CLI against ``python -c pass`` (an
@@ -63,15 +63,17 @@ def cli_exe() -> list[str]:
 
 
 def _seed(home: Path, header: Path, btf_digest: str, known: Path | None = None) -> None:
-    """A fresh store that already holds this kernel's vmlinux.h (where builder.vmlinux looks);
-    with ``known`` (the home of an earlier CLI build) also the toolchain's version and this
-    kernel's probed features, as in a store that has built something else before."""
-    dest = home / "cache" / "vmlinux" / f"{btf_digest}.h"
-    dest.parent.mkdir(parents=True)
-    shutil.copyfile(header, dest)
+    """A fresh store that already holds this kernel's vmlinux.h (where builder.vmlinux looks)
+    and its precompiled form (builder/pch.py: copied with their time stamps, which clang checks);
+    with ``known`` (the home of an earlier CLI build) also the toolchain's version, this
+    kernel's probed features and its type index for relocation checks (builder/relocate.py), as
+    in a store that has built something else before."""
+    shutil.copytree(header.parent, home / "cache" / "vmlinux", copy_function=shutil.copy2,
+                    ignore=shutil.ignore_patterns("*.lock", "pch-*"))
     if known is not None:
         shutil.copyfile(known / "cache" / "toolchain.json", home / "cache" / "toolchain.json")
         shutil.copytree(known / "cache" / "kernels", home / "cache" / "kernels")
+        shutil.copytree(known / "cache" / "btf-index", home / "cache" / "btf-index")
 
 
 @contextlib.contextmanager
@@ -83,7 +85,8 @@ def _clocked(into: list[float]) -> Iterator[None]:
 
 
 def measure(args: argparse.Namespace) -> list[Row]:
-    from builder.compile import Target, build_program
+    from builder.compile import BUILD_LIMITS, PREFIX_MAP, Target, build_program, plan_build
+    from builder.pch import header_pch
     from builder.toolchain import find_toolchain
     from builder.vmlinux import vmlinux_header
     from loader.kernel.probe import running_kernel
@@ -111,6 +114,14 @@ def measure(args: argparse.Namespace) -> list[Row]:
         include = tmp / "vmlinux"
         include.mkdir()
         shutil.copyfile(header, include / "vmlinux.h")
+        # and the last one-time cost: vmlinux.h precompiled for each bundle's flags
+        pch = []
+        for bundle in BUNDLES:
+            manifest = load_bundle(bundle)
+            plan = plan_build(manifest, manifest.kernel_programs[0], target, toolchain)
+            with _clocked(pch):
+                header_pch(header, plan.flags, PREFIX_MAP, toolchain, header.parent.parent,
+                           BUILD_LIMITS)
 
         for bundle in BUNDLES:
             name = bundle.name
@@ -187,6 +198,8 @@ def measure(args: argparse.Namespace) -> list[Row]:
             rows.append(Row(metric="in each cold build: sandbox start-up (bwrap true)",
                             value=ms(sandbox)))
         rows.append(Row(metric="one-time: vmlinux.h from BTF (bpftool)", value=ms(median(gen))))
+        rows.append(Row(metric="one-time: vmlinux.h precompiled (clang -x c-header), per variant",
+                        value=ms(median(pch))))
         rows.append(Row(metric="one-time: toolchain probe (clang --version)",
                         value=ms(median(probe))))
     return rows

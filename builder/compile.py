@@ -30,22 +30,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from builder.pch import INSIDE_HEADER, INSIDE_PCH, header_pch, leads_with_vmlinux
+from builder.pch import forget as forget_pch, refused as pch_refused
 from builder.sandbox import INSIDE, LIMIT_HINT, Limits, limit_breach, run_sandboxed
 from builder.toolchain import Toolchain
 from builder.vmlinux import vmlinux_header
 from loader.artifacts.meta import SCHEMA, ArtifactMeta, build_ref, lookup, meta_of_ref
-from loader.kernel.elf import (EVENT_MAPS, check_object, object_channels, read_object,
-                               PROGRAM_CHANNELS, unresolved_externs, unsized_maps)
 from loader.errors import BuildError
 from loader.kernel.catalog import release_order
 from loader.kernel.probe import KernelIdentity
-from loader.kernel.hooks import kernel_btf, lacking_forms, missing_hooks
 from loader.model.controls import CPUS
 from loader.model.manifest import Manifest, ProgramSpec
 from loader.artifacts.sources import (GENERATED, SHARED_INCLUDE, SourceFile, files_digest,
                                       source_closure, source_digest)
 from loader.artifacts.store import ArtifactStore
-from loader.trust.artifacts import sign_published
+
+# Imported when first used, not with this module: what only the checks after clang need
+# (pyelftools, the BTF reader, signing) loads meanwhile in warm_checks' thread, so a command-line
+# build does not wait for it before clang starts.
 
 ARCH_DEFINES = {"x86_64": "x86", "aarch64": "arm64", "s390x": "s390", "ppc64le": "powerpc",
                 "riscv64": "riscv", "armv7l": "arm", "loongarch64": "loongarch"}
@@ -58,6 +60,7 @@ BUILD_LIMITS = Limits(wall_s=120, cpu_s=120, memory_bytes=4 << 30, output_bytes=
 # kernel and shipped to every node. A bigger object is a mistake (a huge global array) or an attack.
 MAX_OBJECT_BYTES = 8 << 20
 MAPPED = "/bpfdepot"
+PREFIX_MAP = (f"-fdebug-prefix-map={INSIDE}={MAPPED}", f"-ffile-prefix-map={INSIDE}={MAPPED}")
 # Headers clang may read besides the scratch folder: libbpf's and the C library's, and its own.
 SYSTEM_HEADERS = (Path("/usr/include"), Path("/usr/lib/llvm-14/lib/clang"), Path("/usr/lib/clang"),
                   Path("/usr/local/include"))
@@ -267,6 +270,8 @@ def check_links_and_sizes(info, program: ProgramSpec, target: Target) -> None:
     """Faults clang lets through and libbpf would only report on the node, each named here: an
     extern nothing resolves (the object would not even open), and a map left for user space to
     size (max_entries or a stack map's value_size 0) that the manifest does not size."""
+    from loader.kernel.elf import unresolved_externs, unsized_maps
+
     externs = [name for name, sec in info.externs if not sec]
     if externs:
         names = ", ".join(f"'{n}'" for n in externs)
@@ -298,6 +303,8 @@ def check_hooks(info, program: ProgramSpec, target: Target) -> tuple[dict[str, s
     """The tracepoints the target kernel lacks, per program section: refused (naming the hook
     and the kernel) when a program that would load needs one, else noted when `forms:` leaves it
     out there: ({program: hook}, the note), or None when every hook exists."""
+    from loader.kernel.hooks import kernel_btf, lacking_forms, missing_hooks
+
     missing = missing_hooks(((p.name, p.section) for p in info.programs), kernel_btf(str(target.btf)))
     if not missing:
         return None
@@ -327,6 +334,8 @@ def check_hooks(info, program: ProgramSpec, target: Target) -> tuple[dict[str, s
 def find_built(store: ArtifactStore, key: str, index: str) -> Built | None:
     """The stored result of the build ``key``, or None; a hit is also published at ``index``,
     the ref nodes look artifacts up by."""
+    from loader.trust.artifacts import sign_published
+
     started = time.perf_counter()
     found = lookup(store, build_ref(key))
     if not found:
@@ -380,6 +389,8 @@ def compile_object(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Compile
     """Compile the plan's variant against its reference header, check what holds on every
     kernel (size, links, map sizes, channels), and store object blob → meta blob → object ref.
     Nothing is published for a kernel here: builder/verdicts.py does that per kernel."""
+    from loader.kernel.elf import check_object, object_channels, read_object
+
     started = time.perf_counter()
     program, toolchain, manifest = plan.program, plan.toolchain, plan.manifest
     reference = plan.reference or plan.target  # a vendored header: named after the first target
@@ -393,12 +404,19 @@ def compile_object(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Compile
         if not header.exists():
             header.parent.mkdir(parents=True, exist_ok=True)
             header.write_bytes(b"")
+    # a header shared by many compiles is parsed once (builder/pch.py); a kernel's own header
+    # (`headers: per-kernel`) usually serves one compile, less than the PCH costs to make
+    pch = None
+    entry = next((f for f in plan.files if f.name == plan.entry), None)
+    if (plan.reference is not None and program.headers != "per-kernel" and entry is not None
+            and leads_with_vmlinux(entry.data, header)):
+        pch = header_pch(header, plan.flags, PREFIX_MAP, toolchain, cache_dir, BUILD_LIMITS)
     scratch_root = cache_dir.parent / "tmp"
     scratch_root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="build-", dir=scratch_root))
     try:
         data, warnings = _compile(plan.files, plan.entry, header, plan.flags, toolchain, scratch,
-                                  program, reference, manifest.root, plan.anchor)
+                                  program, reference, manifest.root, plan.anchor, pch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -443,6 +461,8 @@ def check_size(data: bytes, limit: int, what: str, *, hint: str) -> None:
 def publish(store: ArtifactStore, meta: ArtifactMeta, index: str) -> str:
     """Publish a stored object's meta: meta blob → build ref → ``index`` → meta-of ref, so no
     ref ever points at nothing. Returns the meta digest the build ref holds (the first wins)."""
+    from loader.trust.artifacts import sign_published
+
     meta_digest = store.put_ref(build_ref(meta.key), store.put_blob(meta.to_json(), new=True))
     store.put_ref(index, meta_digest)
     store.put_ref(meta_of_ref(meta.digest), meta_digest)
@@ -451,6 +471,8 @@ def publish(store: ArtifactStore, meta: ArtifactMeta, index: str) -> str:
 
 
 def _channel_meta(info, name: str, ctype: str, declared: str | None) -> dict:
+    from loader.kernel.elf import EVENT_MAPS, PROGRAM_CHANNELS
+
     if ctype in PROGRAM_CHANNELS:  # an iterator: the channel is a program, there is no event
         section = next(p.section for p in info.programs if p.name == name)
         return {"type": ctype, "program": name, "section": section}
@@ -465,7 +487,26 @@ def _channel_meta(info, name: str, ctype: str, declared: str | None) -> dict:
 
 def _compile(files, entry: str, header: Path, flags: tuple[str, ...], toolchain: Toolchain,
              scratch: Path, program: ProgramSpec, target: Target, root: Path,
-             anchor: bytes | None = None) -> bytes:
+             anchor: bytes | None = None, pch: Path | None = None) -> tuple[bytes, str]:
+    """clang in the sandbox; with ``pch`` (builder/pch.py) vmlinux.h comes precompiled. When
+    clang refuses the PCH itself, it is dropped and the compile runs again without it."""
+    if pch is not None:
+        try:
+            return _compile_once(files, entry, header, flags, toolchain, scratch, program,
+                                 target, root, anchor, _pch=pch)
+        except BuildError as exc:
+            if not pch_refused(exc.detail or ""):
+                raise
+            forget_pch(pch)
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+    return _compile_once(files, entry, header, flags, toolchain, scratch, program, target, root,
+                         anchor)
+
+
+def _compile_once(files, entry: str, header: Path, flags: tuple[str, ...], toolchain: Toolchain,
+                  scratch: Path, program: ProgramSpec, target: Target, root: Path,
+                  anchor: bytes | None = None, _pch: Path | None = None) -> tuple[bytes, str]:
     for f in files:
         dest = scratch / f.name
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -480,12 +521,15 @@ def _compile(files, entry: str, header: Path, flags: tuple[str, ...], toolchain:
     # Inside the sandbox the scratch folder is /work: every path here is relative to it, or the
     # toolchain's under /usr, and /work is what the prefix maps hide (so any scratch gives the
     # same bytes).
-    cmd = [str(toolchain.clang), *flags, f"-fdebug-prefix-map={INSIDE}={MAPPED}",
-           f"-ffile-prefix-map={INSIDE}={MAPPED}", "-I", "vmlinux", "-I", "include", "-I", entry_dir,
-           "-MD", "-MF", "deps.d", "-c", unit, "-o", "out.bpf.o"]
+    cmd = [str(toolchain.clang), *flags, *PREFIX_MAP, "-I", "vmlinux", "-I", "include",
+           "-I", entry_dir, "-MD", "-MF", "deps.d", "-c", unit, "-o", "out.bpf.o"]
+    ro_files = {INSIDE_HEADER: header}
+    if _pch is not None:
+        (scratch / INSIDE_PCH).touch()
+        ro_files[INSIDE_PCH] = _pch
+        cmd[-4:-4] = ["-include-pch", INSIDE_PCH]
     limits = BUILD_LIMITS
-    out = run_sandboxed(cmd, workdir=scratch, limits=limits,
-                        ro_files={"vmlinux/vmlinux.h": header})
+    out = run_sandboxed(cmd, workdir=scratch, limits=limits, ro_files=ro_files)
     breach = limit_breach(out, limits, "clang")
     if breach:
         raise BuildError(f"{breach} on '{program.name}' for {target.identity}", hint=LIMIT_HINT)

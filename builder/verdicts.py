@@ -24,17 +24,20 @@ import dataclasses
 import json
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from builder.compile import (CHECK_VERSION, Built, Compiled, Plan, Target, check_hooks,
                              compile_object, find_compiled)
 from loader.artifacts.meta import ArtifactMeta, index_ref, meta_of_ref, read_index
 from loader.artifacts.store import ArtifactStore
 from loader.errors import BlobNotFound, BuildError, KernelRefused
-from loader.trust.artifacts import sign_published
-from loader.kernel.elf import ObjectInfo, read_object
+
+if TYPE_CHECKING:
+    from loader.kernel.elf import ObjectInfo
 
 _PARSED: dict[str, ObjectInfo] = {}
 GUARD_HINT = ("guard the access with bpf_core_field_exists()/bpf_core_type_exists() (or read a "
@@ -76,6 +79,8 @@ def find_done(store: ArtifactStore, plan: Plan) -> Built | None:
     blobs = [meta.digest] + ([meta.extra["min_btf"]] if meta.extra.get("min_btf") else [])
     if not all(store.has_blob(b) for b in blobs):
         return None
+    from loader.trust.artifacts import sign_published
+
     sign_published(store, meta, digest)  # built before a key was set: signed now
     return Built(meta=meta, meta_digest=digest, cached=True, seconds=time.perf_counter() - started)
 
@@ -97,17 +102,43 @@ def build_for(store: ArtifactStore, plan: Plan, cache_dir: Path, *,
     done = find_done(store, plan)
     if done is not None:
         return done
-    compiled = compiled or find_compiled(store, plan.object_key) or \
-        compile_object(store, plan, cache_dir)
+    compiled = compiled or find_compiled(store, plan.object_key)
+    if compiled is None:
+        warm_checks(plan.target, cache_dir)
+        compiled = compile_object(store, plan, cache_dir)
     checked = check_kernel(store, plan, compiled, cache_dir)
     built = publish_kernel(store, checked)
     return dataclasses.replace(built, cached=compiled.cached, seconds=compiled.seconds + built.seconds)
+
+
+def warm_checks(target: Target, cache_dir: Path) -> threading.Thread:
+    """Start, in a daemon thread, what check_kernel will need for ``target`` — pyelftools, the
+    kernel's type index and its parsed BTF, all kept for the process — so a build run once from
+    the command line does it while clang runs (~50 ms with a precompiled vmlinux.h) instead of
+    after it. check_kernel makes the same calls and waits for the index (builder/relocate.py)."""
+    def warm() -> None:
+        import elftools.elf.elffile  # noqa: F401 - pyelftools, for read_object
+
+        import loader.kernel.elf  # noqa: F401
+        from builder.relocate import kernel_types
+        from loader.kernel.hooks import kernel_btf
+
+        try:
+            kernel_types(target.btf, target.identity.btf_digest, cache_dir)
+            kernel_btf(str(target.btf))
+        except Exception:  # noqa: BLE001 - check_kernel makes these calls again and raises
+            pass           # what is wrong (naming the file), not a thread's traceback
+
+    thread = threading.Thread(target=warm, name="bpfdepot-warm-checks", daemon=True)
+    thread.start()
+    return thread
 
 
 def check_kernel(store: ArtifactStore, plan: Plan, compiled: Compiled, cache_dir: Path) -> Checked:
     """Relocations, hooks and features of ``compiled`` on ``plan.target``; raise KernelRefused
     (recorded) naming each problem, or return the kernel's meta to publish."""
     from builder.relocate import check_relocations, kernel_types
+    from loader.kernel.elf import read_object
 
     target, program = plan.target, plan.program
     data = store.read_blob(compiled.meta.digest)
@@ -117,7 +148,8 @@ def check_kernel(store: ArtifactStore, plan: Plan, compiled: Compiled, cache_dir
                                   read_object(data, f"{program.name} for {target.identity}"))
     reasons: list[str] = []
     hints: list[str] = []
-    relocations = check_relocations(data, kernel_types(target.btf, target.identity.btf_digest))
+    relocations = check_relocations(data, kernel_types(target.btf, target.identity.btf_digest,
+                                                      cache_dir))
     reasons += relocations.reasons(str(target.identity))
     if reasons:
         hints.append(GUARD_HINT)
@@ -163,6 +195,8 @@ def publish_kernel(store: ArtifactStore, checked: Checked,
     store.set_ref(_index(plan), meta_digest)
     if meta_of:
         store.put_ref(meta_of_ref(meta.digest), meta_digest)
+    from loader.trust.artifacts import sign_published
+
     sign_published(store, meta, meta_digest)  # with BPFDEPOT_SIGNING_KEY (loader/trust)
     return Built(meta=meta, meta_digest=meta_digest, cached=False,
                  seconds=time.perf_counter() - started, warnings=checked.warnings)

@@ -137,6 +137,16 @@ def _s32(v: int) -> int:
     return v - (1 << 32) if v & 0x80000000 else v
 
 
+def _fits(starts: list[int], words: array) -> bool:
+    """Whether a kept index ends where the type section does (a stale one would not)."""
+    if not starts or starts[0] != 0 or starts[-1] + 3 > len(words):
+        return not starts and not words
+    info = words[starts[-1] + 1]
+    kind = info >> 24 & 0x1F
+    return 0 < kind < len(KINDS) and \
+        starts[-1] + 3 + _EXTRA_FIXED[kind] + _EXTRA_PER_VLEN[kind] * (info & 0xFFFF) == len(words)
+
+
 def _s64(v: int) -> int:
     return v - (1 << 64) if v & (1 << 63) else v
 
@@ -158,8 +168,10 @@ class Btf:
         self.byte_order = byte_order
 
     @classmethod
-    def parse(cls, data: bytes) -> Btf:
-        """Check the header and section bounds and index every type record."""
+    def parse(cls, data: bytes, starts: list[int] | None = None) -> Btf:
+        """Check the header and section bounds and index every type record; ``starts``: that
+        index as an earlier parse of the same bytes made it (builder/relocate.py keeps it on
+        disk per kernel), checked only for its length and last record."""
         data = bytes(data)
         if len(data) < 4:
             raise BtfFormatError(f"BTF: {len(data)} bytes is too short for a BTF header",
@@ -200,8 +212,13 @@ class Btf:
             raise BtfFormatError("BTF: this Python has no 4-byte unsigned array type")
         if endian != sys.byteorder:
             words.byteswap()
-        return cls(words=words, starts=cls._index(words, hdr_len + type_off), strings=strings,
-                   byte_order=endian)
+        if starts is None or not _fits(starts, words):
+            starts = cls._index(words, hdr_len + type_off)
+        return cls(words=words, starts=starts, strings=strings, byte_order=endian)
+
+    def starts(self) -> list[int]:
+        """Word index of each type record (what ``parse(data, starts=)`` takes back)."""
+        return self._starts
 
     @staticmethod
     def _index(words: array, base: int) -> list[int]:

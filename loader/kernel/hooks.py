@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from loader.kernel.btf import Btf
@@ -74,14 +73,23 @@ def missing_hooks(programs: Iterable[tuple[str, str]], btf: Btf | None) -> dict[
     return out
 
 
-@cache
+_KERNEL_BTF: dict[str, Btf | None] = {}
+
+
 def kernel_btf(path: str) -> Btf | None:
     """A kernel's BTF (the node's /sys/kernel/btf/vmlinux or a build target's file), parsed once
     per process; None when the file cannot be read."""
-    try:
-        return Btf.parse(Path(path).read_bytes())
-    except OSError:
-        return None
+    if path not in _KERNEL_BTF:
+        try:
+            _KERNEL_BTF[path] = Btf.parse(Path(path).read_bytes())
+        except OSError:
+            _KERNEL_BTF[path] = None
+    return _KERNEL_BTF[path]
+
+
+def adopt_btf(path: str, btf: Btf) -> None:
+    """Take ``btf`` as the parse of ``path`` (one made faster elsewhere: builder/relocate.py)."""
+    _KERNEL_BTF.setdefault(path, btf)
 
 
 def lacking_forms(forms: Sequence[Sequence[str]], missing: Mapping[str, Hook]) -> list[str]:
