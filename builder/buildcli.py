@@ -18,12 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from builder.quick import artifact_line
 from loader.artifacts.store import open_store
 from loader.errors import BpfDepotError, ManifestError
 from loader.model.settings import Settings
 
 if TYPE_CHECKING:
-    from builder.compile import Target
+    from builder.compile import Built, Target
     from loader.kernel.probe import KernelIdentity
 
 T = TypeVar("T")
@@ -102,36 +103,6 @@ def _targets(args: argparse.Namespace, settings: Settings,
     return out
 
 
-# A build that is not a cache hit runs clang (≥ 0.1 s) in a sandbox, then checks the object on
-# the target: pyelftools reads it (~20 ms to import), the relocation check indexes the kernel's
-# BTF and the hook check parses it (~70 ms each for 6 MB; both keep it for the process). That
-# work starts this long into the build, in a thread, so it runs while clang does; a cache hit
-# (1-10 ms) returns before it starts.
-WARM_AFTER_S = 0.05
-
-
-def warm_while_compiling(target: Target) -> threading.Timer:
-    """Do what a compile's checks of ``target`` will need, in a daemon thread WARM_AFTER_S from
-    now unless cancelled first: the same calls the checks make, so they find it cached."""
-    from loader.kernel.hooks import kernel_btf
-
-    def warm() -> None:
-        import elftools.elf.elffile  # noqa: F401 - third-party: no import cycle with our modules
-
-        from builder.relocate import kernel_types
-
-        try:
-            kernel_types(target.btf, target.identity.btf_digest)
-            kernel_btf(str(target.btf))
-        except Exception:  # noqa: BLE001 - the build's own checks make these calls again and
-            pass           # raise what is wrong (naming the file), not a thread's traceback
-
-    timer = threading.Timer(WARM_AFTER_S, warm)
-    timer.daemon = True
-    timer.start()
-    return timer
-
-
 def cmd_build(args: argparse.Namespace, settings: Settings) -> int:
     """Build the bundle's kernel programs for this kernel (or each --kernel-btf), then its
     user_so processors and bpftrace scripts; print one line per artifact."""
@@ -184,11 +155,12 @@ def _build(args: argparse.Namespace, settings: Settings, toolchain_job: Backgrou
     references = reference_for(targets)
     passed: set[str] = set()
     refused: list[KernelRefused] = []
+    rows: list[tuple[str, str, str, int, str, str]] = []
+    published: list[tuple[Target, Built]] = []
     for target in targets:
         for program in manifest.kernel_programs:
             if program in skipped:
                 continue
-            warm = warm_while_compiling(target)
             try:
                 built = build_program(store, manifest, program, target, toolchain, settings.cache,
                                       reference=references[target.identity.arch])
@@ -197,14 +169,14 @@ def _build(args: argparse.Namespace, settings: Settings, toolchain_job: Backgrou
                 _say(f"  {exc.message}" + (f"\n  {exc.detail}" if exc.detail else ""))
                 refused.append(exc)
                 continue
-            finally:
-                warm.cancel()  # a cache hit returns before it starts
             passed.add(program.name)
             if built.warnings:
                 _say(built.warnings)
             how = "cached" if built.cached else f"built in {built.seconds:.2f} s"
-            print(f"{program.name:<16} {str(target.identity):<30} {built.meta.digest} "
-                  f"{built.meta.size:>7} B  {how:<15} meta {built.meta_digest}")
+            rows.append((program.name, str(target.identity), built.meta.digest, built.meta.size,
+                         how, built.meta_digest))
+            published.append((target, built))
+            print(artifact_line(*rows[-1]), end="", flush=True)
     # builder.processors (jinja2) and builder.bpftrace are imported only for bundles that have
     # such programs: most have neither, and their imports would be a third of a cache hit's time
     if any(p.type == "user_so" for p in manifest.programs):
@@ -215,7 +187,38 @@ def _build(args: argparse.Namespace, settings: Settings, toolchain_job: Backgrou
     if refused and nowhere:  # refused on every kernel it was built for: nothing to run
         raise KernelRefused(f"{', '.join(nowhere)} refused on every target kernel: "
                             f"{refused[0].message}", hint=refused[0].hint)
+    if not (refused or skipped or len(manifest.kernel_programs) < len(manifest.programs)):
+        _stamp(args, settings, manifest, store, targets, toolchain, rows, published)
     return 0
+
+
+def _stamp(args: argparse.Namespace, settings: Settings, manifest, store, targets: list,
+           toolchain, rows: list, published: list[tuple[Target, Built]]) -> None:
+    """Leave what the next identical ``build`` needs to answer without building (builder/quick.py):
+    only for a local store, kernel programs alone, every one stored for every target."""
+    import os
+
+    from builder.compile import closure_of
+    from builder.quick import record
+    from loader.artifacts.meta import index_ref
+    from loader.artifacts.store import LocalStore
+
+    argv = getattr(args, "argv", None)
+    if argv is None or not isinstance(store, LocalStore) or os.environ.get("BPFDEPOT_SIGNING_KEY"):
+        return
+    files = [manifest.path, toolchain.clang, toolchain.bpftool, settings.cache / "toolchain.json"]
+    files += [t.btf for t in targets]
+    kernels = settings.cache / "kernels"
+    files += sorted(kernels.iterdir()) if kernels.is_dir() else []
+    for program in manifest.kernel_programs:
+        files += [f.path for f in closure_of(manifest, program)]
+    for target, built in published:
+        files += [store.blob_path(built.meta.digest), store.blob_path(built.meta_digest),
+                  store.ref_path(index_ref(built.meta.name, built.meta.source_digest,
+                                           target.identity))]
+        if built.meta.extra.get("min_btf"):
+            files.append(store.blob_path(built.meta.extra["min_btf"]))
+    record(argv, os.environ, Path.cwd(), files, rows)
 
 
 def _check_bpftrace(manifest, store, targets: list) -> None:

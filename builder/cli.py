@@ -201,7 +201,7 @@ GROUPS = {("kernels",): "kernels", ("worker", "submit", "builds"): "farm", ("que
           ("flamegraph",): "flamegraph",
           ("agent", "load", "unload", "replace", "ps", "logs"): "agent",
           ("keys", "sign", "verify"): "keys", ("deploy", "undeploy", "fleet"): "fleet",
-          ("vmtest",): "vmtest"}
+          ("vmtest",): "vmtest", ("ui",): "ui"}
 
 
 def _register_group(sub: argparse._SubParsersAction, group: str) -> None:
@@ -231,6 +231,10 @@ def _register_group(sub: argparse._SubParsersAction, group: str) -> None:
         register_commands(sub)
     elif group == "vmtest":
         from builder.vmtestcli import register_commands
+
+        register_commands(sub)
+    elif group == "ui":
+        from builder.uicli import register_commands
 
         register_commands(sub)
     else:
@@ -324,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = parser(command).parse_args(argv)
+    args.argv = list(argv)  # as given: what `build` keys its stamp by (builder/quick.py)
     settings = Settings.from_env(os.environ)
     if args.debug:
         settings = dataclasses.replace(settings, debug=True)

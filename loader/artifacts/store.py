@@ -190,3 +190,7 @@ class LocalStore:
     def _ref(self, name: str) -> Path:
         check_ref(name)
         return self.root / "refs" / name
+
+    def ref_path(self, name: str) -> Path:
+        """Where the ref ``name`` is kept (builder/quick.py watches it)."""
+        return self._ref(name)
