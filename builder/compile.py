@@ -305,7 +305,14 @@ def check_hooks(info, program: ProgramSpec, target: Target) -> tuple[dict[str, s
     out there: ({program: hook}, the note), or None when every hook exists."""
     from loader.kernel.hooks import kernel_btf, lacking_forms, missing_hooks
 
-    missing = missing_hooks(((p.name, p.section) for p in info.programs), kernel_btf(str(target.btf)))
+    from builder.relocate import kernel_types
+
+    # the relocation check's index of this kernel answers by name without indexing every
+    # type's name again (~50 ms for a kernel, the first time a process asks)
+    btf = kernel_btf(str(target.btf))
+    index = kernel_types(target.btf, target.identity.btf_digest) if btf is not None else None
+    missing = missing_hooks(((p.name, p.section) for p in info.programs), btf,
+                            index.has_typedef if index is not None else None)
     if not missing:
         return None
     in_forms = {p for form in program.forms for p in form}

@@ -160,6 +160,12 @@ class KernelTypes:
         kt.index_seconds = 0.0
         return kt
 
+    def has_typedef(self, name: str) -> bool:
+        """Whether the kernel has a typedef called exactly ``name``."""
+        btf = self.btf
+        return any(t.kind == "typedef" and t.name == name
+                   for t in map(btf.type, self.by_essential.get(cr.essential_name(name), ())))
+
     def candidates(self, name: str, kind: str) -> list[int]:
         """Kernel types of a kind compatible with ``kind`` sharing ``name``'s essential name."""
         btf = self.btf

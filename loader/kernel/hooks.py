@@ -13,7 +13,7 @@ missing here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,11 +56,17 @@ def hook_of(section: str) -> Hook | None:
     return None
 
 
-def has_hook(btf: Btf, hook: Hook) -> bool:
-    return not hook.in_btf or btf.by_name(f"btf_trace_{hook.event}", "typedef") is not None
+def has_hook(btf: Btf, hook: Hook, has_typedef: Callable[[str], bool] | None = None) -> bool:
+    """Whether the kernel has the tracepoint: its ``btf_trace_<event>`` typedef is in BTF
+    (asked through ``has_typedef`` when the caller keeps a faster index of that BTF)."""
+    if not hook.in_btf:
+        return True
+    name = f"btf_trace_{hook.event}"
+    return has_typedef(name) if has_typedef else btf.by_name(name, "typedef") is not None
 
 
-def missing_hooks(programs: Iterable[tuple[str, str]], btf: Btf | None) -> dict[str, Hook]:
+def missing_hooks(programs: Iterable[tuple[str, str]], btf: Btf | None,
+                  has_typedef: Callable[[str], bool] | None = None) -> dict[str, Hook]:
     """Of (program name, section) pairs, the programs whose tracepoint ``btf`` lacks; nothing
     when there is no BTF to ask (a node without /sys/kernel/btf/vmlinux: libbpf will say)."""
     if btf is None:
@@ -68,7 +74,7 @@ def missing_hooks(programs: Iterable[tuple[str, str]], btf: Btf | None) -> dict[
     out = {}
     for name, section in programs:
         hook = hook_of(section)
-        if hook is not None and not has_hook(btf, hook):
+        if hook is not None and not has_hook(btf, hook, has_typedef):
             out[name] = hook
     return out
 
