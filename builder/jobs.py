@@ -121,28 +121,31 @@ def record_done(ctx: Context, build_id: str, job: Job, done: Built | KernelRefus
                 worker: str = "", seconds: float = 0.0) -> None:
     """Record a job's end: its artifact (built or found), or its kernel's refusal; or that it
     waits for its kernel's load test (its candidate meta stored, not published)."""
+    ctx.records.update(build_id, ended(ctx, job, done, worker=worker, seconds=seconds))
+
+
+def ended(ctx: Context, job: Job, done: Built | KernelRefused | Checked, *, worker: str = "",
+          seconds: float = 0.0) -> Job:
+    """The job as record_done records it."""
     if isinstance(done, Checked):
         from builder.loadtests import candidate
 
-        ctx.records.update(build_id, replace(
+        return replace(
             job, state="load-testing", digest=done.meta.digest, meta=candidate(ctx.store, done),
             size=done.meta.size, worker=worker or job.worker, seconds=seconds or job.seconds,
             compiled=done.fresh, reference=str(done.meta.extra.get("reference", "")),
-            object_key=str(done.meta.extra.get("object_key", ""))))
-        return
+            object_key=str(done.meta.extra.get("object_key", "")))
     if isinstance(done, KernelRefused):
         record = getattr(done, "record", {})
-        ctx.records.update(build_id, replace(job, state="refused", worker=worker or job.worker,
-                                             error=str(done), seconds=seconds, digest="",
-                                             meta="", size=0,
-                                             reference=str(record.get("reference", "")),
-                                             object_key=str(record.get("object_key", ""))))
-        return
-    ctx.records.update(build_id, replace(
+        return replace(job, state="refused", worker=worker or job.worker, error=str(done),
+                       seconds=seconds, digest="", meta="", size=0,
+                       reference=str(record.get("reference", "")),
+                       object_key=str(record.get("object_key", "")))
+    return replace(
         job, state="cached" if done.cached else "built", digest=done.meta.digest,
         meta=done.meta_digest, size=done.meta.size, worker=worker or job.worker, error="",
         seconds=seconds or job.seconds, reference=str(done.meta.extra.get("reference", "")),
-        object_key=str(done.meta.extra.get("object_key", ""))))
+        object_key=str(done.meta.extra.get("object_key", "")))
 
 
 def bundle_root(ctx: Context, bundle: str) -> Path:
@@ -362,9 +365,12 @@ def compile_job(ctx: Context, build_id: str, program: str, target: str | list[st
             return min(0.05 * 2 ** min(attempt, 6), 2.0)
         try:
             with _Heartbeat(lock):
-                now = ctx.records.get(build_id)  # a delivery before this one may have ended them
-                left = [i for i, job in enumerate(jobs) if now is None or not (
-                    now.jobs.get(job.key, job).done or now.jobs.get(job.key, job).state == "load-testing")]
+                # a delivery before this one may have ended them (only these jobs are read:
+                # the whole build is ~1000 of them)
+                now = ctx.records.jobs_of(build_id, [job.key for job in jobs])
+                left = [i for i, job in enumerate(jobs) if not (
+                    now.get(job.key, job).done or now.get(job.key, job).state == "load-testing")]
+                earlier = [job.target for job in jobs if now.get(job.key, job).state == "load-testing"]
                 if bpftrace:
                     for i in left:
                         record_done(ctx, build_id, jobs[i],
@@ -372,15 +378,15 @@ def compile_job(ctx: Context, build_id: str, program: str, target: str | list[st
                                     worker=worker, seconds=round(time.perf_counter() - started, 3))
                     return None
                 jobs, plans = [jobs[i] for i in left], [plans[i] for i in left]
-                if jobs:
-                    _compile_and_check(ctx, build_id, jobs, plans, worker, started)
+                waiting = earlier + (_compile_and_check(ctx, build_id, jobs, plans, worker, started)
+                                     if jobs else [])
         finally:
             try:
                 lock.release()
             except redis.exceptions.LockError:
                 pass  # lapsed while Redis was away; the results are in the store either way
-        for job in jobs:
-            start_load_test(ctx, build_id, job.target)
+        for target in dict.fromkeys(waiting):  # only kernels with a candidate have a load test
+            start_load_test(ctx, build_id, target)
     except StoreError as exc:
         if attempt < STORE_RETRIES:
             for job in jobs:
@@ -399,8 +405,9 @@ def compile_job(ctx: Context, build_id: str, program: str, target: str | list[st
 
 
 def _compile_and_check(ctx: Context, build_id: str, jobs: list[Job], plans: list[Plan],
-                       worker: str, started: float) -> None:
-    """The shared object (found, or compiled now), then each kernel's verdict, recorded."""
+                       worker: str, started: float) -> list[str]:
+    """The shared object (found, or compiled now), then each kernel's verdict, recorded (in one
+    round trip); returns the kernels whose candidates wait for a load test."""
     compiled = find_compiled(ctx.store, plans[0].object_key)
     if compiled is None:
         for job in jobs:
@@ -411,9 +418,10 @@ def _compile_and_check(ctx: Context, build_id: str, jobs: list[Job], plans: list
     with ThreadPoolExecutor(max_workers=min(8, len(plans))) as pool:
         verdicts = list(pool.map(lambda i: _verdict(ctx, plans[i], compiled, meta_of=i == 0),
                                  range(len(plans))))
-    for job, verdict in zip(jobs, verdicts):
-        record_done(ctx, build_id, job, verdict, worker=worker,
-                    seconds=round(time.perf_counter() - started, 3))
+    seconds = round(time.perf_counter() - started, 3)
+    ctx.records.update_many(build_id, [ended(ctx, job, verdict, worker=worker, seconds=seconds)
+                                       for job, verdict in zip(jobs, verdicts)])
+    return [job.target for job, verdict in zip(jobs, verdicts) if isinstance(verdict, Checked)]
 
 
 def _verdict(ctx: Context, plan: Plan, compiled: Compiled, *,

@@ -152,6 +152,28 @@ class Records:
         pipe.expire(_k(build_id, "notify"), RECORD_TTL_S)
         pipe.execute()
 
+    def jobs_of(self, build_id: str, keys: list[str]) -> dict[str, Job]:
+        """These jobs of the build as recorded now (absent keys left out)."""
+        found = self.r.hmget(_k(build_id, "jobs"), keys) if keys else []
+        return {key: Job(**json.loads(v)) for key, v in zip(keys, found) if v is not None}
+
+    def update_many(self, build_id: str, jobs: list[Job]) -> None:
+        """``update`` for many jobs of one build in two round trips (a task ends 30 kernels'
+        jobs at once; one by one they cost two round trips each)."""
+        if not jobs:
+            return
+        olds = self.r.hmget(_k(build_id, "jobs"), [job.key for job in jobs])
+        pipe = self.r.pipeline()
+        for job, old in zip(jobs, olds):
+            if old is not None and Job(**json.loads(old)).done and not job.done:
+                continue
+            line = json.dumps(asdict(job))
+            pipe.hset(_k(build_id, "jobs"), job.key, line)
+            pipe.rpush(_k(build_id, "events"), line)
+        pipe.rpush(_k(build_id, "notify"), 1)
+        pipe.expire(_k(build_id, "notify"), RECORD_TTL_S)
+        pipe.execute()
+
     def decide(self, build_id: str, name: str, value: str) -> str:
         """The build's decision ``name``: ``value`` if this is the first to decide it, else
         the decision already taken (so every task of a build plans alike)."""

@@ -37,9 +37,27 @@ from loader.artifacts.store import ArtifactStore
 from loader.errors import BlobNotFound, BuildError, KernelRefused
 
 if TYPE_CHECKING:
+    from builder.relocate import ObjectRelocations
     from loader.kernel.elf import ObjectInfo
 
-_PARSED: dict[str, ObjectInfo] = {}
+_PARSED: dict[str, tuple[ObjectInfo, ObjectRelocations]] = {}
+_PARSED_MAX = 256  # objects a worker keeps parsed: each of its tasks checks one for many kernels
+
+
+def _parsed(store: ArtifactStore, digest: str, what: str) -> tuple[ObjectInfo, ObjectRelocations]:
+    """An object's ELF and its relocations, parsed once per process: checking it for 30 kernels
+    then reads and hashes it once, not 30 times."""
+    found = _PARSED.get(digest)
+    if found is None:
+        from builder.relocate import core_relocations
+        from loader.kernel.elf import read_object
+
+        data = store.read_blob(digest)
+        found = (read_object(data, what), core_relocations(data))
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[digest] = found
+    return found
 GUARD_HINT = ("guard the access with bpf_core_field_exists()/bpf_core_type_exists() (or read a "
               "___flavour type), or leave this kernel out of the targets")  # by object digest: a worker checks one object many times
 
@@ -137,18 +155,13 @@ def warm_checks(target: Target, cache_dir: Path) -> threading.Thread:
 def check_kernel(store: ArtifactStore, plan: Plan, compiled: Compiled, cache_dir: Path) -> Checked:
     """Relocations, hooks and features of ``compiled`` on ``plan.target``; raise KernelRefused
     (recorded) naming each problem, or return the kernel's meta to publish."""
-    from builder.relocate import check_relocations, kernel_types
-    from loader.kernel.elf import read_object
+    from builder.relocate import check_parsed, kernel_types
 
     target, program = plan.target, plan.program
-    data = store.read_blob(compiled.meta.digest)
-    info = _PARSED.get(compiled.meta.digest)
-    if info is None:
-        info = _PARSED.setdefault(compiled.meta.digest,
-                                  read_object(data, f"{program.name} for {target.identity}"))
+    info, parsed = _parsed(store, compiled.meta.digest, f"{program.name} for {target.identity}")
     reasons: list[str] = []
     hints: list[str] = []
-    relocations = check_relocations(data, kernel_types(target.btf, target.identity.btf_digest,
+    relocations = check_parsed(parsed, kernel_types(target.btf, target.identity.btf_digest,
                                                       cache_dir))
     reasons += relocations.reasons(str(target.identity))
     if reasons:
@@ -173,6 +186,7 @@ def check_kernel(store: ArtifactStore, plan: Plan, compiled: Compiled, cache_dir
     if reasons:  # a load test on the kernel follows: its verifier has the last word
         extra["check_reasons"] = reasons
     if not target.btf_on_node:
+        data = store.read_blob(compiled.meta.digest)
         extra["min_btf"] = store.put_blob(_min_core_btf(target, data, plan.toolchain.bpftool))
     if hooks:
         extra["hooks_missing"] = hooks[0]
