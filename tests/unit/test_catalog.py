@@ -239,3 +239,26 @@ def test_a_corrupt_entry_is_a_store_error(store: LocalStore) -> None:
     store.set_ref(catalog_ref("x86_64", "ab" * 32), store.put_blob(b"not json"))
     with pytest.raises(StoreError, match="kernel entry kernels/x86_64-abab.* is not JSON"):
         list_kernels(store)
+
+
+def test_a_meta_serialises_as_asdict_did_and_reads_back() -> None:
+    """ArtifactMeta.to_json builds its dict shallowly (it is on the farm's per-kernel path); the
+    bytes, and so every stored meta's digest, stay those of dataclasses.asdict."""
+    import dataclasses
+    import json
+
+    from loader.artifacts.meta import ArtifactMeta
+    from loader.kernel.probe import KernelIdentity
+
+    meta = ArtifactMeta(
+        name="p", kind="bpf_object", key="k" * 64, digest="sha256:" + "d" * 64, size=9,
+        source_digest="s" * 64, target=KernelIdentity(release="6.1.0-50-amd64", arch="x86_64",
+                                                      btf_digest="sha256:" + "b" * 64),
+        toolchain={"clang": "14", "libbpf": "1.1.2"}, flags=("-g", "-O2"), inputs={"src/p.c": "x"},
+        programs=({"name": "p", "section": "tp/a/b"},), maps=({"name": "m", "type": "ringbuf"},),
+        channels={"events": {"type": "ring_buffer", "layout": [{"name": "pid", "offset": 0}]}},
+        required_features=("ringbuf",), license="GPL", extra={"check": {"absent": ["kprobe"]}},
+        load_tested_on=({"kernel": "6.1.0-50-amd64", "how": "vm"},))
+    old = (json.dumps(dataclasses.asdict(meta), indent=1, sort_keys=True) + "\n").encode()
+    assert meta.to_json() == old
+    assert ArtifactMeta.from_json(meta.to_json(), "test") == meta
