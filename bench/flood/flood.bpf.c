@@ -30,7 +30,7 @@ int flood(void *ctx)
 	e->arg0 = 1;
 	e->arg1 = 2;
 	e->arg2 = 3;
-	bpf_ringbuf_submit(e, 0);
+	bpfdepot_submit(flood_events, e);
 	return 0;
 }
 

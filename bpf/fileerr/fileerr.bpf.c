@@ -126,7 +126,7 @@ static __always_inline void emit(const struct fileerr_key *key, __u64 id, const 
 		bpf_probe_read_user_str(e->path, sizeof(e->path), a->path);
 	if (a->path2)
 		bpf_probe_read_user_str(e->path2, sizeof(e->path2), a->path2);
-	bpf_ringbuf_submit(e, 0);
+	bpfdepot_submit(fileerr_events, e);
 }
 
 static __always_inline int on_exit(struct fileerr_sys_exit *ctx, struct fileerr_key *key)

@@ -226,7 +226,7 @@ static __always_inline void emit(const struct start *s, const struct filelat_his
 	/* ring memory is not zeroed: clear the whole name, the helper writes only up to the NUL */
 	__builtin_memset(e->file, 0, sizeof(e->file));
 	bpf_probe_read_kernel_str(e->file, sizeof(e->file), name);
-	bpf_ringbuf_submit(e, 0);
+	bpfdepot_submit(filelat_events, e);
 }
 
 static __always_inline int on_exit(struct filelat_sys_exit *ctx, struct filelat_hist_key *key)

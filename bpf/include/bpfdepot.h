@@ -8,7 +8,16 @@
  *     `bpfdepot inspect`) which struct the channel carries, for default decoding.
  *
  * bpfdepot_reserve(events) reserves one event (NULL, and counted, when the ring is full);
- * bpf_ringbuf_submit(e, 0) sends it.
+ * bpfdepot_submit(events, e) sends it, waking the reader only when it should (below);
+ * bpf_ringbuf_submit(e, 0) sends it too, with the kernel's own wakeup policy.
+ *
+ * Batched wakeups: a wakeup per event costs the traced task more than the event when events
+ * come fast (the kernel queues work to wake the reader each time it had caught up). With
+ * bpfdepot_submit the reader is woken only when `events_wakeup_bytes` are waiting, or when the
+ * last wakeup is `events_wakeup_ns` old (a lone event after a quiet spell is sent at once);
+ * the loader sets both before load from the channel's `latency:` (loader/outputs/ring_buffer.py)
+ * and reads the ring on a timer while it is busy, so an event waits `latency` at most. Left at
+ * 0 (a loader that knows nothing of them) every submit wakes as bpf_ringbuf_submit(e, 0) does.
  *
  * bpfdepot_monitored(&label) is the in-kernel process filter (`bpfdepot run --unit/--cgroup/
  * --pid/--filter-file`): false when the current task is outside what the run monitors,
@@ -40,6 +49,9 @@ typedef __u8 bpfdepot_ip[16];  /* network byte order */
 		__type(key, __u32);                                              \
 		__type(value, __u64);                                            \
 	} _name##_lost SEC(".maps");                                             \
+	const volatile __u64 _name##_wakeup_bytes = 0;                           \
+	const volatile __u64 _name##_wakeup_ns = 0;                              \
+	__u64 _name##_woken_ns = 0;                                              \
 	_type *bpfdepot_event__##_name __attribute__((used))
 
 static __always_inline void *bpfdepot__reserve(void *ring, void *lost, __u64 size)
@@ -59,6 +71,25 @@ static __always_inline void *bpfdepot__reserve(void *ring, void *lost, __u64 siz
 #define bpfdepot_reserve(_name)                                                 \
 	((typeof(bpfdepot_event__##_name))bpfdepot__reserve(                     \
 		&_name, &_name##_lost, sizeof(*bpfdepot_event__##_name)))
+
+/* The flags for submitting to `ring` (see Batched wakeups above). `woken` is shared by every
+ * CPU without a lock: a race only ever adds a wakeup. */
+static __always_inline __u64 bpfdepot__wakeup(void *ring, __u64 bytes, __u64 bound_ns, __u64 *woken)
+{
+	__u64 now;
+
+	if (!bytes)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) < bytes && now - *woken < bound_ns)
+		return BPF_RB_NO_WAKEUP;
+	*woken = now;
+	return BPF_RB_FORCE_WAKEUP;
+}
+
+#define bpfdepot_submit(_name, _e)                                              \
+	bpf_ringbuf_submit(_e, bpfdepot__wakeup(&_name, _name##_wakeup_bytes,    \
+						 _name##_wakeup_ns, &_name##_woken_ns))
 
 #ifdef BPFDEPOT_FILTER /* #define it before including this header to use bpfdepot_monitored() */
 

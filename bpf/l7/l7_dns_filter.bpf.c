@@ -195,7 +195,7 @@ int l7_dns_filter(struct __sk_buff *skb)
 	n = size;
 	DNS_CLAMP(n, L7_RESP_MAX);
 	e->resp_len = bpf_skb_load_bytes_relative(skb, off, e->resp, n, BPF_HDR_START_NET) ? 0 : n;
-	bpf_ringbuf_submit(e, 0);
+	bpfdepot_submit(l7_events, e);
 done:
 	bpf_map_delete_elem(&dns_queries, &key);
 	return 0;

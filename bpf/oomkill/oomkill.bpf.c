@@ -89,7 +89,7 @@ int BPF_PROG(oomkill, struct task_struct *victim, uid_t uid)
 	e->label = label;
 	BPF_CORE_READ_STR_INTO(&e->victim_comm, victim, comm);
 	bpf_get_current_comm(e->trigger_comm, sizeof(e->trigger_comm));
-	bpf_ringbuf_submit(e, 0);
+	bpfdepot_submit(oomkill_events, e);
 	return 0;
 }
 

@@ -56,7 +56,7 @@ static __always_inline void emit(const char *filename, __s32 flags, __u32 mode, 
 	 * and this cannot fault. On failure the helper zeroes the buffer; after the NUL it does
 	 * not, and the decoder stops at the first NUL. */
 	bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
-	bpf_ringbuf_submit(e, 0);
+	bpfdepot_submit(opensnoop_events, e);
 }
 
 #if defined(BPFDEPOT_HAVE_FENTRY)

@@ -202,7 +202,7 @@ int pagefault(struct pagefault_tp_args *ctx)
 	e->label = label;
 	e->__pad = 0;
 	bpf_get_current_comm(&e->comm, sizeof(e->comm)); /* fills all 16 bytes */
-	bpf_ringbuf_submit(e, 0);
+	bpfdepot_submit(pagefault_events, e);
 	return 0;
 }
 

@@ -93,7 +93,7 @@ int BPF_PROG(runqlat_switch, bool preempt, struct task_struct *prev, struct task
 		__builtin_memset(e->prev_comm, 0, sizeof(e->prev_comm));
 		BPF_CORE_READ_STR_INTO(&e->comm, next, comm);
 		BPF_CORE_READ_STR_INTO(&e->prev_comm, prev, comm);
-		bpf_ringbuf_submit(e, 0);
+		bpfdepot_submit(runqlat_events, e);
 	}
 	/* Delete even when the ring was full: the loss is counted, the stale start must not be. */
 	bpf_map_delete_elem(&start, &pid);

@@ -126,7 +126,7 @@ static __always_inline int emit(struct trace_event_raw_inet_sock_set_state *ctx,
 
 	read_addrs(ctx, e->saddr, e->daddr);
 
-	bpf_ringbuf_submit(e, 0);
+	bpfdepot_submit(tcp_connlat_events, e);
 	return 0;
 }
 
@@ -152,7 +152,7 @@ static __always_inline int emit_failure(struct trace_event_raw_inet_sock_set_sta
 	__builtin_memcpy(e->comm, pd->comm, sizeof(e->comm));
 	read_addrs(ctx, e->saddr, e->daddr);
 
-	bpf_ringbuf_submit(e, 0);
+	bpfdepot_submit(tcp_connlat_failures, e);
 	return 0;
 }
 

@@ -53,13 +53,14 @@ class PerfReader:
     ``pages`` pages per CPU). Samples go to ``channel`` in C (bpfdepot_perf.c); those the kernel
     could not write because a ring was full are counted in ``lost``."""
 
-    def __init__(self, map_fd: int, channel: Channel, *, pages: int, label: str) -> None:
+    def __init__(self, map_fd: int, channel: Channel, *, pages: int, label: str,
+                 wakeup_bytes: int = 0) -> None:
         self.channel = channel
         self.label = label
         self.c = ffi.new("struct bpfdepot_perf *")
         self.c.ch = channel.c
         take_log()
-        rc = lib.bpfdepot_perf_open(self.c, map_fd, pages)
+        rc = lib.bpfdepot_perf_open(self.c, map_fd, pages, wakeup_bytes)
         if rc:
             raise LoadError(f"cannot open perf buffer {label} ({pages} pages per CPU): {_err(rc)}",
                             detail=take_log().strip(),

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <linux/bpf.h>
+#include <linux/perf_event.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
@@ -62,11 +63,45 @@ void bpfdepot_perf_lost(void *ctx, int cpu, uint64_t cnt)
 	p->lost += cnt;
 }
 
-/* Open one perf ring of `pages` pages (a power of two) per CPU on the map; 0 or -errno. */
-int bpfdepot_perf_open(struct bpfdepot_perf *p, int map_fd, unsigned int pages)
+/* A raw perf record of a ring opened with a wakeup watermark: a sample or a lost count, as
+ * perf_buffer__new's own callbacks would have had them. */
+static enum bpf_perf_event_ret raw_record(void *ctx, int cpu, struct perf_event_header *h)
+{
+	if (h->type == PERF_RECORD_SAMPLE) {
+		struct { struct perf_event_header h; uint32_t size; char data[]; } *s = (void *)h;
+
+		bpfdepot_perf_sample(ctx, cpu, s->data, s->size);
+	} else if (h->type == PERF_RECORD_LOST) {
+		struct { struct perf_event_header h; uint64_t id; uint64_t lost; } *l = (void *)h;
+
+		bpfdepot_perf_lost(ctx, cpu, l->lost);
+	}
+	return LIBBPF_PERF_EVENT_CONT;
+}
+
+/* Open one perf ring of `pages` pages (a power of two) per CPU on the map; 0 or -errno. With
+ * `wakeup_bytes`, a CPU's ring wakes the reader only once that much is waiting (the reader
+ * reads on a timer besides: loader/outputs/perf_buffer.py), else per sample as libbpf does. */
+int bpfdepot_perf_open(struct bpfdepot_perf *p, int map_fd, unsigned int pages,
+		       uint32_t wakeup_bytes)
 {
 	p->map_fd = map_fd;
-	p->pb = perf_buffer__new(map_fd, pages, bpfdepot_perf_sample, bpfdepot_perf_lost, p, NULL);
+	if (wakeup_bytes) {
+		struct perf_event_attr attr = {
+			.type = PERF_TYPE_SOFTWARE,
+			.config = PERF_COUNT_SW_BPF_OUTPUT,
+			.sample_type = PERF_SAMPLE_RAW,
+			.sample_period = 1,
+			.watermark = 1,
+			.wakeup_watermark = wakeup_bytes,
+		};
+
+		attr.size = sizeof(attr);
+		p->pb = perf_buffer__new_raw(map_fd, pages, &attr, raw_record, p, NULL);
+	} else {
+		p->pb = perf_buffer__new(map_fd, pages, bpfdepot_perf_sample, bpfdepot_perf_lost, p,
+					 NULL);
+	}
 	if (!p->pb) {
 		int err = -errno;
 

@@ -18,7 +18,8 @@ struct bpfdepot_perf {
 	int flushing;                 /* set by bpfdepot_perf_flush: samples now are its own */
 };
 
-int bpfdepot_perf_open(struct bpfdepot_perf *p, int map_fd, unsigned int pages);
+int bpfdepot_perf_open(struct bpfdepot_perf *p, int map_fd, unsigned int pages,
+		       uint32_t wakeup_bytes);
 int bpfdepot_perf_consume(struct bpfdepot_perf *p);
 int bpfdepot_perf_fd(const struct bpfdepot_perf *p);
 int bpfdepot_perf_flush(struct bpfdepot_perf *p);

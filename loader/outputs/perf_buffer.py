@@ -5,6 +5,7 @@ they come, one perf ring per CPU.
       events:
         type: perf_buffer
         pages: 64          # per-CPU ring size in pages, a power of two (default 64)
+        latency: 5ms       # batch wakeups; events wait this long at most (default 0: per event)
 
 The program sends with ``bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, e, size)``;
 ``size`` may vary per event (a trailing array or string is decoded as far as it arrived).
@@ -13,6 +14,12 @@ kernel could not write because a CPU's ring was full are reported by the kernel 
 records): they are the channel's ``lost``, never dropped silently. The kernel writes a lost
 record only with the next record that fits, so after detach every CPU's ring gets one record of
 bpfdepot's own (BPF_PROG_TEST_RUN of a 10-instruction program) to bring out the last count.
+
+With ``latency``, each CPU's ring wakes the reader only once an eighth of it is waiting (the
+perf event's wakeup watermark) and the reader also reads every ``latency``: a flood costs the
+traced tasks far fewer wakeups, and an event waits ``latency`` at most. Without it the kernel
+wakes the reader for every sample, as libbpf's perf_buffer does (a perf ring has no way to wake
+for a lone sample after a quiet spell, so the timer would run for ever: it is opt-in here).
 
 The rings open once the objects are loaded and before anything attaches (``Pipeline.when_loaded``):
 the kernel drops, uncounted, what a program sends to a CPU whose ring nobody opened yet.
@@ -29,6 +36,8 @@ from yaml.nodes import ScalarNode
 
 from loader.errors import LoadError
 from loader.outputs import ChannelContext, ChannelStats, OutputKind, register
+from loader.outputs.ring_buffer import WAKEUP_SHARE
+from loader.outputs.ring_buffer import parse_options as parse_latency
 
 # The libbpf readers (cffi) are imported where a run opens the channel (see hash_map).
 if TYPE_CHECKING:
@@ -49,6 +58,8 @@ class PerfBufferReader:
     def __init__(self, ctx: ChannelContext) -> None:
         self.ctx = ctx
         self.pages: int = ctx.options.get("pages", DEFAULT_PAGES)
+        self.latency: float = ctx.options.get("latency", 0.0)
+        self.last_read = 0.0
         self.channel: Channel = ctx.pipeline.channel(ctx.program, ctx.name, ctx.decoder())
         self.perf: PerfReader | None = None
         ctx.pipeline.when_loaded(self._open)
@@ -57,8 +68,9 @@ class PerfBufferReader:
         from loader.libbpf.readers import PerfReader
 
         if self.perf is None:
+            watermark = self.pages * os.sysconf("SC_PAGE_SIZE") // WAKEUP_SHARE if self.latency else 0
             self.perf = PerfReader(self.ctx.obj.map_fd(self.ctx.name), self.channel,
-                                   pages=self.pages,
+                                   pages=self.pages, wakeup_bytes=watermark,
                                    label=f"'{self.ctx.name}' of '{self.ctx.program}'")
 
     def start(self) -> None:
@@ -68,11 +80,12 @@ class PerfBufferReader:
         return [self.perf.fileno()] if self.perf is not None else []
 
     def due(self) -> float | None:
-        return None
+        return self.last_read + self.latency if self.latency else None
 
     def read(self, now: float) -> None:
         if self.perf is None:
             return
+        self.last_read = now
         rc = self.perf.drain()
         if rc == -errno.ENOMEM:
             raise MemoryError(f"decoding perf buffer '{self.ctx.name}' of '{self.ctx.program}'")
@@ -104,9 +117,10 @@ def _program_lost(ctx: ChannelContext) -> int:
 
 
 def parse_options(doc: YamlDoc, values: Mapping[str, Node], at: str) -> dict[str, Any]:
-    """``pages: N``: the per-CPU ring size in pages, a power of two."""
+    """``pages: N``: the per-CPU ring size in pages, a power of two; ``latency``: see above."""
+    out = parse_latency(doc, values, at) if "latency" in values else {}
     if "pages" not in values:
-        return {}
+        return out
     node = values["pages"]
     good = (isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:int"
             and node.value.isdigit())
@@ -116,10 +130,10 @@ def parse_options(doc: YamlDoc, values: Mapping[str, Node], at: str) -> dict[str
         below = 1 << max(0, min(pages, MAX_PAGES).bit_length() - 1) if good and pages else DEFAULT_PAGES
         raise doc.error(node, f"'pages' in {at} must be a power of two from 1 to {MAX_PAGES} "
                         f"(pages per CPU), got {shown}", hint=f"e.g. pages: {below}")
-    return {"pages": pages}
+    return {**out, "pages": pages}
 
 
 register(OutputKind(type="perf_buffer",
                     summary="BPF perf event array: events as they come, one ring per CPU",
                     map_types=("perf_event_array",), open=PerfBufferReader,
-                    options=("pages",), parse=parse_options))
+                    options=("pages", "latency"), parse=parse_options))

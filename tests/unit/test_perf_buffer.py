@@ -50,7 +50,7 @@ def manifest(tmp_path: Path, extra: str = "") -> Path:
 
 def test_perf_buffer_is_a_registered_kind_reading_perf_event_arrays() -> None:
     kind = output_kinds()["perf_buffer"]
-    assert kind.map_types == ("perf_event_array",) and kind.options == ("pages",)
+    assert kind.map_types == ("perf_event_array",) and kind.options == ("pages", "latency")
 
 
 def test_pages_default_and_explicit(tmp_path: Path) -> None:
@@ -189,3 +189,32 @@ def test_an_event_struct_the_source_does_not_define_is_a_build_error() -> None:
     assert caught.value.hint == ("define struct evnt in the program or a header it includes, or "
                                  "set `event:` to the struct the channel carries")
     assert caught.value.exit_code == 8
+
+
+# ---- `latency:` (batched wakeups), on ring and perf buffers alike ---------------------------
+
+@pytest.mark.parametrize(("value", "seconds"), [("5ms", 0.005), ("20ms", 0.02), ("0", 0.0),
+                                                 ("1s", 1.0), ("500us", None), ("2s", None),
+                                                 ("soon", None), ("-5ms", None)])
+def test_latency_takes_0_or_1ms_to_1s(tmp_path: Path, value: str, seconds: float | None) -> None:
+    from loader.errors import ManifestError
+
+    path = manifest(tmp_path, f"      latency: {value}\n")
+    if seconds is None:
+        with pytest.raises(ManifestError) as caught:
+            load_bundle(path)
+        assert "11: 'latency' in spec.channels.events must be 0 or a duration from 1ms to 1s" \
+            in caught.value.message
+        assert "latency: 5ms" in caught.value.hint
+    else:
+        (chan,) = load_bundle(path).channels
+        assert chan.options == {"latency": seconds}
+
+
+def test_ring_buffers_take_latency_too(tmp_path: Path) -> None:
+    kind = output_kinds()["ring_buffer"]
+    assert kind.options == ("latency",)
+    path = manifest(tmp_path, "      latency: 10ms\n")
+    path.write_text(path.read_text().replace("type: perf_buffer", "type: ring_buffer"))
+    (chan,) = load_bundle(path).channels
+    assert chan.type == "ring_buffer" and chan.options == {"latency": 0.01}
