@@ -38,6 +38,7 @@ from harness import BENCH, Row, median, paired
 FLOOD = BENCH / "flood"
 N = 1_000_000
 RATIO_GOAL = 0.8
+BATCHED_GOAL = 0.9    # issue 17: default decoding with batched wakeups against the 2 ms drain
 IDLE_S = 1.0          # bpfdepot's file / naive consumer: stopped for this long means done
 C_IDLE_S = 3.0        # the C consumer's own stop rule
 TIMEOUT_S = 60.0
@@ -322,6 +323,7 @@ def _summary(runs: dict[str, list[Run]], untraced: float) -> list[Row]:
 
     batched = f"C drained every {BATCH_MS} ms"
     ratio = paired(rates("bpfdepot"), rates("C libbpf"))
+    batched_ratio = paired(rates("bpfdepot"), rates("C batched"))
     checks = [r.check for r in runs["bpfdepot"] if r.check != "ok"]
     rows = [
         Row(metric="flood: events/s (vs C libbpf)", value=f"{rate('bpfdepot'):,.0f}",
@@ -335,8 +337,8 @@ def _summary(runs: dict[str, list[Run]], untraced: float) -> list[Row]:
             baseline=f"{slowdown('C libbpf'):.2f}× (C libbpf)",
             ratio=paired(secs("bpfdepot"), secs("C libbpf"))),
         Row(metric=f"flood: events/s (vs {batched})", value=f"{rate('bpfdepot'):,.0f}",
-            baseline=f"{rate('C batched'):,.0f}",
-            ratio=paired(rates("bpfdepot"), rates("C batched"))),
+            baseline=f"{rate('C batched'):,.0f}", ratio=batched_ratio,
+            goal=f"≥ {BATCHED_GOAL:.2f}×", met=batched_ratio >= BATCHED_GOAL),
         Row(metric=f"flood: producer slowdown (vs {batched})",
             value=f"{slowdown('bpfdepot'):.2f}×", baseline=f"{slowdown('C batched'):.2f}×",
             ratio=paired(secs("bpfdepot"), secs("C batched"))),
