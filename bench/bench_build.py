@@ -65,15 +65,13 @@ def cli_exe() -> list[str]:
 def _seed(home: Path, header: Path, btf_digest: str, known: Path | None = None) -> None:
     """A fresh store that already holds this kernel's vmlinux.h (where builder.vmlinux looks)
     and its precompiled form (builder/pch.py: copied with their time stamps, which clang checks);
-    with ``known`` (the home of an earlier CLI build) also the toolchain's version, this
-    kernel's probed features and its type index for relocation checks (builder/relocate.py), as
-    in a store that has built something else before."""
+    with ``known`` (the home of an earlier CLI build) also the toolchain's version and this
+    kernel's probed features, as in a store that has built something else before."""
     shutil.copytree(header.parent, home / "cache" / "vmlinux", copy_function=shutil.copy2,
                     ignore=shutil.ignore_patterns("*.lock", "pch-*"))
     if known is not None:
         shutil.copyfile(known / "cache" / "toolchain.json", home / "cache" / "toolchain.json")
         shutil.copytree(known / "cache" / "kernels", home / "cache" / "kernels")
-        shutil.copytree(known / "cache" / "btf-index", home / "cache" / "btf-index")
 
 
 @contextlib.contextmanager

@@ -23,12 +23,10 @@ does not describe: they are not checked.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
-import marshal
-import os
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +38,7 @@ from elftools.elf.elffile import ELFFile
 
 from builder import corerelo as cr
 from loader.errors import BuildError
-from loader.kernel.btf import KINDS, Btf, BtfFormatError
+from loader.kernel.btf import Btf, BtfFormatError
 
 _EXT_HEADER = "<HBBIIIIIII"  # magic, version, flags, hdr_len, func/line/core_relo (off, len)
 _EXT_CORE_MIN = 32  # header size up to core_relo_len
@@ -118,86 +116,110 @@ class ObjectRelocations:
     guarded_programs: frozenset[str]  # programs with an existence relocation
 
 
-class KernelTypes:
-    """A kernel's BTF indexed for candidate search: essential name → type ids, and the
-    FUNCs and VARs by name (the first of each, as btf__find_by_name_kind finds them)."""
+_NOT_CANDIDATES = frozenset(("func", "var", "datasec", "decl_tag"))
 
-    __slots__ = ("btf", "by_essential", "digest", "funcs", "index_seconds", "vars")
+
+class KernelTypes:
+    """A kernel's BTF asked by name, as libbpf asks it: candidates by essential name, the first
+    FUNC or VAR of a name (btf__find_by_name_kind), whether a typedef exists. Nothing is
+    indexed by name up front: the string section is searched for the few names a check asks
+    (bytes.find), and the types pointing at each hit are found in a sorted (name offset, id)
+    array made in C (loader/native/bpfdepot_btf.c, ~5 ms for a kernel's ~130k types, where a
+    dict of every name took ~130 ms). Answers are kept per name for the process."""
+
+    __slots__ = ("_by_name", "_cands", "_kinds", "_named", "btf", "digest", "index_seconds")
 
     def __init__(self, btf: Btf, digest: str) -> None:
         t0 = time.perf_counter()
         self.btf = btf
         self.digest = digest
-        self.by_essential: dict[str, list[int]] = {}
-        self.funcs: dict[str, int] = {}
-        self.vars: dict[str, int] = {}
-        words, starts, strings = btf._words, btf._starts, btf._strings
-        names: dict[int, str] = {}
-        func_kind, var_kind = KINDS.index("func"), KINDS.index("var")
-        skip = {KINDS.index(k) for k in ("datasec", "decl_tag")}
-        for tid, start in enumerate(starts, 1):
-            off = words[start]
-            if not off:
-                continue  # anonymous types are never candidates
-            name = names.get(off)
-            if name is None:
-                name = names[off] = strings[off:strings.index(b"\0", off)].decode()
-            kind = words[start + 1] >> 24 & 0x1F
-            if kind == func_kind:
-                self.funcs.setdefault(name, tid)
-            elif kind == var_kind:
-                self.vars.setdefault(name, tid)
-            elif kind not in skip:
-                self.by_essential.setdefault(cr.essential_name(name), []).append(tid)
+        self._by_name = btf.name_offsets()  # sorted name_off << 32 | type id
+        self._named: dict[str, list[int]] = {}
+        self._cands: dict[str, list[int]] = {}
+        self._kinds: dict[int, str] = {}
         self.index_seconds = time.perf_counter() - t0
 
-    @classmethod
-    def kept(cls, btf: Btf, digest: str, by_essential: dict[str, list[int]],
-             funcs: dict[str, int], vars_: dict[str, int]) -> KernelTypes:
-        """The index as ``_save_index`` kept it on disk for this kernel."""
-        kt = cls.__new__(cls)
-        kt.btf, kt.digest, kt.by_essential, kt.funcs, kt.vars = btf, digest, by_essential, funcs, vars_
-        kt.index_seconds = 0.0
-        return kt
+    def _at(self, off: int) -> list[int]:
+        """The ids of the types whose name starts at string offset ``off``."""
+        by_name, out = self._by_name, []
+        i = bisect.bisect_left(by_name, off << 32)
+        while i < len(by_name) and by_name[i] >> 32 == off:
+            out.append(by_name[i] & 0xFFFFFFFF)
+            i += 1
+        return out
+
+    def _hits(self, needle: bytes) -> list[int]:
+        """Every string offset where ``needle`` occurs (an offset may point into the tail of a
+        longer string: each hit is a candidate name start)."""
+        strings, out = self.btf._strings, []  # noqa: SLF001 - the same module family's parse
+        pos = strings.find(needle)
+        while pos != -1:
+            out.append(pos)
+            pos = strings.find(needle, pos + 1)
+        return out
+
+    def named(self, name: str) -> list[int]:
+        """The ids of every type called exactly ``name``, lowest first."""
+        found = self._named.get(name)
+        if found is None:
+            found = self._named[name] = sorted(
+                tid for off in self._hits(name.encode() + b"\0") for tid in self._at(off))
+        return found
+
+    def _kind(self, tid: int) -> str:
+        kind = self._kinds.get(tid)
+        if kind is None:
+            kind = self._kinds[tid] = self.btf.type(tid).kind
+        return kind
+
+    def first(self, name: str, kind: str) -> int | None:
+        """The lowest id of a ``kind`` type called ``name`` (a kfunc's FUNC, a ksym's VAR)."""
+        return next((tid for tid in self.named(name) if self._kind(tid) == kind), None)
 
     def has_typedef(self, name: str) -> bool:
         """Whether the kernel has a typedef called exactly ``name``."""
-        btf = self.btf
-        return any(t.kind == "typedef" and t.name == name
-                   for t in map(btf.type, self.by_essential.get(cr.essential_name(name), ())))
+        return self.first(name, "typedef") is not None
+
+    def _essential(self, essential: str) -> list[int]:
+        """Types (not FUNC, VAR, DATASEC or DECL_TAG) whose essential name is ``essential``."""
+        found = self._cands.get(essential)
+        if found is None:
+            ids = list(self.named(essential))
+            strings = self.btf._strings  # noqa: SLF001
+            for off in self._hits(essential.encode() + b"___"):  # flavoured: name___suffix
+                tids = self._at(off)
+                if tids and cr.essential_name(
+                        strings[off:strings.index(b"\0", off)].decode()) == essential:
+                    ids += tids
+            found = self._cands[essential] = sorted(
+                tid for tid in ids if self._kind(tid) not in _NOT_CANDIDATES)
+        return found
 
     def candidates(self, name: str, kind: str) -> list[int]:
         """Kernel types of a kind compatible with ``kind`` sharing ``name``'s essential name."""
-        btf = self.btf
-        return [tid for tid in self.by_essential.get(cr.essential_name(name), ())
-                if cr.kinds_compat(btf.type(tid).kind, kind)]
+        return [tid for tid in self._essential(cr.essential_name(name))
+                if cr.kinds_compat(self._kind(tid), kind)]
 
 
 _KERNELS: dict[str, KernelTypes] = {}
 _LOCKS: dict[str, threading.Lock] = {}
-_KERNELS_MAX = 64  # ~35 MB each once indexed; a worker checks a bounded fleet
+_KERNELS_MAX = 64  # ~10 MB each (the parsed BTF); a worker checks a bounded fleet
 _OBJECTS: dict[str, ObjectRelocations] = {}
 _OBJECTS_MAX = 512
 
 
-def kernel_types(btf_path: Path, digest: str | None = None,
-                 cache_dir: Path | None = None) -> KernelTypes:
-    """The indexed BTF of a kernel, cached in this process by ``digest`` (or by path), and with
-    ``cache_dir`` on disk too: indexing a kernel's ~130k types takes ~130 ms, reading the kept
-    index ~20 ms — what a `bpfdepot build` on the command line pays for every check."""
+def kernel_types(btf_path: Path, digest: str | None = None) -> KernelTypes:
+    """The BTF of a kernel ready for checks, cached in this process by ``digest`` (or by path)."""
     key = digest or f"path:{btf_path.resolve()}"
     found = _KERNELS.get(key)
     if found is not None:
         return found
-    with _LOCKS.setdefault(key, threading.Lock()):  # one thread indexes, the others wait for it
+    with _LOCKS.setdefault(key, threading.Lock()):  # one thread parses, the others wait for it
         found = _KERNELS.get(key)
-        return found if found is not None else _index_kernel(btf_path, key, digest, cache_dir)
+        return found if found is not None else _parse_kernel(btf_path, key, digest)
 
 
-def _index_kernel(btf_path: Path, key: str, digest: str | None, cache_dir: Path | None) -> KernelTypes:
-    kept = _load_index(btf_path, digest, cache_dir) if digest and cache_dir else None
-    if kept is not None:
-        return _remember(key, kept)
+def _parse_kernel(btf_path: Path, key: str, digest: str | None) -> KernelTypes:
     try:
         if digest is None:
             data = btf_path.read_bytes()
@@ -213,57 +235,10 @@ def _index_kernel(btf_path: Path, key: str, digest: str | None, cache_dir: Path 
                          hint="pass raw BTF such as /sys/kernel/btf/vmlinux or the btf blob of "
                               "a catalog kernel") from None
     kt = KernelTypes(btf, digest)
-    if cache_dir is not None:
-        _save_index(kt, btf_path, cache_dir)
-    return _remember(key, kt)
-
-
-def _remember(key: str, kt: KernelTypes) -> KernelTypes:
     if len(_KERNELS) >= _KERNELS_MAX:
         _KERNELS.pop(next(iter(_KERNELS)))
     _KERNELS[key] = kt
     return kt
-
-
-INDEX_VERSION = 1  # bumped when KernelTypes indexes differently
-
-
-def _index_path(cache_dir: Path, digest: str) -> Path:
-    return cache_dir / "btf-index" / f"{digest.split(':')[-1]}.marshal"
-
-
-def _load_index(btf_path: Path, digest: str, cache_dir: Path) -> KernelTypes | None:
-    """The index kept for this kernel, or None (none kept, or not for these bytes)."""
-    from loader.kernel.hooks import adopt_btf
-
-    try:
-        version, size, starts, by_essential, funcs, vars_ = marshal.loads(
-            _index_path(cache_dir, digest).read_bytes())
-        if version != INDEX_VERSION:
-            return None
-        data = btf_path.read_bytes()
-        if len(data) != size:
-            return None
-        btf = Btf.parse(data, starts=starts)
-    except (OSError, EOFError, ValueError, TypeError, BtfFormatError):
-        return None  # unreadable or another layout: indexed again, and kept again
-    adopt_btf(str(btf_path), btf)
-    return KernelTypes.kept(btf, digest, by_essential, funcs, vars_)
-
-
-def _save_index(kt: KernelTypes, btf_path: Path, cache_dir: Path) -> None:
-    """Keep ``kt`` for the next process (written whole or not at all)."""
-    path = _index_path(cache_dir, kt.digest)
-    try:
-        body = marshal.dumps((INDEX_VERSION, btf_path.stat().st_size, kt.btf.starts(),
-                              kt.by_essential, kt.funcs, kt.vars))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a cache: the next process indexes again
 
 
 def core_relocations(obj: bytes) -> ObjectRelocations:
@@ -505,7 +480,7 @@ def _fit_load(local: cr.Spec, targ: cr.Spec, value: cr.Value,
 def _extern_problem(btf: Btf, e: Extern, kernel: KernelTypes) -> tuple[str, bool] | None:
     """libbpf's bpf_object__resolve_ksym_{func,var}_btf_id: (why, absent) when it fails."""
     kb = kernel.btf
-    tid = (kernel.funcs if e.func else kernel.vars).get(e.name)
+    tid = kernel.first(e.name, "func" if e.func else "var")
     if tid is None:
         return f"{'kfunc' if e.func else 'ksym'} not in this kernel's BTF", True
     try:

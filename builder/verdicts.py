@@ -122,18 +122,18 @@ def build_for(store: ArtifactStore, plan: Plan, cache_dir: Path, *,
         return done
     compiled = compiled or find_compiled(store, plan.object_key)
     if compiled is None:
-        warm_checks(plan.target, cache_dir)
+        warm_checks(plan.target)
         compiled = compile_object(store, plan, cache_dir)
     checked = check_kernel(store, plan, compiled, cache_dir)
     built = publish_kernel(store, checked)
     return dataclasses.replace(built, cached=compiled.cached, seconds=compiled.seconds + built.seconds)
 
 
-def warm_checks(target: Target, cache_dir: Path) -> threading.Thread:
-    """Start, in a daemon thread, what check_kernel will need for ``target`` — pyelftools, the
-    kernel's type index and its parsed BTF, all kept for the process — so a build run once from
-    the command line does it while clang runs (~50 ms with a precompiled vmlinux.h) instead of
-    after it. check_kernel makes the same calls and waits for the index (builder/relocate.py)."""
+def warm_checks(target: Target) -> threading.Thread:
+    """Start, in a daemon thread, what check_kernel will need for ``target`` — pyelftools and the
+    kernel's parsed BTF, kept for the process — so a build run once from the command line does
+    it while clang runs (~50 ms with a precompiled vmlinux.h) instead of after it. check_kernel
+    makes the same calls and waits for the parse (builder/relocate.py)."""
     def warm() -> None:
         import elftools.elf.elffile  # noqa: F401 - pyelftools, for read_object
 
@@ -142,7 +142,7 @@ def warm_checks(target: Target, cache_dir: Path) -> threading.Thread:
         from loader.kernel.hooks import kernel_btf
 
         try:
-            kernel_types(target.btf, target.identity.btf_digest, cache_dir)
+            kernel_types(target.btf, target.identity.btf_digest)
             kernel_btf(str(target.btf))
         except Exception:  # noqa: BLE001 - check_kernel makes these calls again and raises
             pass           # what is wrong (naming the file), not a thread's traceback
@@ -161,8 +161,7 @@ def check_kernel(store: ArtifactStore, plan: Plan, compiled: Compiled, cache_dir
     info, parsed = _parsed(store, compiled.meta.digest, f"{program.name} for {target.identity}")
     reasons: list[str] = []
     hints: list[str] = []
-    relocations = check_parsed(parsed, kernel_types(target.btf, target.identity.btf_digest,
-                                                      cache_dir))
+    relocations = check_parsed(parsed, kernel_types(target.btf, target.identity.btf_digest))
     reasons += relocations.reasons(str(target.identity))
     if reasons:
         hints.append(GUARD_HINT)

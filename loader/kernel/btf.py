@@ -137,14 +137,16 @@ def _s32(v: int) -> int:
     return v - (1 << 32) if v & 0x80000000 else v
 
 
-def _fits(starts: list[int], words: array) -> bool:
-    """Whether a kept index ends where the type section does (a stale one would not)."""
-    if not starts or starts[0] != 0 or starts[-1] + 3 > len(words):
-        return not starts and not words
-    info = words[starts[-1] + 1]
-    kind = info >> 24 & 0x1F
-    return 0 < kind < len(KINDS) and \
-        starts[-1] + 3 + _EXTRA_FIXED[kind] + _EXTRA_PER_VLEN[kind] * (info & 0xFFFF) == len(words)
+_NATIVE_WORDS = 1 << 16  # a type section this big (a kernel's) is indexed in C
+
+
+def _native():
+    """The compiled helpers (ffi, lib), or None where the cffi module is not built."""
+    try:
+        from loader._libbpf import ffi, lib
+    except ImportError:
+        return None
+    return ffi, lib
 
 
 def _s64(v: int) -> int:
@@ -168,10 +170,8 @@ class Btf:
         self.byte_order = byte_order
 
     @classmethod
-    def parse(cls, data: bytes, starts: list[int] | None = None) -> Btf:
-        """Check the header and section bounds and index every type record; ``starts``: that
-        index as an earlier parse of the same bytes made it (builder/relocate.py keeps it on
-        disk per kernel), checked only for its length and last record."""
+    def parse(cls, data: bytes) -> Btf:
+        """Check the header and section bounds and index every type record."""
         data = bytes(data)
         if len(data) < 4:
             raise BtfFormatError(f"BTF: {len(data)} bytes is too short for a BTF header",
@@ -212,17 +212,36 @@ class Btf:
             raise BtfFormatError("BTF: this Python has no 4-byte unsigned array type")
         if endian != sys.byteorder:
             words.byteswap()
-        if starts is None or not _fits(starts, words):
-            starts = cls._index(words, hdr_len + type_off)
-        return cls(words=words, starts=starts, strings=strings, byte_order=endian)
+        return cls(words=words, starts=cls._index(words, hdr_len + type_off), strings=strings,
+                   byte_order=endian)
 
-    def starts(self) -> list[int]:
-        """Word index of each type record (what ``parse(data, starts=)`` takes back)."""
-        return self._starts
+    def name_offsets(self) -> array:
+        """Every named type as ``name_off << 32 | id``, sorted (so a name's types are together,
+        lowest id first): the look-up by name builder/relocate.py makes for a kernel's BTF."""
+        native = _native()
+        if native is not None and self._starts:
+            ffi, lib = native
+            out = array("Q", bytes(8 * len(self._starts)))
+            n = lib.bpfdepot_btf_names(ffi.from_buffer("uint32_t[]", self._words),
+                                       ffi.from_buffer("uint32_t[]", array("I", self._starts)),
+                                       len(self._starts), ffi.from_buffer("uint64_t[]", out))
+            return out[:n]
+        words = self._words
+        return array("Q", sorted(words[start] << 32 | tid
+                                 for tid, start in enumerate(self._starts, 1) if words[start]))
 
     @staticmethod
     def _index(words: array, base: int) -> list[int]:
         """Word index of each type record; ``base`` is the section's byte offset, for errors."""
+        if len(words) >= _NATIVE_WORDS and (native := _native()) is not None:
+            ffi, lib = native  # a kernel's BTF: the same loop in C (loader/native/bpfdepot_btf.c)
+            cap = len(words) // 3 + 1
+            out = array("I", bytes(4 * cap))
+            n = lib.bpfdepot_btf_starts(ffi.from_buffer("uint32_t[]", words), len(words),
+                                        ffi.from_buffer("uint32_t[]", out), cap)
+            if n >= 0:
+                return out[:n].tolist()
+            # malformed: the loop below finds where, and says so
         starts: list[int] = []
         append = starts.append
         fixed, per_vlen = _EXTRA_FIXED, _EXTRA_PER_VLEN
