@@ -103,11 +103,14 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     server = AgentServer(instances, socket_path(args.socket),
                          manifests=Path(args.manifests) if args.manifests else None,
                          name_of=name_of, say=_err)
+    ui = _open_ui(args, storage.tsdb.path, server) if args.ui else None
     try:
         if follower is not None:
             follower.start()
         server.serve()
     finally:
+        if ui is not None:
+            ui.stop()
         if follower is not None:
             follower.stop()
         if metrics_server is not None:
@@ -115,6 +118,23 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
         with contextlib.suppress(OSError):
             Path(args.pins).rmdir()  # every instance unpinned at stop: leave no empty folder
     return 0
+
+
+def _open_ui(args: argparse.Namespace, tsdb: Path, server):
+    """``--ui HOST:PORT``: the web view (loader/ui) with this agent's instances, read in-process."""
+    from loader.ui import UiError
+    from loader.ui.live import InProcess
+    from loader.ui.server import open_ui
+
+    try:
+        ui = open_ui(Path(args.ui_db) if args.ui_db else tsdb, InProcess(server), args.ui, say=_err)
+    except UiError as exc:
+        raise BpfDepotError(exc.message, hint=exc.fix) from None
+    except OSError as exc:
+        raise BpfDepotError(f"--ui {args.ui}: cannot listen: {exc.strerror}",
+                            hint="pick another port: --ui 127.0.0.1:PORT") from None
+    _err(f"bpfdepot agent: web view on {ui.url}/")
+    return ui
 
 
 def _follower(args: argparse.Namespace, settings: Settings, instances, state: Path):
@@ -290,6 +310,10 @@ def register_commands(sub: argparse._SubParsersAction) -> None:
                        help="label every instance's records, as bpfdepot run --labels")
     agent.add_argument("--metrics", metavar="HOST:PORT", help="serve every instance's metrics "
                        "(labelled instance=NAME) at http://HOST:PORT/metrics")
+    agent.add_argument("--ui", metavar="HOST:PORT", help="also serve the web view (as bpfdepot ui; "
+                       "loopback only) with these instances live")
+    agent.add_argument("--ui-db", metavar="PATH", help="the store the web view reads (default: the "
+                       "storage config's tsdb path)")
     agent.add_argument("--pins", default=str(PINS), metavar="DIR",
                        help=f"bpffs folder of this agent's pinned instances (default {PINS}; "
                             "one per agent)")

@@ -119,6 +119,10 @@ class AgentServer:
                 rows = self.instances.ps()
                 have = {r["name"] for r in rows}
                 rows += [r for n, r in sorted(self._failed.items()) if n not in have]
+                if request.get("detail"):  # the web view: each run's processor routes and sinks
+                    from loader.ui.live import detail
+
+                    rows = [detail(r, self._instance(r["name"])) for r in rows]
                 return {"ok": True, "instances": rows}
             if op == "logs":
                 instance = self.instances.get(_text(request, "name"))
@@ -154,6 +158,13 @@ class AgentServer:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             return failure(exc)
+
+    def _instance(self, name: str):
+        """The running instance ``name``, or None (failed, or unloaded meanwhile)."""
+        try:
+            return self.instances.get(name)
+        except AgentConflict:
+            return None
 
     # -- the watched folder -----------------------------------------------------------------
 
