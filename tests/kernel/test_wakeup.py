@@ -11,8 +11,10 @@ kernel's wake-per-event policy and loses nothing either."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -78,17 +80,23 @@ def test_a_flood_arrives_whole_and_in_order_with_the_wakeup_knobs_set(home: Path
 
 def test_on_overflow_received_plus_lost_is_exactly_what_was_sent(home: Path, tmp_path: Path) -> None:
     calls = 300_000
-    bundle = _flood_copy(tmp_path, ring="16 * 1024")  # ~220 events fit: the flood overflows it
+    bundle = _flood_copy(tmp_path, ring="16 * 1024")  # ~220 events fit
     out = tmp_path / "events.jsonl"
     with workers("/dev/null", 1) as (w,):
         run = Running(home, str(bundle), out, extra=["--set", f"target_tgid={w.pid}"])
         try:
-            w.do("getppid", calls)
+            # the reader stopped while the flood runs: the ring fills and the program counts the
+            # rest lost, whatever the machine's speed; then it reads what the ring holds
+            os.kill(run.proc.pid, signal.SIGSTOP)
+            try:
+                w.do("getppid", calls)
+            finally:
+                os.kill(run.proc.pid, signal.SIGCONT)
         finally:
             done = run.stop()
     assert done.rc == 0, done.stderr
     got, lost = received(done, "flood_events")
-    assert got + lost == calls and lost > 0 and got == len(done.events)
+    assert got + lost == calls and lost > calls // 2 and got == len(done.events)
     seqs = [e["seq"] for e in done.events]
     assert seqs == sorted(set(seqs))  # in order, none twice
 

@@ -86,10 +86,10 @@ while :; do sleep 0.05; done
     while not events.lines and time.monotonic() < deadline:
         child.read(time.monotonic())
         time.sleep(0.02)
-    started = time.monotonic()
     child.final()
-    assert time.monotonic() - started < 1.0
     child.close()
+    # it exited by itself on SIGINT (printing its maps), not killed after the grace
+    assert not any("was killed" in line for line in log)
     assert events.lines == [b'{"n":1}'] and maps.lines == [b'{"map":"@c","key":5,"value":3}']
     assert (child.stats().received, child.stats().lost) == (1, 4)
     assert child.maps_view().stats().received == 1
