@@ -14,6 +14,7 @@ missing here.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cache
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,23 +80,14 @@ def missing_hooks(programs: Iterable[tuple[str, str]], btf: Btf | None,
     return out
 
 
-_KERNEL_BTF: dict[str, Btf | None] = {}
-
-
+@cache
 def kernel_btf(path: str) -> Btf | None:
     """A kernel's BTF (the node's /sys/kernel/btf/vmlinux or a build target's file), parsed once
     per process; None when the file cannot be read."""
-    if path not in _KERNEL_BTF:
-        try:
-            _KERNEL_BTF[path] = Btf.parse(Path(path).read_bytes())
-        except OSError:
-            _KERNEL_BTF[path] = None
-    return _KERNEL_BTF[path]
-
-
-def adopt_btf(path: str, btf: Btf) -> None:
-    """Take ``btf`` as the parse of ``path`` (one made faster elsewhere: builder/relocate.py)."""
-    _KERNEL_BTF.setdefault(path, btf)
+    try:
+        return Btf.parse(Path(path).read_bytes())
+    except OSError:
+        return None
 
 
 def lacking_forms(forms: Sequence[Sequence[str]], missing: Mapping[str, Hook]) -> list[str]:
