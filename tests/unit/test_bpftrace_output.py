@@ -4,6 +4,7 @@ bpftrace (a shell script) instead of the real one (tests/kernel/test_bpftrace.py
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -47,8 +48,15 @@ def test_lost_events_and_attached_probes_are_counts_other_messages_pass_through(
 
 
 def stand_in(tmp_path: Path, body: str) -> str:
+    """A fake bpftrace running ``body`` in sh. It starts with SIGINT at its default first, as
+    bpftrace installs its own handler: a shell cannot trap a signal it inherited ignored (which
+    it is when the test run itself was started in the background)."""
+    script = tmp_path / "bpftrace.sh"
+    script.write_text(body)
     path = tmp_path / "bpftrace"
-    path.write_text("#!/bin/sh\n" + body)
+    path.write_text(f"#!{sys.executable}\nimport os, signal, sys\n"
+                    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+                    f"os.execv('/bin/sh', ['/bin/sh', {str(script)!r}, *sys.argv[1:]])\n")
     path.chmod(0o755)
     return str(path)
 
