@@ -78,19 +78,15 @@ def _mentions(header: Path, name: str) -> bool:
     return _MENTIONS[key]
 
 
-def pch_flags(flags: Sequence[str], prefix_map: Sequence[str]) -> list[str]:
-    """The options a PCH is built with: exactly the compile's (clang refuses a PCH whose
-    language, target or macro options differ from the compile that loads it)."""
-    return [*flags, *prefix_map]
-
-
 def header_pch(header: Path, flags: Sequence[str], prefix_map: Sequence[str],
                toolchain: Toolchain, cache_dir: Path, limits: Limits) -> Path | None:
     """The cached PCH of ``header`` for these flags, built on first use (~0.5 s, once per
     reference kernel and variant); None when clang cannot make one (the compile goes on
-    without it)."""
+    without it). It is built with exactly the compile's options: clang refuses a PCH whose
+    language, target or macro options differ from the compile that loads it."""
+    options = [*flags, *prefix_map]
     key = hashlib.sha256(json.dumps({"header": header.name, "size": header.stat().st_size,
-                                     "flags": pch_flags(flags, prefix_map),
+                                     "flags": options,
                                      "toolchain": toolchain.as_dict()},
                                     sort_keys=True).encode()).hexdigest()[:20]
     pch = cache_dir / "vmlinux" / f"{header.stem}-{key}.pch"
@@ -106,7 +102,7 @@ def header_pch(header: Path, flags: Sequence[str], prefix_map: Sequence[str],
         try:
             (scratch / "vmlinux").mkdir()
             (scratch / INSIDE_HEADER).touch()  # the mount point of the cached header
-            cmd = [str(toolchain.clang), *pch_flags(flags, prefix_map), "-x", "c-header",
+            cmd = [str(toolchain.clang), *options, "-x", "c-header",
                    INSIDE_HEADER, "-o", "out.pch"]
             out = run_sandboxed(cmd, workdir=scratch, limits=limits,
                                 ro_files={INSIDE_HEADER: header})

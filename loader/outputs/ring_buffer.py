@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -115,21 +114,20 @@ def _set_wakeup(ctx: ChannelContext, latency: float) -> bool:
 
 def parse_options(doc: YamlDoc, values: Mapping[str, Node], at: str) -> dict[str, Any]:
     """``latency: 5ms``: how long an event may wait in the ring; ``0`` wakes per event."""
+    from loader.outputs.hash_map import _DURATION, _UNIT_S  # interval's durations (it imports us)
+
     if "latency" not in values:
         return {}
     node = values["latency"]
     text = str(getattr(node, "value", "")).strip() if isinstance(node, ScalarNode) else ""
     match = _DURATION.fullmatch(text)
-    seconds = float(match.group(1)) * _UNITS[match.group(2)] if match else -1.0
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2)] if match else -1.0
     if not match or (seconds and not 0.001 <= seconds <= MAX_LATENCY_S):
         raise doc.error(node, f"'latency' in {at} must be 0 or a duration from 1ms to "
                         f"{MAX_LATENCY_S:g}s, got {text or 'a list or mapping'!r}",
                         hint="e.g. latency: 5ms, 20ms, or 0 to wake per event")
     return {"latency": seconds}
 
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(us|ms|s)?")
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, None: 1.0}
 
 
 def kernel_lost(ctx: ChannelContext) -> int:
