@@ -83,15 +83,23 @@ def start_redis(workdir: Path, port: int | None = None, persist: bool = False) -
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     pidfile = workdir / f"redis-{port}.pid"
+    pidfile.unlink(missing_ok=True)  # a killed server's (a restart): its old number is not ours
     aof = ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"]
     subprocess.run(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                     *aof, "--daemonize", "yes", "--pidfile", str(pidfile),
                     "--dir", str(workdir), "--logfile", str(workdir / f"redis-{port}.log")],
                    check=True, capture_output=True)
-    # redis creates the pid file before it writes the pid: wait for the number
-    _wait("redis", lambda: _listening(port) and pidfile.exists()
-          and pidfile.read_text().strip().isdigit(), 10)
-    return Service(name="redis", pids=[int(pidfile.read_text())], url=f"redis://127.0.0.1:{port}/0")
+    # redis creates the pid file before it writes the pid: wait for the number, read once
+    pid: list[int] = []
+
+    def ready() -> bool:
+        text = pidfile.read_text().strip() if pidfile.exists() else ""
+        if text.isdigit():
+            pid[:] = [int(text)]
+        return bool(pid) and _listening(port)
+
+    _wait("redis", ready, 10)
+    return Service(name="redis", pids=pid, url=f"redis://127.0.0.1:{port}/0")
 
 
 def restart_redis(service: Service, workdir: Path, persist: bool = True) -> Service:
