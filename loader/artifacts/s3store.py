@@ -37,6 +37,18 @@ def _client(endpoint: str, config: Any) -> Any:
     return _CLIENTS[endpoint]
 
 
+_LEAN: dict[str, Any] = {}
+
+
+def _lean(client: Any, endpoint: str) -> Any:
+    """The client's LeanPuts (loader/artifacts/s3put.py), or None: small PUTs go through it."""
+    from loader.artifacts.s3put import LeanPuts
+
+    if endpoint not in _LEAN:
+        _LEAN[endpoint] = LeanPuts.usable(client, endpoint)
+    return _LEAN[endpoint]
+
+
 class S3Store:
     def __init__(self, url: str, *, endpoint: str = "", cache_dir: Path, attempts: int = ATTEMPTS) -> None:
         try:
@@ -57,6 +69,7 @@ class S3Store:
             response_checksum_validation="when_required",
             s3={"addressing_style": "path"})
         self._s3 = _client(endpoint, config)
+        self._lean = _lean(self._s3, endpoint)
 
     def __repr__(self) -> str:
         return f"S3Store({self.url})"
@@ -107,6 +120,10 @@ class S3Store:
         """Create ``key``; False when it already exists (412)."""
         from botocore.exceptions import ClientError
 
+        if self._lean is not None:
+            done = self._lean.put(self.bucket, key, data, if_none_match=True)
+            if done is not None:
+                return done
         md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
         try:
             self._call(what, self._s3.put_object, Bucket=self.bucket, Key=key, Body=data,
@@ -213,6 +230,9 @@ class S3Store:
         check_ref(name)
         check_digest(digest)
         data = digest.encode()
+        key = self._key("refs", name)
+        if self._lean is not None and self._lean.put(self.bucket, key, data, if_none_match=False):
+            return
         md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
         self._call(f"ref {name}", self._s3.put_object, Bucket=self.bucket,
                    Key=self._key("refs", name), Body=data, ContentMD5=md5)
