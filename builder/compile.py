@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from builder.pch import INSIDE_HEADER, INSIDE_PCH, header_pch, leads_with_vmlinux
 from builder.pch import forget as forget_pch, refused as pch_refused
@@ -44,6 +45,9 @@ from loader.model.manifest import Manifest, ProgramSpec
 from loader.artifacts.sources import (GENERATED, SHARED_INCLUDE, SourceFile, files_digest,
                                       source_closure, source_digest)
 from loader.artifacts.store import ArtifactStore
+
+if TYPE_CHECKING:
+    from loader.kernel.elf import ObjectInfo
 
 # Imported when first used, not with this module: what only the checks after clang need
 # (pyelftools, the BTF reader, signing) loads meanwhile in warm_checks' thread, so a command-line
@@ -380,6 +384,10 @@ class Compiled:
     warnings: str = ""
 
 
+JUST_READ: dict[str, tuple[bytes, ObjectInfo]] = {}  # object digest → its bytes and parse,
+# from the compile that made it to the first check of it (which takes it out)
+
+
 def object_ref(object_key: str) -> str:
     return f"objects/{object_key}"
 
@@ -441,6 +449,9 @@ def compile_object(store: ArtifactStore, plan: Plan, cache_dir: Path) -> Compile
                          detail="\n".join(f"  - {p}" for p in problems),
                          hint="fix the source or the manifest as each line says")
     digest = store.put_blob(data)
+    while len(JUST_READ) >= 8:  # a compile whose checks never ran (an error) leaves its own
+        JUST_READ.pop(next(iter(JUST_READ)))
+    JUST_READ[digest] = (data, info)  # its kernels' checks (builder/verdicts.py) parse it no more
     meta = ArtifactMeta(
         name=program.name, kind="bpf_object", key=plan.object_key, digest=digest, size=len(data),
         source_digest=plan.source_digest, target=reference.identity, toolchain=toolchain.as_dict(),

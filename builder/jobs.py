@@ -47,7 +47,7 @@ from builder.verdicts import Checked, check_kernel, find_done, publish_kernel
 from builder.records import Build, Job, Records, connect
 from builder.toolchain import Toolchain, find_toolchain
 from loader.artifacts.meta import index_ref, read_meta
-from loader.kernel.catalog import get_kernel
+from loader.kernel.catalog import KernelEntry, catalog_ref
 from loader.errors import BpfDepotError, BuildError, KernelRefused, StoreError
 from loader.model.manifest import Manifest, load_bundle
 from loader.model.settings import Settings
@@ -96,6 +96,7 @@ def fan_out(ctx: Context, build_id: str) -> Iterator[tuple[str, list[str]]]:
 
     try:
         unpacked(ctx, build.bundle)  # once, before the threads race to unpack it
+        load_methods(ctx, build_id, [job.target for job in build.jobs.values()])
         steps = [(job, *job_steps(ctx, build, job.program, job.target)) for job in build.jobs.values()]
         # one listing per program's sources tells which kernels have a verdict at all: a fresh
         # build of 30 kernels asks the store 1 question per program, not 30
@@ -192,21 +193,46 @@ def unpacked(ctx: Context, bundle: str) -> Manifest:
 
 
 _BTF_PATHS: dict[str, Path] = {}  # verified once per process: blobs never change
-ENTRY_TTL_S = 10.0                 # a kernel entry read this recently is read again no sooner
-_ENTRIES: dict[str, tuple[float, object]] = {}
+ENTRY_TTL_S = 10.0                 # the kernel catalog listed this recently is listed again no sooner
 _TARGETS: dict[str, tuple[object, Target]] = {}
 
 
-def kernel_entry(ctx: Context, target: str):
-    """The catalog entry of ``target`` (None if absent), read at most every ENTRY_TTL_S: a node
-    may register newer features, but a build of 30 kernels × 30 programs must not read it for
-    every job."""
-    now = time.monotonic()
-    cached = _ENTRIES.get(target)
-    if cached is None or now - cached[0] > ENTRY_TTL_S:
+class _Catalog:
+    """The kernel catalog as this process last listed it: every entry's ref and digest, from
+    one listing at most every ENTRY_TTL_S (an unchanged S3 listing is one request), and the
+    entries read so far by digest (content-addressed: read once). A build of 30 kernels × 30
+    programs asks the store once, not twice per kernel per task; a kernel the listing lacks
+    is listed again at once (added since), so a new kernel is never refused for a stale list."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.listed_at = float("-inf")
+        self.refs: dict[str, str] = {}
+        self.entries: dict[str, KernelEntry] = {}
+
+    def entry(self, store: ArtifactStore, target: str) -> KernelEntry | None:
         arch, _, btf = target.partition("-")
-        cached = _ENTRIES[target] = (now, get_kernel(ctx.store, arch, btf))
-    return cached[1]
+        name = catalog_ref(arch, btf)
+        with self.lock:
+            if name not in self.refs or time.monotonic() - self.listed_at > ENTRY_TTL_S:
+                self.listed_at = time.monotonic()
+                self.refs = store.read_refs(name.rpartition("/")[0])
+            digest = self.refs.get(name)
+            if digest is None:
+                return None
+            if digest not in self.entries:
+                self.entries[digest] = KernelEntry.from_json(
+                    store.read_blob(digest), where=f"kernel entry {name} ({digest})")
+            return self.entries[digest]
+
+
+_CATALOG = _Catalog()
+
+
+def kernel_entry(ctx: Context, target: str) -> KernelEntry | None:
+    """The catalog entry of ``target`` (None if absent), as listed at most ENTRY_TTL_S ago: a
+    node may register newer features, but a build must not read the catalog for every job."""
+    return _CATALOG.entry(ctx.store, target)
 
 
 def target_of(ctx: Context, target: str) -> Target:
@@ -308,15 +334,25 @@ _METHODS: dict[tuple[str, str], str] = {}
 def load_method(ctx: Context, build_id: str, target: str) -> str:
     """How the build load-tests its objects for ``target`` (builder/loadtests.py), decided once
     per build, by its first task, so that every task computes the same record keys."""
-    if (build_id, target) not in _METHODS:
-        from builder.loadtests import method_for
+    return load_methods(ctx, build_id, [target])[target]
 
-        entry = kernel_entry(ctx, target)
-        method = method_for(ctx.redis, entry) if entry is not None else ""
+
+def load_methods(ctx: Context, build_id: str, targets: list[str]) -> dict[str, str]:
+    """``load_method`` of each target; those this process does not know yet are decided
+    together, in two round trips (a task of 30 kernels would otherwise make 60)."""
+    missing = [t for t in dict.fromkeys(targets) if (build_id, t) not in _METHODS]
+    if missing:
+        from builder.loadtests import methods_for
+
+        entries = {t: kernel_entry(ctx, t) for t in missing}
+        known = [t for t in missing if entries[t] is not None]
+        methods = dict.fromkeys(missing, "") | dict(zip(known, methods_for(
+            ctx.redis, [entries[t] for t in known])))
         if len(_METHODS) > 4096:  # a long-lived worker sees many builds
             _METHODS.clear()
-        _METHODS[(build_id, target)] = ctx.records.decide(build_id, f"load-test:{target}", method)
-    return _METHODS[(build_id, target)]
+        decided = ctx.records.decide_many(build_id, {f"load-test:{t}": m for t, m in methods.items()})
+        _METHODS.update({(build_id, t): decided[f"load-test:{t}"] for t in missing})
+    return {t: _METHODS[(build_id, t)] for t in targets}
 
 
 def compile_job(ctx: Context, build_id: str, program: str, target: str | list[str], *,
@@ -353,6 +389,7 @@ def compile_job(ctx: Context, build_id: str, program: str, target: str | list[st
             what = f"check of '{program}'"
             key = plan_check(manifest.program(program), target_of(ctx, jobs[0].target)).key
         else:
+            load_methods(ctx, build_id, [job.target for job in jobs])
             plans = [plan_of(ctx, build, manifest, program, job.target) for job in jobs]
             key = plans[0].object_key
         # The whole task runs under its key's lock: a redelivery (a task longer than the
@@ -410,8 +447,8 @@ def _compile_and_check(ctx: Context, build_id: str, jobs: list[Job], plans: list
     round trip); returns the kernels whose candidates wait for a load test."""
     compiled = find_compiled(ctx.store, plans[0].object_key)
     if compiled is None:
-        for job in jobs:
-            ctx.records.update(build_id, replace(job, state="compiling", worker=worker))
+        ctx.records.update_many(build_id, [replace(job, state="compiling", worker=worker)
+                                           for job in jobs])
         compiled = compile_object(ctx.store, plans[0], ctx.settings.cache)
     # each kernel's check is ~1 ms of CPU and its publishing two store writes: overlapped, a
     # compile for 30 kernels costs little more than one for a single kernel

@@ -46,8 +46,15 @@ def node_queue(target: str) -> str:
 
 def live_nodes(redis, target: str) -> list[str]:
     """The nodes of kernel ``target`` that announced themselves within NODE_TTL_S."""
-    now = time.time()
-    return [n.decode() for n in redis.zrangebyscore(_NODES + target, now - NODE_TTL_S, "+inf")]
+    return live_nodes_of(redis, [target])[target]
+
+
+def live_nodes_of(redis, targets: list[str]) -> dict[str, list[str]]:
+    """``live_nodes`` of each target, in one round trip."""
+    pipe, now = redis.pipeline(transaction=False), time.time()
+    for target in targets:
+        pipe.zrangebyscore(_NODES + target, now - NODE_TTL_S, "+inf")
+    return {t: [n.decode() for n in names] for t, names in zip(targets, pipe.execute())}
 
 
 def announce(redis, target: str, name: str, stop: threading.Event) -> threading.Thread:
@@ -73,14 +80,18 @@ def announce(redis, target: str, name: str, stop: threading.Event) -> threading.
 def method_for(redis, entry: KernelEntry) -> str:
     """How ``entry`` is load-tested now: "node" (a node of it is live), "vm" (its image boots
     here), or "" (neither: the object is published after its relocation check alone)."""
+    return methods_for(redis, [entry])[0]
+
+
+def methods_for(redis, entries: list[KernelEntry]) -> list[str]:
+    """``method_for`` of each entry, asking Redis once for all of them."""
     from builder.vmtest import can_vm_test
 
-    target = f"{entry.arch}-{entry.btf_digest}"
-    if redis is not None and live_nodes(redis, target):
-        return "node"
-    if os.environ.get("BPFDEPOT_VM_TESTS", "1") != "0" and can_vm_test(entry) is None:
-        return "vm"
-    return ""
+    targets = [f"{e.arch}-{e.btf_digest}" for e in entries]
+    live = live_nodes_of(redis, targets) if redis is not None and targets else {}
+    vm = os.environ.get("BPFDEPOT_VM_TESTS", "1") != "0"
+    return ["node" if live.get(t) else "vm" if vm and can_vm_test(e) is None else ""
+            for t, e in zip(targets, entries)]
 
 
 def candidate(store, checked: Checked) -> str:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builder.compile import (CHECK_VERSION, Built, Compiled, Plan, Target, check_hooks,
+from builder.compile import (CHECK_VERSION, JUST_READ, Built, Compiled, Plan, Target, check_hooks,
                              compile_object, find_compiled)
 from loader.artifacts.meta import ArtifactMeta, index_ref, meta_of_ref, read_index
 from loader.artifacts.store import ArtifactStore
@@ -42,24 +42,41 @@ if TYPE_CHECKING:
 
 _PARSED: dict[str, tuple[ObjectInfo, ObjectRelocations]] = {}
 _PARSED_MAX = 256  # objects a worker keeps parsed: each of its tasks checks one for many kernels
+_PARSING = threading.Lock()
+_PARSING_ONE: dict[str, threading.Lock] = {}
 
 
 def _parsed(store: ArtifactStore, digest: str, what: str) -> tuple[ObjectInfo, ObjectRelocations]:
     """An object's ELF and its relocations, parsed once per process: checking it for 30 kernels
-    then reads and hashes it once, not 30 times."""
+    then reads and hashes it once, not 30 times. The kernels' checks run in threads that all
+    start by asking for it: one parses, the others wait for its result (eight threads parsing
+    the same object at once cost more than the checks themselves)."""
     found = _PARSED.get(digest)
-    if found is None:
-        from builder.relocate import core_relocations
-        from loader.kernel.elf import read_object
+    if found is not None:
+        return found
+    with _PARSING:
+        one = _PARSING_ONE.setdefault(digest, threading.Lock())
+    with one:
+        found = _PARSED.get(digest)
+        if found is None:
+            from builder.relocate import core_relocations
+            from loader.kernel.elf import read_object
 
-        data = store.read_blob(digest)
-        found = (read_object(data, what), core_relocations(data))
-        if len(_PARSED) >= _PARSED_MAX:
-            _PARSED.pop(next(iter(_PARSED)))
-        _PARSED[digest] = found
+            data, info = JUST_READ.pop(digest, (None, None))
+            if data is None:
+                data = store.read_blob(digest)
+                info = read_object(data, what)
+            found = (info, core_relocations(data))
+            if len(_PARSED) >= _PARSED_MAX:
+                _PARSED.pop(next(iter(_PARSED)))
+            _PARSED[digest] = found
+    with _PARSING:
+        _PARSING_ONE.pop(digest, None)
     return found
+
+
 GUARD_HINT = ("guard the access with bpf_core_field_exists()/bpf_core_type_exists() (or read a "
-              "___flavour type), or leave this kernel out of the targets")  # by object digest: a worker checks one object many times
+              "___flavour type), or leave this kernel out of the targets")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -103,6 +103,7 @@ def test_an_unexpected_error_in_planning_fails_the_job_with_its_message(tmp_path
     monkeypatch.setattr(jobs, "toolchain", lambda cache: None)
     monkeypatch.setattr(jobs, "plan_build", plan)
     monkeypatch.setattr(jobs, "load_method", lambda ctx, build_id, target: "")
+    monkeypatch.setattr(jobs, "load_methods", lambda ctx, build_id, targets: dict.fromkeys(targets, ""))
     monkeypatch.setattr(jobs, "closure_of", lambda *args: ())
     jobs.compile_job(_ctx(records, tmp_path), "b1", "demo", "x86_64-ab", delivery="t:0",
                      attempt=0, worker="w")
@@ -119,3 +120,60 @@ def test_recorded_errors_name_the_bundle_not_the_workers_cache(tmp_path: Path) -
     assert jobs.bundle_paths(text, root) == (
         "clang failed\n<bundle>/x.bpf.c:3:10: error: expected ';'\n"
         "program 'x' includes <bundle>/../y.h, outside its bundle")
+
+
+class CountingStore:
+    """A LocalStore that counts the calls made to it."""
+
+    def __init__(self, root: Path) -> None:
+        from loader.artifacts.store import LocalStore
+
+        self.inner, self.calls = LocalStore(root), []
+
+    def __getattr__(self, name: str):
+        self.calls.append(name)
+        return getattr(self.inner, name)
+
+
+def test_kernel_entries_come_from_one_listing_and_a_new_kernel_is_listed_at_once(
+        tmp_path: Path, monkeypatch) -> None:
+    from loader.kernel.catalog import put_kernel
+    from tests.unit.test_catalog import CATALOG
+
+    monkeypatch.setattr(jobs, "_CATALOG", jobs._Catalog())
+    store = CountingStore(tmp_path / "store")
+    first, second = CATALOG[0], CATALOG[1]
+    put_kernel(store.inner, first)
+    ctx = jobs.Context(settings=Settings(home=tmp_path, kernel_btf=tmp_path / "btf"), store=store, records=None, redis=None)
+
+    def key(e) -> str:
+        return f"{e.arch}-{e.btf_digest}"
+    assert [jobs.kernel_entry(ctx, key(first)) for _ in range(20)] == [first] * 20
+    assert store.calls.count("read_refs") == 1 and store.calls.count("read_blob") == 1
+    put_kernel(store.inner, second)  # added after the listing: listed again, not refused
+    assert jobs.kernel_entry(ctx, key(second)) == second
+    assert store.calls.count("read_refs") == 2
+    assert jobs.kernel_entry(ctx, "x86_64-" + "ff" * 32) is None
+    monkeypatch.setattr(jobs, "ENTRY_TTL_S", -1.0)  # an entry a node re-registered is seen
+    probed = replace(first, features_from="probed")
+    put_kernel(store.inner, probed)
+    assert jobs.kernel_entry(ctx, key(first)) == probed
+
+
+def test_load_methods_are_decided_for_many_kernels_in_one_go(tmp_path: Path, monkeypatch) -> None:
+    from tests.unit.test_catalog import CATALOG
+
+    decided: list[dict[str, str]] = []
+
+    class Records:
+        def decide_many(self, build_id: str, values: dict[str, str]) -> dict[str, str]:
+            decided.append(values)
+            return {n: "node" if n.endswith("-first") else v for n, v in values.items()}
+
+    monkeypatch.setattr(jobs, "kernel_entry", lambda ctx, t: None if t == "gone" else CATALOG[0])
+    monkeypatch.setenv("BPFDEPOT_VM_TESTS", "0")
+    ctx = jobs.Context(settings=Settings(home=tmp_path, kernel_btf=tmp_path / "btf"), store=None, records=Records(), redis=None)
+    got = jobs.load_methods(ctx, "b-many", ["a-first", "b", "gone", "b"])
+    assert got == {"a-first": "node", "b": "", "gone": ""}  # a decision taken first wins
+    assert len(decided) == 1 and set(decided[0]) == {"load-test:a-first", "load-test:b", "load-test:gone"}
+    assert jobs.load_method(ctx, "b-many", "b") == "" and len(decided) == 1  # known: not asked again
