@@ -79,14 +79,20 @@ def running_kernel(btf: Path = Path("/sys/kernel/btf/vmlinux")) -> KernelIdentit
     return KernelIdentity(release=uname.release, arch=uname.machine, btf_digest=file_digest(btf))
 
 
-def _probe_one(name: str) -> Feature:
+# the kernel functions and types the tp_btf, fentry/fexit and lsm probes attach to
+_BTF_NAMES = {"btf_trace_sched_switch": _BTF_KIND_TYPEDEF, "do_nanosleep": _BTF_KIND_FUNC,
+              "bpf_lsm_file_open": _BTF_KIND_FUNC}
+
+
+def _probe_one(name: str, btf_ids: dict[str, int]) -> Feature:
+    """Probe one feature; ``btf_ids``: the kernel BTF ids the probes attach to (_BTF_NAMES)."""
     from loader.libbpf import core as libbpf  # cffi: imported here so identity needs no libbpf
 
     def prog(ptype: str, attach: str | None = None, btf_name: str | None = None,
              btf_kind: int = _BTF_KIND_FUNC) -> Feature:
         btf_id = 0
         if btf_name:
-            btf_id = libbpf.vmlinux_btf_id(btf_name, btf_kind)
+            btf_id = btf_ids[btf_name]
             if btf_id < 0:
                 return Feature(name=name, ok=False, why=f"no {btf_name} in kernel BTF")
         rc = libbpf.probe_prog(_PROG[ptype], _ATTACH[attach] if attach else 0, btf_id)
@@ -125,7 +131,10 @@ def probe_features(identity: KernelIdentity, cache_dir: Path) -> dict[str, Featu
         raise KernelUnsupported(
             f"cannot probe the features of {identity}: probing loads programs, which needs root",
             hint="run `sudo bpfdepot kernel` once; the result is cached per kernel")
-    found = {name: _probe_one(name) for name in FEATURES}
+    from loader.libbpf import core as libbpf
+
+    ids = dict(zip(_BTF_NAMES, libbpf.vmlinux_btf_ids(list(_BTF_NAMES.items()))))
+    found = {name: _probe_one(name, ids) for name in FEATURES}
     if all(not f.ok for f in found.values()):
         # nothing loads at all: most likely a permission problem, not a feature list to keep
         raise KernelUnsupported(f"no BPF program type loads on {identity} ({found['tracepoint'].why})",

@@ -245,6 +245,16 @@ def vmlinux_btf_id(name: str, kind: int) -> int:
     return lib.bpfdepot_vmlinux_btf_id(name.encode(), kind)
 
 
+def vmlinux_btf_ids(wanted: list[tuple[str, int]]) -> list[int]:
+    """``vmlinux_btf_id`` of each (name, kind), reading the kernel's BTF once; all -errno when
+    it cannot be read."""
+    keep = [ffi.new("char[]", name.encode()) for name, _ in wanted]
+    ids = ffi.new("int[]", len(wanted))
+    rc = lib.bpfdepot_vmlinux_btf_ids(ffi.new("char *[]", keep), [k for _, k in wanted], ids,
+                                      len(wanted))
+    return [rc] * len(wanted) if rc < 0 else list(ids)
+
+
 # --- Attach kinds (perf_event, uprobe) and program controls (map sizing, byte knobs) ---------
 # Used by loader/attach/perf_event.py, loader/attach/uprobe.py and loader/session.py.
 

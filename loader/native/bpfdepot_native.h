@@ -101,6 +101,7 @@ struct bpfdepot_route { /* one consumer of a channel: a processor and its worker
 	struct bpfdepot_encoder key;  /* one op: the hash field as text; nops 0 = no hash */
 	unsigned int key_bytes;       /* bytes of the field hashed */
 	unsigned int key_end;         /* events shorter than this have no key */
+	unsigned int key_text;        /* 1: frames carry the key as text (a sink keys records) */
 	unsigned int nworkers, next;  /* next: round robin when there is no key */
 	struct bpfdepot_wbuf **workers;
 	uint64_t sent;                /* events framed for its workers */
@@ -180,6 +181,7 @@ struct bpf_object *bpfdepot_open(const char *path, const char *btf_custom_path);
 int bpfdepot_probe_prog(int prog_type, int attach_type, int attach_btf_id);
 int bpfdepot_probe_map(int map_type, int key_size, int value_size, int max_entries);
 int bpfdepot_vmlinux_btf_id(const char *name, int kind);
+int bpfdepot_vmlinux_btf_ids(const char **names, const int *kinds, int *ids, int n);
 int bpfdepot_encode_sample(void *ctx, void *data, size_t size);
 int bpfdepot_encode_batch(struct bpfdepot_encoder *enc, const void *data, size_t size, size_t count);
 void bpfdepot_encoder_free(struct bpfdepot_encoder *enc);
