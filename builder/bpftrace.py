@@ -146,8 +146,37 @@ def bpftrace_version(binary: str) -> str:
     return done.stdout.strip().removeprefix("bpftrace ").strip() or "unknown"
 
 
+# Probe kinds whose arguments bpftrace does not take from kernel BTF (tracepoint args come from
+# the build host's tracefs, kprobes' and uprobes' from registers); kfunc, iter and the others do.
+_NO_BTF_PROBES = {"tracepoint", "t", "rawtracepoint", "rt", "kprobe", "k", "kretprobe", "kr",
+                  "uprobe", "u", "uretprobe", "ur", "usdt", "U", "profile", "p", "interval", "i",
+                  "software", "s", "hardware", "h", "BEGIN", "END"}
+_BTF_CODE_RE = re.compile(r"\b(?:struct|union|enum|typeof|sizeof|offsetof|args)\b|->|#include")
+_TYPES_PASSED: set[tuple[str, str]] = set()  # (bpftrace binary, script digest) of BTF-free scripts
+
+
+def uses_btf(text: str) -> bool:
+    """Whether bpftrace's type check of ``text`` can depend on the kernel's BTF: a probe kind
+    that takes its arguments from BTF, or code naming types, fields or headers. (Conservative:
+    a script this says no to type-checks the same against every kernel.)"""
+    code = blank(text)
+    kinds = {p.spec.split(":", 1)[0] for p in probes_of(text)}
+    return not kinds <= _NO_BTF_PROBES or _BTF_CODE_RE.search(code) is not None
+
+
 def check_types(binary: str, data: bytes, btf: Path, path: str, kernel: str) -> None:
-    """``bpftrace --emit-elf`` against the target's BTF; its first error, at the user's line."""
+    """``bpftrace --emit-elf`` against the target's BTF; its first error, at the user's line.
+    A script whose check cannot depend on BTF (uses_btf) and passed once in this process passes
+    for every kernel without running bpftrace again (~90 ms each: a build for 30 kernels)."""
+    shared = (binary, hashlib.sha256(data).hexdigest())
+    if shared in _TYPES_PASSED:
+        return
+    _check_types(binary, data, btf, path, kernel)
+    if not uses_btf(data.decode(errors="replace")):
+        _TYPES_PASSED.add(shared)
+
+
+def _check_types(binary: str, data: bytes, btf: Path, path: str, kernel: str) -> None:
     with tempfile.TemporaryDirectory(prefix="bpftrace-check-") as scratch:
         script = Path(scratch) / "script.bt"
         script.write_bytes(data)

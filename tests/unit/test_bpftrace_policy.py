@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from builder import bpftrace
 from builder.bpftrace import Probe, blank, check_policy, hook_of_probe, probes_of
 from loader.errors import BuildError
 from loader.kernel.hooks import Hook
@@ -71,3 +72,35 @@ def test_probes_map_to_hooks_the_kernel_btf_can_answer() -> None:
     assert hook_of_probe("tracepoint:syscalls:sys_enter_*") is None  # wildcards: bpftrace expands
     assert hook_of_probe("interval:s:1") is None
     assert not Hook("tracepoint", "sys_enter_getppid", "syscalls").in_btf
+
+
+@pytest.mark.parametrize(("script", "needs"), [
+    ('t:sched:sched_switch { @[comm] = count(); } // a struct in a comment', False),
+    ('tracepoint:syscalls:sys_enter_getppid /comm == "x->y"/ { printf("struct\\n"); }', False),
+    ('profile:hz:99 { @[kstack] = count(); } interval:s:1 { print(@); }', False),
+    ('kfunc:vfs_read { @[comm] = count(); }', True),
+    ('iter:task { printf("x"); }', True),
+    ('t:syscalls:sys_enter_openat { printf("%s", str(args->filename)); }', True),
+    ('k:tcp_sendmsg { $s = (struct sock *)arg0; }', True),
+    ('#include <linux/sched.h>\nk:do_exit { @ = count(); }', True),
+])
+def test_scripts_whose_type_check_cannot_depend_on_kernel_btf(script: str, needs: bool) -> None:
+    assert bpftrace.uses_btf(script) is needs
+
+
+def test_a_btf_free_script_is_type_checked_once_for_every_kernel(monkeypatch, tmp_path) -> None:
+    runs: list[str] = []
+    monkeypatch.setattr(bpftrace, "_check_types", lambda binary, data, btf, path, kernel: runs.append(kernel))
+    monkeypatch.setattr(bpftrace, "_TYPES_PASSED", set())
+    free, typed = b"t:sched:sched_switch { @ = count(); }", b"kfunc:vfs_read { @ = count(); }"
+    for kernel in ("6.1", "6.12", "6.18"):
+        bpftrace.check_types("/usr/bin/bpftrace", free, tmp_path / kernel, "a.bt", kernel)
+        bpftrace.check_types("/usr/bin/bpftrace", typed, tmp_path / kernel, "b.bt", kernel)
+    assert runs == ["6.1", "6.1", "6.12", "6.18"]  # the free one once; the typed one per kernel
+
+    def refuse(binary, data, btf, path, kernel):
+        raise BuildError(f"{path}:1: syntax error in {kernel}")
+    monkeypatch.setattr(bpftrace, "_check_types", refuse)
+    for kernel in ("6.1", "6.12"):  # a refusal is never remembered: each kernel is named
+        with pytest.raises(BuildError, match=f"in {kernel}"):
+            bpftrace.check_types("/usr/bin/bpftrace", b"t:a:b { oops }", tmp_path, "c.bt", kernel)
