@@ -186,8 +186,8 @@ def run_bpfdepot_tsdb(producer: Path, home: Path, db: Path) -> Run:
                 reader = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
             if reader is None:
                 continue
-            try:  # max(rowid) is a cheap progress mark; the exact count only once it can be N
-                top = reader.execute("SELECT max(rowid) FROM events").fetchone()[0] or 0
+            try:  # the chunks' record counts are a cheap progress mark; the exact count only once it can be N
+                top = reader.execute("SELECT coalesce(sum(n), 0) FROM chunks").fetchone()[0]
                 if top != rows:
                     rows, last = top, time.monotonic()
                 if top >= N:

@@ -7,10 +7,10 @@ incremental refresh.
     python bench/bench_ui.py --records 1000000 --reps 20
 
 The store is filled once per (records, schema, generator version) under /var/tmp/bpfdepot-bench-ui
-in the exact schema of loader/sinks/tsdb.py (the TsdbSink creates it; rows go in as bulk
-inserts), spread over one hour: l7 HTTP calls 40 %, tcp_connlat events 25 %, cpu_profile stacks
-15 %, topology edge snapshots 10 % (cumulative, 1,000 edges), skb_drops counts 5 % (cumulative),
-filelat events 5 %; 20 comms, 10 units, 10 pods. The cache is rebuilt cold each run (its time is
+in the exact schema of loader/sinks/tsdb.py (the TsdbSink creates it; chunks of CHUNK records of
+one stream, at their first record's time, go in as bulk inserts), spread over one hour: l7 HTTP
+calls 40 %, tcp_connlat events 25 %, cpu_profile stacks 15 %, topology edge snapshots 10 %
+(cumulative, 1,000 edges), skb_drops counts 5 % (cumulative), filelat events 5 %; 20 comms, 10 units, 10 pods. The cache is rebuilt cold each run (its time is
 "first visit"); the baseline reads the store with json_extract over the page's time range
 through the (stream_id, ts_ns) index, as a page without the cache would have to.
 """
@@ -36,6 +36,7 @@ from loader.ui.server import open_ui
 FOLDER = Path("/var/tmp/bpfdepot-bench-ui")
 GENERATOR = 2          # bump when the records written change
 SPAN_S = 3600
+CHUNK = 64             # records per chunk: a busy node's write() of one poll
 GOAL_MS = 300.0
 MIX = (("l7.l7_events", 0.40), ("tcp_connlat.tcp_connlat_events", 0.25), ("cpu_profile.counts", 0.15),
        ("topology.topology_edges", 0.10), ("skb_drops.drops", 0.05), ("filelat.filelat_events", 0.05))
@@ -107,6 +108,18 @@ def _rows(stream: int, name: str, n: int, t0: int, rnd: random.Random):
                    f'"latency_us":{rnd.lognormvariate(9.5, 0.5):.3f},"file":"data.log",{_labels(c)}}}'))
 
 
+def _chunks(rows):
+    """(ts_ns, stream_id, n, records) chunks of CHUNK consecutive rows, at the first one's time."""
+    batch: list = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == CHUNK:
+            yield batch[0][0], batch[0][1], len(batch), "[" + ",".join(r[3] for r in batch) + "]"
+            batch = []
+    if batch:
+        yield batch[0][0], batch[0][1], len(batch), "[" + ",".join(r[3] for r in batch) + "]"
+
+
 def filled(records: int) -> tuple[Path, float, int]:
     """The store with ``records`` rows (made once; cached by size, schema and generator), the
     seconds filling took (0 when cached) and its first second."""
@@ -114,7 +127,8 @@ def filled(records: int) -> tuple[Path, float, int]:
     t0_s = 1_700_000_000
     if path.is_file():
         with sqlite3.connect(path) as db:  # a run killed while measuring the tail leaves its rows
-            db.execute("DELETE FROM events WHERE id > ?", (sum(int(records * s) for _, s in MIX),))
+            db.execute("DELETE FROM chunks WHERE id > ?",
+                       (sum(-(-int(records * s) // CHUNK) for _, s in MIX),))
         return path, 0.0, t0_s
     FOLDER.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
@@ -129,10 +143,10 @@ def filled(records: int) -> tuple[Path, float, int]:
     for sid, (name, _) in enumerate(MIX, 1):
         db.execute("INSERT INTO streams(id, name, created_ns) VALUES (?, ?, ?)", (sid, name, t0_s * 10**9))
     # in time order across streams, as a node's writer commits them
-    rows = heapq.merge(*(_rows(sid, name, int(records * share), t0_s * 10**9, rnd)
-                         for sid, (name, share) in enumerate(MIX, 1)), key=lambda r: r[0])
+    chunks = heapq.merge(*(_chunks(_rows(sid, name, int(records * share), t0_s * 10**9, rnd))
+                           for sid, (name, share) in enumerate(MIX, 1)), key=lambda c: c[0])
     db.execute("BEGIN")
-    db.executemany("INSERT INTO events(ts_ns, stream_id, key, record) VALUES (?, ?, ?, ?)", rows)
+    db.executemany("INSERT INTO chunks(ts_ns, stream_id, n, records) VALUES (?, ?, ?, ?)", chunks)
     db.execute("COMMIT")
     db.close()
     partial.rename(path)
@@ -229,7 +243,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
         # the tail: rows a running writer adds, summed by the next refresh
         more = sqlite3.connect(db)
         try:
-            (top,) = more.execute("SELECT max(id) FROM events").fetchone()
+            (top,) = more.execute("SELECT max(id) FROM chunks").fetchone()
             rows.append(_tail_row(db, cache, more, top))
         finally:
             more.close()
@@ -241,10 +255,10 @@ def measure(args: argparse.Namespace) -> list[Row]:
 
 def _tail_row(db: Path, cache: Path, more: sqlite3.Connection, top: int) -> Row:
     """10,000 new rows (a second of a busy writer) summed into a warm cache; then removed."""
-    sample = more.execute("SELECT ts_ns, stream_id, key, record FROM events WHERE id > ? - 10000",
-                          (top,)).fetchall()
+    sample = more.execute("SELECT ts_ns, stream_id, n, records FROM chunks WHERE id > ?",
+                          (top - 10_000 // CHUNK,)).fetchall()
     more.execute("BEGIN")
-    more.executemany("INSERT INTO events(ts_ns, stream_id, key, record) VALUES (?, ?, ?, ?)", sample)
+    more.executemany("INSERT INTO chunks(ts_ns, stream_id, n, records) VALUES (?, ?, ?, ?)", sample)
     more.execute("COMMIT")
     try:
         data = Data(db, cache)
@@ -253,7 +267,7 @@ def _tail_row(db: Path, cache: Path, more: sqlite3.Connection, top: int) -> Row:
         took = time.perf_counter() - start
         data.close()
     finally:
-        more.execute("DELETE FROM events WHERE id > ?", (top,))
+        more.execute("DELETE FROM chunks WHERE id > ?", (top,))
         for old in FOLDER.glob("bench.ui-cache*"):
             old.unlink()  # its watermark passed rows that are gone now
     return Row(metric="refresh: 10,000 new rows into a warm cache", value=ms(took))

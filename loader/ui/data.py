@@ -1,6 +1,6 @@
 """Every SQL statement the web view runs, so a change of the store's schema touches one module.
 
-Two files. **The store** (loader/sinks/tsdb.py, schema 1) is opened read-only (a ``mode=ro``
+Two files. **The store** (loader/sinks/tsdb.py, schema 2 or 1) is opened read-only (a ``mode=ro``
 URI and ``query_only``): ``bpfdepot run`` may be writing it. **The rollup cache** is the UI's
 own SQLite file (default ``<store>.ui-cache`` beside it): events summed per slot of 10 s, 1 min
 and 10 min and per label group (comm, unit, pod, namespace) — latency as quarter-octave
@@ -9,11 +9,14 @@ raw rows: the store needs ~1 s per million rows to json_extract a group-by (tsdb
 the 300 ms a page may take. Totals read the coarsest slots that fit inside the range and finer
 ones at its ends (``Slots.pieces``), so an hour is six 10-min slots plus a few others.
 
-The cache grows incrementally from a watermark, the highest ``events.id`` it has summed: the
-writer commits in id order (one write lock), so every later row has a higher id. The rows past
-the watermark are summed in chunks of ids, each stream's read through the (stream_id, ts_ns)
-index within the chunk's time window, each chunk committed with its new watermark (a killed UI
-resumes where it stopped; a second UI on the same cache skips a chunk the first one summed).
+The cache grows incrementally from a watermark, the highest id it has summed (a ``chunks.id``
+in schema 2, where a row holds a run of records; an ``events.id`` in schema 1, a row per
+record): the writer commits in id order (one write lock), so every later row has a higher id.
+The rows past the watermark are summed in steps of about CHUNK_ROWS records, each stream's
+read through the (stream_id, ts_ns) index within the step's time window (in schema 2 each chunk
+then through json_each, one pass per chunk), each step committed with its new watermark (a
+killed UI resumes where it stopped; a second UI on the same cache skips a step the first one
+summed).
 Additive streams (events, stack counts that reset per read) are summed in SQL with the store
 attached read-only, one JSON parse per row, grouped at once; cumulative ones
 (hash maps and histograms read without reset: topology edges, drop counts, RTT histograms) are
@@ -39,9 +42,9 @@ from urllib.parse import quote
 from loader.ui import UiError
 
 SLOT_NS = 10 * 10**9       # the rollup's time resolution: 10 s
-CHUNK_ROWS = 50_000        # store rows summed per cache transaction
+CHUNK_ROWS = 50_000        # store records summed per cache transaction (at least one chunk)
 CACHE_SCHEMA = "4"
-TSDB_SCHEMA = "1"
+TSDB_SCHEMAS = ("1", "2")  # loader/sinks/tsdb.py: a row per record (1) or per run of records (2)
 LABELS = ("comm", "unit", "pod", "namespace")
 BUSY_MS = 5000
 
@@ -103,20 +106,47 @@ _L7_METRIC = ("CASE json_extract(record, '$.protocol') WHEN 'http1' THEN 'http' 
               "CASE WHEN json_type(record, '$.grpc_status') IS NULL THEN 'http' ELSE 'grpc' END "
               "ELSE json_extract(record, '$.protocol') END")
 _TO_PEER = "json_extract(record, '$.daddr') || ':' || json_extract(record, '$.dport')"
-# the rows of one stream in one chunk of ids, found through the (stream_id, ts_ns) index within
-# the chunk's time window: a rowid range would read every stream's rows once per stream, and
-# the index alone (stream_id) would walk the stream's whole history for every chunk
+# the rows of one stream in one step of ids, found through the (stream_id, ts_ns) index within
+# the step's time window: a rowid range would read every stream's rows once per stream, and
+# the index alone (stream_id) would walk the stream's whole history for every step
 _CHUNK = "stream_id = ? AND ts_ns BETWEEN ? AND ? AND id > ? AND id <= ?"
-_FROM_CHUNK = f"FROM t.events INDEXED BY events_stream_ts WHERE {_CHUNK}"
+
+
+class Layout(NamedTuple):
+    """How the rollup reads one schema of the store: ``table`` has a row per stored unit (id,
+    stream_id, ts_ns); ``rows`` is a FROM clause giving one row per record (ts_ns, record, in
+    insertion order by ``order``) of one stream in one step, for the parameters of _CHUNK;
+    ``count`` counts those records without reading them. ``{db}`` is "t." (the attached
+    store) or "" (the store's own connection)."""
+
+    schema: str
+    table: str
+    rows: str
+    order: str
+    count: str
+
+
+LAYOUTS = {
+    "1": Layout(schema="1", table="events", order="id",
+                rows=f"FROM {{db}}events INDEXED BY events_stream_ts WHERE {_CHUNK}",
+                count=f"SELECT count(*) FROM {{db}}events INDEXED BY events_stream_ts WHERE {_CHUNK}"),
+    "2": Layout(schema="2", table="chunks", order="id, ix",
+                rows=("FROM (SELECT c.ts_ns AS ts_ns, j.value AS record, c.id AS id, j.key AS ix "
+                      "FROM {db}chunks AS c INDEXED BY chunks_stream_ts, json_each(c.records) AS j "
+                      "WHERE c.stream_id = ? AND c.ts_ns BETWEEN ? AND ? AND c.id > ? AND c.id <= ?) "
+                      "WHERE true"),
+                count=("SELECT coalesce(sum(n), 0) FROM {db}chunks INDEXED BY chunks_stream_ts "
+                       f"WHERE {_CHUNK}")),
+}
 # one JSON pass per row, grouped at once by everything any table keys on: each level of each
 # table is then summed from these few groups (a chunk of 50,000 events makes ~1,000 of them)
 _EXTRACT_EV = (f"INSERT INTO temp.ev SELECT ts_ns / {SLOT_NS}, {_L}, {{metric}}, {{q}}, {{peer}}, "
-               f"{{role}}, count(*), sum({{ns}}), sum({{err}}) {_FROM_CHUNK} {{cond}} "
+               f"{{role}}, count(*), sum({{ns}}), sum({{err}}) {{rows}} {{cond}} "
                "GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9")
 _EXTRACT_ST = (f"INSERT INTO temp.st SELECT ts_ns / {SLOT_NS}, {_L}, coalesce(json_extract(record, "
                "'$.pid'), 0), json_extract(record, '$.stack'), max(coalesce(json_array_length(record, "
                "'$.kernel'), 0)), sum(json_extract(record, '$.value')), coalesce(json_extract(record, "
-               f"'$.unit'), 'samples'), count(*) {_FROM_CHUNK} AND json_type(record, '$.stack') = 'text' "
+               "'$.unit'), 'samples'), count(*) {rows} AND json_type(record, '$.stack') = 'text' "
                "AND json_type(record, '$.value') IN ('integer', 'real') GROUP BY 1, 2, 3, 4, 5, 6, 7, 10")
 _NUMBER = ("AND (json_type(record, '$.latency_us') IN ('integer', 'real') "
            "OR json_type(record, '$.delta_ns') IN ('integer', 'real'))")
@@ -241,6 +271,7 @@ class Data:
         self.building: tuple[int, int] | None = None  # (rows summed, rows to sum) while catching up
         self.caught_up = False  # the cache has held every row of the store once
         self._pruned_at = -PRUNE_EVERY_S
+        self.layout = LAYOUTS["2"]  # the store's, once store() has read its schema
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -263,11 +294,12 @@ class Data:
                               f"move {self.db} away (it is not a bpfdepot store, or it is damaged: "
                               f"sqlite3 {self.db} 'PRAGMA integrity_check') or start bpfdepot ui --db "
                               "with another store") from None
-            if row is None or row[0] != TSDB_SCHEMA:
+            if row is None or row[0] not in TSDB_SCHEMAS:
                 db.close()
                 raise UiError(503, f"the time-series store {self.db} has schema {row and row[0]}; "
-                                   f"this bpfdepot reads schema {TSDB_SCHEMA}",
+                                   f"this bpfdepot reads schemas {', '.join(TSDB_SCHEMAS)}",
                               "view it with the bpfdepot that wrote it")
+            self.layout = LAYOUTS[row[0]]
             self._local.store = db
         return db
 
@@ -308,8 +340,9 @@ class Data:
         """Every stream with its first and last event time (through the stream/ts index)."""
         db = self.store()
         try:
-            rows = db.execute("SELECT s.id, s.name, s.created_ns, (SELECT min(ts_ns) FROM events "
-                              "WHERE stream_id = s.id), (SELECT max(ts_ns) FROM events WHERE "
+            table = self.layout.table
+            rows = db.execute(f"SELECT s.id, s.name, s.created_ns, (SELECT min(ts_ns) FROM {table} "
+                              f"WHERE stream_id = s.id), (SELECT max(ts_ns) FROM {table} WHERE "
                               "stream_id = s.id) FROM streams AS s ORDER BY s.name").fetchall()
         except sqlite3.Error as exc:
             raise _broken(self.db, exc) from None
@@ -350,14 +383,18 @@ class Data:
         try:
             cache = self._cache()
             try:
-                (top,) = store.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+                top = self._top(store)
                 sids = dict(store.execute("SELECT id, name FROM streams").fetchall())
             except sqlite3.Error as exc:
                 raise _broken(self.db, exc) from None
             mark = self._checked_watermark(cache, top, sids)
-            if mark >= top or (max_rows is not None and top - mark > max_rows):
-                self.caught_up |= mark >= top
-                return top - mark
+            if mark >= top:
+                self.caught_up = True
+                return 0
+            if max_rows is not None:
+                behind = self._rows_after(store, mark, top)
+                if behind > max_rows:
+                    return behind
             self._catch_up(cache, store, sids, mark, top)
             self.caught_up = True
             return 0
@@ -370,20 +407,49 @@ class Data:
 
     def _behind(self, store: sqlite3.Connection) -> int:
         try:
-            (top,) = store.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+            top = self._top(store)
+            mark = self.watermark()[0]
+            return self._rows_after(store, mark, top) if mark < top else 0
         except sqlite3.Error as exc:
             raise _broken(self.db, exc) from None
-        return max(0, top - self.watermark()[0])
+
+    def _top(self, store: sqlite3.Connection) -> int:
+        """The store's highest row id (a chunk's in schema 2), 0 when empty."""
+        (top,) = store.execute(f"SELECT coalesce(max(id), 0) FROM {self.layout.table}").fetchone()
+        return top
+
+    def _rows_after(self, store: sqlite3.Connection, mark: int, top: int) -> int:
+        """Records in the rows with ids in (mark, top]."""
+        if self.layout.table == "events":
+            return top - mark
+        (n,) = store.execute("SELECT coalesce(sum(n), 0) FROM chunks WHERE id > ? AND id <= ?",
+                             (mark, top)).fetchone()
+        return n
+
+    def _step(self, store: sqlite3.Connection, mark: int, top: int) -> tuple[int, int]:
+        """The end of the next step past ``mark`` (about CHUNK_ROWS records, at least one row)
+        and the records in it."""
+        if self.layout.table == "events":
+            hi = min(mark + CHUNK_ROWS, top)
+            return hi, hi - mark
+        hi, n = mark, 0
+        for cid, rows in store.execute("SELECT id, n FROM chunks WHERE id > ? AND id <= ? ORDER BY id",
+                                       (mark, top)):
+            hi, n = cid, n + rows
+            if n >= CHUNK_ROWS:
+                break
+        return (hi, n) if hi > mark else (top, 0)  # (none left: retention took them)
 
     def _catch_up(self, cache: sqlite3.Connection, store: sqlite3.Connection, sids: dict[int, str],
                   mark: int, top: int) -> None:
         self._attach(cache)
         try:
             kinds = self._kinds(cache, store, sids)
-            start = mark
+            done, total = 0, self._rows_after(store, mark, top)
             while mark < top:
-                hi = min(mark + CHUNK_ROWS, top)
-                self.building = (mark - start, top - start)
+                hi, rows = self._step(store, mark, top)
+                self.building = (done, total)
+                done += rows
                 cache.execute("BEGIN IMMEDIATE")
                 now = cache.execute("SELECT value FROM meta WHERE key = 'watermark'").fetchone()
                 if now is None or int(now[0]) != mark:  # another bpfdepot ui on this cache got here first
@@ -449,7 +515,7 @@ class Data:
         # the first stream's creation time (ns) names a store: a file replaced under the same
         # name (even one that reuses the inode) has another
         (first,) = self.store().execute("SELECT min(created_ns) FROM streams").fetchone()
-        identity = str(first or "")
+        identity = str(first or "") + ("" if self.layout.schema == "1" else f"/{self.layout.schema}")
         meta = dict(cache.execute("SELECT key, value FROM meta").fetchall())
         known = dict(cache.execute("SELECT id, name FROM streams").fetchall())
         mark = int(meta.get("watermark", 0))
@@ -490,16 +556,17 @@ class Data:
     def _sum(self, cache: sqlite3.Connection, store: sqlite3.Connection,
              kinds: dict[int, tuple[str, str]], lo: int, hi: int) -> None:
         """Add the store rows with ids in (lo, hi] to the cache."""
-        tlo, thi = store.execute("SELECT min(ts_ns), max(ts_ns) FROM events WHERE id > ? AND id <= ?",
-                                 (lo, hi)).fetchone()
+        tlo, thi = store.execute(f"SELECT min(ts_ns), max(ts_ns) FROM {self.layout.table} WHERE id > ? "
+                                 "AND id <= ?", (lo, hi)).fetchone()
         if tlo is None:
             return  # retention deleted these rows meanwhile
         window = (tlo, thi)
+        rows = self.layout.rows.format(db="t.")
         for sid, (kind, program) in kinds.items():
             args = (sid, tlo, thi, lo, hi)
             if kind in ("connect", "file", "l7", "connfail"):
                 cache.execute("DELETE FROM temp.ev")
-                cache.execute(_EXTRACT_EV.format(**_EV_FIELDS[kind]), args)
+                cache.execute(_EXTRACT_EV.format(**_EV_FIELDS[kind], rows=rows), args)
                 self._count_skipped(cache, sid, args, "ev")
                 for lv, factor in enumerate(LEVELS):
                     if kind != "connfail":
@@ -511,7 +578,7 @@ class Data:
                         cache.execute(_ROLL_CNT, (lv, factor, "l7"))
             elif kind == "stack":
                 cache.execute("DELETE FROM temp.st")
-                cache.execute(_EXTRACT_ST, args)
+                cache.execute(_EXTRACT_ST.format(rows=rows), args)
                 self._count_skipped(cache, sid, args, "st")
                 for lv, factor in enumerate(LEVELS):
                     cache.execute(_ROLL_STACK, (lv, factor, program))
@@ -521,11 +588,11 @@ class Data:
                 self._sum_cumulative(cache, store, kind, sid, window, lo, hi)
         cache.execute("INSERT OR REPLACE INTO meta VALUES ('fresh_ns', ?)", (str(thi),))
 
-    @staticmethod
-    def _count_skipped(cache: sqlite3.Connection, sid: int, args: tuple, temp: str) -> None:
-        """Rows of the chunk the extraction left out (no latency, no stack): counted, not hidden.
-        The total comes from the index alone (no JSON), the used ones from the groups' counts."""
-        (total,) = cache.execute(f"SELECT count(*) {_FROM_CHUNK}", args).fetchone()
+    def _count_skipped(self, cache: sqlite3.Connection, sid: int, args: tuple, temp: str) -> None:
+        """Rows of the step the extraction left out (no latency, no stack): counted, not hidden.
+        The total comes without JSON (the index, or chunks' counts), the used ones from the
+        groups' counts."""
+        (total,) = cache.execute(self.layout.count.format(db="t."), args).fetchone()
         (used,) = cache.execute(f"SELECT coalesce(sum(n), 0) FROM temp.{temp}").fetchone()
         if total > used:
             cache.execute("INSERT INTO skipped VALUES (?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
@@ -561,8 +628,9 @@ class Data:
         changed: dict[tuple, list[float]] = {}
         sums: dict[tuple, list[float]] = {}
         cut = 5 + len(keys)  # row: slot, 4 labels, key fields, values
-        for row in store.execute(f"SELECT ts_ns / {SLOT_NS}, {_L}, {cols} FROM events INDEXED BY "
-                                 f"events_stream_ts WHERE {_CHUNK} ORDER BY id", (sid, *window, lo, hi)):
+        rows = self.layout.rows.format(db="")
+        for row in store.execute(f"SELECT ts_ns / {SLOT_NS}, {_L}, {cols} {rows} ORDER BY "
+                                 f"{self.layout.order}", (sid, *window, lo, hi)):
             k = row[1:cut]
             vals = [v if v.__class__ in (int, float) else 0 for v in row[cut:]]
             before = changed.get(k) or last.get(k)
@@ -601,8 +669,8 @@ class Data:
         last = self._last(cache, sid)
         changed: dict[str, list[float]] = {}
         sums: dict[tuple, int] = {}
-        for slot, text in store.execute("SELECT ts_ns / ?, record FROM events INDEXED BY "
-                                        f"events_stream_ts WHERE {_CHUNK} ORDER BY id",
+        for slot, text in store.execute(f"SELECT ts_ns / ?, record {self.layout.rows.format(db='')} "
+                                        f"ORDER BY {self.layout.order}",
                                         (SLOT_NS, sid, *window, lo, hi)):
             rec = json.loads(text)
             buckets = rec.get("buckets")

@@ -136,11 +136,16 @@ def test_a_small_batch_is_committed_by_the_flusher_within_max_delay(db: Path) ->
     s.close()
 
 
-def test_a_full_batch_is_committed_by_write_itself(db: Path) -> None:
+def test_a_full_batch_is_committed_at_once_beside_write(db: Path) -> None:
     s = sink(db, batch_rows=10, max_delay_s=60)
     s.write(STREAM, [event(i) for i in range(25)])
+    assert s.stats().delivered + s.stats().pending == 25  # committing, or committed
+    deadline = time.monotonic() + 5
+    while s.stats().delivered < 25 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the flusher commits it without waiting for max_delay_s
     assert (s.stats().delivered, s.stats().pending) == (25, 0)
     s.write(STREAM, [event(i) for i in range(3)])
+    time.sleep(0.3)  # a batch not full waits for max_delay_s (or flush)
     assert (s.stats().delivered, s.stats().pending) == (25, 3)
     assert s.close().delivered == 28
 
