@@ -6,6 +6,11 @@ processor pool (loader/processors/workers.py), hashed by the route's ``hash`` fi
 batch of records ends in ``Outlets.deliver`` for its stream, which hands it to that stream's
 sinks. One ``poll`` loop moves all of it; nothing in it runs per event in Python.
 
+While a ring buffer is busy the loop goes round on its reader's timer, at most every
+MIN_ROUND_S: each round takes what the ring holds, writes each worker its frames in one write
+and reads back all the records it has, so the loader and every worker wake once per round,
+not per event nor per worker's reply (``pump``).
+
 Streams are named "<program>.<channel>" (a Kafka topic and a TSDB stream each), with
 ".<processor>" added when a channel feeds more than one processor.
 
@@ -16,6 +21,7 @@ are delivered or failed.
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import signal
@@ -33,6 +39,8 @@ from loader.sinks.prometheus import LoaderMetrics, Metrics
 from loader.sinks import Record, Sink, SinkStats
 from loader.processors.workers import Pool, Route, RouteCounts
 
+WORKER_WAIT_S = 0.010  # the longest a worker's records wait for a timed round (see pump)
+MIN_ROUND_S = 0.002    # rounds at most this often while a reader reads on its timer (see pump)
 _SCALAR_KINDS = {1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 13, 14}  # every op but literals, bitfields,
 # lists and jumps (a named enum hashes and keys by its number: the key encoder has no names)
 
@@ -129,6 +137,7 @@ class Pipeline:
         # the Prometheus registry once --metrics serves one (its server refreshes once before
         # anything loads, so channels that export their records see it when they open)
         self.metrics: Metrics | None = None
+        self._round_at = 0.0  # when pump last read its readers
 
     # -- set-up (called by Session.start for each channel of each object) ---------------------
 
@@ -211,6 +220,9 @@ class Pipeline:
         for pool in self.pools.values():
             pool.keys = any(self.outlets.wants_keys(r.stream) for r in pool.routes)
             pool.start()
+        for state in self.channels:  # a hash field framed as text only for sinks that key records
+            for pool, _, n in state.routes:
+                state.channel.key_text(n, pool.keys)
 
     def _deliver_route(self, route: Route, lines: bytes, keys: bytes | None, count: int) -> None:
         self.outlets.deliver(route.stream, lines, keys, count)
@@ -220,10 +232,28 @@ class Pipeline:
     def pump(self, readers: Sequence[Reader], timeout_ms: int) -> None:
         """Wait up to ``timeout_ms`` (less when a reader's read is due sooner) for anything to
         do, then move everything that is ready."""
+        now = time.monotonic()
+        dues = [d for d in (r.due() for r in readers) if d is not None]
+        if dues:
+            timeout_ms = max(0, min(timeout_ms, int((min(dues) - now) * 1000) + 1))
+        # A reader on a short timer (a busy ring buffer) brings the loop round within
+        # WORKER_WAIT_S anyway, and every worker's output is moved then: waking for each
+        # worker's reply would cost a round (and a context switch) per reply and per worker.
+        on_timer = bool(dues) and min(dues) - now <= WORKER_WAIT_S
+        # Nor are the timed readers' fds polled within MIN_ROUND_S of the last round: a ring
+        # buffer's fd stays readable while the ring holds anything (level-triggered epoll on
+        # the map), so while events keep coming each poll would return at once and the loop
+        # would spin, one round of a few events (and a write waking each worker) at a time.
+        hold = on_timer and now - self._round_at < MIN_ROUND_S
+        if hold:
+            wait_ms = math.ceil((self._round_at + MIN_ROUND_S - now) * 1000)
+            timeout_ms = min(timeout_ms, max(1, wait_ms))
         poller = select.poll()
         fds: dict[int, tuple[str, Pool | None, object]] = {}
         readable: dict[int, Reader] = {}
         for reader in readers:
+            if hold and reader.due() is not None:
+                continue
             for fd in reader.fds():
                 poller.register(fd, select.POLLIN)
                 readable[fd] = reader
@@ -231,22 +261,20 @@ class Pipeline:
             for w in pool.workers:
                 if w.proc is None:
                     continue
-                poller.register(w.from_fd, select.POLLIN)
-                fds[w.from_fd] = ("out", pool, w)
                 poller.register(w.err_fd, select.POLLIN)
                 fds[w.err_fd] = ("err", pool, w)
+                if on_timer:
+                    continue
+                poller.register(w.from_fd, select.POLLIN)
+                fds[w.from_fd] = ("out", pool, w)
                 if w.pending:
                     poller.register(w.to_fd, select.POLLOUT)
                     fds[w.to_fd] = ("in", pool, w)
-        now = time.monotonic()
-        dues = [d for d in (r.due() for r in readers) if d is not None]
-        if dues:
-            timeout_ms = max(0, min(timeout_ms, int((min(dues) - now) * 1000) + 1))
         try:
             ready = poller.poll(timeout_ms)
         except InterruptedError:
             ready = []
-        now = time.monotonic()
+        now = self._round_at = time.monotonic()
         woken = {readable[fd] for fd, _ in ready if fd in readable}
         for reader in readers:
             due = reader.due()
@@ -262,21 +290,23 @@ class Pipeline:
             pool.watch(now)
 
     def move(self) -> None:
-        """Decoded lines to their sinks; frames to the workers; records back to theirs."""
+        """Decoded lines to their sinks; records from the workers to theirs; frames to the
+        workers last: a worker woken by its frames then finds the loader done with its round
+        (on a shared core it would take over the loader mid-round)."""
         for state in self.channels:
             enc = state.channel.encoder
             if enc is not None and enc.pending():
                 data = enc.take()
                 self.outlets.deliver(state.stream, data, None, data.count(b"\n"))
         for pool in self.pools.values():
+            for w in pool.workers:
+                if w.proc is not None and not pool.read_ready(w):
+                    pool.reap(w)
+        for pool in self.pools.values():
             pool.take_dispatched()
             for w in pool.workers:
-                if w.proc is None:
-                    continue
-                if w.pending:
+                if w.proc is not None and w.pending:
                     pool.write_ready(w)
-                if not pool.read_ready(w):
-                    pool.reap(w)
 
     def run(self, readers: Sequence[Reader], *, duration: float | None,
             on_attached: Callable[[], None] | None = None,

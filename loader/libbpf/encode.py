@@ -164,6 +164,7 @@ class Channel:
                     ops[0].prefix, ops[0].prefix_len = ffi.NULL, 0
                     slot.key.ops, slot.key.nops = ops, 1
                     slot.key_bytes, slot.key_end = key.size, key.op.offset + key.size
+                    slot.key_text = 1
                     self._keep.append(ops)
             self.c.routes, self.c.nroutes = self._routes, len(routes)
 
@@ -181,6 +182,11 @@ class Channel:
         """Handle one event as if the ring buffer had delivered it (tests, replays of raw files)."""
         if lib.bpfdepot_channel_sample(self.c, event, len(event)):
             raise MemoryError("channel dispatch")
+
+    def key_text(self, route: int, on: bool) -> None:
+        """Whether route number ``route`` frames its hash field as text for the record keys
+        (on by default); off, the field still picks the worker."""
+        self.c.routes[route].key_text = int(on) if self.c.routes[route].key.nops else 0
 
     def sent(self, route: int) -> int:
         """Events framed for the workers of route number ``route``."""
@@ -203,28 +209,55 @@ class ResultParser:
 
     Each frame must carry the marker, the next sequence number and fields the host can write;
     the first that does not stops the parser for good (``violation`` says why): the processor
-    wrote into its pipe, and nothing after that point can be trusted."""
+    wrote into its pipe, and nothing after that point can be trusted.
+
+    The output is read straight into the parser's own buffer (``read_from``), where only a
+    frame cut by the read is moved, to the front: no chunk is copied or joined on its way."""
+
+    READ_BYTES = 1 << 20  # read at a time; the buffer holds that after the largest partial frame
 
     def __init__(self, routes: int, *, keys: bool) -> None:
         self.c = ffi.new("struct bpfdepot_results *")
         self._outs = ffi.new("struct bpfdepot_route_out[]", routes)
         self.c.routes, self.c.nroutes, self.c.keys = self._outs, routes, int(keys)
-        self._pending = b""
+        self._buf = bytearray(self.READ_BYTES + RESULT_CAP + KEY_MAX + 64)
+        self._cbuf = ffi.from_buffer(self._buf)  # fixed size from here on: the buffer is exported
+        self._have = 0                           # bytes of a partial frame at its start
+        self._taken = [0] * routes               # kept records handed out by take_records
 
     def feed(self, data: bytes) -> int:
         """Parse whole frames (keeping a partial one for the next call); return frames parsed.
 
         After a violation nothing more is parsed and ``data`` is dropped."""
-        if self.c.violation:
-            return 0
-        if self._pending:
-            data = self._pending + data
-        before = self.c.frames
-        used = lib.bpfdepot_results_feed(self.c, data, len(data))
+        before, at = self.c.frames, 0
+        while at < len(data) and not self.c.violation:
+            n = min(len(data) - at, len(self._buf) - self._have)
+            self._buf[self._have:self._have + n] = data[at:at + n]
+            self._have, at = self._have + n, at + n
+            self._parse()
+        return self.c.frames - before
+
+    def read_from(self, fd: int) -> int:
+        """Read what ``fd`` holds (up to READ_BYTES) into the parser and parse its whole frames;
+        return the bytes read, 0 at the end of the output. Raises BlockingIOError when there is
+        nothing to read yet. After a violation what is read is dropped."""
+        with memoryview(self._buf) as view:
+            n = os.readv(fd, [view[self._have:]])
+        if n and not self.c.violation:
+            self._have += n
+            self._parse()
+        return n
+
+    def _parse(self) -> None:
+        used = lib.bpfdepot_results_feed(self.c, self._cbuf, self._have)
         if used == ffi.cast("size_t", -1):
             raise MemoryError("result parser")
-        self._pending = b"" if self.c.violation else data[used:]
-        return self.c.frames - before
+        if self.c.violation:
+            self._have = 0
+            return
+        if used:
+            ffi.memmove(self._cbuf, self._cbuf + used, self._have - used)
+            self._have -= used
 
     @property
     def frames(self) -> int:
@@ -233,7 +266,7 @@ class ResultParser:
 
     @property
     def partial(self) -> int:
-        return len(self._pending)
+        return self._have
 
     @property
     def violation(self) -> str | None:
@@ -268,11 +301,19 @@ class ResultParser:
 
     def take(self, route: int) -> tuple[bytes, bytes]:
         """The records (lines) and keys (lines) of ``route`` gathered since the last call."""
+        lines, keys, _ = self.take_records(route)
+        return lines, keys
+
+    def take_records(self, route: int) -> tuple[bytes, bytes, int]:
+        """``take``, and how many records the lines hold (no need to count the newlines)."""
         o = self._outs[route]
-        lines = ffi.unpack(o.lines.buf, o.lines.len) if o.lines.len else b""
+        count, self._taken[route] = o.kept - self._taken[route], o.kept
+        if not count:
+            return b"", b"", 0
+        lines = ffi.unpack(o.lines.buf, o.lines.len)
         keys = ffi.unpack(o.keys.buf, o.keys.len) if o.keys.len else b""
         o.lines.len = o.keys.len = 0
-        return lines, keys
+        return lines, keys, count
 
     def close(self) -> None:
         for o in self._outs:

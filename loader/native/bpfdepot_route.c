@@ -108,7 +108,8 @@ int bpfdepot_channel_sample(void *ctx, void *data, size_t size)
 		if (r->key.nops && size >= r->key_end) {
 			const struct bpfdepot_op *op = &r->key.ops[0];
 
-			key_len = key_text(r, data, key);
+			if (r->key_text) /* else nothing reads it: no encoding, no bytes in the pipes */
+				key_len = key_text(r, data, key);
 			worker = (unsigned int)(fnv1a((const unsigned char *)data + op->offset,
 						      r->key_bytes) % r->nworkers);
 		} else {

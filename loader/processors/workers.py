@@ -43,7 +43,10 @@ from loader.processors.confine import processor_user
 
 log = logging.getLogger("bpfdepot.processor")
 
-PIPE_BYTES = 1 << 20            # pipe capacity asked for (F_SETPIPE_SZ)
+# Pipe capacity asked for (F_SETPIPE_SZ), largest first: a busy loader moves frames and records
+# once per round (2-10 ms, loader/pipeline.py pump), and a round at ~2M events/s of ~85-byte
+# frames is ~0.3-1.7 MB; over /proc/sys/fs/pipe-max-size (1 MiB) needs CAP_SYS_RESOURCE.
+PIPE_BYTES = (4 << 20, 1 << 20)
 MAX_BACKLOG = 256 << 20         # bytes queued for one worker before new events count as lost
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
 START_TIMEOUT_S = 30.0          # a worker must finish init within this at start
@@ -178,10 +181,12 @@ class Pool:
         shm = os.memfd_create(f"bpfdepot-{self.name}-{w.index}", os.MFD_CLOEXEC)
         os.ftruncate(shm, mmap.PAGESIZE)
         for fd in (in_w, out_r):
-            try:
-                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-            except OSError:
-                pass  # over /proc/sys/fs/pipe-max-size for this user: the default works, slower
+            for size in PIPE_BYTES:
+                try:
+                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+                    break
+                except OSError:
+                    pass  # over this user's limits: the next size, else the default (slower)
         args = HostArgs(label=f"{self.name}[{w.index}]", so_path=self.so_path,
                         initfile=self.initfile, init=self.init, pre=self.pre, post=self.post,
                         routes=tuple((r.channel, r.function) for r in self.routes), abi=self.abi,
@@ -271,13 +276,12 @@ class Pool:
         wrote a corrupt frame and was killed for it)."""
         while True:
             try:
-                data = os.read(w.from_fd, 1 << 20)
+                n = w.parser.read_from(w.from_fd)
             except BlockingIOError:
                 break
-            if not data:
+            if not n:
                 self._deliver(w)
                 return False
-            w.parser.feed(data)
             if w.parser.violation is not None:
                 # nothing after the bad frame is trusted: no more reading, no grace period
                 w.violation = w.parser.violation
@@ -306,9 +310,9 @@ class Pool:
                 w.inflight[0] = (data[cut:], events - new)
                 new = 0
         for index, route in enumerate(self.routes):
-            lines, keys = parser.take(index)
-            if lines:
-                self.deliver(route, lines, keys if self.keys else None, lines.count(b"\n"))
+            lines, keys, count = parser.take_records(index)
+            if count:
+                self.deliver(route, lines, keys if self.keys else None, count)
 
     def counts_of(self, index: int) -> RouteCounts:
         """The route's counts with the outcomes the workers reported folded in."""

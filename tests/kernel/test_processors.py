@@ -4,7 +4,8 @@ The bundle (tests/kernel/bundles/procs) emits one event per getppid() of a child
 process this test starts; its pid is the program's targ_ppid knob, so no other process's
 events get in. The echo processor writes {"seq","pid","n","worker"} and drops seq % 10 == 5;
 crashy.c segfaults on its 100th call, hang.c never returns from its 50th, garbage.c writes
-garbage into its host's result pipe on its 100th.
+garbage into its host's result pipe on its 100th. shard.bpf.c is procs.bpf.c for floods: batched
+wakeups, and a ring that holds a whole test's events.
 """
 
 from __future__ import annotations
@@ -41,12 +42,33 @@ sys.stdin.readline()
 """
 
 
-class Kids:
-    """A process whose ``n`` children call getppid() ``m`` times each, when told to."""
+KIDS_AT_ONCE = """
+import os, sys
+n, m = int(sys.argv[1]), int(sys.argv[2])
+sys.stdin.readline()
+kids = []
+for i in range(n):
+    pid = os.fork()
+    if pid == 0:
+        for _ in range(m):
+            os.getppid()
+        os._exit(0)
+    kids.append(pid)
+for pid in kids:   # all of them at once: their events interleave in the ring
+    os.waitpid(pid, 0)
+print("done", flush=True)
+sys.stdin.readline()
+"""
 
-    def __init__(self, n: int, m: int) -> None:
+
+class Kids:
+    """A process whose ``n`` children call getppid() ``m`` times each, when told to: one after
+    the other, or all at once (``together``)."""
+
+    def __init__(self, n: int, m: int, *, together: bool = False) -> None:
         self.n, self.m = n, m
-        self.proc = subprocess.Popen([sys.executable, "-c", KIDS, str(n), str(m)],
+        script = KIDS_AT_ONCE if together else KIDS
+        self.proc = subprocess.Popen([sys.executable, "-c", script, str(n), str(m)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def go(self) -> None:
@@ -100,8 +122,8 @@ def received(stderr: str) -> tuple[int, int]:
 def kids_factory():
     made: list[Kids] = []
 
-    def make(n: int, m: int) -> Kids:
-        made.append(Kids(n, m))
+    def make(n: int, m: int, *, together: bool = False) -> Kids:
+        made.append(Kids(n, m, together=together))
         return made[-1]
 
     yield make
@@ -130,6 +152,41 @@ def test_hash_keeps_each_key_on_one_worker_in_order(home: Path, tmp_path: Path, 
         assert seqs == sorted(seqs), f"pid {pid}'s records are out of order"
         assert len(rs) == 135
     assert len({r["worker"] for r in records}) >= 2  # 6 keys over 3 workers
+
+
+def test_hash_sharding_keeps_per_key_order_under_load(home: Path, tmp_path: Path,
+                                                      kids_factory) -> None:
+    # 16 children flood at once (160,000 events on both cores, with the 4 workers and the
+    # loader competing for them), sent with batched wakeups into a ring that holds them all:
+    # the loader reads it on its timer and moves frames and records in batches
+    kids = kids_factory(16, 10_000, together=True)
+    run = Run(home, BUNDLE / "shard.yaml", tmp_path / "out.jsonl", kids)
+    kids.go()
+    stderr, records = run.stop(settle=1.0)
+
+    total = 16 * 10_000
+    m = re.search(r"shard/procs_events\s+(\d+)\s+(\d+)", stderr)
+    assert m and (int(m.group(1)), int(m.group(2))) == (total, 0), stderr
+    dropped = total // 10  # echo drops seq % 10 == 5
+    assert summary(stderr, "procs_events", "echo") == {
+        "sent": total, "kept": total - dropped, "dropped": dropped, "errors": 0, "lost": 0,
+        "restarts": 0, "violations": 0}
+    assert len(records) == total - dropped
+    assert sorted(r["seq"] for r in records) == [s for s in range(total) if s % 10 != 5]
+    by_pid: dict[int, list[int]] = collections.defaultdict(list)
+    by_worker: dict[int, list[int]] = collections.defaultdict(list)
+    workers_of: dict[int, set[int]] = collections.defaultdict(set)
+    for r in records:  # the file's order: each worker's records as it wrote them
+        by_pid[r["pid"]].append(r["seq"])
+        by_worker[r["worker"]].append(r["n"])
+        workers_of[r["pid"]].add(r["worker"])
+    assert len(by_pid) == 16
+    for pid, seqs in by_pid.items():
+        assert len(workers_of[pid]) == 1, f"pid {pid} met several workers"
+        assert all(a < b for a, b in zip(seqs, seqs[1:])), f"pid {pid}'s records are out of order"
+    for worker, calls in by_worker.items():  # no worker's records were reordered or repeated
+        assert all(a < b for a, b in zip(calls, calls[1:])), f"worker {worker} out of order"
+    assert len(by_worker) >= 3  # 16 keys over 4 workers
 
 
 def test_processor_segfault_on_its_100th_event(home: Path, tmp_path: Path, kids_factory) -> None:

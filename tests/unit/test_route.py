@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -62,6 +63,19 @@ def test_string_keys_lose_their_quotes_and_unkeyed_routes_take_turns() -> None:
     channel.feed(b"\x01" * 8)  # shorter than the struct: passed on (the processor checks size)
     assert channel.short_events == 1
     assert frames(keyed[0].take()[0])[0][2] == b""  # no key where the field is missing
+
+
+def test_a_route_without_key_text_shards_alike_and_frames_no_key() -> None:
+    key = RouteKey(op=Op(kind=OP_U, offset=8, size=4), size=4)
+    texts, bare = [WorkerBuffer() for _ in range(3)], [WorkerBuffer() for _ in range(3)]
+    channel = Channel(event_size=EVENT.size, routes=[(key, texts, 0), (key, bare, 1)])
+    channel.key_text(1, False)  # no sink keys this route's records: the text is never made
+    for seq in range(30):
+        channel.feed(event(seq, pid=100 + seq % 5))
+    for with_text, without in zip(texts, bare):
+        a, b = frames(with_text.take()[0]), frames(without.take()[0])
+        assert [f[3] for f in a] == [f[3] for f in b]  # the same events on the same worker
+        assert all(f[2] for f in a) and not any(f[2] for f in b)
 
 
 def test_frames_span_stops_at_whole_frames() -> None:
@@ -156,4 +170,35 @@ def test_the_violation_offset_counts_the_whole_stream_across_reads() -> None:
     parser.feed(b"\x00" * 13)
     assert parser.violation == f"bad marker 0x00000000 at byte {len(stream)}"
     assert parser.take(0)[0].count(b"\n") == 10
+    parser.close()
+
+
+def test_output_read_from_a_pipe_in_pieces_with_record_counts() -> None:
+    parser = ResultParser(2, keys=False)
+    stream = results(*[(n % 2, 0 if n % 3 else 1, b'{"n":%d}' % n) for n in range(3000)])
+    r, w = os.pipe2(os.O_NONBLOCK)
+    try:
+        got: list[bytes] = [b"", b""]
+        counts = [0, 0]
+        for at in range(0, len(stream), 4093):  # writes that cut frames anywhere
+            os.write(w, stream[at:at + 4093])
+            assert parser.read_from(r) > 0
+            for route in (0, 1):
+                lines, _, n = parser.take_records(route)
+                got[route] += lines
+                counts[route] += n
+        with pytest.raises(BlockingIOError):
+            parser.read_from(r)  # nothing more yet
+        os.close(w)
+        w = -1
+        assert parser.read_from(r) == 0  # the end of the output
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    kept = [n for n in range(3000) if n % 3]
+    assert parser.frames == 3000 and parser.partial == 0 and parser.violation is None
+    assert got[0] == b"".join(b'{"n":%d}\n' % n for n in kept if n % 2 == 0)
+    assert got[1] == b"".join(b'{"n":%d}\n' % n for n in kept if n % 2 == 1)
+    assert counts == [got[0].count(b"\n"), got[1].count(b"\n")]
     parser.close()
