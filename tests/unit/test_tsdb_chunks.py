@@ -16,9 +16,9 @@ import pytest
 
 from loader.errors import BpfDepotError
 from loader.sinks import Record, tsdb
-from loader.sinks.tsdb import TsdbSink, query
 from loader.ui import views
 from loader.ui.data import Data
+from tests.unit.test_tsdb import ask as ask_tsdb, sink
 from tests.unit.test_ui_fixtures import fill_small
 
 STREAM = "flood.flood_events"
@@ -33,18 +33,9 @@ def lines(records: list[Record]) -> bytes:
     return b"".join(r.value + b"\n" for r in records)
 
 
-def sink(path: Path, **kw: object) -> TsdbSink:
-    kw.setdefault("retention_s", None)
-    kw.setdefault("max_bytes", None)
-    return TsdbSink(path, **kw)
-
-
 def ask(path: Path, prefix: str = "flood", **kw: object) -> tsdb.QueryResult:
-    kw.setdefault("since_s", None)
-    kw.setdefault("where", [])
-    kw.setdefault("group_by", None)
     kw.setdefault("limit", 100_000)
-    return query(path, prefix, **kw)
+    return ask_tsdb(path, prefix, **kw)
 
 
 @pytest.fixture
