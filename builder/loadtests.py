@@ -44,13 +44,9 @@ def node_queue(target: str) -> str:
     return f"bpfdepot.node.{target}"
 
 
-def live_nodes(redis, target: str) -> list[str]:
-    """The nodes of kernel ``target`` that announced themselves within NODE_TTL_S."""
-    return live_nodes_of(redis, [target])[target]
-
-
 def live_nodes_of(redis, targets: list[str]) -> dict[str, list[str]]:
-    """``live_nodes`` of each target, in one round trip."""
+    """The nodes of each kernel target that announced themselves within NODE_TTL_S, in one
+    round trip."""
     pipe, now = redis.pipeline(transaction=False), time.time()
     for target in targets:
         pipe.zrangebyscore(_NODES + target, now - NODE_TTL_S, "+inf")
@@ -77,14 +73,10 @@ def announce(redis, target: str, name: str, stop: threading.Event) -> threading.
     return thread
 
 
-def method_for(redis, entry: KernelEntry) -> str:
-    """How ``entry`` is load-tested now: "node" (a node of it is live), "vm" (its image boots
-    here), or "" (neither: the object is published after its relocation check alone)."""
-    return methods_for(redis, [entry])[0]
-
-
 def methods_for(redis, entries: list[KernelEntry]) -> list[str]:
-    """``method_for`` of each entry, asking Redis once for all of them."""
+    """How each entry is load-tested now: "node" (a node of it is live), "vm" (its image boots
+    here), or "" (neither: the object is published after its relocation check alone); Redis is
+    asked once for all of them."""
     from builder.vmtest import can_vm_test
 
     targets = [f"{e.arch}-{e.btf_digest}" for e in entries]

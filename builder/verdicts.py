@@ -43,20 +43,15 @@ if TYPE_CHECKING:
 _PARSED: dict[str, tuple[ObjectInfo, ObjectRelocations]] = {}
 _PARSED_MAX = 256  # objects a worker keeps parsed: each of its tasks checks one for many kernels
 _PARSING = threading.Lock()
-_PARSING_ONE: dict[str, threading.Lock] = {}
 
 
 def _parsed(store: ArtifactStore, digest: str, what: str) -> tuple[ObjectInfo, ObjectRelocations]:
     """An object's ELF and its relocations, parsed once per process: checking it for 30 kernels
     then reads and hashes it once, not 30 times. The kernels' checks run in threads that all
     start by asking for it: one parses, the others wait for its result (eight threads parsing
-    the same object at once cost more than the checks themselves)."""
-    found = _PARSED.get(digest)
-    if found is not None:
-        return found
+    the same object at once cost more than the checks themselves; parsing is Python, so two
+    objects parsed at once would gain nothing either)."""
     with _PARSING:
-        one = _PARSING_ONE.setdefault(digest, threading.Lock())
-    with one:
         found = _PARSED.get(digest)
         if found is None:
             from builder.relocate import core_relocations
@@ -70,9 +65,7 @@ def _parsed(store: ArtifactStore, digest: str, what: str) -> tuple[ObjectInfo, O
             if len(_PARSED) >= _PARSED_MAX:
                 _PARSED.pop(next(iter(_PARSED)))
             _PARSED[digest] = found
-    with _PARSING:
-        _PARSING_ONE.pop(digest, None)
-    return found
+        return found
 
 
 GUARD_HINT = ("guard the access with bpf_core_field_exists()/bpf_core_type_exists() (or read a "
