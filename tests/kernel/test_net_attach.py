@@ -17,6 +17,7 @@ import pytest
 
 from loader.attach.cgroup import cgroup2_mounts
 from tests.kernel.conftest import ROOT, Running, bpfdepot, cgroup2_dirs, prog_names
+from tests.kernel.exchange import answer
 from tests.kernel.monitor import received, workers
 
 UP, DOWN = 3000, 5000  # payload bytes the child sends and receives
@@ -25,43 +26,24 @@ UP, DOWN = 3000, 5000  # payload bytes the child sends and receives
 # cgroup of the process that creates it), then one exchange of exactly UP / DOWN bytes.
 CHILD = r"""
 import socket, sys
+from tests.kernel.exchange import receive
 port = int(sys.argv[1]); up = int(sys.argv[2]); down = int(sys.argv[3])
 sys.stdin.readline()                      # go: we are in the cgroup now
 with socket.create_connection(("127.0.0.1", port)) as s:
     print(s.getsockname()[1], flush=True)
     s.sendall(b"u" * up)
-    got = 0
-    while got < down:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        got += len(chunk)
+    got = receive(s, down)
     s.shutdown(socket.SHUT_WR)
     s.recv(1)                             # the server's FIN
 print(got, flush=True)
 """
 
 
-def _answer(conn: socket.socket) -> None:
-    """The server's side of one exchange: read UP bytes, answer DOWN, close after the peer."""
-    with conn:
-        got = 0
-        while got < UP:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            got += len(chunk)
-        conn.sendall(b"d" * DOWN)
-        conn.shutdown(socket.SHUT_WR)
-        while conn.recv(65536):
-            pass
-
-
 def _serve(server: socket.socket, clients: int) -> threading.Thread:
-    """Accept ``clients`` connections one after the other and answer each (``_answer``)."""
+    """Accept ``clients`` connections one after the other and answer each (``answer``)."""
     def run() -> None:
         for _ in range(clients):
-            _answer(server.accept()[0])
+            answer(server.accept()[0], UP, DOWN)
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
@@ -109,7 +91,7 @@ def test_cgroup_skb_counts_the_payload_of_the_cgroups_sockets_only(home: Path, t
     run = Running(home, str(bundle), tmp_path / "events.jsonl")
     try:
         child = subprocess.Popen([sys.executable, "-c", CHILD, str(port), str(UP), str(DOWN)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         (cgroup / "cgroup.procs").write_text(str(child.pid))
         child.stdin.write("go\n")
         child.stdin.flush()
@@ -228,7 +210,7 @@ def test_an_unknown_interface_is_named_with_the_ones_there(home: Path, tmp_path:
 
 
 # Worker ops: `port P` sets the server port; `xfer N` is one exchange on a fresh connection:
-# N bytes up, DOWN bytes back (the server is _answer's), then the worker's local port is kept.
+# N bytes up, DOWN bytes back (the server is answer's), then the worker's local port is kept.
 XFER_OPS = """
 import socket as _socket
 PORT, LPORTS = [0], []

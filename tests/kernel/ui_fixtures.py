@@ -31,33 +31,18 @@ CLIENT_COMM, SERVER_COMM = "ui_client", "ui_server"
 # each side names itself (prctl PR_SET_NAME) before its socket exists, so its edges carry it
 _NAME = "import ctypes; ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)\n"
 SERVER = "import socket, sys\n" + _NAME + r"""
+from tests.kernel.exchange import answer
 up, down = int(sys.argv[2]), int(sys.argv[3])
 with socket.create_server(("127.0.0.1", 0)) as srv:
     print(srv.getsockname()[1], flush=True)
-    conn, _ = srv.accept()
-    with conn:
-        got = 0
-        while got < up:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            got += len(chunk)
-        conn.sendall(b"d" * down)
-        conn.shutdown(socket.SHUT_WR)
-        while conn.recv(65536):
-            pass
+    answer(srv.accept()[0], up, down)
 """
 CLIENT = "import socket, sys\n" + _NAME + r"""
+from tests.kernel.exchange import receive
 port, up, down = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 with socket.create_connection(("127.0.0.1", port)) as s:
     s.sendall(b"u" * up)
-    got = 0
-    while got < down:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        got += len(chunk)
-    print(got, flush=True)
+    print(receive(s, down), flush=True)
 """
 
 
@@ -80,10 +65,10 @@ def topology_exchange(home: Path, tmp: Path, timeout: float = 30.0) -> Exchange:
     run = Running(home, str(ROOT / "bpf" / "topology"), out, extra=["--tsdb", str(db)])
     try:
         server = subprocess.Popen([sys.executable, "-c", SERVER, SERVER_COMM, str(UP), str(DOWN)],
-                                  stdout=subprocess.PIPE, text=True)
+                                  stdout=subprocess.PIPE, text=True, cwd=ROOT)
         port = int(server.stdout.readline())
         client = subprocess.run([sys.executable, "-c", CLIENT, CLIENT_COMM, str(port), str(UP), str(DOWN)],
-                                capture_output=True, text=True, timeout=timeout, check=True)
+                                capture_output=True, text=True, timeout=timeout, check=True, cwd=ROOT)
         assert int(client.stdout) == DOWN
         assert server.wait(timeout=timeout) == 0
         deadline = time.monotonic() + timeout  # edges are read every 5 s
