@@ -23,7 +23,8 @@ from loader.attach.cgroup import cgroup2_mounts
 from tests.kernel.conftest import ROOT, Running, cgroup2_dirs, prog_names
 from tests.kernel.conftest import wait_for as _wait
 from tests.kernel.monitor import received, workers
-from tests.kernel.test_net_attach import CHILD, DOWN, UP, _answer, _serve
+from tests.kernel.exchange import answer
+from tests.kernel.test_net_attach import CHILD, DOWN, UP, _serve
 
 COMM = Path("/proc/self/comm").read_text().strip()
 PROGRAMS = {"topology_state", "topology_destroy", "topology_accept4", "topology_accept",
@@ -50,7 +51,7 @@ def cgroups() -> Iterator[list[Path]]:
 def _client(port: int, cgroup: Path) -> dict:
     """One child moved into ``cgroup`` before it connects; what it was (pid, comm, port)."""
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(port), str(UP), str(DOWN)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     (cgroup / "cgroup.procs").write_text(str(child.pid))
     comm = Path(f"/proc/{child.pid}/comm").read_text().strip()
     child.stdin.write("go\n")
@@ -162,7 +163,7 @@ def test_a_connection_open_before_the_run_is_seeded_and_counted(home: Path, tmp_
     sport = client.getsockname()[1]
     run = Running(home, "bpf/topology", tmp_path / "events.jsonl")
     try:
-        answering = threading.Thread(target=_answer, args=(conn,), daemon=True)
+        answering = threading.Thread(target=answer, args=(conn, UP, DOWN), daemon=True)
         answering.start()
         client.sendall(b"u" * UP)
         got = 0
