@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -141,9 +142,19 @@ def check_probes(probes: Sequence[Probe], btf: Btf | None, path: str, kernel: st
                                   "one every target has")
 
 
+_VERSIONS: dict[tuple[str, int, int, int], str] = {}
+
+
 def bpftrace_version(binary: str) -> str:
-    done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
-    return done.stdout.strip().removeprefix("bpftrace ").strip() or "unknown"
+    """``bpftrace --version``, asked once per process and binary (a check's key holds it, and
+    a farm plans one check per kernel: bpftrace takes ~30 ms of CPU just to start). A binary
+    replaced since (another inode, size or mtime) is asked again."""
+    st = os.stat(binary)
+    known = (binary, st.st_ino, st.st_size, st.st_mtime_ns)
+    if known not in _VERSIONS:
+        done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+        _VERSIONS[known] = done.stdout.strip().removeprefix("bpftrace ").strip() or "unknown"
+    return _VERSIONS[known]
 
 
 # Probe kinds whose arguments bpftrace does not take from kernel BTF (tracepoint args come from

@@ -104,3 +104,22 @@ def test_a_btf_free_script_is_type_checked_once_for_every_kernel(monkeypatch, tm
     for kernel in ("6.1", "6.12"):  # a refusal is never remembered: each kernel is named
         with pytest.raises(BuildError, match=f"in {kernel}"):
             bpftrace.check_types("/usr/bin/bpftrace", b"t:a:b { oops }", tmp_path, "c.bt", kernel)
+
+
+def test_the_bpftrace_version_is_asked_once_per_binary_until_it_is_replaced(tmp_path) -> None:
+    """A check's key holds bpftrace's version and a farm plans one check per kernel: asking
+    ``bpftrace --version`` each time cost ~30 ms of CPU per kernel."""
+    import os
+    import time
+
+    asked = tmp_path / "asked"
+    binary = tmp_path / "bpftrace"
+    binary.write_text(f"#!/bin/sh\necho x >> {asked}\necho 'bpftrace v0.17.0'\n")
+    binary.chmod(0o755)
+    assert [bpftrace.bpftrace_version(str(binary)) for _ in range(3)] == ["v0.17.0"] * 3
+    assert asked.read_text().count("x") == 1
+    binary.write_text(f"#!/bin/sh\necho x >> {asked}\necho 'bpftrace v0.21.2'\n")  # upgraded
+    later = time.time() + 5
+    os.utime(binary, (later, later))
+    assert bpftrace.bpftrace_version(str(binary)) == "v0.21.2"
+    assert asked.read_text().count("x") == 2
