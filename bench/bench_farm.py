@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import re
@@ -280,6 +279,7 @@ def headers(tmp: Path, bpftool: str) -> dict[str, Path]:
 def bare_commands(store: ArtifactStore, builds: Sequence[Build], copies: dict[str, Path],
                   includes: dict[str, Path], out: Path) -> list[list[str]]:
     """The bare clang command for every object the farm built, with the defines it used."""
+    from loader.artifacts.meta import read_meta
     from loader.model.manifest import load_bundle
 
     clang = shutil.which("clang") or "clang"
@@ -288,8 +288,8 @@ def bare_commands(store: ArtifactStore, builds: Sequence[Build], copies: dict[st
         bundle = copies[build.name]
         manifest = load_bundle(bundle)
         for job in build.jobs.values():
-            meta = json.loads(store.read_blob(job.meta))
-            defines = [f for f in meta["flags"] if f.startswith("-D")]
+            meta = read_meta(store, job.meta)
+            defines = [f for f in meta.flags if f.startswith("-D")]
             source = manifest.program(job.program).local_path
             cmds.append([clang, "-g", "-O2", "-target", "bpf", *defines, "-Wall",
                          "-I", str(includes[job.release]), "-I", str(ROOT / "bpf" / "include"),

@@ -206,6 +206,8 @@ def _stamp(args: argparse.Namespace, settings: Settings, manifest, store, target
     argv = getattr(args, "argv", None)
     if argv is None or not isinstance(store, LocalStore) or os.environ.get("BPFDEPOT_SIGNING_KEY"):
         return
+    if any("#" in built.meta_digest for _, built in published):
+        return  # found in a farm's verdict sheet (loader/artifacts/sheets.py), not at an index ref
     files = [manifest.path, toolchain.clang, toolchain.bpftool, settings.cache / "toolchain.json"]
     files += [t.btf for t in targets]
     kernels = settings.cache / "kernels"

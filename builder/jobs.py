@@ -43,10 +43,12 @@ from builder.compile import (
     form_features,
     plan_build,
 )
-from builder.verdicts import Checked, check_kernel, find_done, publish_kernel
+from builder.verdicts import (Checked, check_kernel, find_done, index_of, publish_kernel,
+                              publish_sheet_of)
 from builder.records import Build, Job, Records, connect
 from builder.toolchain import Toolchain, find_toolchain
 from loader.artifacts.meta import index_ref, read_meta
+from loader.artifacts.sheets import SheetView
 from loader.kernel.catalog import KernelEntry, catalog_ref
 from loader.errors import BpfDepotError, BuildError, KernelRefused, StoreError
 from loader.model.manifest import Manifest, load_bundle
@@ -100,12 +102,19 @@ def fan_out(ctx: Context, build_id: str) -> Iterator[tuple[str, list[str]]]:
         steps = [(job, *job_steps(ctx, build, job.program, job.target)) for job in build.jobs.values()]
         # one listing per program's sources tells which kernels have a verdict at all: a fresh
         # build of 30 kernels asks the store 1 question per program, not 30
+        # (and one more its verdict sheets: loader/artifacts/sheets.py)
         prefixes = sorted({index.rpartition("/")[0] for *_, index in steps})
         with ThreadPoolExecutor(max_workers=min(8, len(steps) or 1)) as pool:
             listed = {name for names in pool.map(ctx.store.list_refs, prefixes) for name in names}
-            known = [(job, group, find) for job, group, find, index in steps if index in listed]
+            views = dict(zip(prefixes, pool.map(partial(_sheets, ctx.store), prefixes)))
+            in_sheets = {p: v.targets() for p, v in views.items()}
+            known = [(job, group, find if index in listed else partial(find, sheets=views[prefix]))
+                     for job, group, find, index in steps
+                     for prefix, _, target in [index.rpartition("/")]
+                     if index in listed or target in in_sheets[prefix]]
             checked = list(pool.map(check, known))  # store lookups overlap
-        checked += [(job, group, None) for job, group, _, index in steps if index not in listed]
+        answered = {id(job) for job, *_ in known}
+        checked += [(job, group, None) for job, group, *_ in steps if id(job) not in answered]
     except Exception:  # noqa: BLE001 - this task claimed the fan-out: it must never lose a job
         log.warning("build %s: cache check failed, every job goes to a compile task", build_id,
                     exc_info=True)
@@ -116,6 +125,12 @@ def fan_out(ctx: Context, build_id: str) -> Iterator[tuple[str, list[str]]]:
         else:
             record_done(ctx, build_id, job, done)
     return iter((program, targets) for (program, _), targets in groups.items())
+
+
+def _sheets(store: ArtifactStore, index_prefix: str) -> SheetView:
+    """The verdict sheets of the sources whose index refs are under ``index/<program>/<src>``."""
+    _, program, source = index_prefix.split("/")
+    return SheetView.of(store, program, source)
 
 
 def record_done(ctx: Context, build_id: str, job: Job, done: Built | KernelRefused | Checked, *,
@@ -450,25 +465,42 @@ def _compile_and_check(ctx: Context, build_id: str, jobs: list[Job], plans: list
         ctx.records.update_many(build_id, [replace(job, state="compiling", worker=worker)
                                            for job in jobs])
         compiled = compile_object(ctx.store, plans[0], ctx.settings.cache)
-    # each kernel's check is ~1 ms of CPU and its publishing two store writes: overlapped, a
-    # compile for 30 kernels costs little more than one for a single kernel
-    with ThreadPoolExecutor(max_workers=min(8, len(plans))) as pool:
-        verdicts = list(pool.map(lambda i: _verdict(ctx, plans[i], compiled, meta_of=i == 0),
-                                 range(len(plans))))
+    # Each kernel's check is ~1 ms of CPU. The kernels without an index ref of their own (all
+    # of them, for new sources) are published together in one verdict sheet: two store writes
+    # for the compile, not two per kernel. A kernel with one (an older compile's pass or
+    # refusal, a load test's) is published there as before: a sheet never overrides it.
+    own = set(ctx.store.list_refs(index_of(plans[0]).rpartition("/")[0]))
+    together = [not p.load_test and index_of(p) not in own for p in plans]
+
+    def verdict(i: int) -> Built | KernelRefused | Checked:
+        return _verdict(ctx, plans[i], compiled, meta_of=i == 0, together=together[i])
+
+    if all(together) and all(p.target.btf_on_node for p in plans):
+        verdicts = list(map(verdict, range(len(plans))))  # Python alone: threads would only wait
+    else:  # store writes, and bpftool for minimal BTFs: overlapped
+        with ThreadPoolExecutor(max_workers=min(8, len(plans))) as pool:
+            verdicts = list(pool.map(verdict, range(len(plans))))
+    if any(together):
+        sheet = [i for i, t in enumerate(together) if t]
+        published = publish_sheet_of(ctx.store, compiled, [plans[i] for i in sheet],
+                                     [verdicts[i] for i in sheet])
+        for i, done in zip(sheet, published):
+            verdicts[i] = replace(done, cached=compiled.cached) if isinstance(done, Built) else done
     seconds = round(time.perf_counter() - started, 3)
     ctx.records.update_many(build_id, [ended(ctx, job, verdict, worker=worker, seconds=seconds)
                                        for job, verdict in zip(jobs, verdicts)])
     return [job.target for job, verdict in zip(jobs, verdicts) if isinstance(verdict, Checked)]
 
 
-def _verdict(ctx: Context, plan: Plan, compiled: Compiled, *,
-             meta_of: bool = True) -> Built | KernelRefused | Checked:
+def _verdict(ctx: Context, plan: Plan, compiled: Compiled, *, meta_of: bool = True,
+             together: bool = False) -> Built | KernelRefused | Checked:
     """The kernel's record of a compiled object: checked and published, or checked and waiting
-    for its load test, or refused. (The fan-out found no record for it; one published since,
-    by an identical build, is the same bytes: publishing keeps the first.)"""
+    for its load test, or refused; ``together``: checked only, its verdict (pass or refusal)
+    published with the others' in a verdict sheet. (The fan-out found no record for it; one
+    published since, by an identical build, is the same bytes: publishing keeps the first.)"""
     try:
-        checked = check_kernel(ctx.store, plan, compiled, ctx.settings.cache)
-        if plan.load_test:
+        checked = check_kernel(ctx.store, plan, compiled, ctx.settings.cache, record=not together)
+        if plan.load_test or together:
             return replace(checked, fresh=not compiled.cached)
         return replace(publish_kernel(ctx.store, checked, meta_of=meta_of), cached=compiled.cached)
     except KernelRefused as exc:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from builder.compile import (CHECK_VERSION, JUST_READ, Built, Compiled, Plan, Target, check_hooks,
                              compile_object, find_compiled)
 from loader.artifacts.meta import ArtifactMeta, index_ref, meta_of_ref, read_index
+from loader.artifacts.sheets import SheetView, publish_sheet, target_key
 from loader.artifacts.store import ArtifactStore
 from loader.errors import BlobNotFound, BuildError, KernelRefused
 
@@ -82,14 +83,16 @@ class Checked:
     fresh: bool = False  # its object was compiled just now (not found in the store)
 
 
-def find_done(store: ArtifactStore, plan: Plan) -> Built | None:
-    """The kernel's record for ``plan`` (one lookup: the index ref holds the kernel's verdict):
-    its artifact when it comes from the same compile, checked as the plan asks (load-tested if
-    it asks for a load test, with a minimal BTF if the kernel's nodes need one); raises
-    KernelRefused when that compile was refused there; None when it must be checked."""
+def find_done(store: ArtifactStore, plan: Plan, *, sheets: SheetView | None = None) -> Built | None:
+    """The kernel's record for ``plan`` (its index ref, else the verdict sheets of its sources;
+    ``sheets``: those the caller listed, having found no index ref): its artifact when it comes
+    from the same compile, checked as the plan asks (load-tested if it asks for a load test,
+    with a minimal BTF if the kernel's nodes need one); raises KernelRefused when that compile
+    was refused there; None when it must be checked."""
     started = time.perf_counter()
     try:
-        found = read_index(store, _index(plan))
+        found = (read_index(store, index_of(plan)) if sheets is None
+                 else sheets.verdict(target_key(plan.target.identity)))
     except BlobNotFound:
         return None  # lost: checked and published again (which heals the store)
     if isinstance(found, dict):
@@ -113,7 +116,7 @@ def find_done(store: ArtifactStore, plan: Plan) -> Built | None:
     return Built(meta=meta, meta_digest=digest, cached=True, seconds=time.perf_counter() - started)
 
 
-def _index(plan: Plan) -> str:
+def index_of(plan: Plan) -> str:
     return index_ref(plan.program.name, plan.source_digest, plan.target.identity)
 
 
@@ -162,9 +165,11 @@ def warm_checks(target: Target) -> threading.Thread:
     return thread
 
 
-def check_kernel(store: ArtifactStore, plan: Plan, compiled: Compiled, cache_dir: Path) -> Checked:
+def check_kernel(store: ArtifactStore, plan: Plan, compiled: Compiled, cache_dir: Path, *,
+                 record: bool = True) -> Checked:
     """Relocations, hooks and features of ``compiled`` on ``plan.target``; raise KernelRefused
-    (recorded) naming each problem, or return the kernel's meta to publish."""
+    naming each problem (recorded at the kernel's index ref, unless ``record`` is False: a
+    verdict sheet records it), or return the kernel's meta to publish."""
     from builder.relocate import check_parsed, kernel_types
 
     target, program = plan.target, plan.program
@@ -186,12 +191,15 @@ def check_kernel(store: ArtifactStore, plan: Plan, compiled: Compiled, cache_dir
         reasons += lacking
         hints.append("add a form for kernels without it (`forms:`), or leave this kernel out")
     # what the meta records is content, so equal checks give equal metas: no timings
-    record = {k: v for k, v in relocations.to_dict().items() if k != "seconds"}
+    relocated = {k: v for k, v in relocations.to_dict().items() if k != "seconds"}
     if reasons and not plan.load_test:
-        raise record_refusal(store, plan, compiled, reasons, stage="check", relocations=record,
+        if not record:
+            raise refusal_error(refusal_body(plan, compiled, reasons, stage="check",
+                                             relocations=relocated, hint="; ".join(hints)))
+        raise record_refusal(store, plan, compiled, reasons, stage="check", relocations=relocated,
                              hint="; ".join(hints))
     extra: dict[str, object] = {**compiled.meta.extra, "object_key": compiled.meta.key,
-                                "relocations": record, "check": _checked_for(plan)}
+                                "relocations": relocated, "check": _checked_for(plan)}
     if reasons:  # a load test on the kernel follows: its verifier has the last word
         extra["check_reasons"] = reasons
     if not target.btf_on_node:
@@ -215,7 +223,7 @@ def publish_kernel(store: ArtifactStore, checked: Checked,
     plan = checked.plan
     meta = dataclasses.replace(checked.meta, load_tested_on=load_tested_on)
     meta_digest = store.put_blob(meta.to_json(), new=True)
-    store.set_ref(_index(plan), meta_digest)
+    store.set_ref(index_of(plan), meta_digest)
     if meta_of:
         store.put_ref(meta_of_ref(meta.digest), meta_digest)
     from loader.trust.artifacts import sign_published
@@ -225,20 +233,53 @@ def publish_kernel(store: ArtifactStore, checked: Checked,
                  seconds=time.perf_counter() - started, warnings=checked.warnings)
 
 
-def record_refusal(store: ArtifactStore, plan: Plan, compiled: Compiled, reasons: list[str], *,
-                   stage: str, **more: object) -> KernelRefused:
-    """Store why ``plan``'s kernel is refused, at the index ref where its artifact would be (so
-    the next build, the lock and nodes read it there; an artifact of an older compile of the
-    same sources that passed there is kept), and return the error to raise."""
-    body = {"ok": False, "kernel": str(plan.target.identity), "program": plan.program.name,
+def publish_sheet_of(store: ArtifactStore, compiled: Compiled, plans: list[Plan],
+                     verdicts: list[Checked | KernelRefused]) -> list[Built | KernelRefused]:
+    """Publish the verdicts of one compile for many kernels (none load-tested, none with an
+    index ref of its own) as one verdict sheet (loader/artifacts/sheets.py): one blob and one
+    ref for them all, instead of a meta blob and an index ref per kernel. The passes come back
+    as Built, their meta named by its address in the sheet."""
+    started = time.perf_counter()
+    sheet = publish_sheet(
+        store, program=plans[0].program.name, source_digest=plans[0].source_digest,
+        object_key=str(compiled.meta.extra.get("object_key", compiled.meta.key)),
+        metas={target_key(v.meta.target): v.meta for v in verdicts if isinstance(v, Checked)},
+        refused={target_key(p.target.identity): v.record for p, v in zip(plans, verdicts)
+                 if isinstance(v, KernelRefused)})
+    from loader.trust.artifacts import sign_published
+
+    seconds = time.perf_counter() - started
+    out: list[Built | KernelRefused] = []
+    for verdict in verdicts:
+        if isinstance(verdict, Checked):
+            address = f"{sheet}#{target_key(verdict.meta.target)}"
+            sign_published(store, verdict.meta, address)  # with BPFDEPOT_SIGNING_KEY (loader/trust)
+            verdict = Built(meta=verdict.meta, meta_digest=address, cached=False, seconds=seconds,
+                            warnings=verdict.warnings)
+        out.append(verdict)
+    return out
+
+
+def refusal_body(plan: Plan, compiled: Compiled, reasons: list[str], *, stage: str,
+                 **more: object) -> dict:
+    """What a refusal of ``plan``'s kernel records: the kernel, the compile and the reasons."""
+    return {"ok": False, "kernel": str(plan.target.identity), "program": plan.program.name,
             "key": plan.key, "object": compiled.meta.digest, "stage": stage,
             "check": CHECK_VERSION,
             "object_key": compiled.meta.extra.get("object_key", compiled.meta.key),
             "reference": compiled.meta.extra.get("reference", ""),
             "reasons": reasons, **more}
+
+
+def record_refusal(store: ArtifactStore, plan: Plan, compiled: Compiled, reasons: list[str], *,
+                   stage: str, **more: object) -> KernelRefused:
+    """Store why ``plan``'s kernel is refused, at the index ref where its artifact would be (so
+    the next build, the lock and nodes read it there; an artifact of an older compile of the
+    same sources that passed there is kept), and return the error to raise."""
+    body = refusal_body(plan, compiled, reasons, stage=stage, **more)
     digest = store.put_blob(json.dumps(body, sort_keys=True).encode(), new=True)
-    if not isinstance(read_index(store, _index(plan)), tuple):  # never over an older pass
-        store.set_ref(_index(plan), digest)
+    if not isinstance(read_index(store, index_of(plan)), tuple):  # never over an older pass
+        store.set_ref(index_of(plan), digest)
     return refusal_error(body)
 
 

@@ -33,7 +33,7 @@ class Pin:
     target: str      # "<arch>-<btf digest>"
     release: str
     artifact: str    # sha256:… of the object
-    meta: str        # sha256:… of its meta.json
+    meta: str        # sha256:… of its meta.json, or its address in a verdict sheet
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,19 +7,25 @@ builder/verdicts.py), in this order, so that no ref ever points at nothing:
     → ref meta-of/<object digest>                                             (once)
 The index ref holds the kernel's verdict: its meta, or the farm's refusal (JSON, ``ok: false``,
 with the reasons; ``lookup`` skips it, ``read_index`` returns either); a newer pass replaces it.
+The farm publishes the verdicts of one compile for the kernels without an index ref together,
+in one verdict sheet (loader/artifacts/sheets.py): ``read_index`` reads the sheets where the
+index ref is absent, and a meta kept in one is named by its address, ``sha256:<sheet>#<target>``.
 Processors and bpftrace checks publish under ``builds/<key>`` and a first-wins index.
-The lock (and users) pin the object digest and the meta digest.
+The lock (and users) pin the object digest and the meta digest (or address).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loader.errors import StoreError
 from loader.kernel.probe import KernelIdentity
 from loader.artifacts.store import ArtifactStore
+
+if TYPE_CHECKING:
+    from loader.artifacts.sheets import SheetView
 
 SCHEMA = 1
 
@@ -58,6 +64,15 @@ class ArtifactMeta:
     def from_json(cls, data: bytes, where: str) -> ArtifactMeta:
         try:
             body = json.loads(data)
+        except ValueError as exc:
+            raise StoreError(f"{where}: meta.json is not valid: {exc}", hint="rebuild it") from exc
+        return cls.from_body(body, where)
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], where: str) -> ArtifactMeta:
+        """The meta of a parsed meta.json (or of a verdict sheet's entry: loader/artifacts/sheets.py)."""
+        try:
+            body = dict(body)
             if body.get("schema") != SCHEMA:
                 raise StoreError(f"{where}: meta.json schema {body.get('schema')} is not {SCHEMA}",
                                  hint="rebuild with this version of bpfdepot")
@@ -78,18 +93,28 @@ def index_ref(program: str, source_digest: str, target: KernelIdentity) -> str:
     return f"index/{program}/{source_digest}/{target.arch}-{target.btf_digest}"
 
 
-def read_index(store: ArtifactStore, ref: str) -> tuple[ArtifactMeta, str] | dict[str, Any] | None:
+def read_index(store: ArtifactStore, ref: str, *, sheets: SheetView | None = None
+               ) -> tuple[ArtifactMeta, str] | dict[str, Any] | None:
     """What a ref holds, in one read: a meta and its digest, or the farm's refusal of a
     program's sources on a kernel (JSON: ok false, reasons; builder/verdicts.py keeps it at the
-    index ref, where the artifact would be), or None when nothing was published there."""
+    index ref, where the artifact would be), or None when nothing was published there. An
+    index ref that is absent, or holds a refusal, is looked for in the sources' verdict sheets
+    (``sheets`` when the caller listed them already): a pass there comes with its address,
+    not a digest (a pass wins over a refusal, as a refusal never replaces a pass)."""
     digest = store.get_ref(ref)
-    if digest is None:
-        return None
-    data = store.read_blob(digest)
-    refusal = refusal_of(data)
-    if refusal is not None:
+    refusal = None
+    if digest is not None:
+        data = store.read_blob(digest)
+        refusal = refusal_of(data)
+        if refusal is None:
+            return ArtifactMeta.from_json(data, f"meta {digest}"), digest
+    if not ref.startswith("index/"):
         return refusal
-    return ArtifactMeta.from_json(data, f"meta {digest}"), digest
+    from loader.artifacts.sheets import SheetView
+
+    _, program, source, target = ref.rsplit("/", 3)
+    found = (sheets or SheetView.of(store, program, source)).verdict(target)
+    return found if isinstance(found, tuple) or refusal is None else refusal
 
 
 def refusal_of(data: bytes) -> dict[str, Any] | None:
@@ -109,6 +134,11 @@ def meta_of_ref(object_digest: str) -> str:
 
 
 def read_meta(store: ArtifactStore, meta_digest: str) -> ArtifactMeta:
+    """The meta a meta digest names, or a verdict sheet's address (``sha256:<sheet>#<target>``)."""
+    if "#" in meta_digest:
+        from loader.artifacts.sheets import meta_in_sheet
+
+        return meta_in_sheet(store, meta_digest)
     return ArtifactMeta.from_json(store.read_blob(meta_digest), f"meta {meta_digest}")
 
 
@@ -121,7 +151,10 @@ def lookup(store: ArtifactStore, ref: str) -> tuple[ArtifactMeta, str] | None:
 
 def by_digest(store: ArtifactStore, digest: str) -> tuple[ArtifactMeta, str]:
     """The meta for a meta digest, or for an object digest (identical bytes built for several
-    targets share one object; its first meta is returned, so prefer meta digests)."""
+    targets share one object; its first meta is returned, so prefer meta digests), or for a
+    meta's address in a verdict sheet."""
+    if "#" in digest:
+        return read_meta(store, digest), digest
     data = store.read_blob(digest)
     if data.startswith(b"{"):
         return ArtifactMeta.from_json(data, f"meta {digest}"), digest

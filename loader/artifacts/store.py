@@ -6,7 +6,9 @@
 Namespaces: ``builds/<build key>`` → meta digest (the builder's cache for processors and
 bpftrace checks), ``objects/<object key>`` → a kernel program's compile, ``index/<program>/
 <source digest>/<arch>-<btf digest>`` → meta digest (how a node finds what was built for it; for
-kernel programs the farm's latest verdict there: replaced with ``set_ref``),
+kernel programs the farm's latest verdict there: replaced with ``set_ref``), ``sheets/<program>/
+<source digest>/<sheet hex>`` → a verdict sheet (one compile's verdicts for many kernels: where
+a node looks when the index ref is absent, loader/artifacts/sheets.py),
 ``kernels/<arch>-<btf digest>`` → a kernel catalog entry (replaced when a node registers newer
 probe results), ``vmimages/<arch>-<btf digest>`` → a VM image for load tests.
 Every read checks the sha256 of what it returns; writes go to a temp file and are published

@@ -86,9 +86,15 @@ def sign_artifact(store: ArtifactStore, meta: ArtifactMeta, meta_digest: str, ke
 
 
 def sign_published(store: ArtifactStore, meta: ArtifactMeta, meta_digest: str) -> None:
-    """The farm's hook: sign when a key is configured and the artifact has no signature yet."""
+    """The farm's hook: sign when a key is configured and the artifact has no signature yet.
+    A meta kept in a verdict sheet (``meta_digest`` is its address) is signed by the digest of
+    its bytes, which is what nodes recompute (loader/artifacts/sheets.py)."""
     key = signing_key()
-    if key is not None and store.get_ref(signature_ref(meta_digest)) is None:
+    if key is None:
+        return
+    if "#" in meta_digest:
+        meta_digest = digest_of(meta.to_json())
+    if store.get_ref(signature_ref(meta_digest)) is None:
         sign_artifact(store, meta, meta_digest, key)
 
 

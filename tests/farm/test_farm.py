@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from builder.farmcli import submit, wait
+from loader.artifacts.meta import read_meta
 from loader.model.settings import Settings
 from loader.artifacts.store import open_store
 from tests.farm.conftest import ROOT, cli, copy_bundle
@@ -45,11 +46,14 @@ def test_submit_builds_every_kernel_then_hits_the_cache(farm, tmp_path: Path) ->
     assert again.returncode == 0, again.stderr
     assert {r[5] for r in _rows(again.stdout)} == {"cached"}
     assert {(r[1], r[2]) for r in _rows(again.stdout)} == {(r[1], r[2]) for r in rows}
-    # every artifact and meta is in S3 and reads back with a matching sha256
+    # every artifact and meta is in S3 and reads back with a matching sha256: a load-tested
+    # kernel's meta as a blob of its own, the others' from their compile's verdict sheet
     store = open_store(Settings.from_env(env))
     for row in rows:
         assert store.read_blob(row[2])[:4] == b"\x7fELF"
-        assert json.loads(store.read_blob(row[-1]))["digest"] == row[2]
+        meta = read_meta(store, row[-1])
+        assert meta.digest == row[2]
+        assert ("#" in row[-1]) == (not meta.load_tested_on), row
     listing = cli(env, "builds")
     assert listing.returncode == 0 and "tcp_connlat" in listing.stdout
 
@@ -165,8 +169,8 @@ def test_minimal_btf_artifact_loads_without_the_system_btf(redis_service, rgw, t
         bundle = copy_bundle("tcp_connlat", tmp_path)
         built = cli(env, "submit", str(bundle), "--kernels", "all", "--wait")
         assert built.returncode == 0, built.stderr
-        meta = json.loads(open_store(Settings.from_env(env)).read_blob(built.stdout.split()[-1]))
-        assert meta["extra"]["min_btf"].startswith("sha256:")
+        meta = read_meta(open_store(Settings.from_env(env)), built.stdout.split()[-1])
+        assert meta.extra["min_btf"].startswith("sha256:")
         assert cli(env, "lock", str(bundle)).returncode == 0
 
         node = dict(env, BPFDEPOT_KERNEL_BTF=str(tmp_path / "no-btf-here"))

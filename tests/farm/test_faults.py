@@ -95,7 +95,8 @@ def test_worker_killed_mid_build_is_redelivered_and_builds_once(own_redis, rgw, 
     states = [e["state"] for e in _events(records, build.id)]
     assert states.count("built") == 1
     store = open_store(settings)
-    assert len(store.list_refs("index/slow")) == 1
+    # published once: one verdict sheet (a redelivered compile would add a second)
+    assert (store.list_refs("index/slow"), len(store.list_refs("sheets/slow"))) == ([], 1)
     assert store.read_blob(job.digest)[:4] == b"\x7fELF"
 
 
@@ -185,6 +186,7 @@ def test_unreachable_store_fails_clearly_and_publishes_nothing(own_redis, rgw, t
     assert job.state == "failed"
     assert "failed after 5 attempts" in job.error and "is the object store reachable?" in job.error
     assert open_store(settings).list_refs("index/slow") == []
+    assert open_store(settings).list_refs("sheets/slow") == []
     assert cli(env, "lock", str(bundle)).returncode == 3
     assert not (bundle / "bpfdepot.lock").exists()
     # and a client that cannot reach the store says so, with the store's exit code

@@ -14,6 +14,7 @@ import pytest
 
 from builder.farmcli import submit, wait
 from builder.records import Build
+from loader.artifacts.meta import read_meta
 from loader.artifacts.store import open_store
 from loader.model.settings import Settings
 from tests.farm.conftest import _bucket, cli, farm_env
@@ -68,7 +69,7 @@ def _build(env: dict[str, str], bundle: Path) -> Build:
 
 def _metas(env: dict[str, str], build: Build) -> dict[str, dict]:
     store = open_store(Settings.from_env(env))
-    return {j.release: json.loads(store.read_blob(j.meta)) for j in build.jobs.values() if j.meta}
+    return {j.release: json.loads(read_meta(store, j.meta).to_json()) for j in build.jobs.values() if j.meta}
 
 
 def test_a_good_program_is_load_tested_on_each_kernel_before_it_is_published(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from builder.farmcli import submit, wait
 from builder.records import Build
+from loader.artifacts.meta import read_meta
 from loader.model.settings import Settings
 from tests.farm.conftest import ROOT, cli
 
@@ -105,7 +106,7 @@ def test_kernels_of_one_variant_share_one_compile(farm, tmp_path: Path) -> None:
     newest = max(jobs, key=lambda r: [int(p) if p.isdigit() else p for p in r.replace("-", ".").split(".")])
     assert {job.reference.split("/")[0] for job in jobs.values()} == {newest}
     # each kernel has its own meta, naming it
-    metas = {r: json.loads(_store(farm).read_blob(j.meta)) for r, j in jobs.items()}
+    metas = {r: json.loads(read_meta(_store(farm), j.meta).to_json()) for r, j in jobs.items()}
     assert {r: m["target"]["release"] for r, m in metas.items()} == {r: r for r in jobs}
     assert all(m["extra"]["relocations"]["ok"] for m in metas.values())
     # this machine's kernel has a node (the farm's worker): loaded and attached there first
@@ -124,7 +125,7 @@ def test_a_kernel_with_kprobes_is_a_second_variant(farm, tmp_path: Path) -> None
     assert len(set(keys.values())) == 2
     assert keys["6.1.0-50-amd64"] == keys["6.12.100+deb12-amd64"]  # both have kprobes
     assert keys["6.18.44-fc-v669"] != keys["6.1.0-50-amd64"]
-    metas = {r: json.loads(_store(farm).read_blob(j.meta)) for r, j in jobs.items()}
+    metas = {r: json.loads(read_meta(_store(farm), j.meta).to_json()) for r, j in jobs.items()}
     assert metas["6.1.0-50-amd64"]["programs"][0]["section"] == "kprobe/do_sys_openat2"
     assert metas["6.18.44-fc-v669"]["programs"][0]["section"] == "tracepoint/syscalls/sys_enter_openat"
 
@@ -159,7 +160,7 @@ def test_the_guarded_read_passes_everywhere(farm, tmp_path: Path) -> None:
     build = _run(farm, _bundle(tmp_path, "guarded", GUARDED, f"guarded {tmp_path.name}"))
     jobs = _by_release(build)
     assert {job.state for job in jobs.values()} == {"built"}, jobs
-    meta = json.loads(_store(farm).read_blob(jobs["6.1.0-50-amd64"].meta))
+    meta = json.loads(read_meta(_store(farm), jobs["6.1.0-50-amd64"].meta).to_json())
     problems = meta["extra"]["relocations"]["problems"]
     assert problems and all(p["guarded"] for p in problems)
     assert any("sk_ino" in p["spec"] for p in problems)
