@@ -137,8 +137,13 @@ class S3Store:
     def _get(self, key: str, what: str) -> bytes | None:
         from botocore.exceptions import ClientError
 
+        def get(**kwargs: Any) -> bytes:
+            # the body is read inside the retried call: a read that times out is as transient as
+            # a request that does (botocore raises ReadTimeoutError from the body's read)
+            return self._s3.get_object(**kwargs)["Body"].read()
+
         try:
-            return self._call(what, self._s3.get_object, Bucket=self.bucket, Key=key)["Body"].read()
+            return self._call(what, get, Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if self._status(exc) == 404:
                 return None
