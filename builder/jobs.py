@@ -460,28 +460,34 @@ def _compile_and_check(ctx: Context, build_id: str, jobs: list[Job], plans: list
                        worker: str, started: float) -> list[str]:
     """The shared object (found, or compiled now), then each kernel's verdict, recorded (in one
     round trip); returns the kernels whose candidates wait for a load test."""
+    own = set(ctx.store.list_refs(index_of(plans[0]).rpartition("/")[0]))  # kernels with an index ref
+    verdicts: list[Built | KernelRefused | Checked | None] = [None] * len(plans)
     compiled = find_compiled(ctx.store, plans[0].object_key)
     if compiled is None:
         ctx.records.update_many(build_id, [replace(job, state="compiling", worker=worker)
                                            for job in jobs])
         compiled = compile_object(ctx.store, plans[0], ctx.settings.cache)
+    else:  # compiled before, maybe by an identical build this task waited for: checked too?
+        verdicts = _found(ctx, plans, own)
     # Each kernel's check is ~1 ms of CPU. The kernels without an index ref of their own (all
     # of them, for new sources) are published together in one verdict sheet: two store writes
     # for the compile, not two per kernel. A kernel with one (an older compile's pass or
     # refusal, a load test's) is published there as before: a sheet never overrides it.
-    own = set(ctx.store.list_refs(index_of(plans[0]).rpartition("/")[0]))
+    left = [i for i, v in enumerate(verdicts) if v is None]
     together = [not p.load_test and index_of(p) not in own for p in plans]
 
     def verdict(i: int) -> Built | KernelRefused | Checked:
         return _verdict(ctx, plans[i], compiled, meta_of=i == 0, together=together[i])
 
-    if all(together) and all(p.target.btf_on_node for p in plans):
-        verdicts = list(map(verdict, range(len(plans))))  # Python alone: threads would only wait
+    if all(together[i] and plans[i].target.btf_on_node for i in left):
+        checked = list(map(verdict, left))  # Python alone: threads would only wait
     else:  # store writes, and bpftool for minimal BTFs: overlapped
-        with ThreadPoolExecutor(max_workers=min(8, len(plans))) as pool:
-            verdicts = list(pool.map(verdict, range(len(plans))))
-    if any(together):
-        sheet = [i for i, t in enumerate(together) if t]
+        with ThreadPoolExecutor(max_workers=min(8, len(left))) as pool:
+            checked = list(pool.map(verdict, left))
+    for i, done in zip(left, checked):
+        verdicts[i] = done
+    sheet = [i for i in left if together[i]]
+    if sheet:
         published = publish_sheet_of(ctx.store, compiled, [plans[i] for i in sheet],
                                      [verdicts[i] for i in sheet])
         for i, done in zip(sheet, published):
@@ -490,6 +496,21 @@ def _compile_and_check(ctx: Context, build_id: str, jobs: list[Job], plans: list
     ctx.records.update_many(build_id, [ended(ctx, job, verdict, worker=worker, seconds=seconds)
                                        for job, verdict in zip(jobs, verdicts)])
     return [job.target for job, verdict in zip(jobs, verdicts) if isinstance(verdict, Checked)]
+
+
+def _found(ctx: Context, plans: list[Plan], own: AbstractSet[str]) -> list[Built | KernelRefused | None]:
+    """Each kernel's verdict on a compile published before (None: to be checked): a task that
+    waited on the lock of an identical build finds its work done, instead of publishing the
+    same verdicts in a sheet of its own."""
+    sheets = _sheets(ctx.store, index_of(plans[0]).rpartition("/")[0])
+
+    def find(plan: Plan) -> Built | KernelRefused | None:
+        try:
+            return find_done(ctx.store, plan, sheets=None if index_of(plan) in own else sheets)
+        except KernelRefused as exc:
+            return exc
+
+    return [find(plan) for plan in plans]
 
 
 def _verdict(ctx: Context, plan: Plan, compiled: Compiled, *, meta_of: bool = True,

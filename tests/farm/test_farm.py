@@ -15,6 +15,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from builder.farmcli import submit, wait
 from loader.artifacts.meta import read_meta
 from loader.model.settings import Settings
@@ -70,10 +72,16 @@ def test_selector_picks_kernels_and_bad_selector_is_refused(farm, tmp_path: Path
     assert "did you mean 'release'" in bad.stderr
 
 
-def test_identical_concurrent_submissions_compile_once(farm, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kernel", ["this machine's", "6.1 reference"])
+def test_identical_concurrent_submissions_compile_once(farm, tmp_path: Path, kernel: str) -> None:
+    """On this machine's kernel (load-tested on this node, published at its index ref) and on
+    a reference kernel (relocation-checked, published in a verdict sheet)."""
     settings = Settings.from_env(farm["env"])
-    bundle = _fresh("tcp_connlat", tmp_path, "concurrent")
-    one = f"release={os.uname().release}"
+    bundle = _fresh("tcp_connlat", tmp_path, f"concurrent {kernel}")
+    release = os.uname().release if kernel == "this machine's" else "6.1.0-50-amd64"
+    if release not in farm["releases"]:
+        pytest.skip(f"no {release} in the farm's catalog (../shared/kernels is not here)")
+    one = f"release={release}"
     with ThreadPoolExecutor(max_workers=10) as pool:
         builds = list(pool.map(lambda _: submit(settings, str(bundle), one), range(20)))
         done = list(pool.map(lambda b: wait(settings, b, 180, live=False), builds))
@@ -82,6 +90,10 @@ def test_identical_concurrent_submissions_compile_once(farm, tmp_path: Path) -> 
     assert states.count("built") == 1, states
     assert states.count("cached") == 19, [(job.state, job.error) for build in done for job in build.jobs.values() if job.state != "cached"]
     assert len({job.digest for build in done for job in build.jobs.values()}) == 1
+    if kernel == "6.1 reference":  # published once: the tasks that waited for the compile
+        # found its verdict, they did not publish a verdict sheet each
+        [meta] = {job.meta for build in done for job in build.jobs.values()}
+        assert "#x86_64-" in meta
 
 
 def test_failing_and_succeeding_bundles_side_by_side(farm, tmp_path: Path) -> None:
