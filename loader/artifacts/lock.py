@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from loader.artifacts.meta import ArtifactMeta, index_ref, read_index, read_meta
+from loader.artifacts.sheets import SheetView
 from loader.errors import ArtifactNotFound, BlobNotFound, ManifestError, StoreError
 from loader.kernel.probe import KernelIdentity
 from loader.model.manifest import Manifest
@@ -76,8 +77,9 @@ def make_lock(store: ArtifactStore, manifest: Manifest, kernels: list[KernelIden
             src = script_digest(read_script(program))
         else:
             continue
+        sheets = SheetView.of(store, program.name, src)  # listed once, not once per kernel
         for kernel in kernels:
-            found = read_index(store, index_ref(program.name, src, kernel))
+            found = read_index(store, index_ref(program.name, src, kernel), sheets=sheets)
             release = releases.get(f"{kernel.arch}-{kernel.btf_digest}", kernel.release)
             if isinstance(found, dict):  # the farm refused it for this kernel
                 reasons = found.get("reasons") or ["refused"]
