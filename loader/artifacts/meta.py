@@ -54,11 +54,15 @@ class ArtifactMeta:
     load_tested_on: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> bytes:
-        # what asdict gives, made shallowly: its deep copy of every layout list took ~1 ms of
-        # the farm's ~5 ms per published kernel (nested values are plain JSON data already)
+        return (json.dumps(self.to_body(), indent=1, sort_keys=True) + "\n").encode()
+
+    def to_body(self) -> dict[str, Any]:
+        """The values ``to_json`` writes. What asdict gives, made shallowly: its deep copy of
+        every layout list took ~1 ms of the farm's ~5 ms per published kernel (nested values
+        are plain JSON data already)."""
         body = {f.name: getattr(self, f.name) for f in fields(self)}
         body["target"] = asdict(self.target)
-        return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
+        return body
 
     @classmethod
     def from_json(cls, data: bytes, where: str) -> ArtifactMeta:
@@ -70,7 +74,7 @@ class ArtifactMeta:
 
     @classmethod
     def from_body(cls, body: dict[str, Any], where: str) -> ArtifactMeta:
-        """The meta of a parsed meta.json (or of a verdict sheet's entry: loader/artifacts/sheets.py)."""
+        """The meta of a parsed meta.json, or of a verdict sheet's entry (loader/artifacts/sheets.py)."""
         try:
             body = dict(body)
             if body.get("schema") != SCHEMA:
@@ -113,7 +117,7 @@ def read_index(store: ArtifactStore, ref: str, *, sheets: SheetView | None = Non
     from loader.artifacts.sheets import SheetView
 
     _, program, source, target = ref.rsplit("/", 3)
-    found = (sheets or SheetView.of(store, program, source)).verdict(target)
+    found = (sheets if sheets is not None else SheetView.of(store, program, source)).verdict(target)
     return found if isinstance(found, tuple) or refusal is None else refusal
 
 

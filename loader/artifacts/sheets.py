@@ -21,8 +21,8 @@ Sheets never replace a kernel's own index ref: ``read_index`` reads the index re
 load-tested artifact, a local build, a refusal written one by one) and the sheets only when it
 is absent or holds a refusal. Among sheets the newest pass wins; a pass wins over any refusal
 (as at an index ref, where a refusal never replaces a pass). The farm publishes a kernel that
-has an index ref there, not in a sheet (builder/jobs.py). Every sheet has a ref of its own, named by its digest:
-sheets are never rewritten, so publishers never race.
+has an index ref there, not in a sheet (builder/jobs.py). Every sheet has a ref of its own,
+named by its digest: sheets are never rewritten, so publishers never race.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from loader.artifacts.meta import ArtifactMeta
@@ -54,11 +54,6 @@ def target_key(identity: KernelIdentity) -> str:
     return f"{identity.arch}-{identity.btf_digest}"
 
 
-def is_address(name: str) -> bool:
-    """A meta kept in a sheet (``sha256:<sheet>#<target>``), not a blob of its own."""
-    return "#" in name
-
-
 def split_address(address: str) -> tuple[str, str]:
     sheet, _, target = address.partition("#")
     check_digest(sheet, f"meta address {address!r}")
@@ -73,7 +68,7 @@ def publish_sheet(store: ArtifactStore, *, program: str, source_digest: str, obj
     base: dict[str, Any] = {}
     entries: dict[str, dict[str, Any]] = {}
     for target, meta in metas.items():
-        body = _fields(meta)
+        body = meta.to_body()  # what to_json writes: a meta rebuilt from it has its bytes
         if not base:
             base = {k: v for k, v in body.items() if k not in PER_KERNEL}
         elif any(body[k] != v for k, v in base.items()):
@@ -88,13 +83,6 @@ def publish_sheet(store: ArtifactStore, *, program: str, source_digest: str, obj
     store.put_ref(f"{sheet_prefix(program, source_digest)}/{digest.removeprefix('sha256:')}",
                   digest)
     return digest
-
-
-def _fields(meta: ArtifactMeta) -> dict[str, Any]:
-    # the values to_json writes: a meta rebuilt from them has the same bytes
-    body = {f.name: getattr(meta, f.name) for f in fields(meta)}
-    body["target"] = {f.name: getattr(meta.target, f.name) for f in fields(meta.target)}
-    return body
 
 
 def read_sheet(store: ArtifactStore, digest: str) -> dict[str, Any]:
@@ -140,9 +128,6 @@ class SheetView:
         digests = store.read_refs(sheet_prefix(program, source_digest)).values()
         sheets = [(d, read_sheet(store, d)) for d in digests]
         return cls(store, tuple(sorted(sheets, key=lambda s: (s[1].get("published_ns", 0), s[0]))))
-
-    def __bool__(self) -> bool:
-        return bool(self.sheets)
 
     def targets(self) -> set[str]:
         return {t for _, s in self.sheets for t in (*s["metas"], *s["refused"])}
