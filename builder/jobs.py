@@ -101,8 +101,8 @@ def fan_out(ctx: Context, build_id: str) -> Iterator[tuple[str, list[str]]]:
         load_methods(ctx, build_id, [job.target for job in build.jobs.values()])
         steps = [(job, *job_steps(ctx, build, job.program, job.target)) for job in build.jobs.values()]
         # one listing per program's sources tells which kernels have a verdict at all: a fresh
-        # build of 30 kernels asks the store 1 question per program, not 30
-        # (and one more its verdict sheets: loader/artifacts/sheets.py)
+        # build of 30 kernels asks the store 1 question per program, not 30 (and one more for
+        # its verdict sheets: loader/artifacts/sheets.py)
         prefixes = sorted({index.rpartition("/")[0] for *_, index in steps})
         with ThreadPoolExecutor(max_workers=min(8, len(steps) or 1)) as pool:
             listed = {name for names in pool.map(ctx.store.list_refs, prefixes) for name in names}

@@ -193,11 +193,11 @@ def check_kernel(store: ArtifactStore, plan: Plan, compiled: Compiled, cache_dir
     # what the meta records is content, so equal checks give equal metas: no timings
     relocated = {k: v for k, v in relocations.to_dict().items() if k != "seconds"}
     if reasons and not plan.load_test:
-        if not record:
-            raise refusal_error(refusal_body(plan, compiled, reasons, stage="check",
-                                             relocations=relocated, hint="; ".join(hints)))
-        raise record_refusal(store, plan, compiled, reasons, stage="check", relocations=relocated,
-                             hint="; ".join(hints))
+        body = refusal_body(plan, compiled, reasons, stage="check", relocations=relocated,
+                            hint="; ".join(hints))
+        if record:
+            store_refusal(store, plan, body)
+        raise refusal_error(body)
     extra: dict[str, object] = {**compiled.meta.extra, "object_key": compiled.meta.key,
                                 "relocations": relocated, "check": _checked_for(plan)}
     if reasons:  # a load test on the kernel follows: its verifier has the last word
@@ -277,10 +277,15 @@ def record_refusal(store: ArtifactStore, plan: Plan, compiled: Compiled, reasons
     the next build, the lock and nodes read it there; an artifact of an older compile of the
     same sources that passed there is kept), and return the error to raise."""
     body = refusal_body(plan, compiled, reasons, stage=stage, **more)
+    store_refusal(store, plan, body)
+    return refusal_error(body)
+
+
+def store_refusal(store: ArtifactStore, plan: Plan, body: dict) -> None:
+    """A refusal's body at ``plan``'s index ref, unless a pass is there (or in a sheet)."""
     digest = store.put_blob(json.dumps(body, sort_keys=True).encode(), new=True)
     if not isinstance(read_index(store, index_of(plan)), tuple):  # never over an older pass
         store.set_ref(index_of(plan), digest)
-    return refusal_error(body)
 
 
 def refusal_error(body: dict) -> KernelRefused:
